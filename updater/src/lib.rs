@@ -1,0 +1,13 @@
+//! berth's shared formats: the disk layout (partitions, ESP paths, boot entries, the
+//! kernel command line contract) and the image configuration the init runs from.
+//!
+//! The builder writes these formats, the init and the device agent read them. The
+//! init depends on this crate with default features off, so everything here is
+//! plain std + serde/toml.
+
+pub mod gpt;
+pub mod image_config;
+pub mod layout;
+
+pub use image_config::{ContainerConfig, ImageConfig, NetworkConfig, RestartPolicy};
+pub use layout::{BootEntry, KernelCmdline, Slot};
