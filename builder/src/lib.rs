@@ -1,1 +1,21 @@
+//! berth-builder: turns a TOML recipe into a bootable GPT disk image.
+//!
+//! The pipeline (see `build`): `recipe` parses and validates into a `BuildPlan`;
+//! `apt`, `kernel` and `oci` fetch sources into the content-addressed `cache`;
+//! `rootfs` assembles staging `tree`s without root privileges; `initramfs`,
+//! `squashfs` and `disk` write the artifacts; `report` records what went in.
 
+pub mod apt;
+pub mod build;
+pub mod cache;
+pub mod deb;
+pub mod disk;
+pub mod initramfs;
+pub mod kernel;
+pub mod oci;
+pub mod progress;
+pub mod recipe;
+pub mod report;
+pub mod rootfs;
+pub mod squashfs;
+pub mod tree;

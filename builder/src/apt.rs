@@ -1,0 +1,313 @@
+//! Debian packages through the host's own apt configuration: `apt-cache show` tells
+//! the candidate version and its sha256, `apt-get download` fetches the file, and the
+//! blob cache keeps it by sha256 so a second build downloads nothing.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::cache::{Cache, CacheError};
+
+/// Failure to resolve or fetch a package.
+#[derive(Debug, thiserror::Error)]
+pub enum AptError {
+    /// apt could not be run at all.
+    #[error("cannot run {tool}: {source} (berth needs apt; install the host tools with the README's setup command)")]
+    Spawn {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+    /// apt knows no such package.
+    #[error("unknown Debian package {name:?}: apt has no candidate for it (check the name, or run `apt-get update`)")]
+    Unknown { name: String },
+    /// A dependency could not be satisfied by any alternative.
+    #[error("package {package:?} depends on {dependency:?}, which apt cannot provide")]
+    Dependency { package: String, dependency: String },
+    /// `apt-get download` failed.
+    #[error("apt-get download {name}={version} failed: {stderr}")]
+    Download {
+        name: String,
+        version: String,
+        stderr: String,
+    },
+    /// apt's metadata lacks a field berth needs.
+    #[error("apt-cache show {name}: no {field} field")]
+    Field { name: String, field: &'static str },
+    /// The cache refused the file.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The downloaded file could not be found.
+    #[error("apt-get download {name}: no .deb file appeared in {dir}")]
+    Missing { name: String, dir: PathBuf },
+}
+
+/// A package version apt would install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub sha256: String,
+    pub size: u64,
+    /// `Pre-Depends` and `Depends`, each a list of alternatives (package names).
+    pub depends: Vec<Vec<String>>,
+}
+
+/// A package fetched into the cache.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub package: Package,
+    /// The `.deb` in the blob cache.
+    pub path: PathBuf,
+}
+
+/// Looks up the candidate versions of `names`. Names apt does not know are absent
+/// from the answer.
+pub fn show(names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
+    let mut out = BTreeMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    let output = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "-q=2"])
+        .args(names)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| AptError::Spawn {
+            tool: "apt-cache",
+            source,
+        })?;
+    // apt-cache exits 100 when any name is unknown but still prints the others.
+    let text = String::from_utf8_lossy(&output.stdout);
+    for stanza in text.split("\n\n") {
+        let fields = parse_stanza(stanza);
+        let Some(name) = fields.get("Package") else {
+            continue;
+        };
+        let get = |field: &'static str| {
+            fields.get(field).cloned().ok_or(AptError::Field {
+                name: name.clone(),
+                field,
+            })
+        };
+        let mut depends = Vec::new();
+        for key in ["Pre-Depends", "Depends"] {
+            if let Some(list) = fields.get(key) {
+                depends.extend(parse_depends(list));
+            }
+        }
+        let package = Package {
+            name: name.clone(),
+            version: get("Version")?,
+            architecture: get("Architecture")?,
+            sha256: get("SHA256")?,
+            size: get("Size")?.parse().unwrap_or(0),
+            depends,
+        };
+        out.entry(name.clone()).or_insert(package);
+    }
+    Ok(out)
+}
+
+fn parse_stanza(stanza: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in stanza.lines() {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(key) = &last {
+                if let Some(v) = fields.get_mut(key) {
+                    let v: &mut String = v;
+                    v.push('\n');
+                    v.push_str(line.trim());
+                }
+            }
+            continue;
+        }
+        if let Some((key, value)) = line.split_once(':') {
+            fields.insert(key.to_string(), value.trim().to_string());
+            last = Some(key.to_string());
+        }
+    }
+    fields
+}
+
+/// Parses a `Depends` value into alternatives of bare package names
+/// (`libc6 (>= 2.34), libfoo | libbar` → `[[libc6], [libfoo, libbar]]`).
+pub fn parse_depends(value: &str) -> Vec<Vec<String>> {
+    value
+        .split(',')
+        .map(|group| {
+            group
+                .split('|')
+                .filter_map(|alt| {
+                    let name = alt.trim().split([' ', '(', '[']).next()?;
+                    // `libfoo:any` names the same package.
+                    let name = name.split(':').next()?;
+                    (!name.is_empty()).then(|| name.to_string())
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|g| !g.is_empty())
+        .collect()
+}
+
+/// Resolves `roots` and, if `with_depends`, everything they depend on, recursively.
+/// Returns packages sorted by name.
+pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, AptError> {
+    let mut found: BTreeMap<String, Package> = BTreeMap::new();
+    let known = show(roots)?;
+    for root in roots {
+        if !known.contains_key(root) {
+            return Err(AptError::Unknown { name: root.clone() });
+        }
+    }
+    let mut queue: VecDeque<Package> = known.into_values().collect();
+    let mut asked: BTreeSet<String> = roots.iter().cloned().collect();
+    while let Some(package) = queue.pop_front() {
+        if found.contains_key(&package.name) {
+            continue;
+        }
+        let depends = package.depends.clone();
+        let owner = package.name.clone();
+        found.insert(package.name.clone(), package);
+        if !with_depends {
+            continue;
+        }
+        // Look every alternative up at once, then take the first apt can provide.
+        let wanted: Vec<String> = depends
+            .iter()
+            .flatten()
+            .filter(|n| !asked.contains(*n) && !found.contains_key(*n))
+            .cloned()
+            .collect();
+        let answers = show(&wanted)?;
+        asked.extend(wanted);
+        for group in depends {
+            if group.iter().any(|n| found.contains_key(n)) {
+                continue;
+            }
+            match group.iter().find_map(|n| answers.get(n)) {
+                Some(p) => queue.push_back(p.clone()),
+                None => {
+                    // Already queued through another group, or a virtual package
+                    // something else provides: only fail when nothing was found.
+                    if group.iter().any(|n| queue.iter().any(|q| &q.name == n)) {
+                        continue;
+                    }
+                    let provided = show_provider(&group)?;
+                    match provided {
+                        Some(p) => queue.push_back(p),
+                        None => {
+                            return Err(AptError::Dependency {
+                                package: owner,
+                                dependency: group.join(" | "),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// For a virtual package, the first real package apt lists as providing it.
+fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
+    for name in group {
+        let output = Command::new("apt-cache")
+            .args(["showpkg", name])
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|source| AptError::Spawn {
+                tool: "apt-cache",
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let providers = text
+            .split("Reverse Provides:")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect::<Vec<_>>();
+        if let Some(p) = show(&providers)?.into_values().next() {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Fetches a package into the blob cache (or finds it there).
+pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
+    if let Some(path) = cache.get(&package.sha256)? {
+        return Ok(Fetched {
+            package: package.clone(),
+            path,
+        });
+    }
+    let dir = cache.tempdir()?;
+    let output = Command::new("apt-get")
+        .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
+        .arg(format!("{}={}", package.name, package.version))
+        .current_dir(dir.path())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| AptError::Spawn {
+            tool: "apt-get",
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(AptError::Download {
+            name: package.name.clone(),
+            version: package.version.clone(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let deb = std::fs::read_dir(dir.path())
+        .ok()
+        .and_then(|mut entries| {
+            entries.find_map(|e| {
+                let p = e.ok()?.path();
+                (p.extension()? == "deb").then_some(p)
+            })
+        })
+        .ok_or_else(|| AptError::Missing {
+            name: package.name.clone(),
+            dir: dir.path().to_path_buf(),
+        })?;
+    let path = cache.insert(
+        &deb,
+        &package.sha256,
+        &format!("{}_{}.deb", package.name, package.version),
+    )?;
+    Ok(Fetched {
+        package: package.clone(),
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_are_split_into_alternatives() {
+        let d = parse_depends("libc6 (>= 2.34), libfoo:any | libbar [amd64], libbaz");
+        assert_eq!(
+            d,
+            vec![
+                vec!["libc6".to_string()],
+                vec!["libfoo".to_string(), "libbar".to_string()],
+                vec!["libbaz".to_string()]
+            ]
+        );
+    }
+
+    #[test]
+    fn stanza_fields_with_continuations() {
+        let f = parse_stanza("Package: a\nDescription: x\n more\nSHA256: ff");
+        assert_eq!(f["Package"], "a");
+        assert_eq!(f["Description"], "x\nmore");
+        assert_eq!(f["SHA256"], "ff");
+    }
+}

@@ -1,0 +1,291 @@
+//! The build pipeline: recipe → sources → trees → initramfs → squashfs → disk.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use berth_updater::layout::{self, BootEntry, Slot};
+
+use crate::cache::{sha256_file, Cache, CacheError};
+use crate::disk::{self, DiskError, DiskIds, DiskInput};
+use crate::initramfs::{self, InitramfsError};
+use crate::kernel::{self, KernelError};
+use crate::progress::Progress;
+use crate::recipe::{self, BuildPlan, KernelSource, RecipeError};
+use crate::report::*;
+use crate::rootfs::{self, RootfsError};
+use crate::squashfs::{self, SquashfsError};
+
+/// Failure of a build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    #[error(transparent)]
+    Squashfs(#[from] SquashfsError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("berth-init not found (looked in {looked}): build it with `cargo build --release -p berth-init --target x86_64-unknown-linux-musl`, or pass --init PATH")]
+    NoInit { looked: String },
+    #[error("{path} is not a static binary: berth-init runs before any library is there; build it for x86_64-unknown-linux-musl")]
+    InitNotStatic { path: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub recipe: PathBuf,
+    pub out_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    /// berth-init; found next to the `berth` binary when `None`.
+    pub init: Option<PathBuf>,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct Built {
+    pub image: PathBuf,
+    pub report: PathBuf,
+    pub report_data: BuildReport,
+}
+
+/// Finds berth-init: `BERTH_INIT`, then next to the running executable, then in the
+/// cargo target folder it was built in.
+pub fn find_init() -> Result<PathBuf, BuildError> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("BERTH_INIT") {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("berth-init"));
+            for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+                candidates.push(up.join("x86_64-unknown-linux-musl/release/berth-init"));
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| BuildError::NoInit {
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn check_static(init: &Path) -> Result<(), BuildError> {
+    let bytes = fs::read(init).map_err(io_err(init))?;
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|_| BuildError::InitNotStatic {
+        path: init.to_path_buf(),
+    })?;
+    if elf.interpreter.is_some() || !elf.libraries.is_empty() {
+        return Err(BuildError::InitNotStatic {
+            path: init.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+fn artifact(path: &Path) -> Result<Artifact, BuildError> {
+    Ok(Artifact {
+        size: fs::metadata(path).map_err(io_err(path))?.len(),
+        sha256: sha256_file(path).map_err(io_err(path))?,
+    })
+}
+
+/// The fixed timestamp of a build: `SOURCE_DATE_EPOCH`, else the recipe's
+/// `[image] epoch`, else 0.
+pub fn epoch(plan: &BuildPlan) -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .or(plan.epoch)
+        .unwrap_or(0)
+}
+
+/// Runs the whole pipeline.
+pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, BuildError> {
+    progress.step("recipe");
+    let plan = recipe::load(&options.recipe)?;
+    let init = match &options.init {
+        Some(p) => p.clone(),
+        None => find_init()?,
+    };
+    check_static(&init)?;
+    let epoch = epoch(&plan);
+    let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
+    let cache = Cache::open(&options.cache_dir)?;
+    fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
+    let work = tempfile::Builder::new()
+        .prefix(".berth-build-")
+        .tempdir_in(&options.out_dir)
+        .map_err(io_err(&options.out_dir))?;
+    let staging = work.path().join("staging");
+    fs::create_dir(&staging).map_err(io_err(&staging))?;
+
+    progress.step("kernel");
+    let kernel = match &plan.kernel.source {
+        KernelSource::Package { name, at } => {
+            kernel::from_package(&cache, name).map_err(|e| match e {
+                KernelError::Apt(crate::apt::AptError::Unknown { name }) => {
+                    BuildError::Recipe(at.error(format!(
+                        "unknown kernel package {name:?}: apt has no candidate for it"
+                    )))
+                }
+                e => e.into(),
+            })?
+        }
+        KernelSource::Local { image, modules_dir } => kernel::from_local(image, modules_dir)?,
+    };
+
+    progress.step("root filesystem tree");
+    let (root_tree, inputs) = {
+        let p = &*progress;
+        rootfs::root_tree(&plan, &cache, &staging, &init, &|d| p.detail(d))?
+    };
+
+    progress.step("initramfs");
+    let initramfs_tree = rootfs::initramfs_tree(&plan, &kernel, &staging, &init)?;
+    let initramfs_path = work.path().join("initramfs.img");
+    initramfs::write(&initramfs_tree, &initramfs_path, mtime)?;
+
+    progress.step("squashfs root");
+    let root_path = work.path().join("root.squashfs");
+    squashfs::write(&root_tree, &root_path, mtime)?;
+
+    progress.step("disk image");
+    let stem = format!("{}-{}", plan.name, plan.version);
+    let image = options.out_dir.join(format!("{stem}.img"));
+    let tmp_image = work.path().join(format!("{stem}.img"));
+    let ids = DiskIds::derive(&plan.name, &plan.version.to_string());
+    let entry = BootEntry {
+        title: format!("berth {} {}", plan.name, plan.version),
+        version: plan.version.to_string(),
+        slot: Slot::A,
+        root_partuuid: ids.root_a.to_string(),
+        data_partuuid: ids.data.to_string(),
+        extra_cmdline: plan.kernel.cmdline.clone(),
+    };
+    disk::write(
+        &tmp_image,
+        &DiskInput {
+            sizes: plan.disk,
+            ids: ids.clone(),
+            kernel: &kernel.image,
+            initramfs: &initramfs_path,
+            root: &root_path,
+            entry,
+            epoch,
+        },
+    )?;
+
+    progress.step("report");
+    let disk_artifact = artifact(&tmp_image)?;
+    let offsets = disk::partition_offsets(&plan.disk);
+    let labels = [
+        (layout::ESP_LABEL, ids.esp),
+        (Slot::A.partition_label(), ids.root_a),
+        (Slot::B.partition_label(), ids.root_b),
+        (layout::DATA_LABEL, ids.data),
+    ];
+    let mut packages: Vec<PackageInput> = inputs
+        .packages
+        .iter()
+        .map(|f| PackageInput {
+            name: f.package.name.clone(),
+            version: f.package.version.clone(),
+            sha256: f.package.sha256.clone(),
+        })
+        .collect();
+    packages.sort();
+    packages.dedup();
+    let report = BuildReport {
+        image: ImageId {
+            name: plan.name.clone(),
+            version: plan.version.to_string(),
+            compatible: plan.compatible.clone(),
+        },
+        berth_version: env!("CARGO_PKG_VERSION").to_string(),
+        epoch,
+        outputs: Outputs {
+            disk: DiskArtifact {
+                path: image.display().to_string(),
+                size: disk_artifact.size,
+                sha256: disk_artifact.sha256,
+            },
+            kernel: artifact(&kernel.image)?,
+            initramfs: artifact(&initramfs_path)?,
+            root: artifact(&root_path)?,
+        },
+        partitions: labels
+            .iter()
+            .zip(offsets)
+            .map(|((label, id), (offset, size))| PartitionReport {
+                label: label.to_string(),
+                partuuid: id.to_string(),
+                offset,
+                size,
+            })
+            .collect(),
+        inputs: InputsReport {
+            kernel: KernelInput {
+                release: kernel.version.clone(),
+                package: kernel.package.as_ref().map(|f| PackageInput {
+                    name: f.package.name.clone(),
+                    version: f.package.version.clone(),
+                    sha256: f.package.sha256.clone(),
+                }),
+            },
+            init: artifact(&init)?,
+            systemd_boot: artifact(Path::new(disk::SYSTEMD_BOOT_EFI))?,
+            packages,
+            images: inputs
+                .images
+                .iter()
+                .map(|(reference, manifest)| ImageInput {
+                    reference: reference.clone(),
+                    manifest: manifest.clone(),
+                })
+                .collect(),
+        },
+    };
+    let report_path = options.out_dir.join(format!("{stem}.json"));
+    let json = serde_json::to_string_pretty(&report).map_err(|e| BuildError::Io {
+        path: report_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    let tmp_report = work.path().join("report.json");
+    fs::write(&tmp_report, json + "\n").map_err(io_err(&tmp_report))?;
+    // The image and its report appear together, each by one rename.
+    fs::rename(&tmp_image, &image).map_err(io_err(&image))?;
+    fs::rename(&tmp_report, &report_path).map_err(io_err(&report_path))?;
+    progress.finish();
+    Ok(Built {
+        image,
+        report: report_path,
+        report_data: report,
+    })
+}

@@ -1,0 +1,89 @@
+//! Step progress for the terminal: a spinner per step when stderr is a terminal,
+//! plain lines otherwise, nothing with `--quiet`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How much the builder says while it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+}
+
+/// Reports build steps.
+#[derive(Debug)]
+pub struct Progress {
+    verbosity: Verbosity,
+    bar: Option<ProgressBar>,
+    step: Option<(String, Instant)>,
+}
+
+impl Progress {
+    pub fn new(verbosity: Verbosity) -> Progress {
+        Progress {
+            verbosity,
+            bar: None,
+            step: None,
+        }
+    }
+
+    /// Starts a step (ending the previous one).
+    pub fn step(&mut self, name: &str) {
+        self.finish();
+        if self.verbosity == Verbosity::Quiet {
+            return;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_message(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            self.bar = Some(bar);
+        } else {
+            eprintln!("==> {name}");
+        }
+        self.step = Some((name.to_string(), Instant::now()));
+    }
+
+    /// A detail of the current step.
+    pub fn detail(&self, text: &str) {
+        if let (Some(bar), Some((name, _))) = (&self.bar, &self.step) {
+            bar.set_message(format!("{name}: {text}"));
+        }
+    }
+
+    /// Ends the current step.
+    pub fn finish(&mut self) {
+        if let Some((name, start)) = self.step.take() {
+            let took = start.elapsed().as_secs_f64();
+            match self.bar.take() {
+                Some(bar) => bar.finish_and_clear(),
+                None => {}
+            }
+            if self.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal() {
+                eprintln!("✓ {name} ({took:.1}s)");
+            }
+        }
+    }
+
+    /// A line of output that is not a step (the result).
+    pub fn say(&self, text: &str) {
+        if self.verbosity != Verbosity::Quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

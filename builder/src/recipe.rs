@@ -1,0 +1,823 @@
+//! Recipes: TOML in, a validated [`BuildPlan`] out.
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere) and every error names the
+//! file, line and column. The raw serde types are private to this module: the rest
+//! of the builder only ever sees the typed plan.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use berth_updater::image_config::StaticIpv4;
+use berth_updater::{NetworkConfig, RestartPolicy};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default Debian kernel package.
+pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+const MIB: u64 = 1024 * 1024;
+/// FAT32 needs at least 65525 clusters; with 512-byte clusters that is ~33 MiB.
+const MIN_ESP: u64 = 34 * MIB;
+const MIN_ROOT: u64 = 8 * MIB;
+const MIN_DATA: u64 = 8 * MIB;
+
+/// Where in a recipe a value was written, to point at it in later errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// The text of that line, for the error snippet.
+    pub text: String,
+}
+
+impl Location {
+    fn of(file: &Path, source: &str, span: &Range<usize>) -> Location {
+        let start = span.start.min(source.len());
+        let before = &source[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = source[line_start..start].chars().count() + 1;
+        let text = source[line_start..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+            text,
+        }
+    }
+
+    /// An error at this location.
+    pub fn error(&self, message: impl Into<String>) -> RecipeError {
+        RecipeError::At {
+            at: Box::new(self.clone()),
+            message: message.into(),
+        }
+    }
+}
+
+/// A recipe that cannot be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// The recipe file could not be read.
+    #[error("cannot read recipe {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Something at a given place of the recipe is wrong.
+    #[error("{}", render_at(at, message))]
+    At { at: Box<Location>, message: String },
+}
+
+impl RecipeError {
+    /// The location the error points at, if any.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            RecipeError::At { at, .. } => Some(at),
+            RecipeError::Read { .. } => None,
+        }
+    }
+}
+
+fn render_at(at: &Location, message: &str) -> String {
+    let number = at.line.to_string();
+    let pad = " ".repeat(number.len());
+    let caret_pad: String = at
+        .text
+        .chars()
+        .take(at.column.saturating_sub(1))
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    format!(
+        "{}:{}:{}: {}\n{pad} |\n{number} | {}\n{pad} | {caret_pad}^",
+        at.file.display(),
+        at.line,
+        at.column,
+        message,
+        at.text
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Raw recipe, as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecipe {
+    image: Spanned<RawImage>,
+    #[serde(default)]
+    kernel: Option<Spanned<RawKernel>>,
+    #[serde(default)]
+    disk: Option<RawDisk>,
+    #[serde(default)]
+    network: Option<RawNetwork>,
+    #[serde(default, rename = "container")]
+    containers: Vec<Spanned<RawContainer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    compatible: Option<Spanned<String>>,
+    #[serde(default)]
+    hostname: Option<Spanned<String>>,
+    /// Fixed timestamp of every file in the image (seconds since 1970); overridden
+    /// by `SOURCE_DATE_EPOCH`.
+    #[serde(default)]
+    epoch: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    #[serde(default)]
+    package: Option<Spanned<String>>,
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    modules_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    cmdline: Option<Spanned<String>>,
+    #[serde(default)]
+    modules: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    #[serde(default)]
+    esp: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    root: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    data: Option<Spanned<RawSize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    #[serde(default)]
+    ipv4: Option<Spanned<RawIpv4>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIpv4 {
+    #[serde(default)]
+    interface: Option<Spanned<String>>,
+    address: Spanned<String>,
+    #[serde(default)]
+    gateway: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainer {
+    name: Spanned<String>,
+    #[serde(default)]
+    packages: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    image: Option<Spanned<String>>,
+    #[serde(default)]
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<Spanned<String>, String>,
+    #[serde(default)]
+    workdir: Option<Spanned<String>>,
+    #[serde(default)]
+    restart: Option<RestartPolicy>,
+}
+
+// ---------------------------------------------------------------------------
+// The validated plan.
+
+/// Everything the builder needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct BuildPlan {
+    /// The recipe file.
+    pub recipe: PathBuf,
+    pub name: String,
+    pub version: semver::Version,
+    pub compatible: String,
+    pub hostname: String,
+    /// Recipe's fixed timestamp, if any (`SOURCE_DATE_EPOCH` wins over it).
+    pub epoch: Option<u64>,
+    pub kernel: KernelPlan,
+    pub disk: DiskSizes,
+    pub network: NetworkConfig,
+    pub containers: Vec<ContainerPlan>,
+}
+
+/// Which kernel to boot, and how.
+#[derive(Debug, Clone)]
+pub struct KernelPlan {
+    pub source: KernelSource,
+    /// Extra kernel command line, appended to berth's own.
+    pub cmdline: String,
+    /// Extra modules to load in the initramfs, by name.
+    pub modules: Vec<String>,
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone)]
+pub enum KernelSource {
+    /// A Debian package (or a metapackage depending on one).
+    Package { name: String, at: Location },
+    /// A local kernel image and its `/lib/modules/<version>` folder.
+    Local { image: PathBuf, modules_dir: PathBuf },
+}
+
+/// Sizes of the partitions, in bytes, each a whole number of MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSizes {
+    pub esp: u64,
+    pub root: u64,
+    pub data: u64,
+}
+
+impl Default for DiskSizes {
+    fn default() -> Self {
+        DiskSizes {
+            esp: 128 * MIB,
+            root: 256 * MIB,
+            data: 256 * MIB,
+        }
+    }
+}
+
+/// One container of the recipe.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub source: RootfsSource,
+    /// Overrides the image's entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Overrides the image's default arguments (`Cmd`).
+    pub args: Option<Vec<String>>,
+    /// Added to (and overriding) the image's environment.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub restart: RestartPolicy,
+    /// Where the container was declared.
+    pub at: Location,
+}
+
+/// Where a container's root filesystem comes from.
+#[derive(Debug, Clone)]
+pub enum RootfsSource {
+    /// Debian packages unpacked into an empty root (with their dependencies).
+    Packages(Vec<(String, Location)>),
+    /// An OCI image.
+    Image { reference: ImageRef, at: Location },
+}
+
+/// A reference to an OCI image on the local disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageRef {
+    /// `oci:DIR[:TAG]`: an OCI image layout folder.
+    Layout { dir: PathBuf, tag: Option<String> },
+    /// `oci-archive:FILE[:TAG]`: a tar of an OCI image layout.
+    Archive { file: PathBuf, tag: Option<String> },
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, path, tag) = match self {
+            ImageRef::Layout { dir, tag } => ("oci", dir, tag),
+            ImageRef::Archive { file, tag } => ("oci-archive", file, tag),
+        };
+        write!(f, "{kind}:{}", path.display())?;
+        if let Some(tag) = tag {
+            write!(f, ":{tag}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a recipe file.
+pub fn load(path: &Path) -> Result<BuildPlan, RecipeError> {
+    let source = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &source)
+}
+
+/// Parses and validates recipe text; `path` names the file in errors and anchors
+/// relative paths.
+pub fn parse(path: &Path, source: &str) -> Result<BuildPlan, RecipeError> {
+    let raw: RawRecipe = toml::from_str(source).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        Location::of(path, source, &span).error(e.message().trim().to_string())
+    })?;
+    Validator { path, source }.plan(raw)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+impl Validator<'_> {
+    fn at(&self, span: &Range<usize>) -> Location {
+        Location::of(self.path, self.source, span)
+    }
+
+    fn err<T>(&self, span: &Range<usize>, message: impl Into<String>) -> Result<T, RecipeError> {
+        Err(self.at(span).error(message))
+    }
+
+    /// Resolves a path written in the recipe against the recipe's folder.
+    fn local_path(&self, value: &Spanned<String>, what: &str) -> Result<PathBuf, RecipeError> {
+        if value.get_ref().is_empty() {
+            return self.err(&value.span(), format!("{what} path is empty"));
+        }
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let path = base.join(value.get_ref());
+        if !path.exists() {
+            return self.err(
+                &value.span(),
+                format!("{what} {} does not exist", path.display()),
+            );
+        }
+        Ok(path)
+    }
+
+    fn plan(&self, raw: RawRecipe) -> Result<BuildPlan, RecipeError> {
+        let image_span = raw.image.span();
+        let image = raw.image.into_inner();
+        let name = self.name(&image.name, "image name")?;
+        let version = semver::Version::parse(image.version.get_ref()).map_err(|e| {
+            self.at(&image.version.span()).error(format!(
+                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. \"1.0.0\"): {e}",
+                image.version.get_ref()
+            ))
+        })?;
+        let compatible = match &image.compatible {
+            Some(c) => self.name(c, "compatible string")?,
+            None => name.clone(),
+        };
+        let hostname = match &image.hostname {
+            Some(h) => self.hostname(h)?,
+            None => name.clone(),
+        };
+        let epoch = match image.epoch {
+            Some(e) if *e.get_ref() < 0 => {
+                return self.err(&e.span(), "epoch must be seconds since 1970, not negative")
+            }
+            Some(e) => Some(e.into_inner().unsigned_abs()),
+            None => None,
+        };
+        let _ = image_span;
+        let kernel = self.kernel(raw.kernel)?;
+        let disk = self.disk(raw.disk)?;
+        let network = self.network(raw.network)?;
+
+        let mut seen = HashSet::new();
+        let mut containers = Vec::new();
+        for container in raw.containers {
+            let span = container.span();
+            let container = container.into_inner();
+            let plan = self.container(container, &span)?;
+            if !seen.insert(plan.name.clone()) {
+                return Err(plan.at.error(format!(
+                    "duplicate container name {:?}: each [[container]] needs its own name",
+                    plan.name
+                )));
+            }
+            containers.push(plan);
+        }
+        Ok(BuildPlan {
+            recipe: self.path.to_path_buf(),
+            name,
+            version,
+            compatible,
+            hostname,
+            epoch,
+            kernel,
+            disk,
+            network,
+            containers,
+        })
+    }
+
+    /// Image, compatible and container names: they become file and folder names.
+    fn name(&self, value: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
+        let s = value.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+            });
+        if !ok {
+            return self.err(
+                &value.span(),
+                format!(
+                    "{what} {s:?} is not valid: use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+                ),
+            );
+        }
+        Ok(s.clone())
+    }
+
+    fn hostname(&self, value: &Spanned<String>) -> Result<String, RecipeError> {
+        let s = value.get_ref();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !ok {
+            return self.err(
+                &value.span(),
+                format!("hostname {s:?} is not a valid host name (letters, digits, '-', dots between labels)"),
+            );
+        }
+        Ok(s.clone())
+    }
+
+    fn kernel(&self, raw: Option<Spanned<RawKernel>>) -> Result<KernelPlan, RecipeError> {
+        let Some(raw) = raw else {
+            return Ok(KernelPlan {
+                source: KernelSource::Package {
+                    name: DEFAULT_KERNEL_PACKAGE.to_string(),
+                    at: self.at(&(0..0)),
+                },
+                cmdline: String::new(),
+                modules: Vec::new(),
+            });
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let source = match (&raw.package, &raw.path, &raw.modules_dir) {
+            (Some(p), Some(_), _) | (Some(p), _, Some(_)) => {
+                return self.err(
+                    &p.span(),
+                    "[kernel] takes either `package` or `path` + `modules_dir`, not both",
+                )
+            }
+            (Some(p), None, None) => KernelSource::Package {
+                name: self.package_name(p)?,
+                at: self.at(&p.span()),
+            },
+            (None, Some(image), Some(modules)) => KernelSource::Local {
+                image: self.local_path(image, "kernel image")?,
+                modules_dir: self.local_path(modules, "kernel modules folder")?,
+            },
+            (None, Some(image), None) => {
+                return self.err(
+                    &image.span(),
+                    "a local kernel `path` needs `modules_dir` too (its /lib/modules/<version> folder)",
+                )
+            }
+            (None, None, Some(m)) => {
+                return self.err(&m.span(), "`modules_dir` needs a kernel `path`")
+            }
+            (None, None, None) => KernelSource::Package {
+                name: DEFAULT_KERNEL_PACKAGE.to_string(),
+                at: self.at(&span),
+            },
+        };
+        let cmdline = match raw.cmdline {
+            Some(c) if c.get_ref().contains(['\n', '\r']) => {
+                return self.err(&c.span(), "the kernel command line must be one line")
+            }
+            Some(c) => c.into_inner().trim().to_string(),
+            None => String::new(),
+        };
+        let mut modules = Vec::new();
+        for m in raw.modules {
+            let ok = !m.get_ref().is_empty()
+                && m.get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return self.err(&m.span(), format!("{:?} is not a module name", m.get_ref()));
+            }
+            modules.push(m.into_inner());
+        }
+        Ok(KernelPlan {
+            source,
+            cmdline,
+            modules,
+        })
+    }
+
+    fn package_name(&self, value: &Spanned<String>) -> Result<String, RecipeError> {
+        let s = value.get_ref();
+        // Debian policy 5.6.1: lowercase letters, digits, + - . ; at least two
+        // characters, starting with an alphanumeric.
+        let ok = s.len() >= 2
+            && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && s.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-' || c == '.'
+            });
+        if !ok {
+            return self.err(
+                &value.span(),
+                format!("{s:?} is not a Debian package name"),
+            );
+        }
+        Ok(s.clone())
+    }
+
+    fn disk(&self, raw: Option<RawDisk>) -> Result<DiskSizes, RecipeError> {
+        let mut sizes = DiskSizes::default();
+        let Some(raw) = raw else { return Ok(sizes) };
+        if let Some(esp) = raw.esp {
+            sizes.esp = self.size(&esp, "esp", MIN_ESP)?;
+        }
+        if let Some(root) = raw.root {
+            sizes.root = self.size(&root, "root", MIN_ROOT)?;
+        }
+        if let Some(data) = raw.data {
+            sizes.data = self.size(&data, "data", MIN_DATA)?;
+        }
+        Ok(sizes)
+    }
+
+    fn size(&self, value: &Spanned<RawSize>, what: &str, min: u64) -> Result<u64, RecipeError> {
+        let bytes = match value.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).ok(),
+            RawSize::Text(t) => parse_size(t),
+        };
+        let Some(bytes) = bytes else {
+            return self.err(
+                &value.span(),
+                format!("{what} size is not a size: write a whole number with a unit, like \"64M\" or \"1G\""),
+            );
+        };
+        if bytes % MIB != 0 {
+            return self.err(
+                &value.span(),
+                format!("{what} size must be a whole number of MiB (partitions are 1 MiB aligned)"),
+            );
+        }
+        if bytes < min {
+            let why = if what == "esp" {
+                " (FAT32 needs at least 65525 clusters)"
+            } else {
+                ""
+            };
+            return self.err(
+                &value.span(),
+                format!(
+                    "{what} size {} MiB is too small: at least {} MiB{why}",
+                    bytes / MIB,
+                    min / MIB
+                ),
+            );
+        }
+        Ok(bytes)
+    }
+
+    fn network(&self, raw: Option<RawNetwork>) -> Result<NetworkConfig, RecipeError> {
+        let Some(ipv4) = raw.and_then(|n| n.ipv4) else {
+            return Ok(NetworkConfig::default());
+        };
+        let ipv4 = ipv4.into_inner();
+        let (address, prefix) = ipv4
+            .address
+            .get_ref()
+            .split_once('/')
+            .and_then(|(a, p)| Some((a.parse::<Ipv4Addr>().ok()?, p.parse::<u8>().ok()?)))
+            .filter(|(_, p)| *p <= 32)
+            .ok_or_else(|| {
+                self.at(&ipv4.address.span()).error(format!(
+                    "address {:?} is not an IPv4 address with a prefix length, like \"10.0.2.15/24\"",
+                    ipv4.address.get_ref()
+                ))
+            })?;
+        let gateway = match &ipv4.gateway {
+            Some(g) => Some(
+                g.get_ref()
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| {
+                        self.at(&g.span())
+                            .error(format!("gateway {:?} is not an IPv4 address", g.get_ref()))
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let interface = match &ipv4.interface {
+            Some(i) => {
+                let ok = !i.get_ref().is_empty()
+                    && i.get_ref().len() < 16
+                    && i.get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+                if !ok {
+                    return self.err(&i.span(), format!("{:?} is not an interface name", i.get_ref()));
+                }
+                i.get_ref().clone()
+            }
+            None => "eth0".to_string(),
+        };
+        Ok(NetworkConfig {
+            ipv4: Some(StaticIpv4 {
+                interface,
+                address: address.to_string(),
+                prefix,
+                gateway,
+            }),
+        })
+    }
+
+    fn container(
+        &self,
+        raw: RawContainer,
+        span: &Range<usize>,
+    ) -> Result<ContainerPlan, RecipeError> {
+        let name = self.name(&raw.name, "container name")?;
+        let at = self.at(&raw.name.span());
+        let source = match (raw.packages, raw.image) {
+            (Some(p), Some(_)) => {
+                return self.err(
+                    &p.span(),
+                    format!("container {name:?} has both `packages` and `image`: pick one root filesystem source"),
+                )
+            }
+            (None, None) => {
+                return self.err(
+                    span,
+                    format!("container {name:?} needs a root filesystem: `packages = [...]` or `image = \"oci:DIR\"`"),
+                )
+            }
+            (Some(packages), None) => {
+                if packages.get_ref().is_empty() {
+                    return self.err(&packages.span(), "`packages` is empty");
+                }
+                let mut list = Vec::new();
+                for p in packages.into_inner() {
+                    list.push((self.package_name(&p)?, self.at(&p.span())));
+                }
+                RootfsSource::Packages(list)
+            }
+            (None, Some(image)) => RootfsSource::Image {
+                reference: self.image_ref(&image)?,
+                at: self.at(&image.span()),
+            },
+        };
+        let command = match raw.command {
+            Some(c) if c.get_ref().is_empty() => {
+                return self.err(&c.span(), "`command` is empty: name the program to run")
+            }
+            Some(c) => Some(c.into_inner()),
+            None => None,
+        };
+        if command.is_none() && matches!(source, RootfsSource::Packages(_)) {
+            return self.err(
+                &raw.name.span(),
+                format!("container {name:?} has no `command`: packages have no default entrypoint"),
+            );
+        }
+        let mut env = Vec::new();
+        for (key, value) in raw.env {
+            let ok = !key.get_ref().is_empty()
+                && !key.get_ref().contains('=')
+                && !key.get_ref().contains('\0');
+            if !ok {
+                return self.err(
+                    &key.span(),
+                    format!("{:?} is not an environment variable name", key.get_ref()),
+                );
+            }
+            env.push((key.into_inner(), value));
+        }
+        let workdir = match raw.workdir {
+            Some(w) if !w.get_ref().starts_with('/') => {
+                return self.err(&w.span(), "`workdir` must be an absolute path")
+            }
+            Some(w) => Some(w.into_inner()),
+            None => None,
+        };
+        Ok(ContainerPlan {
+            name,
+            source,
+            command,
+            args: raw.args,
+            env,
+            workdir,
+            restart: raw.restart.unwrap_or(RestartPolicy::Never),
+            at,
+        })
+    }
+
+    fn image_ref(&self, value: &Spanned<String>) -> Result<ImageRef, RecipeError> {
+        let s = value.get_ref();
+        let split = |rest: &str| -> (String, Option<String>) {
+            // A tag follows the last ':' unless what follows is a path.
+            match rest.rsplit_once(':') {
+                Some((path, tag)) if !tag.is_empty() && !tag.contains('/') => {
+                    (path.to_string(), Some(tag.to_string()))
+                }
+                _ => (rest.to_string(), None),
+            }
+        };
+        let spanned = |p: String| Spanned::new(value.span(), p);
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = split(rest);
+            let dir = self.local_path(&spanned(dir), "OCI layout folder")?;
+            if !dir.join("index.json").is_file() {
+                return self.err(
+                    &value.span(),
+                    format!("{} is not an OCI image layout (no index.json)", dir.display()),
+                );
+            }
+            return Ok(ImageRef::Layout { dir, tag });
+        }
+        if let Some(rest) = s.strip_prefix("oci-archive:") {
+            let (file, tag) = split(rest);
+            let file = self.local_path(&spanned(file), "OCI archive")?;
+            return Ok(ImageRef::Archive { file, tag });
+        }
+        self.err(
+            &value.span(),
+            format!(
+                "unsupported image reference {s:?}: use \"oci:DIR[:TAG]\" (an OCI image layout folder) or \"oci-archive:FILE[:TAG]\"; registries are not supported yet"
+            ),
+        )
+    }
+}
+
+/// Parses `64M`, `1G`, `512K`, `2T`, `1GiB`, `1048576` into bytes (binary units).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Some(64 * MIB));
+        assert_eq!(parse_size("1G"), Some(1024 * MIB));
+        assert_eq!(parse_size("1GiB"), Some(1024 * MIB));
+        assert_eq!(parse_size("512K"), Some(512 * 1024));
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("64Q"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999999T"), None);
+    }
+
+    #[test]
+    fn location_points_at_line_and_column() {
+        let src = "a = 1\nbb = 2\n";
+        let at = Location::of(Path::new("r.toml"), src, &(8..9));
+        assert_eq!((at.line, at.column, at.text.as_str()), (2, 3, "bb = 2"));
+    }
+
+    #[test]
+    fn minimal_recipe_gets_defaults() {
+        let plan = parse(
+            Path::new("x.toml"),
+            "[image]\nname = \"x\"\nversion = \"1.2.3\"\n",
+        )
+        .unwrap();
+        assert_eq!(plan.compatible, "x");
+        assert_eq!(plan.hostname, "x");
+        assert_eq!(plan.disk, DiskSizes::default());
+        assert!(matches!(plan.kernel.source, KernelSource::Package { ref name, .. } if name == DEFAULT_KERNEL_PACKAGE));
+        assert!(plan.containers.is_empty());
+    }
+}

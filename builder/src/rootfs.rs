@@ -1,0 +1,426 @@
+//! Assembling the trees: the image's read-only root (init, crun with exactly the
+//! shared libraries it needs, the containers' bundles, the image configuration)
+//! and the initramfs (init + the modules needed to reach the root).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use berth_updater::image_config::ImageInfo;
+use berth_updater::layout::{CONTAINERS_DIR, CRUN_PATH, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH};
+use berth_updater::{ContainerConfig, ImageConfig};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::apt::{self, AptError, Fetched};
+use crate::cache::Cache;
+use crate::deb::{self, DebError};
+use crate::kernel::{Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES};
+use crate::oci::{self, ImageDefaults, OciError};
+use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootfsSource};
+use crate::tree::{Node, NodeKind, Tree, TreeError};
+
+/// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
+const LIB_DIRS: &[&str] = &[
+    "lib/x86_64-linux-gnu",
+    "usr/lib/x86_64-linux-gnu",
+    "lib64",
+    "lib",
+    "usr/lib",
+];
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Failure while assembling a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Apt(#[from] AptError),
+    #[error(transparent)]
+    Deb(#[from] DebError),
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{binary} needs {library}, which no package provides")]
+    MissingLibrary { binary: String, library: String },
+    #[error("{path} is not a valid ELF file: {reason}")]
+    Elf { path: String, reason: String },
+    #[error("writing the OCI runtime config of {container}: {reason}")]
+    Spec { container: String, reason: String },
+}
+
+/// The inputs a tree was made from, for the build report.
+#[derive(Debug, Default, Clone)]
+pub struct Inputs {
+    pub packages: Vec<Fetched>,
+    /// `(reference, manifest digest)` of each OCI image.
+    pub images: Vec<(String, String)>,
+}
+
+/// Unpacks packages (with their dependencies) into a new tree.
+fn packages_tree(
+    cache: &Cache,
+    staging: &Path,
+    names: &[String],
+    with_depends: bool,
+    inputs: &mut Inputs,
+) -> Result<Tree, RootfsError> {
+    let mut tree = Tree::new(staging);
+    for package in apt::resolve(names, with_depends)? {
+        let fetched = apt::fetch(cache, &package)?;
+        let mut archive = deb::data_tar(&fetched.path)?;
+        tree.unpack_tar(&mut archive, false)?;
+        inputs.packages.push(fetched);
+    }
+    Ok(tree)
+}
+
+/// Adds `crun` and exactly the shared libraries it needs (the `DT_NEEDED`
+/// closure, with the dynamic loader) to `root`.
+fn add_crun(
+    root: &mut Tree,
+    cache: &Cache,
+    staging: &Path,
+    inputs: &mut Inputs,
+) -> Result<(), RootfsError> {
+    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs)?;
+    let crun = CRUN_PATH.trim_start_matches('/');
+    root.copy_from(&scratch, crun)?;
+    let mut queue = VecDeque::from([crun.to_string()]);
+    let mut seen = BTreeSet::new();
+    while let Some(key) = queue.pop_front() {
+        let resolved = scratch.resolve(&key, true)?.unwrap_or_default();
+        if !seen.insert(resolved.clone()) {
+            continue;
+        }
+        let Some(Node {
+            kind: NodeKind::File(content),
+            ..
+        }) = scratch.get(&resolved)
+        else {
+            continue;
+        };
+        let bytes = fs::read(content).map_err(|source| RootfsError::Io {
+            path: content.clone(),
+            source,
+        })?;
+        let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| RootfsError::Elf {
+            path: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if let Some(interp) = elf.interpreter {
+            let interp = interp.trim_start_matches('/').to_string();
+            root.copy_from(&scratch, &interp)?;
+            queue.push_back(interp);
+        }
+        for library in elf.libraries {
+            let found = LIB_DIRS.iter().find_map(|dir| {
+                let key = format!("{dir}/{library}");
+                scratch
+                    .resolve(&key, true)
+                    .ok()
+                    .flatten()
+                    .filter(|r| scratch.get(r).is_some())
+                    .map(|_| key)
+            });
+            let Some(found) = found else {
+                return Err(RootfsError::MissingLibrary {
+                    binary: key.clone(),
+                    library: library.to_string(),
+                });
+            };
+            root.copy_from(&scratch, &found)?;
+            queue.push_back(found);
+        }
+    }
+    Ok(())
+}
+
+/// The OCI runtime configuration of a container.
+pub fn runtime_spec(
+    plan: &BuildPlan,
+    container: &ContainerPlan,
+    defaults: &ImageDefaults,
+    rootfs: &Tree,
+) -> Result<Spec, RootfsError> {
+    let fail = |reason: String| RootfsError::Spec {
+        container: container.name.clone(),
+        reason,
+    };
+    let args: Vec<String> = match &container.command {
+        Some(command) => command
+            .iter()
+            .chain(container.args.iter().flatten())
+            .cloned()
+            .collect(),
+        None => defaults
+            .entrypoint
+            .iter()
+            .chain(container.args.as_ref().unwrap_or(&defaults.cmd))
+            .cloned()
+            .collect(),
+    };
+    if args.is_empty() {
+        return Err(container
+            .at
+            .error(format!(
+                "container {:?}: the image has no entrypoint or command; set `command`",
+                container.name
+            ))
+            .into());
+    }
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |entry: String| {
+        let key = entry.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    };
+    set(DEFAULT_PATH.to_string());
+    defaults.env.iter().cloned().for_each(&mut set);
+    container
+        .env
+        .iter()
+        .for_each(|(k, v)| set(format!("{k}={v}")));
+    let (uid, gid) = match &defaults.user {
+        Some(user) => resolve_user(user, rootfs).ok_or_else(|| {
+            fail(format!(
+                "user {user:?} of the image is neither numeric nor in its /etc/passwd"
+            ))
+        })?,
+        None => (0, 0),
+    };
+    let cwd = container
+        .workdir
+        .clone()
+        .or_else(|| defaults.workdir.clone())
+        .unwrap_or_else(|| "/".to_string());
+
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(plan.hostname.clone()));
+    let mut root = oci_spec::runtime::Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(true));
+    spec.set_root(Some(root));
+    let process = spec.process_mut().as_mut().ok_or_else(|| fail("no process".into()))?;
+    process.set_terminal(Some(false));
+    process.set_args(Some(args));
+    process.set_env(Some(env));
+    process.set_cwd(PathBuf::from(cwd));
+    process.set_no_new_privileges(Some(true));
+    let mut user = oci_spec::runtime::User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    process.set_user(user);
+    // Host networking for now: no network namespace.
+    let linux = spec.linux_mut().as_mut().ok_or_else(|| fail("no linux section".into()))?;
+    if let Some(namespaces) = linux.namespaces_mut() {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    }
+    linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}", container.name))));
+    Ok(spec)
+}
+
+fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
+    let (name, group) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let key = rootfs.resolve(file, true).ok()??;
+        let Some(Node {
+            kind: NodeKind::File(path),
+            ..
+        }) = rootfs.get(&key)
+        else {
+            return None;
+        };
+        let text = fs::read_to_string(path).ok()?;
+        text.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.first() == Some(&name) && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+    };
+    let (uid, mut gid) = match name.parse::<u32>() {
+        Ok(uid) => (uid, uid),
+        Err(_) => lookup("etc/passwd", name)?,
+    };
+    if let Some(group) = group {
+        gid = match group.parse::<u32>() {
+            Ok(g) => g,
+            Err(_) => lookup("etc/group", group)?.0,
+        };
+    }
+    Some((uid, gid))
+}
+
+/// Builds the image's root tree.
+pub fn root_tree(
+    plan: &BuildPlan,
+    cache: &Cache,
+    staging: &Path,
+    init: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(Tree, Inputs), RootfsError> {
+    let mut inputs = Inputs::default();
+    let mut root = Tree::new(staging);
+    for dir in [
+        "dev", "proc", "sys", "run", "tmp", "var", "etc/berth", "usr/bin", "usr/sbin", "sbin",
+        "mnt",
+    ] {
+        root.add_dir(dir, 0o755);
+    }
+    root.add_dir("tmp", 0o1777);
+    root.add_host_file("sbin/init", init, 0o755);
+    progress("crun and its libraries");
+    add_crun(&mut root, cache, staging, &mut inputs)?;
+
+    let config = ImageConfig {
+        image: ImageInfo {
+            name: plan.name.clone(),
+            version: plan.version.to_string(),
+            compatible: plan.compatible.clone(),
+            hostname: plan.hostname.clone(),
+        },
+        network: plan.network.clone(),
+        containers: plan
+            .containers
+            .iter()
+            .map(|c| ContainerConfig {
+                name: c.name.clone(),
+                restart: c.restart,
+            })
+            .collect(),
+    };
+    root.add_bytes(IMAGE_CONFIG_PATH, config.render().as_bytes(), 0o644)?;
+    let os_release = format!(
+        "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
+        name = plan.name,
+        version = plan.version,
+        berth = env!("CARGO_PKG_VERSION"),
+    );
+    root.add_bytes("usr/lib/os-release", os_release.as_bytes(), 0o644)?;
+    root.add_symlink("etc/os-release", "../usr/lib/os-release");
+
+    for container in &plan.containers {
+        progress(&format!("container {}", container.name));
+        let (mut tree, defaults) = match &container.source {
+            RootfsSource::Packages(list) => {
+                let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
+                let tree = packages_tree(cache, staging, &names, true, &mut inputs).map_err(|e| {
+                    match e {
+                        // Point at the recipe line of the unknown package.
+                        RootfsError::Apt(AptError::Unknown { name }) => {
+                            match list.iter().find(|(n, _)| *n == name) {
+                                Some((_, at)) => RootfsError::Recipe(at.error(format!(
+                                    "unknown Debian package {name:?}: apt has no candidate for it (check the name, or run `apt-get update`)"
+                                ))),
+                                None => RootfsError::Apt(AptError::Unknown { name }),
+                            }
+                        }
+                        e => e,
+                    }
+                })?;
+                (tree, ImageDefaults::default())
+            }
+            RootfsSource::Image { reference, .. } => {
+                let scratch = cache_tempdir(cache)?;
+                let unpacked = oci::unpack(reference, staging, scratch.path())?;
+                inputs
+                    .images
+                    .push((reference.to_string(), unpacked.manifest_digest.clone()));
+                (unpacked.tree, unpacked.defaults)
+            }
+        };
+        // Mount points the runtime needs on a read-only root.
+        for dir in ["proc", "dev", "sys", "tmp"] {
+            if tree.resolve(dir, true)?.is_none_or(|k| tree.get(&k).is_none()) {
+                tree.add_dir(dir, 0o755);
+            }
+        }
+        let spec = runtime_spec(plan, container, &defaults, &tree)?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| RootfsError::Spec {
+            container: container.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let bundle = format!("{}/{}", CONTAINERS_DIR.trim_start_matches('/'), container.name);
+        root.add_dir(&bundle, 0o755);
+        root.add_bytes(&format!("{bundle}/config.json"), &json, 0o644)?;
+        root.graft(&format!("{bundle}/rootfs"), tree);
+    }
+    Ok((root, inputs))
+}
+
+fn cache_tempdir(cache: &Cache) -> Result<tempfile::TempDir, RootfsError> {
+    cache.tempdir().map_err(|e| RootfsError::Io {
+        path: cache.root().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root
+/// (decompressed), and the list of modules to load, in order.
+pub fn initramfs_tree(
+    plan: &BuildPlan,
+    kernel: &Kernel,
+    staging: &Path,
+    init: &Path,
+) -> Result<Tree, RootfsError> {
+    let index = ModuleIndex::load(&kernel.modules_dir)?;
+    let mut names: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
+    names.extend(
+        OPTIONAL_MODULES
+            .iter()
+            .filter(|m| index.has(m))
+            .map(|s| s.to_string()),
+    );
+    names.extend(plan.kernel.modules.iter().cloned());
+    let files = index.resolve(&names, &kernel.version)?;
+
+    let mut tree = Tree::new(staging);
+    for dir in ["dev", "proc", "sys", "sysroot", "run", "etc/berth"] {
+        tree.add_dir(dir, 0o755);
+    }
+    // The kernel opens /dev/console before devtmpfs is mounted.
+    tree.insert(
+        "dev/console",
+        Node {
+            kind: NodeKind::CharDevice { major: 5, minor: 1 },
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    tree.insert(
+        "dev/null",
+        Node {
+            kind: NodeKind::CharDevice { major: 1, minor: 3 },
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    tree.add_host_file("init", init, 0o755);
+    let mut list = String::new();
+    for file in &files {
+        let source = kernel.modules_dir.join(file);
+        let bytes = crate::kernel::read_module(&source)?;
+        let plain = file
+            .strip_suffix(".xz")
+            .or_else(|| file.strip_suffix(".zst"))
+            .unwrap_or(file);
+        let target = format!("lib/modules/{}/{plain}", kernel.version);
+        tree.add_bytes(&target, &bytes, 0o644)?;
+        list.push('/');
+        list.push_str(&target);
+        list.push('\n');
+    }
+    tree.add_bytes(INITRAMFS_MODULES_PATH, list.as_bytes(), 0o644)?;
+    Ok(tree)
+}

@@ -1,0 +1,616 @@
+//! The staging tree: a root filesystem assembled without root privileges.
+//!
+//! Metadata (kind, mode, owner) lives in memory and is written into the filesystem
+//! image by its writer; file contents live in a staging folder under opaque names.
+//! Paths are keys, never host paths, so nothing an input says can make the builder
+//! write outside its staging folder: `..` is clamped at the root and symlinks in
+//! parent directories are followed inside the tree only.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Symlinks followed while resolving one path before giving up (as Linux's ELOOP).
+const MAX_SYMLINKS: usize = 40;
+/// Longest path berth accepts from an input (Linux's PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+/// Failure while building the tree.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("staging {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    Refused { path: String, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
+    move |source| TreeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeKind {
+    Dir,
+    /// A regular file whose content is the host file at this path.
+    File(PathBuf),
+    Symlink(String),
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// One entry of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: NodeKind,
+    /// Permission bits including setuid/setgid/sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Node {
+    pub fn dir(mode: u32) -> Node {
+        Node {
+            kind: NodeKind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// A root filesystem under construction. Keys are relative paths without leading
+/// `/` (`usr/bin/crun`); the root itself is implicit.
+#[derive(Debug)]
+pub struct Tree {
+    nodes: BTreeMap<String, Node>,
+    staging: PathBuf,
+}
+
+static STAGED: AtomicU64 = AtomicU64::new(0);
+
+/// Normalizes a path from an input into a tree key: `/`, `.` and empty components
+/// dropped, `..` clamped at the root. Returns `None` for the root itself.
+pub fn normalize(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+fn parent_of(key: &str) -> Option<&str> {
+    key.rsplit_once('/').map(|(p, _)| p)
+}
+
+impl Tree {
+    /// An empty tree whose file contents go to `staging` (which must exist).
+    pub fn new(staging: &Path) -> Tree {
+        Tree {
+            nodes: BTreeMap::new(),
+            staging: staging.to_path_buf(),
+        }
+    }
+
+    /// All nodes, parents before children.
+    pub fn nodes(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.nodes.iter()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.nodes.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Resolves `path` inside the tree: symlinks in every component but the last
+    /// are followed (absolute targets from the tree's root, `..` clamped there);
+    /// with `follow_last`, the last one too. Returns the key (`None` for the root).
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<Option<String>, TreeError> {
+        if path.len() > MAX_PATH {
+            return Err(TreeError::Refused {
+                path: path.chars().take(64).collect::<String>() + "…",
+                reason: format!("path longer than {MAX_PATH} bytes"),
+            });
+        }
+        let mut todo: Vec<String> = path
+            .split('/')
+            .rev()
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            if c == ".." {
+                done.pop();
+                continue;
+            }
+            done.push(c);
+            let is_last = todo.is_empty();
+            if is_last && !follow_last {
+                break;
+            }
+            let key = done.join("/");
+            if let Some(Node {
+                kind: NodeKind::Symlink(target),
+                ..
+            }) = self.nodes.get(&key)
+            {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(TreeError::Refused {
+                        path: path.to_string(),
+                        reason: "too many levels of symbolic links".into(),
+                    });
+                }
+                done.pop();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(
+                    target
+                        .split('/')
+                        .rev()
+                        .filter(|c| !c.is_empty() && *c != ".")
+                        .map(str::to_string),
+                );
+            }
+        }
+        Ok((!done.is_empty()).then(|| done.join("/")))
+    }
+
+    /// Where an entry named `path` by an input lands: its parent resolved through
+    /// symlinks inside the tree, its own name kept. `None` for the root.
+    fn place(&self, path: &str) -> Result<Option<String>, TreeError> {
+        let Some(normal) = normalize(path) else {
+            return Ok(None);
+        };
+        let (parent, name) = match normal.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, normal.as_str()),
+        };
+        let parent = match parent {
+            Some(p) => self.resolve(p, true)?,
+            None => None,
+        };
+        Ok(Some(match parent {
+            Some(p) => format!("{p}/{name}"),
+            None => name.to_string(),
+        }))
+    }
+
+    /// Makes sure every parent of `key` is a directory (creating missing ones
+    /// `0755 root:root`); a non-directory in the way is replaced.
+    fn ensure_parents(&mut self, key: &str) {
+        let mut at = 0;
+        while let Some(i) = key[at..].find('/') {
+            let parent = &key[..at + i];
+            let ok = matches!(self.nodes.get(parent), Some(n) if n.kind == NodeKind::Dir);
+            if !ok {
+                self.remove_key(parent);
+                self.nodes.insert(parent.to_string(), Node::dir(0o755));
+            }
+            at += i + 1;
+        }
+    }
+
+    /// Inserts `node` at the key, replacing what was there (a directory replaced by
+    /// a non-directory loses its children, as unpacking a layer would).
+    pub fn insert(&mut self, key: &str, node: Node) {
+        self.ensure_parents(key);
+        if node.kind == NodeKind::Dir {
+            if let Some(existing) = self.nodes.get_mut(key) {
+                if existing.kind == NodeKind::Dir {
+                    existing.mode = node.mode;
+                    existing.uid = node.uid;
+                    existing.gid = node.gid;
+                    return;
+                }
+            }
+        }
+        self.remove_key(key);
+        self.nodes.insert(key.to_string(), node);
+    }
+
+    /// Removes a key and everything below it.
+    pub fn remove_key(&mut self, key: &str) {
+        self.nodes.remove(key);
+        let prefix = format!("{key}/");
+        let below: Vec<String> = self
+            .nodes
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in below {
+            self.nodes.remove(&k);
+        }
+    }
+
+    /// Keys directly or indirectly below `key`.
+    pub fn children_of(&self, key: Option<&str>) -> Vec<String> {
+        match key {
+            None => self.nodes.keys().cloned().collect(),
+            Some(key) => {
+                let prefix = format!("{key}/");
+                self.nodes
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            }
+        }
+    }
+
+    /// Adds a directory at an absolute or relative path (parents created).
+    pub fn add_dir(&mut self, path: &str, mode: u32) {
+        if let Some(key) = normalize(path) {
+            self.insert(&key, Node::dir(mode));
+        }
+    }
+
+    /// Adds a file whose content is an existing host file (not copied).
+    pub fn add_host_file(&mut self, path: &str, source: &Path, mode: u32) {
+        if let Some(key) = normalize(path) {
+            self.insert(
+                &key,
+                Node {
+                    kind: NodeKind::File(source.to_path_buf()),
+                    mode,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
+        }
+    }
+
+    /// Adds a file with the given content (written to the staging folder).
+    pub fn add_bytes(&mut self, path: &str, bytes: &[u8], mode: u32) -> Result<(), TreeError> {
+        let staged = self.stage(&mut io::Cursor::new(bytes))?;
+        self.add_host_file(path, &staged, mode);
+        Ok(())
+    }
+
+    /// Adds a symlink.
+    pub fn add_symlink(&mut self, path: &str, target: &str) {
+        if let Some(key) = normalize(path) {
+            self.insert(
+                &key,
+                Node {
+                    kind: NodeKind::Symlink(target.to_string()),
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
+        }
+    }
+
+    /// Copies a reader's bytes into a new staging file.
+    fn stage(&mut self, reader: &mut dyn Read) -> Result<PathBuf, TreeError> {
+        // Several trees share one staging folder: names are unique per process.
+        let n = STAGED.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging.join(format!("{n:08}"));
+        let mut file = File::create(&path).map_err(io_err(&path))?;
+        io::copy(reader, &mut file).map_err(io_err(&path))?;
+        Ok(path)
+    }
+
+    /// Moves every node of `other` below `prefix` in this tree.
+    pub fn graft(&mut self, prefix: &str, other: Tree) {
+        let prefix = normalize(prefix).unwrap_or_default();
+        if !prefix.is_empty() {
+            self.add_dir(&prefix, 0o755);
+        }
+        for (key, node) in other.nodes {
+            let key = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}/{key}")
+            };
+            self.nodes.insert(key, node);
+        }
+    }
+
+    /// Copies the node at `key` (and, for a symlink, what it points to, recursively)
+    /// from `other`, which must share this tree's staging folder or point at host
+    /// files that outlive the build.
+    pub fn copy_from(&mut self, other: &Tree, key: &str) -> Result<(), TreeError> {
+        let mut key = key.to_string();
+        for _ in 0..MAX_SYMLINKS {
+            // Parents of the key may themselves be symlinks in `other`.
+            if let Some(parent) = parent_of(&key) {
+                if let Some(resolved) = other.resolve(parent, false)? {
+                    if matches!(other.get(&resolved), Some(Node { kind: NodeKind::Symlink(_), .. }))
+                    {
+                        self.copy_from(other, &resolved)?;
+                    }
+                }
+            }
+            let node = other.get(&key).cloned().ok_or_else(|| TreeError::Refused {
+                path: key.clone(),
+                reason: "not found".into(),
+            })?;
+            let next = match &node.kind {
+                NodeKind::Symlink(_) => other.resolve(&key, true)?,
+                _ => None,
+            };
+            self.insert(&key, node);
+            match next {
+                Some(target) if self.get(&target).is_none() => key = target,
+                _ => return Ok(()),
+            }
+        }
+        Err(TreeError::Refused {
+            path: key,
+            reason: "too many levels of symbolic links".into(),
+        })
+    }
+
+    /// Unpacks a tar stream (a package's data or an OCI layer) into the tree.
+    /// With `whiteouts`, OCI whiteout files delete what earlier layers put there.
+    pub fn unpack_tar<R: Read>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+        whiteouts: bool,
+    ) -> Result<(), TreeError> {
+        let refused = |path: &str, reason: String| TreeError::Refused {
+            path: path.to_string(),
+            reason,
+        };
+        // Paths this layer itself created, which an opaque whiteout keeps.
+        let mut this_layer: Vec<String> = Vec::new();
+        let entries = archive.entries().map_err(io_err(Path::new("tar")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(io_err(Path::new("tar")))?;
+            let raw_path = String::from_utf8_lossy(&entry.path_bytes()).to_string();
+            if raw_path.len() > MAX_PATH {
+                return Err(refused(
+                    &raw_path.chars().take(64).collect::<String>(),
+                    format!("path longer than {MAX_PATH} bytes"),
+                ));
+            }
+            let name = raw_path.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
+            if whiteouts && name.starts_with(".wh.") {
+                let dir = normalize(&raw_path).and_then(|k| parent_of(&k).map(str::to_string));
+                let dir = match dir {
+                    Some(d) => self.resolve(&d, true)?,
+                    None => None,
+                };
+                if name == ".wh..wh..opq" {
+                    for k in self.children_of(dir.as_deref()) {
+                        if !this_layer.iter().any(|t| t == &k || k.starts_with(&format!("{t}/"))) {
+                            self.nodes.remove(&k);
+                        }
+                    }
+                } else {
+                    let target = &name[4..];
+                    if target.is_empty() || target == "." || target == ".." {
+                        return Err(refused(&raw_path, "whiteout of an invalid name".into()));
+                    }
+                    let key = match dir {
+                        Some(d) => format!("{d}/{target}"),
+                        None => target.to_string(),
+                    };
+                    self.remove_key(&key);
+                }
+                continue;
+            }
+            let Some(key) = self.place(&raw_path)? else {
+                continue; // the root folder itself
+            };
+            let header = entry.header();
+            let mode = header.mode().map_err(io_err(Path::new(&raw_path)))? & 0o7777;
+            let uid = u32::try_from(header.uid().unwrap_or(0)).unwrap_or(0);
+            let gid = u32::try_from(header.gid().unwrap_or(0)).unwrap_or(0);
+            let kind = match header.entry_type() {
+                tar::EntryType::Directory => NodeKind::Dir,
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    NodeKind::File(self.stage(&mut entry)?)
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).to_string())
+                        .ok_or_else(|| refused(&raw_path, "symlink without a target".into()))?;
+                    NodeKind::Symlink(target)
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .map(|b| String::from_utf8_lossy(&b).to_string())
+                        .ok_or_else(|| refused(&raw_path, "hard link without a target".into()))?;
+                    let source = self.resolve(&target, false)?;
+                    match source.as_deref().and_then(|s| self.nodes.get(s)) {
+                        Some(node @ Node { kind: NodeKind::File(_), .. }) => node.kind.clone(),
+                        _ => {
+                            return Err(refused(
+                                &raw_path,
+                                format!("hard link to {target:?}, which is not a file unpacked before it"),
+                            ))
+                        }
+                    }
+                }
+                tar::EntryType::Char | tar::EntryType::Block => {
+                    let major = header.device_major().ok().flatten().unwrap_or(0);
+                    let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                    if header.entry_type() == tar::EntryType::Char {
+                        NodeKind::CharDevice { major, minor }
+                    } else {
+                        NodeKind::BlockDevice { major, minor }
+                    }
+                }
+                tar::EntryType::Fifo => NodeKind::Fifo,
+                // Extended headers are consumed by the tar crate; anything else
+                // (sparse files, unknown types) is refused rather than guessed at.
+                other => {
+                    return Err(refused(&raw_path, format!("unsupported tar entry type {other:?}")))
+                }
+            };
+            this_layer.push(key.clone());
+            self.insert(
+                &key,
+                Node {
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            // set_path refuses `..`; write the raw name like a hostile tar would.
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn unpack(tree: &mut Tree, bytes: Vec<u8>) -> Result<(), TreeError> {
+        tree.unpack_tar(&mut tar::Archive::new(io::Cursor::new(bytes)), true)
+    }
+
+    #[test]
+    fn normalize_clamps_dotdot() {
+        assert_eq!(normalize("/a/./b/"), Some("a/b".into()));
+        assert_eq!(normalize("../../etc/passwd"), Some("etc/passwd".into()));
+        assert_eq!(normalize("/"), None);
+    }
+
+    #[test]
+    fn symlinked_parents_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        use tar::EntryType::*;
+        unpack(
+            &mut t,
+            tar_of(&[
+                ("etc", Symlink, "/../../../../host-etc", b""),
+                ("etc/passwd", Regular, "", b"x"),
+                ("rel", Symlink, "../../..", b""),
+                ("rel/escape", Regular, "", b"y"),
+                ("../outside", Regular, "", b"z"),
+            ]),
+        )
+        .unwrap();
+        let keys: Vec<&String> = t.nodes().map(|(k, _)| k).collect();
+        assert!(keys.contains(&&"host-etc/passwd".to_string()), "{keys:?}");
+        assert!(keys.contains(&&"escape".to_string()), "{keys:?}");
+        assert!(keys.contains(&&"outside".to_string()), "{keys:?}");
+        // Nothing but opaque staging files was written to disk.
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_digit()), "{name}");
+        }
+    }
+
+    #[test]
+    fn whiteouts_remove_lower_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        use tar::EntryType::*;
+        unpack(
+            &mut t,
+            tar_of(&[
+                ("a/", Directory, "", b""),
+                ("a/old", Regular, "", b"1"),
+                ("b", Regular, "", b"2"),
+                ("c/", Directory, "", b""),
+                ("c/keep", Regular, "", b"3"),
+            ]),
+        )
+        .unwrap();
+        unpack(
+            &mut t,
+            tar_of(&[
+                ("a/new", Regular, "", b"4"),
+                ("a/.wh..wh..opq", Regular, "", b""),
+                (".wh.b", Regular, "", b""),
+            ]),
+        )
+        .unwrap();
+        assert!(t.get("a/old").is_none());
+        assert!(t.get("a/new").is_some());
+        assert!(t.get("b").is_none());
+        assert!(t.get("c/keep").is_some());
+        let bad = unpack(&mut t, tar_of(&[("c/.wh...", Regular, "", b"")]));
+        assert!(matches!(bad, Err(TreeError::Refused { .. })));
+    }
+
+    #[test]
+    fn hard_links_copy_files_and_refuse_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        use tar::EntryType::*;
+        unpack(
+            &mut t,
+            tar_of(&[("f", Regular, "", b"data"), ("g", Link, "f", b"")]),
+        )
+        .unwrap();
+        assert_eq!(t.get("f").unwrap().kind, t.get("g").unwrap().kind);
+        let bad = unpack(&mut t, tar_of(&[("h", Link, "/etc/shadow", b"")]));
+        assert!(matches!(bad, Err(TreeError::Refused { .. })));
+    }
+
+    #[test]
+    fn symlink_loops_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        t.add_symlink("a", "b");
+        t.add_symlink("b", "a");
+        assert!(t.resolve("a/x", true).is_err());
+    }
+
+    #[test]
+    fn copy_from_follows_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = Tree::new(dir.path());
+        src.add_bytes("lib/x86_64-linux-gnu/libz.so.1.2", b"elf", 0o644).unwrap();
+        src.add_symlink("lib/x86_64-linux-gnu/libz.so.1", "libz.so.1.2");
+        src.add_symlink("lib64/ld.so", "/lib/x86_64-linux-gnu/libz.so.1");
+        let mut dst = Tree::new(dir.path());
+        dst.copy_from(&src, "lib64/ld.so").unwrap();
+        assert!(dst.get("lib64/ld.so").is_some());
+        assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1").is_some());
+        assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1.2").is_some());
+    }
+}
