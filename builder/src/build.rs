@@ -78,7 +78,10 @@ pub fn find_init() -> Result<PathBuf, BuildError> {
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             candidates.push(dir.join("berth-init"));
-            for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+            for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+                .into_iter()
+                .flatten()
+            {
                 candidates.push(up.join("x86_64-unknown-linux-musl/release/berth-init"));
             }
         }

@@ -178,7 +178,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// The inner writer, the sha256 (hex) and the byte count.
     pub fn finish(self) -> (W, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.written)
+        (
+            self.inner,
+            hex::encode(self.hasher.finalize()),
+            self.written,
+        )
     }
 }
 

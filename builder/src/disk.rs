@@ -109,7 +109,10 @@ impl Seek for Window<'_> {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before start")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before start",
+            )),
         }
     }
 }
@@ -245,16 +248,46 @@ fn write_gpt(file: &File, input: &DiskInput<'_>, o: &Offsets) -> Result<(), Disk
     };
     let mut parts = std::collections::BTreeMap::new();
     let s = &input.sizes;
-    parts.insert(1, part(ty(layout::ESP_TYPE_GUID), input.ids.esp, o.esp, s.esp, layout::ESP_LABEL));
+    parts.insert(
+        1,
+        part(
+            ty(layout::ESP_TYPE_GUID),
+            input.ids.esp,
+            o.esp,
+            s.esp,
+            layout::ESP_LABEL,
+        ),
+    );
     parts.insert(
         2,
-        part(ty(layout::ROOT_X86_64_TYPE_GUID), input.ids.root_a, o.root_a, s.root, Slot::A.partition_label()),
+        part(
+            ty(layout::ROOT_X86_64_TYPE_GUID),
+            input.ids.root_a,
+            o.root_a,
+            s.root,
+            Slot::A.partition_label(),
+        ),
     );
     parts.insert(
         3,
-        part(ty(layout::ROOT_X86_64_TYPE_GUID), input.ids.root_b, o.root_b, s.root, Slot::B.partition_label()),
+        part(
+            ty(layout::ROOT_X86_64_TYPE_GUID),
+            input.ids.root_b,
+            o.root_b,
+            s.root,
+            Slot::B.partition_label(),
+        ),
     );
-    parts.insert(4, part(ty(layout::VAR_TYPE_GUID), input.ids.data, o.data, s.data, layout::DATA_LABEL));
+    parts.insert(
+        4,
+        part(
+            ty(layout::VAR_TYPE_GUID),
+            input.ids.data,
+            o.data,
+            s.data,
+            layout::DATA_LABEL,
+        ),
+    );
     disk.update_partitions(parts).map_err(gpt_err)?;
     disk.write().map_err(gpt_err)?;
     Ok(())
@@ -287,7 +320,12 @@ impl fatfs::TimeProvider for FatEpoch {
 
 static FAT_EPOCH: FatEpoch = FatEpoch;
 
-fn write_esp(file: &File, input: &DiskInput<'_>, o: &Offsets, sd_boot: &Path) -> Result<(), DiskError> {
+fn write_esp(
+    file: &File,
+    input: &DiskInput<'_>,
+    o: &Offsets,
+    sd_boot: &Path,
+) -> Result<(), DiskError> {
     let fat = |e: io::Error| DiskError::Fat(e);
     let mut window = Window::new(file, o.esp, input.sizes.esp);
     let volume_id = u32::from_le_bytes(
@@ -304,11 +342,8 @@ fn write_esp(file: &File, input: &DiskInput<'_>, o: &Offsets, sd_boot: &Path) ->
     )
     .map_err(fat)?;
     window.seek(SeekFrom::Start(0)).map_err(fat)?;
-    let fs = fatfs::FileSystem::new(
-        window,
-        fatfs::FsOptions::new().time_provider(&FAT_EPOCH),
-    )
-    .map_err(fat)?;
+    let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new().time_provider(&FAT_EPOCH))
+        .map_err(fat)?;
     let root = fs.root_dir();
     let put = |path: &str, source: &Path| -> Result<(), DiskError> {
         let mut src = File::open(source).map_err(io_err(source))?;
@@ -369,7 +404,12 @@ fn fat32_fix_dot_entries<D: Read + Write + Seek>(disk: &mut D) -> io::Result<()>
     disk.read_exact(&mut boot)?;
     let le16 = |o: usize| u64::from(u16::from_le_bytes([boot[o], boot[o + 1]]));
     let le32 = |o: usize| {
-        u64::from(u32::from_le_bytes([boot[o], boot[o + 1], boot[o + 2], boot[o + 3]]))
+        u64::from(u32::from_le_bytes([
+            boot[o],
+            boot[o + 1],
+            boot[o + 2],
+            boot[o + 3],
+        ]))
     };
     let sector = le16(11);
     let cluster_size = sector * u64::from(boot[13]);

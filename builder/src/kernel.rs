@@ -44,7 +44,9 @@ pub enum KernelError {
     NoImage { package: String },
     #[error("package {package} is not a kernel and depends on no linux-image-* package")]
     NotKernel { package: String },
-    #[error("{dir} has no modules.dep: the modules folder must be /lib/modules/<version> of the kernel")]
+    #[error(
+        "{dir} has no modules.dep: the modules folder must be /lib/modules/<version> of the kernel"
+    )]
     NoModulesDep { dir: PathBuf },
     #[error("kernel {version} has no module {name:?} (neither in modules.dep nor built in)")]
     NoModule { version: String, name: String },
@@ -131,7 +133,8 @@ pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
 
 /// A local kernel image and its modules folder.
 pub fn from_local(image: &Path, modules_dir: &Path) -> Result<Kernel, KernelError> {
-    if !modules_dir.join("modules.builtin").is_file() && !modules_dir.join("modules.dep").is_file() {
+    if !modules_dir.join("modules.builtin").is_file() && !modules_dir.join("modules.dep").is_file()
+    {
         return Err(KernelError::NoModulesDep {
             dir: modules_dir.to_path_buf(),
         });
@@ -370,7 +373,12 @@ kernel/drivers/md/dm-mod.ko:\n";
         let index = ModuleIndex::parse(DEP, "kernel/fs/ext4/ext4.ko\n");
         let order = index
             .resolve(
-                &["virtio_blk".into(), "virtio".into(), "ext4".into(), "dm_mod".into()],
+                &[
+                    "virtio_blk".into(),
+                    "virtio".into(),
+                    "ext4".into(),
+                    "dm_mod".into(),
+                ],
                 "v",
             )
             .unwrap();

@@ -140,7 +140,11 @@ pub fn unpack(reference: &ImageRef, staging: &Path, scratch: &Path) -> Result<Un
 }
 
 /// Picks the manifest named `tag` (or the only one) from an index.
-fn select<'a>(index: &'a ImageIndex, tag: Option<&str>, image: &str) -> Result<&'a Descriptor, OciError> {
+fn select<'a>(
+    index: &'a ImageIndex,
+    tag: Option<&str>,
+    image: &str,
+) -> Result<&'a Descriptor, OciError> {
     let manifests = index.manifests();
     let name_of = |d: &Descriptor| {
         d.annotations()
@@ -158,7 +162,10 @@ fn select<'a>(index: &'a ImageIndex, tag: Option<&str>, image: &str) -> Result<&
     found.ok_or_else(|| OciError::Select {
         image: image.to_string(),
         reason: match tag {
-            Some(tag) => format!("no manifest tagged {tag:?} (tags here: {})", names.join(", ")),
+            Some(tag) => format!(
+                "no manifest tagged {tag:?} (tags here: {})",
+                names.join(", ")
+            ),
             None => format!(
                 "{} manifests and no tag given: add one of these tags: {}",
                 manifests.len(),
@@ -190,8 +197,7 @@ impl Layout {
         let digest = descriptor.digest();
         let algorithm = digest.algorithm().as_ref().to_string();
         let hex = digest.digest();
-        if algorithm != "sha256" || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit())
-        {
+        if algorithm != "sha256" || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(OciError::Unsupported {
                 image: self.image.clone(),
                 what: "digest",

@@ -62,9 +62,8 @@ impl Progress {
     pub fn finish(&mut self) {
         if let Some((name, start)) = self.step.take() {
             let took = start.elapsed().as_secs_f64();
-            match self.bar.take() {
-                Some(bar) => bar.finish_and_clear(),
-                None => {}
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
             }
             if self.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal() {
                 eprintln!("✓ {name} ({took:.1}s)");

@@ -245,7 +245,10 @@ pub enum KernelSource {
     /// A Debian package (or a metapackage depending on one).
     Package { name: String, at: Location },
     /// A local kernel image and its `/lib/modules/<version>` folder.
-    Local { image: PathBuf, modules_dir: PathBuf },
+    Local {
+        image: PathBuf,
+        modules_dir: PathBuf,
+    },
 }
 
 /// Sizes of the partitions, in bytes, each a whole number of MiB.
@@ -489,12 +492,10 @@ impl Validator<'_> {
                 image: self.local_path(image, "kernel image")?,
                 modules_dir: self.local_path(modules, "kernel modules folder")?,
             },
-            (None, Some(image), None) => {
-                return self.err(
-                    &image.span(),
-                    "a local kernel `path` needs `modules_dir` too (its /lib/modules/<version> folder)",
-                )
-            }
+            (None, Some(image), None) => return self.err(
+                &image.span(),
+                "a local kernel `path` needs `modules_dir` too (its /lib/modules/<version> folder)",
+            ),
             (None, None, Some(m)) => {
                 return self.err(&m.span(), "`modules_dir` needs a kernel `path`")
             }
@@ -538,10 +539,7 @@ impl Validator<'_> {
                 c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-' || c == '.'
             });
         if !ok {
-            return self.err(
-                &value.span(),
-                format!("{s:?} is not a Debian package name"),
-            );
+            return self.err(&value.span(), format!("{s:?} is not a Debian package name"));
         }
         Ok(s.clone())
     }
@@ -633,7 +631,10 @@ impl Validator<'_> {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
                 if !ok {
-                    return self.err(&i.span(), format!("{:?} is not an interface name", i.get_ref()));
+                    return self.err(
+                        &i.span(),
+                        format!("{:?} is not an interface name", i.get_ref()),
+                    );
                 }
                 i.get_ref().clone()
             }
@@ -747,7 +748,10 @@ impl Validator<'_> {
             if !dir.join("index.json").is_file() {
                 return self.err(
                     &value.span(),
-                    format!("{} is not an OCI image layout (no index.json)", dir.display()),
+                    format!(
+                        "{} is not an OCI image layout (no index.json)",
+                        dir.display()
+                    ),
                 );
             }
             return Ok(ImageRef::Layout { dir, tag });
@@ -817,7 +821,9 @@ mod tests {
         assert_eq!(plan.compatible, "x");
         assert_eq!(plan.hostname, "x");
         assert_eq!(plan.disk, DiskSizes::default());
-        assert!(matches!(plan.kernel.source, KernelSource::Package { ref name, .. } if name == DEFAULT_KERNEL_PACKAGE));
+        assert!(
+            matches!(plan.kernel.source, KernelSource::Package { ref name, .. } if name == DEFAULT_KERNEL_PACKAGE)
+        );
         assert!(plan.containers.is_empty());
     }
 }

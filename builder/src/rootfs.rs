@@ -45,7 +45,10 @@ pub enum RootfsError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{binary} needs {library}, which no package provides")]
     MissingLibrary { binary: String, library: String },
     #[error("{path} is not a valid ELF file: {reason}")]
@@ -206,7 +209,10 @@ pub fn runtime_spec(
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(true));
     spec.set_root(Some(root));
-    let process = spec.process_mut().as_mut().ok_or_else(|| fail("no process".into()))?;
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .ok_or_else(|| fail("no process".into()))?;
     process.set_terminal(Some(false));
     process.set_args(Some(args));
     process.set_env(Some(env));
@@ -216,8 +222,25 @@ pub fn runtime_spec(
     user.set_uid(uid);
     user.set_gid(gid);
     process.set_user(user);
+    // The root is read-only: give the container a private, writable /tmp (as
+    // `docker run --read-only --tmpfs /tmp` would).
+    let mut tmp = oci_spec::runtime::Mount::default();
+    tmp.set_destination(PathBuf::from("/tmp"));
+    tmp.set_typ(Some("tmpfs".into()));
+    tmp.set_source(Some(PathBuf::from("tmpfs")));
+    tmp.set_options(Some(
+        ["nosuid", "nodev", "mode=1777", "size=64m"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    if let Some(mounts) = spec.mounts_mut() {
+        mounts.push(tmp);
+    }
     // Host networking for now: no network namespace.
-    let linux = spec.linux_mut().as_mut().ok_or_else(|| fail("no linux section".into()))?;
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| fail("no linux section".into()))?;
     if let Some(namespaces) = linux.namespaces_mut() {
         namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
     }
@@ -271,7 +294,16 @@ pub fn root_tree(
     let mut inputs = Inputs::default();
     let mut root = Tree::new(staging);
     for dir in [
-        "dev", "proc", "sys", "run", "tmp", "var", "etc/berth", "usr/bin", "usr/sbin", "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "etc/berth",
+        "usr/bin",
+        "usr/sbin",
+        "sbin",
         "mnt",
     ] {
         root.add_dir(dir, 0o755);
@@ -340,7 +372,10 @@ pub fn root_tree(
         };
         // Mount points the runtime needs on a read-only root.
         for dir in ["proc", "dev", "sys", "tmp"] {
-            if tree.resolve(dir, true)?.is_none_or(|k| tree.get(&k).is_none()) {
+            if tree
+                .resolve(dir, true)?
+                .is_none_or(|k| tree.get(&k).is_none())
+            {
                 tree.add_dir(dir, 0o755);
             }
         }
@@ -349,7 +384,11 @@ pub fn root_tree(
             container: container.name.clone(),
             reason: e.to_string(),
         })?;
-        let bundle = format!("{}/{}", CONTAINERS_DIR.trim_start_matches('/'), container.name);
+        let bundle = format!(
+            "{}/{}",
+            CONTAINERS_DIR.trim_start_matches('/'),
+            container.name
+        );
         root.add_dir(&bundle, 0o755);
         root.add_bytes(&format!("{bundle}/config.json"), &json, 0o644)?;
         root.graft(&format!("{bundle}/rootfs"), tree);

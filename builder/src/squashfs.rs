@@ -31,12 +31,11 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32) -> Result<u64, SquashfsError> 
     fs.set_root_mode(0o755);
     fs.set_root_uid(0);
     fs.set_root_gid(0);
-    let compressor = FilesystemCompressor::new(Compressor::Zstd, None).map_err(|e| {
-        SquashfsError::Entry {
+    let compressor =
+        FilesystemCompressor::new(Compressor::Zstd, None).map_err(|e| SquashfsError::Entry {
             entry: "/".into(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     fs.set_compressor(compressor);
     for (key, node) in tree.nodes() {
         let header = NodeHeader {

@@ -40,8 +40,14 @@ pub enum NodeKind {
     /// A regular file whose content is the host file at this path.
     File(PathBuf),
     Symlink(String),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -341,8 +347,13 @@ impl Tree {
             // Parents of the key may themselves be symlinks in `other`.
             if let Some(parent) = parent_of(&key) {
                 if let Some(resolved) = other.resolve(parent, false)? {
-                    if matches!(other.get(&resolved), Some(Node { kind: NodeKind::Symlink(_), .. }))
-                    {
+                    if matches!(
+                        other.get(&resolved),
+                        Some(Node {
+                            kind: NodeKind::Symlink(_),
+                            ..
+                        })
+                    ) {
                         self.copy_from(other, &resolved)?;
                     }
                 }
@@ -351,8 +362,13 @@ impl Tree {
                 path: key.clone(),
                 reason: "not found".into(),
             })?;
+            // One hop at a time, so intermediate links are copied too.
             let next = match &node.kind {
-                NodeKind::Symlink(_) => other.resolve(&key, true)?,
+                NodeKind::Symlink(target) if target.starts_with('/') => other.place(target)?,
+                NodeKind::Symlink(target) => match parent_of(&key) {
+                    Some(parent) => other.place(&format!("{parent}/{target}"))?,
+                    None => other.place(target)?,
+                },
                 _ => None,
             };
             self.insert(&key, node);
@@ -399,7 +415,10 @@ impl Tree {
                 };
                 if name == ".wh..wh..opq" {
                     for k in self.children_of(dir.as_deref()) {
-                        if !this_layer.iter().any(|t| t == &k || k.starts_with(&format!("{t}/"))) {
+                        if !this_layer
+                            .iter()
+                            .any(|t| t == &k || k.starts_with(&format!("{t}/")))
+                        {
                             self.nodes.remove(&k);
                         }
                     }
@@ -442,13 +461,18 @@ impl Tree {
                         .ok_or_else(|| refused(&raw_path, "hard link without a target".into()))?;
                     let source = self.resolve(&target, false)?;
                     match source.as_deref().and_then(|s| self.nodes.get(s)) {
-                        Some(node @ Node { kind: NodeKind::File(_), .. }) => node.kind.clone(),
-                        _ => {
-                            return Err(refused(
-                                &raw_path,
-                                format!("hard link to {target:?}, which is not a file unpacked before it"),
-                            ))
-                        }
+                        Some(
+                            node @ Node {
+                                kind: NodeKind::File(_),
+                                ..
+                            },
+                        ) => node.kind.clone(),
+                        _ => return Err(refused(
+                            &raw_path,
+                            format!(
+                                "hard link to {target:?}, which is not a file unpacked before it"
+                            ),
+                        )),
                     }
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
@@ -464,7 +488,10 @@ impl Tree {
                 // Extended headers are consumed by the tar crate; anything else
                 // (sparse files, unknown types) is refused rather than guessed at.
                 other => {
-                    return Err(refused(&raw_path, format!("unsupported tar entry type {other:?}")))
+                    return Err(refused(
+                        &raw_path,
+                        format!("unsupported tar entry type {other:?}"),
+                    ))
                 }
             };
             this_layer.push(key.clone());
@@ -604,7 +631,8 @@ mod tests {
     fn copy_from_follows_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let mut src = Tree::new(dir.path());
-        src.add_bytes("lib/x86_64-linux-gnu/libz.so.1.2", b"elf", 0o644).unwrap();
+        src.add_bytes("lib/x86_64-linux-gnu/libz.so.1.2", b"elf", 0o644)
+            .unwrap();
         src.add_symlink("lib/x86_64-linux-gnu/libz.so.1", "libz.so.1.2");
         src.add_symlink("lib64/ld.so", "/lib/x86_64-linux-gnu/libz.so.1");
         let mut dst = Tree::new(dir.path());

@@ -1,1 +1,522 @@
+//! Helpers for berth's end-to-end tests: build the host CLI and the init once per
+//! test process, build each recipe's image once (shared between test processes
+//! under a file lock, rebuilt when the recipe or the binaries are newer), and boot
+//! images in QEMU with at most [`MAX_VMS`] VMs at a time.
+//!
+//! Everything goes under the workspace's `target/`: images in `target/e2e/<recipe>/`,
+//! console logs in `target/e2e/logs/<test>.log`.
+//!
+//! The helpers panic with a full explanation on failure: they run inside tests.
 
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use berth_qemu::{extract_direct_boot, BootMode, DiskWrites, PortForward, Vm, VmConfig, VmOptions};
+use fs4::FileExt;
+use regex::Regex;
+
+/// How long a test waits for a boot milestone: generous, QEMU runs under TCG here.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// VMs running at once across a test process's threads (the machines have 2 cores).
+pub const MAX_VMS: usize = 2;
+/// The init's target triple.
+pub const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The workspace root (this crate's parent folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target folder: `CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Where the end-to-end tests keep their images and logs.
+pub fn e2e_dir() -> PathBuf {
+    target_dir().join("e2e")
+}
+
+/// The release binaries the tests use.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The host CLI, `target/release/berth`.
+    pub berth: PathBuf,
+    /// PID 1 of the images, `target/x86_64-unknown-linux-musl/release/berth-init`.
+    pub init: PathBuf,
+}
+
+/// Builds the host CLI and the init (release) once per test process.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        cargo_build(&["build", "--release", "-p", "berth-builder"]);
+        cargo_build(&[
+            "build",
+            "--release",
+            "-p",
+            "berth-init",
+            "--target",
+            INIT_TARGET,
+        ]);
+        let target = target_dir();
+        let binaries = Binaries {
+            berth: target.join("release").join("berth"),
+            init: target.join(INIT_TARGET).join("release").join("berth-init"),
+        };
+        for path in [&binaries.berth, &binaries.init] {
+            assert!(
+                path.is_file(),
+                "cargo build succeeded but {} is missing",
+                path.display()
+            );
+        }
+        binaries
+    })
+}
+
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|err| panic!("running {cargo:?} {}: {err}", args.join(" ")));
+    assert!(
+        output.status.success(),
+        "{cargo:?} {} failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A path relative to the workspace root (`recipes/hello.toml`).
+pub fn workspace_path(relative: impl AsRef<Path>) -> PathBuf {
+    workspace_root().join(relative)
+}
+
+/// Builds the image of `recipe` (a path relative to the workspace root or
+/// absolute) into `target/e2e/<recipe-stem>/` and returns the `NAME-VERSION.img`
+/// path. An image newer than the recipe and both binaries is reused; a file lock
+/// keeps concurrent test processes and threads from building the same one twice.
+pub fn build_image(recipe: impl AsRef<Path>) -> PathBuf {
+    let recipe = workspace_path(recipe);
+    let binaries = binaries();
+    let stem = recipe
+        .file_stem()
+        .unwrap_or_else(|| panic!("recipe path {} has no file name", recipe.display()))
+        .to_string_lossy()
+        .into_owned();
+    let e2e = e2e_dir();
+    fs::create_dir_all(&e2e).unwrap_or_else(|err| panic!("creating {}: {err}", e2e.display()));
+    let lock_path = e2e.join(format!("{stem}.lock"));
+    let lock = File::create(&lock_path)
+        .unwrap_or_else(|err| panic!("creating the lock file {}: {err}", lock_path.display()));
+    // fs4's trait method, not std's inherent `File::lock` (newer than the MSRV).
+    FileExt::lock(&lock).unwrap_or_else(|err| panic!("locking {}: {err}", lock_path.display()));
+
+    let out = e2e.join(&stem);
+    let inputs = [recipe.as_path(), &binaries.berth, &binaries.init];
+    if let Some(image) = find_image(&out) {
+        if is_newer_than_all(&image, &inputs) {
+            return image;
+        }
+    }
+    if out.exists() {
+        fs::remove_dir_all(&out)
+            .unwrap_or_else(|err| panic!("removing the old build {}: {err}", out.display()));
+    }
+    fs::create_dir_all(&out).unwrap_or_else(|err| panic!("creating {}: {err}", out.display()));
+    let output = Command::new(&binaries.berth)
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet")
+        .current_dir(workspace_root())
+        .output()
+        .unwrap_or_else(|err| panic!("running {}: {err}", binaries.berth.display()));
+    assert!(
+        output.status.success(),
+        "berth build {} failed ({}):\n{}{}",
+        recipe.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image = find_image(&out).unwrap_or_else(|| {
+        panic!(
+            "berth build {} succeeded but left no single *.img in {}",
+            recipe.display(),
+            out.display()
+        )
+    });
+    drop(lock);
+    image
+}
+
+/// The one `*.img` in `dir`, if there is exactly one.
+fn find_image(dir: &Path) -> Option<PathBuf> {
+    let mut images = fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "img") && path.is_file());
+    let image = images.next()?;
+    images.next().is_none().then_some(image)
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn is_newer_than_all(output: &Path, inputs: &[&Path]) -> bool {
+    let Some(built) = modified(output) else {
+        return false;
+    };
+    inputs
+        .iter()
+        .all(|input| modified(input).is_some_and(|time| time < built))
+}
+
+/// Counting semaphore limiting VMs per process.
+struct Slots {
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+static SLOTS: Slots = Slots {
+    used: Mutex::new(0),
+    freed: Condvar::new(),
+};
+
+/// One of the [`MAX_VMS`] VM slots, given back on drop.
+#[derive(Debug)]
+pub struct VmPermit(());
+
+impl VmPermit {
+    /// Waits for a free slot.
+    pub fn acquire() -> VmPermit {
+        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= MAX_VMS {
+            used = SLOTS.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        VmPermit(())
+    }
+}
+
+impl Drop for VmPermit {
+    fn drop(&mut self) {
+        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used = used.saturating_sub(1);
+        drop(used);
+        SLOTS.freed.notify_one();
+    }
+}
+
+/// How a test boots an image. Writes always go to a throwaway overlay, so tests can
+/// share one image.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Boot the default entry's kernel directly instead of through OVMF and
+    /// systemd-boot.
+    pub direct: bool,
+    pub ports: Vec<PortForward>,
+    /// Guest memory; the library default when `None`.
+    pub memory_mib: Option<u32>,
+    /// Console log name under `target/e2e/logs/`; the test's name when `None`.
+    pub log_name: Option<String>,
+    /// Echo the console to the test's stderr as well.
+    pub echo: bool,
+}
+
+/// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
+/// frees the slot.
+#[derive(Debug)]
+pub struct TestVm {
+    // Field order matters: the VM dies before the slot is given back.
+    vm: Vm,
+    _permit: VmPermit,
+    _direct_files: Option<tempfile::TempDir>,
+}
+
+impl TestVm {
+    /// The console log of this VM.
+    pub fn log(&self) -> &Path {
+        self.vm.log_path().unwrap_or(Path::new("(no log)"))
+    }
+}
+
+impl Deref for TestVm {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+impl DerefMut for TestVm {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+}
+
+/// The current test's name, as libtest names its thread, made safe for a file name.
+pub fn test_name() -> String {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed-test")
+        .to_string();
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Boots `image` and returns the running VM, its console logged to
+/// `target/e2e/logs/<test>.log` (emptied on the first boot of that name in this
+/// process).
+pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
+    static LOGS_SEEN: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let permit = VmPermit::acquire();
+    let mut config = VmConfig::new(image)
+        .unwrap_or_else(|err| panic!("describing a VM for {}: {err}", image.display()));
+    config.writes = DiskWrites::Discard;
+    config.ports = opts.ports.clone();
+    if let Some(memory) = opts.memory_mib {
+        config.memory_mib = memory;
+    }
+    let mut direct_files = None;
+    if opts.direct {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-direct-")
+            .tempdir()
+            .unwrap_or_else(|err| panic!("creating a temporary folder: {err}"));
+        let direct = extract_direct_boot(image, dir.path()).unwrap_or_else(|err| panic!("{err}"));
+        config.boot = BootMode::Direct(direct);
+        direct_files = Some(dir);
+    }
+
+    let name = opts.log_name.clone().unwrap_or_else(test_name);
+    let log = e2e_dir().join("logs").join(format!("{name}.log"));
+    {
+        let mut seen = LOGS_SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get_or_insert_with(HashSet::new).insert(name) {
+            // A log from an earlier run of the tests; a missing one is fine.
+            let _ = fs::remove_file(&log);
+        }
+    }
+    let echo: Option<Box<dyn Write + Send>> = if opts.echo {
+        Some(Box::new(std::io::stderr()))
+    } else {
+        None
+    };
+    let vm = Vm::start(
+        &config,
+        VmOptions {
+            echo,
+            log: Some(log),
+            accel: None,
+        },
+    )
+    .unwrap_or_else(|err| panic!("booting {}: {err}", image.display()));
+    TestVm {
+        vm,
+        _permit: permit,
+        _direct_files: direct_files,
+    }
+}
+
+/// A regex matching `text` literally.
+pub fn literal(text: &str) -> Regex {
+    Regex::new(&regex::escape(text)).expect("an escaped literal is a valid regex")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .unwrap_or_else(|err| panic!("binding 127.0.0.1:0 to find a free port: {err}"));
+    listener
+        .local_addr()
+        .unwrap_or_else(|err| panic!("reading the bound address: {err}"))
+        .port()
+}
+
+/// `GET path` on `127.0.0.1:port` (HTTP/1.0, plain TCP), retried until a `200`
+/// answer or `deadline`. Returns the whole response, headers included; the error
+/// says what the last try saw.
+pub fn http_get(port: u16, path: &str, deadline: Instant) -> Result<String, String> {
+    loop {
+        let last = match http_get_once(port, path) {
+            Ok(response) if response.starts_with("HTTP/1.") && status_is_ok(&response) => {
+                return Ok(response)
+            }
+            Ok(response) => format!(
+                "answer: {:?}",
+                response.lines().next().unwrap_or("(empty answer)")
+            ),
+            Err(err) => err,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "GET http://127.0.0.1:{port}{path} never answered 200; last try: {last}"
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn status_is_ok(response: &str) -> bool {
+    response
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        == Some("200")
+}
+
+fn http_get_once(port: u16, path: &str) -> Result<String, String> {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .map_err(|err| format!("connect: {err}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|err| format!("set_read_timeout: {err}"))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|err| format!("send: {err}"))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|err| format!("read: {err}"))?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_exactly_one_image() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(find_image(dir.path()), None);
+        fs::write(dir.path().join("hello-1.0.0.img"), b"").expect("write");
+        fs::write(dir.path().join("hello-1.0.0.img.q35.vars.fd"), b"").expect("write");
+        fs::write(dir.path().join("hello-1.0.0.qcow2"), b"").expect("write");
+        assert_eq!(
+            find_image(dir.path()),
+            Some(dir.path().join("hello-1.0.0.img"))
+        );
+        fs::write(dir.path().join("other-1.0.0.img"), b"").expect("write");
+        assert_eq!(find_image(dir.path()), None);
+    }
+
+    #[test]
+    fn freshness_needs_every_input_older() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("old");
+        let new = dir.path().join("new");
+        fs::write(&old, b"").expect("write");
+        fs::write(&new, b"").expect("write");
+        let earlier = SystemTime::now() - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(earlier))
+            .expect("set mtime");
+        assert!(is_newer_than_all(&new, &[&old]));
+        assert!(!is_newer_than_all(&old, &[&new]));
+        assert!(!is_newer_than_all(
+            &new,
+            &[&old, &dir.path().join("missing")]
+        ));
+    }
+
+    #[test]
+    fn permits_never_exceed_the_limit() {
+        let peak = std::sync::Arc::new(Mutex::new((0usize, 0usize)));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let peak = std::sync::Arc::clone(&peak);
+                std::thread::spawn(move || {
+                    let _permit = VmPermit::acquire();
+                    {
+                        let mut p = peak.lock().expect("lock");
+                        p.0 += 1;
+                        p.1 = p.1.max(p.0);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    peak.lock().expect("lock").0 -= 1;
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        let peak = peak.lock().expect("lock").1;
+        assert!((1..=MAX_VMS).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn http_status_line() {
+        assert!(status_is_ok("HTTP/1.1 200 OK\r\n\r\nbody"));
+        assert!(!status_is_ok("HTTP/1.1 404 Not Found\r\n"));
+        assert!(!status_is_ok(""));
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert!(literal("[flaky] flaky run").is_match("x [flaky] flaky run"));
+        assert!(!literal("a.b").is_match("axb"));
+    }
+
+    #[test]
+    fn http_get_reads_a_local_server() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).expect("read");
+            assert!(request[..n].starts_with(b"GET /index.html HTTP/1.0\r\n"));
+            stream
+                .write_all(b"HTTP/1.0 200 OK\r\n\r\nWelcome to berth")
+                .expect("write");
+        });
+        let page = http_get(
+            port,
+            "/index.html",
+            Instant::now() + Duration::from_secs(30),
+        )
+        .expect("page");
+        assert!(page.ends_with("Welcome to berth"));
+        server.join().expect("server");
+    }
+}

@@ -1,0 +1,190 @@
+//! Broken recipes: each is refused with a message that names the file, the line and
+//! what is wrong. Errors found offline (by the parser and validator) are checked
+//! here; the ones that need apt (unknown package) are in `sources.rs`.
+
+use std::path::Path;
+
+use berth_builder::recipe::{parse, RecipeError};
+
+const HEAD: &str = "[image]\nname = \"x\"\nversion = \"1.0.0\"\n";
+
+/// (what, recipe text, line the error must point at, words the message must say)
+fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
+    let c = |body: &str| format!("{HEAD}{body}");
+    vec![
+        (
+            "unknown key",
+            c("[disk]\nesp = \"64M\"\nswap = \"1G\"\n"),
+            6,
+            "unknown field `swap`",
+        ),
+        (
+            "unknown table",
+            c("[kernal]\npackage = \"linux-image-cloud-amd64\"\n"),
+            4,
+            "unknown field `kernal`",
+        ),
+        (
+            "bad size",
+            c("[disk]\nroot = \"64Q\"\n"),
+            5,
+            "root size is not a size",
+        ),
+        (
+            "fractional size",
+            c("[disk]\ndata = \"1.5G\"\n"),
+            5,
+            "data size is not a size",
+        ),
+        (
+            "ESP too small for FAT32",
+            c("[disk]\nesp = \"16M\"\n"),
+            5,
+            "esp size 16 MiB is too small",
+        ),
+        (
+            "size not in MiB",
+            c("[disk]\nroot = 1000\n"),
+            5,
+            "whole number of MiB",
+        ),
+        (
+            "duplicate container name",
+            c("[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\n\n[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\n"),
+            10,
+            "duplicate container name \"a\"",
+        ),
+        (
+            "missing local kernel",
+            c("[kernel]\npath = \"no-such-vmlinuz\"\nmodules_dir = \"no-such-dir\"\n"),
+            5,
+            "does not exist",
+        ),
+        (
+            "kernel package and path",
+            c("[kernel]\npackage = \"linux-image-amd64\"\npath = \"vmlinuz\"\n"),
+            5,
+            "either `package` or `path`",
+        ),
+        (
+            "registry image reference",
+            c("[[container]]\nname = \"a\"\nimage = \"docker.io/library/busybox:latest\"\n"),
+            6,
+            "unsupported image reference",
+        ),
+        (
+            "missing OCI layout",
+            c("[[container]]\nname = \"a\"\nimage = \"oci:/nonexistent/layout:1\"\n"),
+            6,
+            "does not exist",
+        ),
+        (
+            "bad package name",
+            c("[[container]]\nname = \"a\"\npackages = [\"Busybox Static\"]\ncommand = [\"sh\"]\n"),
+            6,
+            "not a Debian package name",
+        ),
+        (
+            "unknown restart policy",
+            c("[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\ncommand = [\"sh\"]\nrestart = \"sometimes\"\n"),
+            8,
+            "unknown variant `sometimes`",
+        ),
+        (
+            "no root filesystem source",
+            c("[[container]]\nname = \"a\"\ncommand = [\"sh\"]\n"),
+            4,
+            "needs a root filesystem",
+        ),
+        (
+            "packages without command",
+            c("[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\n"),
+            5,
+            "has no `command`",
+        ),
+        (
+            "version not semver",
+            "[image]\nname = \"x\"\nversion = \"1.0\"\n".to_string(),
+            3,
+            "not a semantic version",
+        ),
+        (
+            "bad image name",
+            "[image]\nname = \"My Image\"\nversion = \"1.0.0\"\n".to_string(),
+            2,
+            "image name \"My Image\" is not valid",
+        ),
+        (
+            "missing version",
+            "[image]\nname = \"x\"\n".to_string(),
+            1,
+            "missing field `version`",
+        ),
+        (
+            "bad TOML",
+            c("[[container]\nname = \"a\"\n"),
+            4,
+            "",
+        ),
+        (
+            "bad address",
+            c("[network]\nipv4 = { address = \"10.0.2.300/24\" }\n"),
+            5,
+            "not an IPv4 address with a prefix length",
+        ),
+        (
+            "relative workdir",
+            c("[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\ncommand = [\"sh\"]\nworkdir = \"srv\"\n"),
+            8,
+            "absolute path",
+        ),
+    ]
+}
+
+#[test]
+fn broken_recipes_name_line_and_reason() {
+    let cases = cases();
+    assert!(cases.len() >= 10);
+    for (what, text, line, words) in cases {
+        let err = parse(Path::new("recipes/broken.toml"), &text)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: recipe was accepted:\n{text}"));
+        let at = err
+            .location()
+            .unwrap_or_else(|| panic!("{what}: error has no location: {err}"));
+        let shown = err.to_string();
+        assert_eq!(at.line, line, "{what}: wrong line in:\n{shown}");
+        assert!(
+            shown.starts_with(&format!("recipes/broken.toml:{line}:")),
+            "{what}: message does not start with file:line:\n{shown}"
+        );
+        assert!(
+            shown.contains(words),
+            "{what}: message lacks {words:?}:\n{shown}"
+        );
+        // The snippet shows the offending line.
+        let source_line = text.lines().nth(line - 1).unwrap_or_default();
+        assert!(shown.contains(source_line), "{what}: no snippet:\n{shown}");
+    }
+}
+
+#[test]
+fn example_recipes_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            berth_builder::recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn unreadable_recipe_says_which_file() {
+    let err = berth_builder::recipe::load(Path::new("/nonexistent/recipe.toml")).unwrap_err();
+    assert!(matches!(err, RecipeError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/recipe.toml"));
+}

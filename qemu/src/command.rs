@@ -1,0 +1,532 @@
+//! The VM description and the QEMU command line it turns into.
+//!
+//! [`qemu_args`] is a pure function: everything it needs that exists only at run
+//! time (the accelerator, the QMP socket, the UEFI variable store copy) comes in as
+//! arguments, so the exact argv is unit-tested.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use crate::accel::Accel;
+
+/// The QEMU binary used unless a [`VmConfig`] names another.
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+/// The machine type every berth VM uses. UEFI variable stores are tied to it.
+pub const MACHINE: &str = "q35";
+/// Guest memory unless the caller asks for more.
+pub const DEFAULT_MEMORY_MIB: u32 = 512;
+/// Virtual CPUs unless the caller asks for another count.
+pub const DEFAULT_CPUS: u32 = 2;
+/// OVMF's code, mapped read-only.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's pristine variable store; each VM gets a copy of it.
+pub const OVMF_VARS_TEMPLATE: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// Failure to describe a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The disk image's first bytes could not be read to tell raw from qcow2.
+    #[error("reading the disk image {path} to detect its format: {source}")]
+    ReadImage {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The UEFI variable store copy could not be made.
+    #[error("copying the UEFI variable store {template} to {path}: {source}")]
+    CopyVars {
+        template: PathBuf,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How the disk image is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    /// QEMU's name of the format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// Tells the format from the image's first bytes (qcow2 starts with `QFI\xfb`).
+    pub fn detect(image: &Path) -> Result<DiskFormat, CommandError> {
+        let read_error = |source| CommandError::ReadImage {
+            path: image.to_path_buf(),
+            source,
+        };
+        let mut file = fs::File::open(image).map_err(read_error)?;
+        let mut magic = [0u8; 4];
+        let mut filled = 0;
+        while filled < magic.len() {
+            let n = file.read(&mut magic[filled..]).map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(if filled == 4 && &magic == b"QFI\xfb" {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        })
+    }
+}
+
+impl fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to writes to the disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskWrites {
+    /// Writes go to the image file.
+    #[default]
+    Persist,
+    /// Writes go to a temporary overlay that QEMU drops on exit (`snapshot=on`); the
+    /// image file is only read, so several VMs can boot the same image at once.
+    Discard,
+}
+
+/// A TCP port of the guest reachable from the host through QEMU's user networking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    /// Port on the host's 127.0.0.1.
+    pub host: u16,
+    /// Port in the guest.
+    pub guest: u16,
+}
+
+/// A `HOST:GUEST` string that is not two port numbers.
+#[derive(Debug, thiserror::Error)]
+#[error("bad port forward {0:?}: expected HOST:GUEST, two port numbers such as 8080:80")]
+pub struct BadPortForward(pub String);
+
+impl std::str::FromStr for PortForward {
+    type Err = BadPortForward;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadPortForward(s.to_string());
+        let (host, guest) = s.split_once(':').ok_or_else(bad)?;
+        Ok(PortForward {
+            host: host.trim().parse().map_err(|_| bad())?,
+            guest: guest.trim().parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A kernel, initramfs and command line booted without firmware boot loader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+/// The UEFI firmware files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    /// Firmware code, mapped read-only.
+    pub code: PathBuf,
+    /// Pristine variable store copied for each image and machine type.
+    pub vars_template: PathBuf,
+}
+
+impl Default for Firmware {
+    fn default() -> Self {
+        Firmware {
+            code: PathBuf::from(OVMF_CODE),
+            vars_template: PathBuf::from(OVMF_VARS_TEMPLATE),
+        }
+    }
+}
+
+/// How the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootMode {
+    /// OVMF, then the boot loader on the disk's ESP.
+    Uefi(Firmware),
+    /// QEMU loads the kernel and initramfs itself (SeaBIOS, no boot loader).
+    Direct(DirectBoot),
+}
+
+/// Everything that describes a VM. Build one with [`VmConfig::new`] and change the
+/// public fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    pub image: PathBuf,
+    pub format: DiskFormat,
+    pub writes: DiskWrites,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub ports: Vec<PortForward>,
+    pub boot: BootMode,
+    /// Appended to the command line as they are.
+    pub extra_args: Vec<OsString>,
+}
+
+impl VmConfig {
+    /// A UEFI VM booting `image` with the defaults: 512 MiB, 2 CPUs, writes kept, no
+    /// forwarded ports; the disk format is read from the image (raw unless it starts
+    /// with the qcow2 magic).
+    pub fn new(image: impl Into<PathBuf>) -> Result<VmConfig, CommandError> {
+        let image = image.into();
+        let format = DiskFormat::detect(&image)?;
+        Ok(VmConfig {
+            qemu: PathBuf::from(DEFAULT_QEMU),
+            image,
+            format,
+            writes: DiskWrites::default(),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: DEFAULT_CPUS,
+            ports: Vec::new(),
+            boot: BootMode::Uefi(Firmware::default()),
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// Where a persistent VM keeps its UEFI variable store: next to the image, one
+    /// per machine type (`hello-1.0.0.img.q35.vars.fd`), because a store used with
+    /// one machine type drops the other into the EFI shell.
+    pub fn persistent_vars_path(&self) -> PathBuf {
+        let mut name = self
+            .image
+            .file_name()
+            .map(OsStr::to_os_string)
+            .unwrap_or_default();
+        name.push(format!(".{MACHINE}.vars.fd"));
+        self.image.with_file_name(name)
+    }
+}
+
+/// Copies the firmware's variable store template to `path` unless `path` exists.
+pub fn ensure_vars_copy(firmware: &Firmware, path: &Path) -> Result<(), CommandError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let copy_error = |source| CommandError::CopyVars {
+        template: firmware.vars_template.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    // Copy to a temporary name and rename, so an interrupted copy is never taken
+    // for a store.
+    let mut partial = path.as_os_str().to_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    fs::copy(&firmware.vars_template, &partial).map_err(copy_error)?;
+    // The Debian template is read-only; the copy must be writable for pflash.
+    let mut perms = fs::metadata(&partial).map_err(copy_error)?.permissions();
+    #[allow(clippy::permissions_set_readonly_false)] // only the owner's write bit matters here
+    perms.set_readonly(false);
+    fs::set_permissions(&partial, perms).map_err(copy_error)?;
+    fs::rename(&partial, path).map_err(copy_error)
+}
+
+/// The run-time pieces of a QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    pub accel: Accel,
+    /// Where QEMU listens for QMP.
+    pub qmp_socket: PathBuf,
+    /// The writable UEFI variable store (UEFI boot only).
+    pub uefi_vars: PathBuf,
+}
+
+/// The QEMU argv (without the program name) for `config`.
+pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut push = |parts: &[&dyn AsRef<OsStr>]| {
+        for part in parts {
+            args.push(part.as_ref().to_os_string());
+        }
+    };
+    push(&[&"-nodefaults", &"-machine", &MACHINE]);
+    push(&[&"-accel", &runtime.accel.as_str()]);
+    push(&[&"-m", &config.memory_mib.to_string()]);
+    push(&[&"-smp", &config.cpus.to_string()]);
+    push(&[&"-display", &"none", &"-vga", &"none"]);
+    push(&[&"-serial", &"stdio", &"-monitor", &"none"]);
+    push(&[
+        &"-qmp",
+        &option_value("unix:", &runtime.qmp_socket, ",server=on,wait=off"),
+    ]);
+    match &config.boot {
+        BootMode::Uefi(firmware) => {
+            push(&[
+                &"-drive",
+                &option_value(
+                    "if=pflash,format=raw,unit=0,readonly=on,file=",
+                    &firmware.code,
+                    "",
+                ),
+            ]);
+            push(&[
+                &"-drive",
+                &option_value("if=pflash,format=raw,unit=1,file=", &runtime.uefi_vars, ""),
+            ]);
+        }
+        BootMode::Direct(direct) => {
+            push(&[&"-kernel", &direct.kernel]);
+            push(&[&"-initrd", &direct.initrd]);
+            push(&[&"-append", &direct.cmdline]);
+        }
+    }
+    let mut drive_tail = format!(",if=none,id=disk,format={}", config.format);
+    if config.writes == DiskWrites::Discard {
+        drive_tail.push_str(",snapshot=on");
+    }
+    push(&[
+        &"-drive",
+        &option_value("file=", &config.image, &drive_tail),
+    ]);
+    push(&[&"-device", &"virtio-blk-pci,drive=disk"]);
+    let mut netdev = String::from("user,id=net0");
+    for port in &config.ports {
+        netdev.push_str(&format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:{}",
+            port.host, port.guest
+        ));
+    }
+    push(&[&"-netdev", &netdev]);
+    push(&[&"-device", &"virtio-net-pci,netdev=net0"]);
+    args.extend(config.extra_args.iter().cloned());
+    args
+}
+
+/// `prefix` + `path` with QEMU's option escaping (a comma is written twice) + `suffix`.
+fn option_value(prefix: &str, path: &Path, suffix: &str) -> OsString {
+    let mut bytes = prefix.as_bytes().to_vec();
+    for byte in path.as_os_str().as_bytes() {
+        bytes.push(*byte);
+        if *byte == b',' {
+            bytes.push(b',');
+        }
+    }
+    bytes.extend_from_slice(suffix.as_bytes());
+    OsString::from_vec(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(boot: BootMode) -> VmConfig {
+        VmConfig {
+            qemu: PathBuf::from(DEFAULT_QEMU),
+            image: PathBuf::from("/images/hello-1.0.0.img"),
+            format: DiskFormat::Raw,
+            writes: DiskWrites::Persist,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cpus: DEFAULT_CPUS,
+            ports: Vec::new(),
+            boot,
+            extra_args: Vec::new(),
+        }
+    }
+
+    fn runtime(accel: Accel) -> Runtime {
+        Runtime {
+            accel,
+            qmp_socket: PathBuf::from("/tmp/vm/qmp.sock"),
+            uefi_vars: PathBuf::from("/images/hello-1.0.0.img.q35.vars.fd"),
+        }
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter()
+            .map(|a| a.into_string().expect("utf-8 in tests"))
+            .collect()
+    }
+
+    #[test]
+    fn uefi_default_argv() {
+        let args = strings(qemu_args(
+            &config(BootMode::Uefi(Firmware::default())),
+            &runtime(Accel::Tcg),
+        ));
+        let expected = [
+            "-nodefaults",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-qmp",
+            "unix:/tmp/vm/qmp.sock,server=on,wait=off",
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "-drive",
+            "if=pflash,format=raw,unit=1,file=/images/hello-1.0.0.img.q35.vars.fd",
+            "-drive",
+            "file=/images/hello-1.0.0.img,if=none,id=disk,format=raw",
+            "-device",
+            "virtio-blk-pci,drive=disk",
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn direct_snapshot_ports_and_extras() {
+        let mut config = config(BootMode::Direct(DirectBoot {
+            kernel: PathBuf::from("/w/vmlinuz"),
+            initrd: PathBuf::from("/w/initrd.img"),
+            cmdline: "root=PARTUUID=x ro console=ttyS0".into(),
+        }));
+        config.format = DiskFormat::Qcow2;
+        config.image = PathBuf::from("/images/web-1.0.0.qcow2");
+        config.writes = DiskWrites::Discard;
+        config.memory_mib = 1024;
+        config.cpus = 1;
+        config.ports = vec![
+            PortForward {
+                host: 8080,
+                guest: 80,
+            },
+            PortForward {
+                host: 2222,
+                guest: 22,
+            },
+        ];
+        config.extra_args = vec!["-no-reboot".into()];
+        let args = strings(qemu_args(&config, &runtime(Accel::Kvm)));
+        let expected = [
+            "-nodefaults",
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-m",
+            "1024",
+            "-smp",
+            "1",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-qmp",
+            "unix:/tmp/vm/qmp.sock,server=on,wait=off",
+            "-kernel",
+            "/w/vmlinuz",
+            "-initrd",
+            "/w/initrd.img",
+            "-append",
+            "root=PARTUUID=x ro console=ttyS0",
+            "-drive",
+            "file=/images/web-1.0.0.qcow2,if=none,id=disk,format=qcow2,snapshot=on",
+            "-device",
+            "virtio-blk-pci,drive=disk",
+            "-netdev",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:127.0.0.1:2222-:22",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-no-reboot",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn commas_in_paths_are_doubled() {
+        let mut config = config(BootMode::Uefi(Firmware::default()));
+        config.image = PathBuf::from("/odd,dir/a,b.img");
+        let args = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        assert!(
+            args.contains(&"file=/odd,,dir/a,,b.img,if=none,id=disk,format=raw".to_string()),
+            "{args:?}"
+        );
+    }
+
+    #[test]
+    fn vars_live_next_to_the_image_per_machine() {
+        let config = config(BootMode::Uefi(Firmware::default()));
+        assert_eq!(
+            config.persistent_vars_path(),
+            PathBuf::from("/images/hello-1.0.0.img.q35.vars.fd")
+        );
+    }
+
+    #[test]
+    fn port_forwards_parse() {
+        let port: PortForward = "8080:80".parse().expect("valid");
+        assert_eq!(
+            port,
+            PortForward {
+                host: 8080,
+                guest: 80
+            }
+        );
+        assert!("8080".parse::<PortForward>().is_err());
+        assert!("8080:http".parse::<PortForward>().is_err());
+        assert!("70000:80".parse::<PortForward>().is_err());
+    }
+
+    #[test]
+    fn format_is_detected_from_magic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let raw = dir.path().join("a.img");
+        fs::write(&raw, [0u8; 1024]).expect("write");
+        assert_eq!(DiskFormat::detect(&raw).expect("detect"), DiskFormat::Raw);
+        let qcow = dir.path().join("a.qcow2");
+        fs::write(&qcow, b"QFI\xfb\0\0\0\x03").expect("write");
+        assert_eq!(
+            DiskFormat::detect(&qcow).expect("detect"),
+            DiskFormat::Qcow2
+        );
+        let missing = dir.path().join("missing.img");
+        let err = DiskFormat::detect(&missing).expect_err("missing file");
+        assert!(err.to_string().contains("missing.img"), "{err}");
+    }
+
+    #[test]
+    fn vars_copy_is_made_once_and_writable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let template = dir.path().join("template.fd");
+        fs::write(&template, b"vars").expect("write");
+        let mut perms = fs::metadata(&template).expect("meta").permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(&template, perms).expect("chmod");
+        let firmware = Firmware {
+            code: dir.path().join("code.fd"),
+            vars_template: template,
+        };
+        let copy = dir.path().join("img.q35.vars.fd");
+        ensure_vars_copy(&firmware, &copy).expect("copy");
+        assert!(!fs::metadata(&copy).expect("meta").permissions().readonly());
+        fs::write(&copy, b"changed").expect("writable");
+        ensure_vars_copy(&firmware, &copy).expect("second call");
+        assert_eq!(fs::read(&copy).expect("read"), b"changed");
+    }
+}
