@@ -1,1 +1,48 @@
-fn main() {}
+//! berth-init: PID 1 of a berth image.
+//!
+//! In the initramfs (where `/etc/berth/initramfs-modules` exists) it runs the early
+//! stage: modules, root partition, switch_root, exec `/sbin/init`. In the root it
+//! runs the main stage: file systems, network, then the containers, supervised
+//! until a poweroff or reboot. It never exits and never panics: what it cannot
+//! survive becomes a logged reboot.
+
+#[macro_use]
+mod log;
+
+mod blockdev;
+mod cmdline;
+mod console;
+mod early;
+mod input;
+mod kmod;
+mod logfile;
+mod mounts;
+mod net;
+mod output;
+mod power;
+mod runloop;
+mod supervisor;
+mod system;
+
+use std::path::Path;
+
+use berth_updater::layout::INITRAMFS_MODULES_PATH;
+
+const USAGE: &str = "\
+berth-init: the init (PID 1) of a berth image.
+It boots the system and its containers and must be started by the kernel;
+run by hand it does nothing.
+";
+
+fn main() {
+    if std::process::id() != 1 {
+        eprint!("{USAGE}");
+        std::process::exit(2);
+    }
+    let fatal = if Path::new(INITRAMFS_MODULES_PATH).exists() {
+        format!("early stage: {}", early::run())
+    } else {
+        system::run().to_string()
+    };
+    power::fatal(&fatal)
+}

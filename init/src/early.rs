@@ -1,0 +1,200 @@
+//! The early stage, run from the initramfs: mount the kernel's API file systems,
+//! load the listed modules, wait for the root partition named on the command line,
+//! mount it on /sysroot, switch to it and exec its /sbin/init (berth-init again,
+//! which then runs the main stage).
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_updater::layout;
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+use nix::unistd::{chdir, chroot, execv};
+
+use crate::blockdev::{self, BlockError, Roots};
+use crate::cmdline::{self, CmdlineError};
+use crate::mounts::{self, MountError};
+
+/// Where the root file system is mounted before the switch.
+pub const SYSROOT: &str = "/sysroot";
+/// What runs next, inside the root.
+pub const NEXT_INIT: &str = "/sbin/init";
+/// `RAMFS_MAGIC` from linux/magic.h (nix only names TMPFS_MAGIC).
+const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+/// How long to wait for the root partition.
+pub const ROOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often to look for it.
+pub const ROOT_POLL: Duration = Duration::from_millis(50);
+
+/// The kernel's API file systems: source, mount point, type.
+pub const API_FILESYSTEMS: [(&str, &str, &str); 3] = [
+    ("proc", "/proc", "proc"),
+    ("sysfs", "/sys", "sysfs"),
+    ("devtmpfs", "/dev", "devtmpfs"),
+];
+
+/// A step of the early stage that failed; each one ends in a reboot.
+#[derive(Debug, thiserror::Error)]
+pub enum EarlyError {
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Cmdline(#[from] CmdlineError),
+    /// The command line has no `root=PARTUUID=…`.
+    #[error("the kernel command line names no root=PARTUUID=<uuid>")]
+    NoRoot,
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// The initramfs is not a ramfs/tmpfs, so its contents must not be deleted.
+    #[error("refusing to switch root: / is not the initramfs (statfs: {0})")]
+    NotInitramfs(String),
+    /// A step of the root switch failed.
+    #[error("switching root: {step}: {errno}")]
+    Switch { step: &'static str, errno: Errno },
+    /// The root's init could not be executed.
+    #[error("executing {path} in the new root: {errno}")]
+    Exec { path: String, errno: Errno },
+}
+
+/// Runs the early stage; only returns through an exec, so any return is an error.
+pub fn run() -> EarlyError {
+    match boot() {
+        Ok(never) => match never {},
+        Err(err) => err,
+    }
+}
+
+fn boot() -> Result<Infallible, EarlyError> {
+    let start = Instant::now();
+    for (source, target, fstype) in API_FILESYSTEMS {
+        let flags = match fstype {
+            "devtmpfs" => MsFlags::MS_NOSUID,
+            _ => MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        };
+        mounts::mount_on_dir(source, Path::new(target), fstype, flags, None)?;
+    }
+    crate::console::ensure();
+    let loaded = crate::kmod::load_all(Path::new(layout::INITRAMFS_MODULES_PATH));
+    let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE))?;
+    let partuuid = cmdline::root_partuuid(&cmdline).ok_or(EarlyError::NoRoot)?;
+    let root = blockdev::wait_for_partition(&Roots::system(), partuuid, ROOT_TIMEOUT, ROOT_POLL)?;
+    log!(
+        "loaded {loaded} modules, root {} found after {} ms",
+        root.display(),
+        start.elapsed().as_millis()
+    );
+    let sysroot = Path::new(SYSROOT);
+    mounts::mount_on_dir(
+        &root.to_string_lossy(),
+        sysroot,
+        "squashfs",
+        MsFlags::MS_RDONLY,
+        None,
+    )?;
+    switch_root(sysroot, NEXT_INIT)
+}
+
+/// What busybox's switch_root does: move the API mounts into the new root, empty
+/// the initramfs (freeing its memory), make the new root `/` and exec its init.
+fn switch_root(new_root: &Path, init: &str) -> Result<Infallible, EarlyError> {
+    for (_, target, _) in API_FILESYSTEMS {
+        let from = Path::new(target);
+        let to = new_root.join(target.trim_start_matches('/'));
+        if let Err(err) = mounts::move_mount(from, &to) {
+            // The main stage mounts whatever is missing; this one stays behind,
+            // hidden under the new root.
+            log!("{err}");
+        }
+    }
+    chdir(new_root).map_err(|errno| EarlyError::Switch {
+        step: "chdir to the new root",
+        errno,
+    })?;
+    let fs = statfs("/").map_err(|errno| EarlyError::NotInitramfs(errno.to_string()))?;
+    let fs_type = fs.filesystem_type();
+    if fs_type != RAMFS_MAGIC && fs_type != TMPFS_MAGIC {
+        return Err(EarlyError::NotInitramfs(format!(
+            "file system type {fs_type:?}"
+        )));
+    }
+    match std::fs::symlink_metadata("/") {
+        Ok(meta) => delete_tree(Path::new("/"), meta.dev()),
+        Err(err) => log!("not freeing the initramfs: {err}"),
+    }
+    mounts::move_mount(Path::new("."), Path::new("/"))?;
+    chroot(".").map_err(|errno| EarlyError::Switch {
+        step: "chroot",
+        errno,
+    })?;
+    chdir("/").map_err(|errno| EarlyError::Switch {
+        step: "chdir /",
+        errno,
+    })?;
+    let path = CString::new(init).map_err(|_| EarlyError::Exec {
+        path: init.to_string(),
+        errno: Errno::EINVAL,
+    })?;
+    let Err(errno) = execv(&path, &[&path]);
+    Err(EarlyError::Exec {
+        path: init.to_string(),
+        errno,
+    })
+}
+
+/// Deletes the contents of `dir` that live on device `dev`, without following
+/// symlinks or descending into other mounts (the new root among them). Errors are
+/// skipped: this only frees memory.
+fn delete_tree(dir: &Path, dev: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    for path in paths {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            delete_tree(&path, dev);
+            let _ = std::fs::remove_dir(&path);
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn delete_tree_removes_files_dirs_and_symlinks_but_not_targets() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), "x").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("lib/modules/6.1")).unwrap();
+        fs::write(root.join("lib/modules/6.1/virtio.ko"), "ko").unwrap();
+        fs::write(root.join("init"), "elf").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+        let dev = fs::metadata(root).unwrap().dev();
+        delete_tree(root, dev);
+        assert_eq!(fs::read_dir(root).unwrap().count(), 0);
+        assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn delete_tree_skips_other_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("file"), "x").unwrap();
+        delete_tree(dir.path(), u64::MAX);
+        assert!(dir.path().join("file").exists());
+    }
+}

@@ -1,0 +1,106 @@
+//! The end of every boot: the last steps of a shutdown, and the reboot that any
+//! fatal error becomes. None of these functions return.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::{sync, Pid};
+
+/// How long a fatal error stays on the console before the reboot.
+pub const FATAL_DELAY: Duration = Duration::from_secs(5);
+/// How long the final shutdown waits for killed leftovers to be reaped.
+const REAP_LEFTOVERS: Duration = Duration::from_secs(2);
+
+/// What the machine does at the end of a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+}
+
+impl PowerAction {
+    fn mode(self) -> RebootMode {
+        match self {
+            PowerAction::PowerOff => RebootMode::RB_POWER_OFF,
+            PowerAction::Reboot => RebootMode::RB_AUTOBOOT,
+        }
+    }
+
+    /// The last line printed before the machine goes away.
+    pub fn final_line(self) -> &'static str {
+        match self {
+            PowerAction::PowerOff => "powering off",
+            PowerAction::Reboot => "rebooting",
+        }
+    }
+}
+
+/// Logs a fatal error, leaves it on the console for a moment and reboots: the
+/// boot loader's counter then runs down toward the other slot.
+pub fn fatal(message: &str) -> ! {
+    log!("fatal: {message}");
+    log!("rebooting in {} s", FATAL_DELAY.as_secs());
+    std::thread::sleep(FATAL_DELAY);
+    sync();
+    crate::mounts::unmount_all();
+    sync();
+    log!("{}", PowerAction::Reboot.final_line());
+    power(PowerAction::Reboot)
+}
+
+/// The end of an orderly shutdown, once the containers are stopped (or past their
+/// grace period): kill whatever is left, sync, unmount, sync, and power off or
+/// reboot.
+pub fn finish(action: PowerAction) -> ! {
+    // Everything but PID 1: container leftovers, orphans, stray runtime processes.
+    match kill(Pid::from_raw(-1), Signal::SIGKILL) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => log!("killing remaining processes: {errno}"),
+    }
+    reap_all(REAP_LEFTOVERS);
+    sync();
+    crate::mounts::unmount_all();
+    sync();
+    log!("{}", action.final_line());
+    power(action)
+}
+
+/// Reaps children until none is left or `limit` passes.
+fn reap_all(limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(_) => {}
+            // ECHILD: nothing left to wait for.
+            Err(_) => return,
+        }
+    }
+}
+
+/// reboot(2); if even that fails there is nothing left to do but wait (PID 1 must
+/// not exit: the kernel would panic, and with `panic=5` reboot anyway).
+fn power(action: PowerAction) -> ! {
+    let Err(errno) = reboot(action.mode());
+    log!("reboot({:?}) failed: {errno}", action.mode());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_lines() {
+        assert_eq!(PowerAction::PowerOff.final_line(), "powering off");
+        assert_eq!(PowerAction::Reboot.final_line(), "rebooting");
+        assert_eq!(PowerAction::PowerOff.mode(), RebootMode::RB_POWER_OFF);
+    }
+}

@@ -1,0 +1,661 @@
+//! The main stage's event loop: one thread, one `poll` over a signalfd, the power
+//! button and every container's output pipes, with a timeout for the next pending
+//! restart or the end of the shutdown grace period. Decisions come from
+//! [`Supervisor`]; this module does the I/O around them.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_updater::{layout, ImageConfig, RestartPolicy};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::input;
+use crate::logfile::{self, LogFile};
+use crate::output::{self, LineSplitter};
+use crate::power::{self, PowerAction};
+use crate::supervisor::{AfterExit, ExitStatus, State, Supervisor};
+
+/// How long containers get between `crun kill … TERM` and `crun kill … KILL`.
+pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How long killed containers get to be reaped (and logged) before the final steps.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long one `crun kill`/`crun delete` may take.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where crun keeps its container state (its default as root).
+const CRUN_STATE_DIR: &str = "/run/crun";
+/// `PATH` for the runtime and its hooks.
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// Bytes read from one pipe per wakeup, so one chatty container cannot starve the
+/// others (or the signals).
+const READ_BUDGET: usize = 64 * 1024;
+
+/// The event loop could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// Signals could not be blocked or routed to a signalfd.
+    #[error("setting up signal handling: {0}")]
+    Signals(Errno),
+}
+
+/// Which pipe of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipe {
+    Stdout = 0,
+    Stderr = 1,
+}
+
+/// What a polled descriptor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Signals,
+    Button(usize),
+    Output(usize, Pipe),
+}
+
+/// One pipe of a running container and the line it is in the middle of.
+#[derive(Debug)]
+struct Stream {
+    pipe: File,
+    lines: LineSplitter,
+}
+
+/// The I/O side of one container.
+#[derive(Debug)]
+struct ContainerIo {
+    name: String,
+    streams: [Option<Stream>; 2],
+    log: Option<LogFile>,
+}
+
+/// A shutdown in progress.
+#[derive(Debug, Clone, Copy)]
+struct Shutdown {
+    action: PowerAction,
+    /// Containers were sent TERM (false) or, after the grace period, KILL (true).
+    killed: bool,
+    /// End of the grace period, or of the wait for the killed containers.
+    deadline: Instant,
+}
+
+/// Blocks every signal for PID 1 (they are read from the signalfd instead). Child
+/// processes start with an empty mask: Rust's `Command` resets it before exec.
+pub fn block_signals() -> Result<(), LoopError> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(LoopError::Signals)
+}
+
+/// Runs the containers of `config` until a shutdown completes.
+pub fn run(config: &ImageConfig) -> Result<std::convert::Infallible, LoopError> {
+    let mut event_loop = EventLoop::new(config)?;
+    event_loop.run()
+}
+
+#[derive(Debug)]
+struct EventLoop {
+    supervisor: Supervisor,
+    io: Vec<ContainerIo>,
+    signals: SignalFd,
+    buttons: Vec<Option<File>>,
+    shutdown: Option<Shutdown>,
+}
+
+impl EventLoop {
+    fn new(config: &ImageConfig) -> Result<EventLoop, LoopError> {
+        block_signals()?;
+        let mut mask = SigSet::empty();
+        for signal in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGPWR,
+            Signal::SIGUSR1,
+        ] {
+            mask.add(signal);
+        }
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(LoopError::Signals)?;
+        // Ctrl-Alt-Del becomes SIGINT (reboot) instead of an immediate reboot.
+        if let Err(errno) = nix::sys::reboot::set_cad_enabled(false) {
+            log!("disabling Ctrl-Alt-Del: {errno}");
+        }
+        Ok(EventLoop {
+            supervisor: Supervisor::new(&config.containers),
+            io: config
+                .containers
+                .iter()
+                .map(|container| ContainerIo {
+                    name: container.name.clone(),
+                    streams: [None, None],
+                    log: None,
+                })
+                .collect(),
+            signals,
+            buttons: open_power_buttons(),
+            shutdown: None,
+        })
+    }
+
+    fn run(&mut self) -> Result<std::convert::Infallible, LoopError> {
+        loop {
+            let now = Instant::now();
+            for index in self.supervisor.due(now) {
+                self.start(index);
+            }
+            if let Some(shutdown) = self.shutdown {
+                if self.supervisor.running().is_empty()
+                    || (shutdown.killed && now >= shutdown.deadline)
+                {
+                    power::finish(shutdown.action);
+                }
+                if now >= shutdown.deadline {
+                    self.kill_remaining();
+                }
+            }
+            let wakeup = match self.shutdown {
+                Some(shutdown) => Some(shutdown.deadline),
+                None => self.supervisor.next_wakeup(),
+            };
+            for (source, flags) in self.wait(wakeup) {
+                match source {
+                    Source::Signals => self.handle_signals(),
+                    Source::Button(index) => self.handle_button(index),
+                    Source::Output(index, pipe) => {
+                        if flags
+                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        {
+                            self.pump(index, pipe, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls every source until one is ready or `wakeup` comes; returns the ready
+    /// ones.
+    fn wait(&self, wakeup: Option<Instant>) -> Vec<(Source, PollFlags)> {
+        let mut sources = vec![Source::Signals];
+        let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
+        for (index, button) in self.buttons.iter().enumerate() {
+            if let Some(file) = button {
+                sources.push(Source::Button(index));
+                fds.push(file.as_fd());
+            }
+        }
+        for (index, io) in self.io.iter().enumerate() {
+            for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&io.streams) {
+                if let Some(stream) = stream {
+                    sources.push(Source::Output(index, pipe));
+                    fds.push(stream.pipe.as_fd());
+                }
+            }
+        }
+        let mut poll_fds: Vec<PollFd<'_>> = fds
+            .into_iter()
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut poll_fds, poll_timeout(wakeup, Instant::now())) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Vec::new(),
+            Err(errno) => {
+                // Should not happen; do not spin if it does.
+                log!("poll: {errno}");
+                std::thread::sleep(Duration::from_millis(100));
+                return Vec::new();
+            }
+        }
+        sources
+            .into_iter()
+            .zip(&poll_fds)
+            .filter_map(|(source, fd)| {
+                let flags = fd.revents()?;
+                (!flags.is_empty()).then_some((source, flags))
+            })
+            .collect()
+    }
+
+    fn handle_signals(&mut self) {
+        loop {
+            let info = match self.signals.read_signal() {
+                Ok(Some(info)) => info,
+                Ok(None) => break,
+                Err(errno) => {
+                    log!("reading signals: {errno}");
+                    break;
+                }
+            };
+            let signal = i32::try_from(info.ssi_signo)
+                .ok()
+                .and_then(|number| Signal::try_from(number).ok());
+            match signal {
+                Some(Signal::SIGCHLD) => {}
+                Some(Signal::SIGTERM) => {
+                    self.begin_shutdown(PowerAction::PowerOff, "SIGTERM received")
+                }
+                Some(Signal::SIGPWR) => {
+                    self.begin_shutdown(PowerAction::PowerOff, "SIGPWR received")
+                }
+                Some(Signal::SIGINT) => self.begin_shutdown(PowerAction::Reboot, "SIGINT received"),
+                Some(Signal::SIGUSR1) => self.log_status(),
+                _ => {}
+            }
+        }
+        // SIGCHLDs coalesce, and a child may end between two reads: always reap.
+        self.reap();
+    }
+
+    fn handle_button(&mut self, index: usize) {
+        let Some(Some(file)) = self.buttons.get_mut(index) else {
+            return;
+        };
+        let mut buf = [0u8; input::EVENT_SIZE * 16];
+        let mut pressed = false;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    pressed |= input::parse_events(&buf[..n])
+                        .iter()
+                        .any(input::InputEvent::is_power_press);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => {
+                    log!("power button: {err}; no longer watching it");
+                    self.buttons[index] = None;
+                    break;
+                }
+            }
+        }
+        if pressed {
+            self.begin_shutdown(PowerAction::PowerOff, "power button pressed");
+        }
+    }
+
+    /// Reaps every child that ended: containers' runtime processes, and orphans
+    /// the kernel reparented to PID 1.
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ExitStatus::Signal(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => {
+                    log!("waitpid: {errno}");
+                    return;
+                }
+            };
+            if let Some(index) = self.supervisor.find_pid(pid.as_raw()) {
+                self.container_exited(index, status);
+            }
+        }
+    }
+
+    fn container_exited(&mut self, index: usize, status: ExitStatus) {
+        // Its last words first: drain the pipes before the exit line.
+        self.pump(index, Pipe::Stdout, true);
+        self.pump(index, Pipe::Stderr, true);
+        let name = self.name(index);
+        log!("container {name} {status}");
+        let after = self.supervisor.exited(index, status, Instant::now());
+        self.log_after_exit(index, &name, after);
+    }
+
+    fn log_after_exit(&self, index: usize, name: &str, after: AfterExit) {
+        match after {
+            AfterExit::Restart(delay) => {
+                log!("restarting container {name} in {} ms", delay.as_millis());
+            }
+            AfterExit::Stay if self.shutdown.is_none() => {
+                let policy = self
+                    .supervisor
+                    .container(index)
+                    .map_or("?", |container| policy_name(container.policy));
+                log!("container {name} stays stopped (restart = \"{policy}\")");
+            }
+            AfterExit::Stay => {}
+        }
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.io
+            .get(index)
+            .map_or_else(String::new, |io| io.name.clone())
+    }
+
+    /// Reads what a container's pipe holds and prints it line by line. At end of
+    /// stream, or when `closing` (the container ended), the pipe is closed after
+    /// the last partial line.
+    fn pump(&mut self, index: usize, pipe: Pipe, closing: bool) {
+        let Some(io) = self.io.get_mut(index) else {
+            return;
+        };
+        let ContainerIo { name, streams, log } = io;
+        let Some(stream) = streams[pipe as usize].as_mut() else {
+            return;
+        };
+        let mut emit = |line: &[u8]| {
+            crate::log::write_console(&output::prefixed(name, line));
+            if let Some(log) = log.as_mut() {
+                log.write_line(line);
+            }
+        };
+        let mut buf = [0u8; 4096];
+        // At the end, take everything that is there (within reason: a leftover
+        // process of the container could keep writing).
+        let mut budget = if closing {
+            16 * READ_BUDGET
+        } else {
+            READ_BUDGET
+        };
+        let mut eof = false;
+        while budget > 0 {
+            match stream.pipe.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    stream.lines.push(&buf[..n], &mut emit);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof || closing {
+            stream.lines.finish(&mut emit);
+            streams[pipe as usize] = None;
+        }
+    }
+
+    fn start(&mut self, index: usize) {
+        let Some(io) = self.io.get_mut(index) else {
+            return;
+        };
+        let name = io.name.clone();
+        // A runtime killed before it cleaned up leaves its state behind, and
+        // `crun run` refuses an existing id.
+        if Path::new(CRUN_STATE_DIR).join(&name).exists() {
+            run_helper(&["delete", "--force", &name]);
+        }
+        log!("starting container {name}");
+        let now = Instant::now();
+        match spawn_container(&name) {
+            Ok((pid, stdout, stderr)) => {
+                let io = &mut self.io[index];
+                io.streams = [stream(stdout), stream(stderr)];
+                if io.log.is_none() {
+                    io.log = Some(LogFile::open(
+                        Path::new(logfile::LOG_DIR),
+                        &name,
+                        logfile::ROTATE_AT,
+                    ));
+                }
+                self.supervisor.started(index, pid, now);
+            }
+            Err(err) => {
+                log!("container {name} could not be started: {err}");
+                let after = self.supervisor.start_failed(index, now);
+                self.log_after_exit(index, &name, after);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self, action: PowerAction, why: &str) {
+        if self.shutdown.is_some() {
+            log!("{why}: already stopping");
+            return;
+        }
+        log!("{why}");
+        log!("stopping containers");
+        self.shutdown = Some(Shutdown {
+            action,
+            killed: false,
+            deadline: Instant::now() + GRACE_PERIOD,
+        });
+        for index in self.supervisor.stop_all() {
+            self.signal_container(index, "TERM", Signal::SIGTERM);
+        }
+    }
+
+    /// After the grace period: KILL what still runs (the final `kill(-1)` in
+    /// [`power::finish`] catches the rest).
+    fn kill_remaining(&mut self) {
+        let running = self.supervisor.running();
+        let names: Vec<&str> = running
+            .iter()
+            .filter_map(|&index| self.supervisor.container(index))
+            .map(|container| container.name.as_str())
+            .collect();
+        log!(
+            "still running after {} s: {}; killing",
+            GRACE_PERIOD.as_secs(),
+            names.join(", ")
+        );
+        for &index in &running {
+            self.signal_container(index, "KILL", Signal::SIGKILL);
+        }
+        self.shutdown = self.shutdown.map(|shutdown| Shutdown {
+            killed: true,
+            deadline: Instant::now() + KILL_WAIT,
+            ..shutdown
+        });
+    }
+
+    /// `crun kill <name> <signal>`; when crun cannot (the container is not created
+    /// yet, or crun is gone), the signal goes to the runtime process itself.
+    fn signal_container(&self, index: usize, crun_name: &str, signal: Signal) {
+        let Some(container) = self.supervisor.container(index) else {
+            return;
+        };
+        let Some(pid) = container.pid() else {
+            return;
+        };
+        if !run_helper(&["kill", &container.name, crun_name]) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    fn log_status(&self) {
+        let now = Instant::now();
+        for container in self.supervisor.containers() {
+            let state = match container.state {
+                State::Pending => "pending".to_string(),
+                State::Running { pid, since, .. } => format!(
+                    "running (pid {pid}, for {} s)",
+                    now.saturating_duration_since(since).as_secs()
+                ),
+                State::Waiting { until } => format!(
+                    "restarting in {} ms",
+                    until.saturating_duration_since(now).as_millis()
+                ),
+                State::Stopped => "stopped".to_string(),
+            };
+            log!("container {} {state}", container.name);
+        }
+    }
+}
+
+/// A restart policy as the recipe spells it.
+fn policy_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Never => "never",
+    }
+}
+
+/// Milliseconds until `wakeup`, rounded up so the loop does not wake just before
+/// the moment and spin; no wakeup means wait for an event.
+fn poll_timeout(wakeup: Option<Instant>, now: Instant) -> PollTimeout {
+    let Some(wakeup) = wakeup else {
+        return PollTimeout::NONE;
+    };
+    let micros = wakeup.saturating_duration_since(now).as_micros();
+    let millis = micros.div_ceil(1000);
+    PollTimeout::try_from(i32::try_from(millis).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
+}
+
+fn open_power_buttons() -> Vec<Option<File>> {
+    let paths = input::find_power_buttons(Path::new("/sys"), Path::new("/dev"));
+    if paths.is_empty() {
+        log!(
+            "no power button input device (kernel modules button and evdev): \
+             ACPI power-off requests will not be seen"
+        );
+    }
+    paths
+        .iter()
+        .filter_map(|path| match input::open(path) {
+            Ok(file) => Some(Some(file)),
+            Err(err) => {
+                log!("opening power button {}: {err}", path.display());
+                None
+            }
+        })
+        .collect()
+}
+
+/// The bundle folder of container `name`.
+fn bundle(name: &str) -> PathBuf {
+    Path::new(layout::CONTAINERS_DIR).join(name)
+}
+
+/// Starts `crun run --bundle <bundle> <name>` with stdin from /dev/null and its
+/// output into two pipes. Returns the runtime's pid and the pipes' read ends.
+fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
+    let mut child = Command::new(layout::CRUN_PATH)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle(name))
+        .arg(name)
+        .env_clear()
+        .env("PATH", PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(std::io::Error::other("no pipes from the runtime"));
+    };
+    // Dropping `child` neither kills nor waits: the event loop reaps it by pid.
+    drop(child);
+    Ok((pid, OwnedFd::from(stdout), OwnedFd::from(stderr)))
+}
+
+fn stream(fd: OwnedFd) -> Option<Stream> {
+    if let Err(errno) = fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+        log!("making a container pipe non-blocking: {errno}");
+        return None;
+    }
+    Some(Stream {
+        pipe: File::from(fd),
+        lines: LineSplitter::default(),
+    })
+}
+
+/// Runs `crun <args>` to completion (at most [`HELPER_TIMEOUT`]), its output on the
+/// console. Returns whether it succeeded.
+fn run_helper(args: &[&str]) -> bool {
+    let spawned = Command::new(layout::CRUN_PATH)
+        .args(args)
+        .env_clear()
+        .env("PATH", PATH)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            log!("running crun {}: {err}", args.join(" "));
+            return false;
+        }
+    };
+    wait_helper(&mut child, args)
+}
+
+fn wait_helper(child: &mut Child, args: &[&str]) -> bool {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if start.elapsed() < HELPER_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(None) => {
+                log!("crun {} timed out", args.join(" "));
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            Err(err) => {
+                log!("waiting for crun {}: {err}", args.join(" "));
+                return false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_timeout_rounds_up() {
+        let now = Instant::now();
+        assert_eq!(poll_timeout(None, now), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(now), now), PollTimeout::ZERO);
+        assert_eq!(
+            poll_timeout(Some(now + Duration::from_micros(1500)), now),
+            PollTimeout::try_from(2).unwrap()
+        );
+        // A wakeup in the past polls without waiting.
+        assert_eq!(
+            poll_timeout(Some(now), now + Duration::from_secs(1)),
+            PollTimeout::ZERO
+        );
+    }
+
+    #[test]
+    fn policy_names_match_the_recipe() {
+        for policy in [
+            RestartPolicy::Always,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+        ] {
+            let toml = format!("[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n[[container]]\nname='c'\nrestart='{}'\n", policy_name(policy));
+            assert_eq!(
+                ImageConfig::parse(&toml).unwrap().containers[0].restart,
+                policy
+            );
+        }
+    }
+
+    #[test]
+    fn bundles_live_under_the_containers_folder() {
+        assert_eq!(
+            bundle("web"),
+            PathBuf::from("/usr/lib/berth/containers/web")
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! The main stage, run as PID 1 inside the root: the file systems, hostname and
+//! network the containers expect, then the event loop.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_updater::{layout, ImageConfig};
+use nix::mount::MsFlags;
+
+use crate::blockdev::{self, Roots};
+use crate::cmdline;
+use crate::mounts;
+use crate::net::{self, Ipv4Setup};
+
+/// How long to wait for the data partition (on the same disk as the root, so it is
+/// normally there already).
+const DATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the configured network interface to appear.
+const INTERFACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What stops the main stage before the containers can run.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    /// The image configuration could not be read.
+    #[error("reading {path}: {source}")]
+    ReadConfig {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The image configuration is not valid.
+    #[error("{path}: {source}")]
+    Config {
+        path: String,
+        source: berth_updater::image_config::ImageConfigError,
+    },
+    #[error(transparent)]
+    Loop(#[from] crate::runloop::LoopError),
+}
+
+/// Runs the main stage; returns only with an error (the event loop ends in a
+/// poweroff or reboot).
+pub fn run() -> SystemError {
+    match boot() {
+        Ok(never) => match never {},
+        Err(err) => err,
+    }
+}
+
+fn boot() -> Result<std::convert::Infallible, SystemError> {
+    let start = Instant::now();
+    // Signals first, so a SIGTERM during setup waits in the signalfd's queue
+    // instead of being lost.
+    crate::runloop::block_signals()?;
+    api_filesystems();
+    crate::console::ensure();
+    let config = load_config(Path::new(layout::IMAGE_CONFIG_PATH))?;
+    log!(
+        "{} {} (slot {})",
+        config.image.name,
+        config.image.version,
+        slot_name()
+    );
+    filesystems();
+    if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
+        log!("setting hostname {:?}: {errno}", config.image.hostname);
+    }
+    network(&config);
+    log!("system ready in {} ms", start.elapsed().as_millis());
+    Ok(crate::runloop::run(&config)?)
+}
+
+fn slot_name() -> String {
+    cmdline::read(Path::new(cmdline::PROC_CMDLINE))
+        .ok()
+        .and_then(|cmdline| cmdline.slot)
+        .map_or_else(|| "unknown".to_string(), |slot| slot.to_string())
+}
+
+/// Reads and parses `/etc/berth/image.toml`.
+pub fn load_config(path: &Path) -> Result<ImageConfig, SystemError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SystemError::ReadConfig {
+        path: path.display().to_string(),
+        source,
+    })?;
+    ImageConfig::parse(&text).map_err(|source| SystemError::Config {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// /proc, /sys and /dev, unless the early stage moved them here already.
+fn api_filesystems() {
+    for (source, target, fstype) in crate::early::API_FILESYSTEMS {
+        let path = Path::new(target);
+        if mounts::is_mountpoint(path) {
+            continue;
+        }
+        let flags = match fstype {
+            "devtmpfs" => MsFlags::MS_NOSUID,
+            _ => MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        };
+        if let Err(err) = mounts::mount_fs(source, path, fstype, flags, None) {
+            log!("{err}");
+        }
+    }
+}
+
+/// cgroup2, /run, /tmp, /var and the folders the runtime and the logs need.
+/// Each failure is logged and the boot goes on: a container may still run.
+fn filesystems() {
+    let no_exec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let steps: [(&str, &str, &str, MsFlags, Option<&str>); 3] = [
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            no_exec | MsFlags::MS_RELATIME,
+            None,
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+    ];
+    for (source, target, fstype, flags, data) in steps {
+        if let Err(err) = mounts::mount_on_dir(source, Path::new(target), fstype, flags, data) {
+            log!("{err}");
+        }
+    }
+    mount_var();
+    for dir in [crate::logfile::LOG_DIR, "/run/crun"] {
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            log!("creating {dir}: {err}");
+        }
+    }
+}
+
+/// The data partition on /var; a tmpfs when it cannot be had, so the system still
+/// runs (without persistence, and saying so).
+fn mount_var() {
+    let var = Path::new("/var");
+    match data_partition() {
+        Ok(device) => {
+            match mounts::mount_on_dir(
+                &device,
+                var,
+                "ext4",
+                MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+                None,
+            ) {
+                Ok(()) => {
+                    log!("mounted data partition {device} on /var");
+                    return;
+                }
+                Err(err) => log!("{err}"),
+            }
+        }
+        Err(why) => log!("{why}"),
+    }
+    log!("/var is a tmpfs: nothing written there survives a reboot");
+    if let Err(err) = mounts::mount_on_dir(
+        "tmpfs",
+        var,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    ) {
+        log!("{err}");
+    }
+}
+
+fn data_partition() -> Result<String, String> {
+    let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|err| err.to_string())?;
+    let partuuid = cmdline::data_partuuid(&cmdline)
+        .ok_or("the kernel command line names no berth.data=PARTUUID=<uuid>")?;
+    blockdev::wait_for_partition(
+        &Roots::system(),
+        partuuid,
+        DATA_TIMEOUT,
+        Duration::from_millis(50),
+    )
+    .map(|node| node.to_string_lossy().into_owned())
+    .map_err(|err| format!("data partition: {err}"))
+}
+
+fn network(config: &ImageConfig) {
+    if let Err(err) = net::loopback_up() {
+        log!("loopback: {err}");
+    }
+    let Some(ipv4) = &config.network.ipv4 else {
+        return;
+    };
+    let setup = match Ipv4Setup::from_config(ipv4) {
+        Ok(setup) => setup,
+        Err(err) => {
+            log!("{err}");
+            return;
+        }
+    };
+    match net::configure_ipv4(&setup, Path::new("/sys"), INTERFACE_TIMEOUT) {
+        Ok(()) => log!(
+            "network: {} {}/{}{}",
+            setup.interface,
+            setup.address,
+            ipv4.prefix,
+            setup
+                .gateway
+                .map(|gateway| format!(" via {gateway}"))
+                .unwrap_or_default()
+        ),
+        Err(err) => log!("network: {err}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image.toml");
+        let err = load_config(&path).unwrap_err();
+        assert!(err.to_string().contains("image.toml"), "{err}");
+        std::fs::write(&path, "[image]\nname = 1\n").unwrap();
+        let err = load_config(&path).unwrap_err();
+        assert!(matches!(err, SystemError::Config { .. }), "{err}");
+        std::fs::write(
+            &path,
+            "[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n\
+             [[container]]\nname='web'\nrestart='always'\n",
+        )
+        .unwrap();
+        let config = load_config(&path).unwrap();
+        assert_eq!(config.containers.len(), 1);
+    }
+}
