@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_updater::layout::{self, BootEntry, Slot};
+use berth_updater::window::Window;
 use uuid::Uuid;
 
 use crate::recipe::DiskSizes;
@@ -43,77 +44,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
     move |source| DiskError::Io {
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// A window onto part of a file, as a partition of a disk image.
-#[derive(Debug)]
-pub struct Window<'a> {
-    file: &'a File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl<'a> Window<'a> {
-    pub fn new(file: &'a File, start: u64, len: u64) -> Self {
-        Window {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Window<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let room = self.len.saturating_sub(self.pos);
-        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let mut f = self.file;
-        f.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = f.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Window<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = self.len.saturating_sub(self.pos);
-        if room == 0 && !buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "end of partition"));
-        }
-        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
-        let mut f = self.file;
-        f.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = f.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        let mut f = self.file;
-        f.flush()
-    }
-}
-
-impl Seek for Window<'_> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let next = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match next {
-            Some(p) => {
-                self.pos = p;
-                Ok(p)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before start",
-            )),
-        }
     }
 }
 
@@ -345,8 +275,7 @@ fn write_esp(
     let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new().time_provider(&FAT_EPOCH))
         .map_err(fat)?;
     let root = fs.root_dir();
-    let put = |path: &str, source: &Path| -> Result<(), DiskError> {
-        let mut src = File::open(source).map_err(io_err(source))?;
+    let put = |path: &str, content: &mut dyn Read| -> Result<(), DiskError> {
         let mut dir = root.clone();
         let mut parts: Vec<&str> = path.split('/').collect();
         let name = parts.pop().unwrap_or(path);
@@ -358,34 +287,22 @@ fn write_esp(
         }
         let mut f = dir.create_file(name).map_err(fat)?;
         f.truncate().map_err(fat)?;
-        io::copy(&mut src, &mut f).map_err(fat)?;
+        io::copy(content, &mut f).map_err(fat)?;
         Ok(())
     };
-    let put_text = |path: &str, text: &str| -> Result<(), DiskError> {
-        let mut dir = root.clone();
-        let mut parts: Vec<&str> = path.split('/').collect();
-        let name = parts.pop().unwrap_or(path);
-        for p in parts {
-            dir = match dir.open_dir(p) {
-                Ok(d) => d,
-                Err(_) => dir.create_dir(p).map_err(fat)?,
-            };
-        }
-        let mut f = dir.create_file(name).map_err(fat)?;
-        f.truncate().map_err(fat)?;
-        f.write_all(text.as_bytes()).map_err(fat)?;
-        Ok(())
+    let put_file = |path: &str, source: &Path| -> Result<(), DiskError> {
+        put(path, &mut File::open(source).map_err(io_err(source))?)
     };
     // The removable-media path boots with a fresh firmware variable store.
-    put("EFI/BOOT/BOOTX64.EFI", sd_boot)?;
-    put("EFI/systemd/systemd-bootx64.efi", sd_boot)?;
-    put_text("loader/loader.conf", layout::LOADER_CONF)?;
+    put_file("EFI/BOOT/BOOTX64.EFI", sd_boot)?;
+    put_file("EFI/systemd/systemd-bootx64.efi", sd_boot)?;
+    put("loader/loader.conf", &mut layout::LOADER_CONF.as_bytes())?;
     let slot = input.entry.slot;
-    put(&slot.kernel_path(), input.kernel)?;
-    put(&slot.initramfs_path(), input.initramfs)?;
-    put_text(
+    put_file(&slot.kernel_path(), input.kernel)?;
+    put_file(&slot.initramfs_path(), input.initramfs)?;
+    put(
         &format!("loader/entries/{}.conf", slot.entry_id()),
-        &input.entry.render(),
+        &mut input.entry.render().as_bytes(),
     )?;
     drop(root);
     fs.unmount().map_err(fat)?;

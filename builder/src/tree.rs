@@ -467,12 +467,14 @@ impl Tree {
                                 ..
                             },
                         ) => node.kind.clone(),
-                        _ => return Err(refused(
-                            &raw_path,
-                            format!(
+                        _ => {
+                            return Err(refused(
+                                &raw_path,
+                                format!(
                                 "hard link to {target:?}, which is not a file unpacked before it"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {

@@ -2,11 +2,12 @@
 //! systemd-boot would boot, read from the image's ESP without mounting anything.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use berth_updater::gpt;
 use berth_updater::layout::ESP_LABEL;
+use berth_updater::window::Window;
 
 use crate::command::{CommandError, DirectBoot, DiskFormat};
 use crate::entries::{self, EntryFile};
@@ -204,97 +205,9 @@ fn esp_relative(path: &str) -> &str {
     path.trim_start_matches(['/', '\\'])
 }
 
-/// A read-only window `[start, start + len)` of a file, seen as a whole disk.
-/// fatfs needs `Write`; writes fail, which is what a read-only view should do.
-#[derive(Debug)]
-struct Window {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Window {
-    fn new(file: File, start: u64, len: u64) -> Window {
-        Window {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Window {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let want = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
-        if want == 0 {
-            return Ok(0);
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..want])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Window {
-    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the ESP is opened read-only for direct boot",
-        ))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Window {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let target = match pos {
-            SeekFrom::Start(offset) => Some(offset),
-            SeekFrom::End(delta) => self.len.checked_add_signed(delta),
-            SeekFrom::Current(delta) => self.pos.checked_add_signed(delta),
-        };
-        match target {
-            Some(target) => {
-                self.pos = target;
-                Ok(target)
-            }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the ESP",
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_reads_only_its_range_and_refuses_writes() {
-        let mut tmp = tempfile::NamedTempFile::new().expect("temp");
-        tmp.write_all(b"0123456789abcdef").expect("write");
-        let mut window = Window::new(tmp.reopen().expect("reopen"), 4, 8);
-        let mut all = Vec::new();
-        window.read_to_end(&mut all).expect("read");
-        assert_eq!(all, b"456789ab");
-        window.seek(SeekFrom::End(-2)).expect("seek");
-        let mut two = [0u8; 4];
-        assert_eq!(window.read(&mut two).expect("read"), 2);
-        assert_eq!(&two[..2], b"ab");
-        window.seek(SeekFrom::Current(-8)).expect("seek");
-        let mut one = [0u8; 1];
-        window.read_exact(&mut one).expect("read");
-        assert_eq!(&one, b"4");
-        assert!(window.seek(SeekFrom::Current(-5)).is_err());
-        assert!(window.write(b"x").is_err());
-    }
 
     /// A GPT disk with one FAT partition labelled `esp` holding `files`.
     fn disk_with_esp(files: &[(&str, &[u8])]) -> Vec<u8> {

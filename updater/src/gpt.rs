@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn refuses_a_disk_without_gpt() {
         let mut disk = Cursor::new(vec![0u8; 8192]);
-        assert!(matches!(read_partitions(&mut disk), Err(GptError::NoHeader)));
+        assert!(matches!(
+            read_partitions(&mut disk),
+            Err(GptError::NoHeader)
+        ));
     }
 
     #[test]

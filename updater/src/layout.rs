@@ -137,11 +137,7 @@ impl BootEntry {
         // counter runs down instead of the machine hanging forever.
         let mut line = format!(
             "root=PARTUUID={} ro {}={} {}=PARTUUID={} console=ttyS0 panic=5",
-            self.root_partuuid,
-            CMDLINE_SLOT,
-            self.slot,
-            CMDLINE_DATA,
-            self.data_partuuid
+            self.root_partuuid, CMDLINE_SLOT, self.slot, CMDLINE_DATA, self.data_partuuid
         );
         if !self.extra_cmdline.trim().is_empty() {
             line.push(' ');

@@ -8,6 +8,7 @@
 pub mod gpt;
 pub mod image_config;
 pub mod layout;
+pub mod window;
 
 pub use image_config::{ContainerConfig, ImageConfig, NetworkConfig, RestartPolicy};
 pub use layout::{BootEntry, KernelCmdline, Slot};
