@@ -190,6 +190,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         slot: Slot::A,
         root_partuuid: ids.root_a.to_string(),
         data_partuuid: ids.data.to_string(),
+        verity: None,
         extra_cmdline: plan.kernel.cmdline.clone(),
     };
     disk::write(

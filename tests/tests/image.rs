@@ -3,36 +3,10 @@
 //! `cpio -t` on the initramfs.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
-use berth_tests::build_image;
-use berth_updater::gpt::read_partitions;
-
-/// Copies a partition of `image` into its own file.
-fn extract(image: &Path, label: &str, out: &Path) {
-    let mut disk = File::open(image).unwrap();
-    let parts = read_partitions(&mut disk).unwrap();
-    let part = parts
-        .iter()
-        .find(|p| p.label == label)
-        .unwrap_or_else(|| panic!("no partition {label} in {parts:?}"));
-    disk.seek(SeekFrom::Start(part.first_lba * 512)).unwrap();
-    let mut out = File::create(out).unwrap();
-    std::io::copy(&mut (&mut disk).take(part.size_bytes(512)), &mut out).unwrap();
-}
-
-fn run(cmd: &mut Command) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
+use berth_tests::{build_image, extract_partition as extract, run_tool as run};
 
 #[test]
 fn hello_image_passes_the_standard_tools() {

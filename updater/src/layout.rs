@@ -39,6 +39,19 @@ pub const INITRAMFS_MODULES_PATH: &str = "/etc/berth/initramfs-modules";
 pub const CMDLINE_SLOT: &str = "berth.slot";
 /// Kernel command line key naming the data partition (`berth.data=PARTUUID=…`).
 pub const CMDLINE_DATA: &str = "berth.data";
+/// Kernel command line key: the dm-verity root hash of the slot's root filesystem
+/// (lowercase hex). When present, the init refuses to mount the root without
+/// verity.
+pub const CMDLINE_VERITY_ROOTHASH: &str = "berth.verity.roothash";
+/// Kernel command line key: the verity salt (lowercase hex, may be `-` for none).
+pub const CMDLINE_VERITY_SALT: &str = "berth.verity.salt";
+/// Kernel command line key: number of 4096-byte data blocks covered by verity.
+pub const CMDLINE_VERITY_BLOCKS: &str = "berth.verity.blocks";
+/// Kernel command line key: byte offset of the hash tree in the slot partition.
+pub const CMDLINE_VERITY_HASH_OFFSET: &str = "berth.verity.hashoffset";
+/// dm-verity block size berth uses for both data and hash blocks.
+pub const VERITY_BLOCK_SIZE: u64 = 4096;
+
 /// Boot loader menu sort key shared by all berth entries.
 pub const SORT_KEY: &str = "berth";
 
@@ -126,8 +139,39 @@ pub struct BootEntry {
     pub root_partuuid: String,
     /// PARTUUID of the data partition.
     pub data_partuuid: String,
+    /// dm-verity parameters of the slot's root, when it has a hash tree.
+    pub verity: Option<VerityParams>,
     /// Extra kernel command line from the recipe, appended last.
     pub extra_cmdline: String,
+}
+
+/// How the init sets up dm-verity for a slot: the hash tree (format 1, sha256,
+/// 4096-byte blocks, no superblock) follows the filesystem in the same partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityParams {
+    /// Root hash, lowercase hex (64 characters for sha256).
+    pub root_hash: String,
+    /// Salt, lowercase hex (empty for none).
+    pub salt: String,
+    /// Data blocks covered (filesystem size / 4096, rounded up).
+    pub data_blocks: u64,
+    /// Byte offset of the hash tree's first block in the partition.
+    pub hash_offset: u64,
+}
+
+impl VerityParams {
+    /// The command line words that carry these parameters.
+    pub fn cmdline(&self) -> String {
+        let salt = if self.salt.is_empty() {
+            "-"
+        } else {
+            &self.salt
+        };
+        format!(
+            "{CMDLINE_VERITY_ROOTHASH}={} {CMDLINE_VERITY_SALT}={salt} {CMDLINE_VERITY_BLOCKS}={} {CMDLINE_VERITY_HASH_OFFSET}={}",
+            self.root_hash, self.data_blocks, self.hash_offset
+        )
+    }
 }
 
 impl BootEntry {
@@ -139,6 +183,10 @@ impl BootEntry {
             "root=PARTUUID={} ro {}={} {}=PARTUUID={} console=ttyS0 panic=5",
             self.root_partuuid, CMDLINE_SLOT, self.slot, CMDLINE_DATA, self.data_partuuid
         );
+        if let Some(verity) = &self.verity {
+            line.push(' ');
+            line.push_str(&verity.cmdline());
+        }
         if !self.extra_cmdline.trim().is_empty() {
             line.push(' ');
             line.push_str(self.extra_cmdline.trim());
@@ -174,12 +222,18 @@ pub struct KernelCmdline {
     pub data_partuuid: Option<String>,
     /// `berth.slot=a|b`.
     pub slot: Option<Slot>,
+    /// The `berth.verity.*` words, when all four are present and well-formed.
+    pub verity: Option<VerityParams>,
+    /// Some but not all `berth.verity.*` words, or malformed ones: the init must
+    /// refuse to boot rather than silently mount without verity.
+    pub verity_error: Option<String>,
 }
 
 impl KernelCmdline {
     /// Parses `/proc/cmdline`; unknown words are ignored (the kernel owns most of them).
     pub fn parse(line: &str) -> KernelCmdline {
         let mut out = KernelCmdline::default();
+        let (mut hash, mut salt, mut blocks, mut offset) = (None, None, None, None);
         for word in line.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
@@ -188,8 +242,41 @@ impl KernelCmdline {
                 "root" => out.root_partuuid = partuuid(value),
                 k if k == CMDLINE_DATA => out.data_partuuid = partuuid(value),
                 k if k == CMDLINE_SLOT => out.slot = value.parse().ok(),
+                k if k == CMDLINE_VERITY_ROOTHASH => hash = Some(value.to_ascii_lowercase()),
+                k if k == CMDLINE_VERITY_SALT => salt = Some(value.to_ascii_lowercase()),
+                k if k == CMDLINE_VERITY_BLOCKS => blocks = Some(value.to_string()),
+                k if k == CMDLINE_VERITY_HASH_OFFSET => offset = Some(value.to_string()),
                 _ => {}
             }
+        }
+        match (hash, salt, blocks, offset) {
+            (None, None, None, None) => {}
+            (Some(hash), Some(salt), Some(blocks), Some(offset)) => {
+                let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
+                let salt = if salt == "-" { String::new() } else { salt };
+                match (blocks.parse::<u64>(), offset.parse::<u64>()) {
+                    (Ok(data_blocks), Ok(hash_offset))
+                        if hash.len() == 64
+                            && hex(&hash)
+                            && hex(&salt)
+                            && salt.len() % 2 == 0
+                            && hash_offset % VERITY_BLOCK_SIZE == 0
+                            && data_blocks > 0 =>
+                    {
+                        out.verity = Some(VerityParams {
+                            root_hash: hash,
+                            salt,
+                            data_blocks,
+                            hash_offset,
+                        })
+                    }
+                    _ => out.verity_error = Some("malformed berth.verity.* parameters".into()),
+                }
+            }
+            _ => out.verity_error = Some(
+                "incomplete berth.verity.* parameters (need roothash, salt, blocks, hashoffset)"
+                    .into(),
+            ),
         }
         out
     }
@@ -212,6 +299,7 @@ mod tests {
             slot: Slot::A,
             root_partuuid: "11111111-2222-3333-4444-555555555555".into(),
             data_partuuid: "66666666-7777-8888-9999-aaaaaaaaaaaa".into(),
+            verity: None,
             extra_cmdline: " quiet ".into(),
         }
     }
@@ -248,6 +336,26 @@ mod tests {
         let parsed = KernelCmdline::parse("root=PARTUUID=ABCD berth.slot=c");
         assert_eq!(parsed.root_partuuid.as_deref(), Some("abcd"));
         assert_eq!(parsed.slot, None);
+    }
+
+    #[test]
+    fn verity_parameters_round_trip_and_partial_ones_are_errors() {
+        let mut e = entry();
+        e.verity = Some(VerityParams {
+            root_hash: "ab".repeat(32),
+            salt: "0102".into(),
+            data_blocks: 1000,
+            hash_offset: 4096 * 1000,
+        });
+        let parsed = KernelCmdline::parse(&e.cmdline());
+        assert_eq!(parsed.verity, e.verity);
+        assert_eq!(parsed.verity_error, None);
+        let partial = KernelCmdline::parse("berth.verity.roothash=abcd");
+        assert!(partial.verity.is_none() && partial.verity_error.is_some());
+        let odd = KernelCmdline::parse(&e.cmdline().replace("hashoffset=4096000", "hashoffset=7"));
+        assert!(odd.verity.is_none() && odd.verity_error.is_some());
+        let none = KernelCmdline::parse(&entry().cmdline());
+        assert!(none.verity.is_none() && none.verity_error.is_none());
     }
 
     #[test]
