@@ -419,6 +419,36 @@ fn http_get_once(port: u16, path: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
+/// Copies a partition of `image` into its own file.
+pub fn extract_partition(image: &Path, label: &str, out: &Path) {
+    let mut disk = File::open(image).unwrap();
+    let parts = berth_updater::gpt::read_partitions(&mut disk).unwrap();
+    let part = parts
+        .iter()
+        .find(|p| p.label == label)
+        .unwrap_or_else(|| panic!("no partition {label} in {parts:?}"));
+    std::io::Seek::seek(&mut disk, std::io::SeekFrom::Start(part.first_lba * 512)).unwrap();
+    let mut out = File::create(out).unwrap();
+    std::io::copy(
+        &mut std::io::Read::take(&mut disk, part.size_bytes(512)),
+        &mut out,
+    )
+    .unwrap();
+}
+
+/// Runs a standard tool and returns its stdout and stderr; fails the test when
+/// it fails.
+pub fn run_tool(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,34 +549,4 @@ mod tests {
         assert!(page.ends_with("Welcome to berth"));
         server.join().expect("server");
     }
-}
-
-/// Copies a partition of `image` into its own file.
-pub fn extract_partition(image: &Path, label: &str, out: &Path) {
-    let mut disk = File::open(image).unwrap();
-    let parts = berth_updater::gpt::read_partitions(&mut disk).unwrap();
-    let part = parts
-        .iter()
-        .find(|p| p.label == label)
-        .unwrap_or_else(|| panic!("no partition {label} in {parts:?}"));
-    std::io::Seek::seek(&mut disk, std::io::SeekFrom::Start(part.first_lba * 512)).unwrap();
-    let mut out = File::create(out).unwrap();
-    std::io::copy(
-        &mut std::io::Read::take(&mut disk, part.size_bytes(512)),
-        &mut out,
-    )
-    .unwrap();
-}
-
-/// Runs a standard tool and returns its stdout and stderr; fails the test when
-/// it fails.
-pub fn run_tool(cmd: &mut Command) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{cmd:?} failed:\n{text}");
-    text
 }
