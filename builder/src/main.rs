@@ -79,10 +79,47 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause shown once: many of berth's error
+/// messages already include their cause's text.
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let line = cause.to_string();
+        if text.contains(&line) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&line);
+    }
+    text
+}
+
+/// Refuses a file that is neither a qcow2 image nor a raw disk with a GPT: booting
+/// it would only show firmware looking for something to boot.
+fn check_disk_image(image: &std::path::Path) -> anyhow::Result<()> {
+    let mut file =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut file, &mut magic)
+        .with_context(|| format!("{} is not a disk image: too short", image.display()))?;
+    if &magic == b"QFI\xfb" {
+        return Ok(());
+    }
+    berth_updater::gpt::read_partitions(&mut file).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a disk image berth can boot ({e}); build one with `berth build RECIPE`",
+            image.display()
+        )
+    })?;
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -132,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             log,
         } => {
+            check_disk_image(&image)?;
             let mut options = berth_qemu::RunOptions::new(&image);
             options.ports = ports;
             options.snapshot = snapshot;

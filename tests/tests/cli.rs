@@ -153,3 +153,21 @@ fn missing_recipe_file_is_a_clear_error() {
         describe(&output)
     );
 }
+
+#[test]
+fn run_refuses_a_file_that_is_not_a_disk_image() {
+    let recipe = berth_tests::workspace_path("recipes/hello.toml");
+    let output = berth(&[
+        "run".as_ref(),
+        recipe.as_os_str(),
+        "--timeout".as_ref(),
+        "5".as_ref(),
+    ]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not a disk image"),
+        "{}",
+        describe(&output)
+    );
+}
