@@ -1,7 +1,8 @@
 //! The early stage, run from the initramfs: mount the kernel's API file systems,
 //! load the listed modules, wait for the root partition named on the command line,
-//! mount it on /sysroot, switch to it and exec its /sbin/init (berth-init again,
-//! which then runs the main stage).
+//! put dm-verity over it and check every block when the command line carries a root
+//! hash, mount it on /sysroot, switch to it and exec its /sbin/init (berth-init
+//! again, which then runs the main stage).
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_updater::layout;
+use berth_updater::{KernelCmdline, Slot};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
@@ -18,6 +20,7 @@ use nix::unistd::{chdir, chroot, execv};
 use crate::blockdev::{self, BlockError, Roots};
 use crate::cmdline::{self, CmdlineError};
 use crate::mounts::{self, MountError};
+use crate::verity::{self, SetupError, VerifyError};
 
 /// Where the root file system is mounted before the switch.
 pub const SYSROOT: &str = "/sysroot";
@@ -37,9 +40,14 @@ pub const API_FILESYSTEMS: [(&str, &str, &str); 3] = [
     ("devtmpfs", "/dev", "devtmpfs"),
 ];
 
-/// A step of the early stage that failed; each one ends in a reboot.
+/// A step of the early stage that failed. [`EarlyError::SlotRefused`] ends in
+/// `power::refuse_slot`, every other one in a reboot.
 #[derive(Debug, thiserror::Error)]
 pub enum EarlyError {
+    /// The booted slot's root must not be used: it failed dm-verity, or could not
+    /// be checked although the command line asks for it.
+    #[error("root filesystem of {slot} {refusal}: refusing to boot it")]
+    SlotRefused { slot: SlotName, refusal: Refusal },
     #[error(transparent)]
     Mount(#[from] MountError),
     #[error(transparent)]
@@ -58,6 +66,35 @@ pub enum EarlyError {
     /// The root's init could not be executed.
     #[error("executing {path} in the new root: {errno}")]
     Exec { path: String, errno: Errno },
+}
+
+/// Why a slot's root is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Some `berth.verity.*` words are missing or malformed; mounting without
+    /// verity would silently drop the check the boot entry asked for.
+    #[error("cannot be verified: {0}")]
+    Cmdline(String),
+    /// The verity device could not be set up.
+    #[error("cannot be verified: {0}")]
+    Setup(#[from] SetupError),
+    /// The whole-device read found a corrupted block, or could not finish.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+}
+
+/// The booted slot as the console names it: `slot a`, or `the booted slot` when the
+/// command line has no `berth.slot=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotName(pub Option<Slot>);
+
+impl std::fmt::Display for SlotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(slot) => write!(f, "slot {slot}"),
+            None => f.write_str("the booted slot"),
+        }
+    }
 }
 
 /// Runs the early stage; only returns through an exec, so any return is an error.
@@ -87,15 +124,47 @@ fn boot() -> Result<Infallible, EarlyError> {
         root.display(),
         start.elapsed().as_millis()
     );
+    let device = root_device(&root, &cmdline).map_err(|refusal| EarlyError::SlotRefused {
+        slot: SlotName(cmdline.slot),
+        refusal,
+    })?;
     let sysroot = Path::new(SYSROOT);
     mounts::mount_on_dir(
-        &root.to_string_lossy(),
+        &device.to_string_lossy(),
         sysroot,
         "squashfs",
         MsFlags::MS_RDONLY,
         None,
     )?;
     switch_root(sysroot, NEXT_INIT)
+}
+
+/// The device to mount as the root. With `berth.verity.*` on the command line: the
+/// dm-verity device over `partition`, after one read of all its blocks found none
+/// corrupted (checking before the mount also covers the squashfs superblock, whose
+/// corruption would otherwise surface as an unclear mount error). Without them: the
+/// partition itself (an image built without verity). With only some of them, or
+/// malformed ones: refused, never mounted unverified.
+fn root_device(partition: &Path, cmdline: &KernelCmdline) -> Result<PathBuf, Refusal> {
+    if let Some(error) = &cmdline.verity_error {
+        return Err(Refusal::Cmdline(error.clone()));
+    }
+    let Some(params) = &cmdline.verity else {
+        log!(
+            "no berth.verity.* on the command line: mounting {} without dm-verity",
+            partition.display()
+        );
+        return Ok(partition.to_path_buf());
+    };
+    let node = verity::open_root(partition, params)?;
+    let start = Instant::now();
+    verity::verify_all(&node, params.data_blocks)?;
+    log!(
+        "verified root ({} blocks) in {} ms",
+        params.data_blocks,
+        start.elapsed().as_millis()
+    );
+    Ok(node)
 }
 
 /// What busybox's switch_root does: move the API mounts into the new root, empty
@@ -188,6 +257,61 @@ mod tests {
         delete_tree(root, dev);
         assert_eq!(fs::read_dir(root).unwrap().count(), 0);
         assert!(outside.path().join("keep").exists());
+    }
+
+    #[test]
+    fn refusals_name_the_slot_and_the_reason() {
+        let err = EarlyError::SlotRefused {
+            slot: SlotName(Some(Slot::A)),
+            refusal: Refusal::Verify(VerifyError::Corrupt {
+                path: PathBuf::from("/dev/dm-0"),
+                block: 17,
+            }),
+        };
+        assert_eq!(
+            err.to_string(),
+            "root filesystem of slot a failed dm-verity verification (block 17): refusing to boot it"
+        );
+        let err = EarlyError::SlotRefused {
+            slot: SlotName(None),
+            refusal: Refusal::Cmdline("incomplete berth.verity.* parameters".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "root filesystem of the booted slot cannot be verified: incomplete berth.verity.* parameters: refusing to boot it"
+        );
+    }
+
+    #[test]
+    fn partial_verity_parameters_are_refused_not_ignored() {
+        let cmdline = KernelCmdline::parse(
+            "root=PARTUUID=11111111-2222-3333-4444-555555555555 berth.verity.roothash=abcd",
+        );
+        let err = root_device(Path::new("/dev/vda2"), &cmdline).unwrap_err();
+        assert!(matches!(err, Refusal::Cmdline(_)), "{err}");
+    }
+
+    #[test]
+    fn no_verity_parameters_mount_the_partition_itself() {
+        let cmdline = KernelCmdline::parse("root=PARTUUID=11111111-2222-3333-4444-555555555555");
+        assert_eq!(
+            root_device(Path::new("/dev/vda2"), &cmdline).unwrap(),
+            Path::new("/dev/vda2")
+        );
+    }
+
+    #[test]
+    fn verity_on_something_that_is_not_a_block_device_is_refused() {
+        let cmdline = KernelCmdline::parse(&format!(
+            "berth.verity.roothash={} berth.verity.salt=- berth.verity.blocks=1 berth.verity.hashoffset=4096",
+            "ab".repeat(32)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let err = root_device(dir.path(), &cmdline).unwrap_err();
+        assert!(
+            matches!(err, Refusal::Setup(SetupError::NotBlockDevice { .. })),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! stage: modules, root partition, switch_root, exec `/sbin/init`. In the root it
 //! runs the main stage: file systems, network, then the containers, supervised
 //! until a poweroff or reboot. It never exits and never panics: what it cannot
-//! survive becomes a logged reboot.
+//! survive becomes a logged reboot, and a root that fails dm-verity a refused slot.
 
 #[macro_use]
 mod log;
@@ -23,6 +23,7 @@ mod power;
 mod runloop;
 mod supervisor;
 mod system;
+mod verity;
 
 use std::path::Path;
 
@@ -39,10 +40,13 @@ fn main() {
         eprint!("{USAGE}");
         std::process::exit(2);
     }
-    let fatal = if Path::new(INITRAMFS_MODULES_PATH).exists() {
-        format!("early stage: {}", early::run())
-    } else {
-        system::run().to_string()
-    };
-    power::fatal(&fatal)
+    if Path::new(INITRAMFS_MODULES_PATH).exists() {
+        match early::run() {
+            refused @ early::EarlyError::SlotRefused { .. } => {
+                power::refuse_slot(&refused.to_string())
+            }
+            other => power::fatal(&format!("early stage: {other}")),
+        }
+    }
+    power::fatal(&system::run().to_string())
 }

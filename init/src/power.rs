@@ -51,6 +51,40 @@ pub fn fatal(message: &str) -> ! {
     power(PowerAction::Reboot)
 }
 
+/// What happens once the booted slot's root has been refused (it failed dm-verity,
+/// or could not be verified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedSlotAction {
+    /// Stop with the reason on the console: the root never runs, and the machine
+    /// does not reboot into the same slot over and over.
+    Halt,
+}
+
+/// Decides what a refused slot leads to. Always [`RefusedSlotAction::Halt`] for
+/// now; once the init reads the boot counter it will reboot instead while the boot
+/// entry still has tries left, so the boot loader falls back to the other slot.
+pub fn refused_slot_action() -> RefusedSlotAction {
+    RefusedSlotAction::Halt
+}
+
+/// Logs why the booted slot is refused and carries out [`refused_slot_action`].
+pub fn refuse_slot(message: &str) -> ! {
+    log!("{message}");
+    match refused_slot_action() {
+        RefusedSlotAction::Halt => halt(),
+    }
+}
+
+/// Stops for good without powering off, so the last lines stay on the console:
+/// sync, then sleep forever (PID 1 must not exit).
+pub fn halt() -> ! {
+    log!("system halted");
+    sync();
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// The end of an orderly shutdown, once the containers are stopped (or past their
 /// grace period): kill whatever is left, sync, unmount, sync, and power off or
 /// reboot.
@@ -102,5 +136,10 @@ mod tests {
         assert_eq!(PowerAction::PowerOff.final_line(), "powering off");
         assert_eq!(PowerAction::Reboot.final_line(), "rebooting");
         assert_eq!(PowerAction::PowerOff.mode(), RebootMode::RB_POWER_OFF);
+    }
+
+    #[test]
+    fn refused_slots_halt() {
+        assert_eq!(refused_slot_action(), RefusedSlotAction::Halt);
     }
 }
