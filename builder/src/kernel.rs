@@ -102,14 +102,16 @@ pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
         extract_kernel(&deb_path, dir)
     })?;
     let boot = dir.join("boot");
+    // The first by name, not in the folder's (file system dependent) order.
     let image = fs::read_dir(&boot)
         .map_err(io_err(&boot))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("vmlinuz-"))
         })
+        .min()
         .ok_or_else(|| KernelError::NoImage {
             package: package.name.clone(),
         })?;

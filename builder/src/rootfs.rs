@@ -248,6 +248,24 @@ pub fn runtime_spec(
     Ok(spec)
 }
 
+/// The runtime configuration's bytes. oci-spec keeps capabilities in `HashSet`s,
+/// which serialize in a different order in every process: they are sorted here so
+/// the same recipe always gives the same `config.json` (and the same image).
+pub fn spec_json(spec: &Spec) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(spec)?;
+    if let Some(sets) = value
+        .pointer_mut("/process/capabilities")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for set in sets.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_vec_pretty(&value)
+}
+
 fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
     let (name, group) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -380,7 +398,7 @@ pub fn root_tree(
             }
         }
         let spec = runtime_spec(plan, container, &defaults, &tree)?;
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| RootfsError::Spec {
+        let json = spec_json(&spec).map_err(|e| RootfsError::Spec {
             container: container.name.clone(),
             reason: e.to_string(),
         })?;
@@ -462,4 +480,28 @@ pub fn initramfs_tree(
     }
     tree.add_bytes(INITRAMFS_MODULES_PATH, list.as_bytes(), 0o644)?;
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_config_bytes_do_not_depend_on_hash_order() {
+        // Every Spec gets its capability sets from a fresh, randomly keyed
+        // HashSet: the bytes must still be the same each time.
+        let first = spec_json(&Spec::default()).unwrap();
+        for _ in 0..16 {
+            assert_eq!(spec_json(&Spec::default()).unwrap(), first);
+        }
+        let value: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        let bounding: Vec<&str> = value["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(bounding.len() > 1, "{bounding:?}");
+        assert!(bounding.is_sorted(), "{bounding:?}");
+    }
 }
