@@ -1,6 +1,6 @@
 //! The disk image: GPT with the ESP (FAT32: systemd-boot, loader.conf, slot A's
-//! entry, kernel and initramfs), root-a (the squashfs), an empty root-b of the same
-//! size, and the ext4 data partition.
+//! entry, kernel and initramfs), root-a (the squashfs and its verity hash tree),
+//! an empty root-b of the same size, and the ext4 data partition.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -80,6 +80,7 @@ pub struct DiskInput<'a> {
     pub ids: DiskIds,
     pub kernel: &'a Path,
     pub initramfs: &'a Path,
+    /// The slot's content: the filesystem, then its hash tree if any.
     pub root: &'a Path,
     pub entry: BootEntry,
     /// Fixed time for the data filesystem (reproducibility).

@@ -14,6 +14,9 @@ use crate::tree::normalize;
 
 /// Modules without which berth cannot reach its root.
 pub const REQUIRED_MODULES: &[&str] = &["squashfs"];
+/// Modules a dm-verity root needs on top of those (`reed_solomon`, `dm-mod` and
+/// `dm-bufio` come in through `modules.dep`).
+pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
 /// is run on, the ACPI power button, and ext4 where it is not built in).
 pub const OPTIONAL_MODULES: &[&str] = &[

@@ -14,9 +14,11 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use crate::apt::{self, AptError, Fetched};
 use crate::cache::Cache;
 use crate::deb::{self, DebError};
-use crate::kernel::{Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES};
+use crate::kernel::{
+    Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
+};
 use crate::oci::{self, ImageDefaults, OciError};
-use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootfsSource};
+use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootVerity, RootfsSource};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
@@ -422,7 +424,8 @@ fn cache_tempdir(cache: &Cache) -> Result<tempfile::TempDir, RootfsError> {
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root
-/// (decompressed), and the list of modules to load, in order.
+/// (decompressed; with dm-verity's when the root has a hash tree), and the list of
+/// modules to load, in order.
 pub fn initramfs_tree(
     plan: &BuildPlan,
     kernel: &Kernel,
@@ -431,6 +434,9 @@ pub fn initramfs_tree(
 ) -> Result<Tree, RootfsError> {
     let index = ModuleIndex::load(&kernel.modules_dir)?;
     let mut names: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
+    if plan.verity == RootVerity::HashTree {
+        names.extend(VERITY_MODULES.iter().map(|s| s.to_string()));
+    }
     names.extend(
         OPTIONAL_MODULES
             .iter()
