@@ -143,3 +143,41 @@ fn initramfs_holds_the_verity_modules_in_order() {
         assert!(pos(dep) < pos("dm-verity"), "{list}");
     }
 }
+
+#[test]
+fn verity_false_leaves_the_tree_out() {
+    let image = build_image("tests/recipes/no-verity.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let boot = berth_qemu::direct::extract_direct_boot(&image, dir.path()).unwrap();
+    let cmdline = KernelCmdline::parse(&boot.cmdline);
+    assert!(
+        cmdline.verity.is_none() && cmdline.verity_error.is_none(),
+        "{}",
+        boot.cmdline
+    );
+    assert!(!boot.cmdline.contains("berth.verity"), "{}", boot.cmdline);
+
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(image.with_extension("json")).unwrap()).unwrap();
+    assert!(report["outputs"]["root"]["verity"].is_null(), "{report}");
+    // root-a holds the squashfs as written (backhand pads it to 4 KiB): no tree.
+    let slot = dir.path().join("root-a.img");
+    extract_partition(&image, "root-a", &slot);
+    let mut superblock = [0u8; 96];
+    File::open(&slot)
+        .unwrap()
+        .read_exact(&mut superblock)
+        .unwrap();
+    let bytes_used = u64::from_le_bytes(superblock[40..48].try_into().unwrap());
+    let size = report["outputs"]["root"]["size"].as_u64().unwrap();
+    assert!(
+        size >= bytes_used && size - bytes_used <= 4096,
+        "root {size} bytes, squashfs {bytes_used}"
+    );
+
+    let raw = zstd::stream::decode_all(File::open(&boot.initrd).unwrap()).unwrap();
+    assert!(
+        !raw.windows(12).any(|w| w == b"dm-verity.ko"),
+        "dm-verity.ko in the initramfs of an image without verity"
+    );
+}
