@@ -16,6 +16,7 @@ pub mod oci;
 pub mod progress;
 pub mod recipe;
 pub mod report;
+pub mod reproducible;
 pub mod rootfs;
 pub mod squashfs;
 pub mod tree;
