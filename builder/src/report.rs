@@ -57,7 +57,8 @@ pub struct VerityReport {
     pub data_blocks: u64,
     /// Byte offset of the hash tree in the partition.
     pub hash_offset: u64,
-    /// Bytes of the squashfs before padding.
+    /// Bytes of the squashfs as written (backhand already pads it to 4 KiB, so
+    /// this is usually `hash_offset`).
     pub filesystem_size: u64,
 }
 
