@@ -10,10 +10,11 @@ use crate::disk::{self, DiskError, DiskIds, DiskInput};
 use crate::initramfs::{self, InitramfsError};
 use crate::kernel::{self, KernelError};
 use crate::progress::Progress;
-use crate::recipe::{self, BuildPlan, KernelSource, RecipeError};
+use crate::recipe::{self, BuildPlan, KernelSource, RecipeError, RootVerity};
 use crate::report::*;
 use crate::rootfs::{self, RootfsError};
 use crate::squashfs::{self, SquashfsError};
+use crate::verity::{self, HashTree, VerityError};
 
 /// Failure of a build.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum BuildError {
     Initramfs(#[from] InitramfsError),
     #[error(transparent)]
     Squashfs(#[from] SquashfsError),
+    #[error(transparent)]
+    Verity(#[from] VerityError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error("{path}: {source}")]
@@ -176,8 +179,17 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     initramfs::write(&initramfs_tree, &initramfs_path, mtime)?;
 
     progress.step("squashfs root");
-    let root_path = work.path().join("root.squashfs");
-    squashfs::write(&root_tree, &root_path, mtime)?;
+    // The slot's content: the squashfs, then (with verity) its hash tree.
+    let root_path = work.path().join("root.img");
+    let filesystem_size = squashfs::write(&root_tree, &root_path, mtime)?;
+    let tree: Option<HashTree> = match plan.verity {
+        RootVerity::HashTree => {
+            progress.step("verity hash tree");
+            let salt = verity::derive_salt(&plan.name, &plan.version.to_string());
+            Some(verity::append(&root_path, &salt, plan.disk.root)?)
+        }
+        RootVerity::Off => None,
+    };
 
     progress.step("disk image");
     let stem = format!("{}-{}", plan.name, plan.version);
@@ -190,7 +202,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         slot: Slot::A,
         root_partuuid: ids.root_a.to_string(),
         data_partuuid: ids.data.to_string(),
-        verity: None,
+        verity: tree.as_ref().map(HashTree::params),
         extra_cmdline: plan.kernel.cmdline.clone(),
     };
     disk::write(
@@ -242,7 +254,23 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
             },
             kernel: artifact(&kernel.image)?,
             initramfs: artifact(&initramfs_path)?,
-            root: artifact(&root_path)?,
+            root: {
+                let Artifact { size, sha256 } = artifact(&root_path)?;
+                RootArtifact {
+                    size,
+                    sha256,
+                    verity: tree.as_ref().map(|t| {
+                        let p = t.params();
+                        VerityReport {
+                            root_hash: p.root_hash,
+                            salt: p.salt,
+                            data_blocks: p.data_blocks,
+                            hash_offset: p.hash_offset,
+                            filesystem_size,
+                        }
+                    }),
+                }
+            },
         },
         partitions: labels
             .iter()

@@ -1,6 +1,6 @@
 //! The disk image: GPT with the ESP (FAT32: systemd-boot, loader.conf, slot A's
-//! entry, kernel and initramfs), root-a (the squashfs), an empty root-b of the same
-//! size, and the ext4 data partition.
+//! entry, kernel and initramfs), root-a (the squashfs and its verity hash tree),
+//! an empty root-b of the same size, and the ext4 data partition.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -80,6 +80,7 @@ pub struct DiskInput<'a> {
     pub ids: DiskIds,
     pub kernel: &'a Path,
     pub initramfs: &'a Path,
+    /// The slot's content: the filesystem, then its hash tree if any.
     pub root: &'a Path,
     pub entry: BootEntry,
     /// Fixed time for the data filesystem (reproducibility).
@@ -416,6 +417,13 @@ fn fat32_fix_dot_entries<D: Read + Write + Seek>(disk: &mut D) -> io::Result<()>
     disk.flush()
 }
 
+/// The time mkfs.ext4 stamps the data filesystem with. e2fsprogs takes
+/// `E2FSPROGS_FAKE_TIME=0` as "no fake time" and uses the clock, so epoch 0 (the
+/// default) becomes one second past it: still fixed, and the build reproducible.
+fn mkfs_time(epoch: u64) -> u64 {
+    epoch.max(1)
+}
+
 /// Makes the ext4 data filesystem in place with `mkfs.ext4 -E offset=`.
 fn mkfs_data(out: &Path, input: &DiskInput<'_>, o: &Offsets) -> Result<(), DiskError> {
     let output = Command::new("mkfs.ext4")
@@ -428,7 +436,7 @@ fn mkfs_data(out: &Path, input: &DiskInput<'_>, o: &Offsets) -> Result<(), DiskE
         ))
         .arg(out)
         .arg(format!("{}k", input.sizes.data / 1024))
-        .env("E2FSPROGS_FAKE_TIME", input.epoch.to_string())
+        .env("E2FSPROGS_FAKE_TIME", mkfs_time(input.epoch).to_string())
         .env("MKE2FS_DEVICE_SECTSIZE", "512")
         .output()
         .map_err(|e| DiskError::Mkfs(format!("cannot run mkfs.ext4 (install e2fsprogs): {e}")))?;
@@ -449,4 +457,55 @@ pub fn partition_offsets(sizes: &DiskSizes) -> [(u64, u64); 4] {
         (o.root_b, sizes.root),
         (o.data, sizes.data),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data filesystem made twice, a clock second apart, at epoch 0 and at
+    /// another epoch: the same bytes each time.
+    #[test]
+    fn data_filesystem_is_the_same_at_any_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = DiskSizes {
+            esp: MIB,
+            root: MIB,
+            data: 8 * MIB,
+        };
+        let o = offsets(&sizes);
+        for epoch in [0, 1_700_000_000] {
+            let make = |name: &str| {
+                let path = dir.path().join(name);
+                File::create(&path).unwrap().set_len(o.total).unwrap();
+                let input = DiskInput {
+                    sizes,
+                    ids: DiskIds::derive("t", "1.0.0"),
+                    kernel: Path::new("/nonexistent"),
+                    initramfs: Path::new("/nonexistent"),
+                    root: Path::new("/nonexistent"),
+                    entry: BootEntry {
+                        title: String::new(),
+                        version: String::new(),
+                        slot: Slot::A,
+                        root_partuuid: String::new(),
+                        data_partuuid: String::new(),
+                        verity: None,
+                        extra_cmdline: String::new(),
+                    },
+                    epoch,
+                };
+                mkfs_data(&path, &input, &o).unwrap();
+                fs::read(&path).unwrap()
+            };
+            let first = make("a.img");
+            // mkfs.ext4 reads the clock in whole seconds: let it tick.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let second = make("b.img");
+            assert!(
+                first == second,
+                "epoch {epoch}: two data filesystems differ"
+            );
+        }
+    }
 }

@@ -14,6 +14,9 @@ use crate::tree::normalize;
 
 /// Modules without which berth cannot reach its root.
 pub const REQUIRED_MODULES: &[&str] = &["squashfs"];
+/// Modules a dm-verity root needs on top of those (`reed_solomon`, `dm-mod` and
+/// `dm-bufio` come in through `modules.dep`).
+pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
 /// is run on, the ACPI power button, and ext4 where it is not built in).
 pub const OPTIONAL_MODULES: &[&str] = &[
@@ -102,14 +105,16 @@ pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
         extract_kernel(&deb_path, dir)
     })?;
     let boot = dir.join("boot");
+    // The first by name, not in the folder's (file system dependent) order.
     let image = fs::read_dir(&boot)
         .map_err(io_err(&boot))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("vmlinuz-"))
         })
+        .min()
         .ok_or_else(|| KernelError::NoImage {
             package: package.name.clone(),
         })?;

@@ -3,7 +3,7 @@
 //! The pipeline (see `build`): `recipe` parses and validates into a `BuildPlan`;
 //! `apt`, `kernel` and `oci` fetch sources into the content-addressed `cache`;
 //! `rootfs` assembles staging `tree`s without root privileges; `initramfs`,
-//! `squashfs` and `disk` write the artifacts; `report` records what went in.
+//! `squashfs`, `verity` and `disk` write the artifacts; `report` records what went in.
 
 pub mod apt;
 pub mod build;
@@ -16,6 +16,8 @@ pub mod oci;
 pub mod progress;
 pub mod recipe;
 pub mod report;
+pub mod reproducible;
 pub mod rootfs;
 pub mod squashfs;
 pub mod tree;
+pub mod verity;

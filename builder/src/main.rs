@@ -7,6 +7,7 @@ use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
 use berth_builder::cache::Cache;
 use berth_builder::progress::{Progress, Verbosity};
+use berth_builder::reproducible::{self, Reproducibility};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,11 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Build twice, in two temporary folders under --out with different
+        /// umasks, and compare the image, kernel, initramfs and root: exit 1 and
+        /// name what differs unless every byte is the same. Keeps no image.
+        #[arg(long)]
+        check_reproducible: bool,
     },
     /// Boot an image in QEMU with its serial console on stdout.
     ///
@@ -122,6 +128,38 @@ fn check_disk_image(image: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The comparison on stdout: one line per artifact, then the verdict.
+fn print_reproducibility(recipe: &std::path::Path, result: &Reproducibility) {
+    for a in &result.artifacts {
+        if a.identical() {
+            println!("  {:<17} {}  identical", a.name, a.first);
+        } else {
+            println!("  {:<17} {}  first build", a.name, a.first);
+            println!("  {:<17} {}  second build: DIFFERS", "", a.second);
+        }
+    }
+    if !result.differing_regions.is_empty() {
+        println!(
+            "  the disk images differ in: {}",
+            result.differing_regions.join(", ")
+        );
+    }
+    if result.is_reproducible() {
+        println!(
+            "reproducible: two builds of {} gave the same {}",
+            recipe.display(),
+            result.image
+        );
+    } else {
+        let names: Vec<&str> = result.differing().iter().map(|a| a.name.as_str()).collect();
+        println!(
+            "NOT reproducible: two builds of {} differ in {}",
+            recipe.display(),
+            names.join(", ")
+        );
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build {
@@ -130,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache,
             init,
             quiet,
+            check_reproducible,
         } => {
             let cache_dir = match cache {
                 Some(c) => c,
@@ -141,16 +180,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Verbosity::Normal
             };
             let mut progress = Progress::new(verbosity);
-            let built = build(
-                &BuildOptions {
-                    recipe: recipe.clone(),
-                    out_dir: out,
-                    cache_dir,
-                    init,
-                },
-                &mut progress,
-            )
-            .with_context(|| format!("building {}", recipe.display()))?;
+            let options = BuildOptions {
+                recipe: recipe.clone(),
+                out_dir: out,
+                cache_dir,
+                init,
+            };
+            if check_reproducible {
+                let result = reproducible::check(&options, &mut progress)
+                    .with_context(|| format!("building {}", recipe.display()))?;
+                print_reproducibility(&recipe, &result);
+                return Ok(if result.is_reproducible() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let built = build(&options, &mut progress)
+                .with_context(|| format!("building {}", recipe.display()))?;
             progress.say(&format!(
                 "built {} ({} MiB, report {})",
                 built.image.display(),

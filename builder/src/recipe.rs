@@ -137,6 +137,9 @@ struct RawImage {
     /// by `SOURCE_DATE_EPOCH`.
     #[serde(default)]
     epoch: Option<Spanned<i64>>,
+    /// dm-verity hash tree for the root filesystem (default true).
+    #[serde(default)]
+    verity: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,10 +226,23 @@ pub struct BuildPlan {
     pub hostname: String,
     /// Recipe's fixed timestamp, if any (`SOURCE_DATE_EPOCH` wins over it).
     pub epoch: Option<u64>,
+    /// Whether the root filesystem is protected by dm-verity.
+    pub verity: RootVerity,
     pub kernel: KernelPlan,
     pub disk: DiskSizes,
     pub network: NetworkConfig,
     pub containers: Vec<ContainerPlan>,
+}
+
+/// How the slot's root filesystem is protected against changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootVerity {
+    /// A dm-verity hash tree follows the filesystem in the slot and the boot entry
+    /// carries its root hash: the init mounts the root only through verity, so a
+    /// changed block is never read. The default.
+    HashTree,
+    /// No hash tree: the root is mounted as it is (`[image] verity = false`).
+    Off,
 }
 
 /// Which kernel to boot, and how.
@@ -393,6 +409,10 @@ impl Validator<'_> {
             None => None,
         };
         let _ = image_span;
+        let verity = match image.verity {
+            Some(false) => RootVerity::Off,
+            Some(true) | None => RootVerity::HashTree,
+        };
         let kernel = self.kernel(raw.kernel)?;
         let disk = self.disk(raw.disk)?;
         let network = self.network(raw.network)?;
@@ -418,6 +438,7 @@ impl Validator<'_> {
             compatible,
             hostname,
             epoch,
+            verity,
             kernel,
             disk,
             network,
@@ -825,5 +846,23 @@ mod tests {
             matches!(plan.kernel.source, KernelSource::Package { ref name, .. } if name == DEFAULT_KERNEL_PACKAGE)
         );
         assert!(plan.containers.is_empty());
+        assert_eq!(plan.verity, RootVerity::HashTree);
+    }
+
+    #[test]
+    fn verity_can_be_turned_off_but_only_with_a_boolean() {
+        let plan = parse(
+            Path::new("x.toml"),
+            "[image]\nname = \"x\"\nversion = \"1.2.3\"\nverity = false\n",
+        )
+        .unwrap();
+        assert_eq!(plan.verity, RootVerity::Off);
+        let err = parse(
+            Path::new("x.toml"),
+            "[image]\nname = \"x\"\nversion = \"1.2.3\"\nverity = \"no\"\n",
+        )
+        .unwrap_err();
+        let at = err.location().unwrap();
+        assert_eq!((at.line, at.column), (4, 10), "{err}");
     }
 }

@@ -32,7 +32,34 @@ pub struct Outputs {
     pub disk: DiskArtifact,
     pub kernel: Artifact,
     pub initramfs: Artifact,
-    pub root: Artifact,
+    pub root: RootArtifact,
+}
+
+/// What goes into the slot partition: the squashfs, zero-padded to whole 4096-byte
+/// blocks when a verity hash tree follows it, then the tree.
+#[derive(Debug, Serialize)]
+pub struct RootArtifact {
+    pub size: u64,
+    pub sha256: String,
+    /// The hash tree's parameters (absent when `[image] verity = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verity: Option<VerityReport>,
+}
+
+/// dm-verity parameters of the root, as the boot entry passes them to the init.
+#[derive(Debug, Serialize)]
+pub struct VerityReport {
+    /// sha256 root hash, lowercase hex.
+    pub root_hash: String,
+    /// Salt, lowercase hex.
+    pub salt: String,
+    /// 4096-byte data blocks covered.
+    pub data_blocks: u64,
+    /// Byte offset of the hash tree in the partition.
+    pub hash_offset: u64,
+    /// Bytes of the squashfs as written (backhand already pads it to 4 KiB, so
+    /// this is usually `hash_offset`).
+    pub filesystem_size: u64,
 }
 
 #[derive(Debug, Serialize)]

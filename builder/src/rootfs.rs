@@ -14,9 +14,11 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use crate::apt::{self, AptError, Fetched};
 use crate::cache::Cache;
 use crate::deb::{self, DebError};
-use crate::kernel::{Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES};
+use crate::kernel::{
+    Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
+};
 use crate::oci::{self, ImageDefaults, OciError};
-use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootfsSource};
+use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootVerity, RootfsSource};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
@@ -248,6 +250,24 @@ pub fn runtime_spec(
     Ok(spec)
 }
 
+/// The runtime configuration's bytes. oci-spec keeps capabilities in `HashSet`s,
+/// which serialize in a different order in every process: they are sorted here so
+/// the same recipe always gives the same `config.json` (and the same image).
+pub fn spec_json(spec: &Spec) -> serde_json::Result<Vec<u8>> {
+    let mut value = serde_json::to_value(spec)?;
+    if let Some(sets) = value
+        .pointer_mut("/process/capabilities")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for set in sets.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    serde_json::to_vec_pretty(&value)
+}
+
 fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
     let (name, group) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -380,7 +400,7 @@ pub fn root_tree(
             }
         }
         let spec = runtime_spec(plan, container, &defaults, &tree)?;
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| RootfsError::Spec {
+        let json = spec_json(&spec).map_err(|e| RootfsError::Spec {
             container: container.name.clone(),
             reason: e.to_string(),
         })?;
@@ -404,7 +424,8 @@ fn cache_tempdir(cache: &Cache) -> Result<tempfile::TempDir, RootfsError> {
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root
-/// (decompressed), and the list of modules to load, in order.
+/// (decompressed; with dm-verity's when the root has a hash tree), and the list of
+/// modules to load, in order.
 pub fn initramfs_tree(
     plan: &BuildPlan,
     kernel: &Kernel,
@@ -413,6 +434,9 @@ pub fn initramfs_tree(
 ) -> Result<Tree, RootfsError> {
     let index = ModuleIndex::load(&kernel.modules_dir)?;
     let mut names: Vec<String> = REQUIRED_MODULES.iter().map(|s| s.to_string()).collect();
+    if plan.verity == RootVerity::HashTree {
+        names.extend(VERITY_MODULES.iter().map(|s| s.to_string()));
+    }
     names.extend(
         OPTIONAL_MODULES
             .iter()
@@ -462,4 +486,28 @@ pub fn initramfs_tree(
     }
     tree.add_bytes(INITRAMFS_MODULES_PATH, list.as_bytes(), 0o644)?;
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_config_bytes_do_not_depend_on_hash_order() {
+        // Every Spec gets its capability sets from a fresh, randomly keyed
+        // HashSet: the bytes must still be the same each time.
+        let first = spec_json(&Spec::default()).unwrap();
+        for _ in 0..16 {
+            assert_eq!(spec_json(&Spec::default()).unwrap(), first);
+        }
+        let value: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        let bounding: Vec<&str> = value["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(bounding.len() > 1, "{bounding:?}");
+        assert!(bounding.is_sorted(), "{bounding:?}");
+    }
 }
