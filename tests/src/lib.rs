@@ -449,6 +449,31 @@ pub fn run_tool(cmd: &mut Command) -> String {
     text
 }
 
+/// The initramfs module list (`/etc/berth/initramfs-modules`) of an image's
+/// default boot entry, extracted with the standard `cpio`.
+pub fn initramfs_module_list(image: &Path) -> String {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let boot = extract_direct_boot(image, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let raw = zstd::stream::decode_all(File::open(&boot.initrd).unwrap()).unwrap();
+    let mut cpio = Command::new("cpio")
+        .args(["-i", "--quiet", "-d", "etc/berth/initramfs-modules"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cpio.stdin.take().unwrap().write_all(&raw).unwrap();
+    assert!(cpio.wait().unwrap().success());
+    fs::read_to_string(dir.path().join("etc/berth/initramfs-modules")).unwrap()
+}
+
+/// Position of module `name` (file name without `.ko`) in a module list.
+pub fn module_position(list: &str, name: &str) -> usize {
+    list.lines()
+        .position(|l| l.ends_with(&format!("/{name}.ko")))
+        .unwrap_or_else(|| panic!("{name} not in\n{list}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

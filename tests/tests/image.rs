@@ -88,22 +88,8 @@ fn initramfs_holds_init_and_modules_in_order() {
     assert!(listing.contains("virtio_blk.ko"), "{listing}");
 
     // The module list loads dependencies first: virtio_ring before virtio_blk.
-    let extract = dir.path().join("x");
-    fs::create_dir(&extract).unwrap();
-    let mut cpio = Command::new("cpio")
-        .args(["-i", "--quiet", "-d", "etc/berth/initramfs-modules"])
-        .current_dir(&extract)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    cpio.stdin.take().unwrap().write_all(&raw).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    let list = fs::read_to_string(extract.join("etc/berth/initramfs-modules")).unwrap();
-    let pos = |name: &str| {
-        list.lines()
-            .position(|l| l.ends_with(&format!("/{name}.ko")))
-            .unwrap_or_else(|| panic!("{name} not in\n{list}"))
-    };
+    let list = berth_tests::initramfs_module_list(&image);
+    let pos = |name: &str| berth_tests::module_position(&list, name);
     assert!(pos("virtio_ring") < pos("virtio_blk"), "{list}");
     assert!(pos("virtio") < pos("virtio_pci"), "{list}");
 }

@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use berth_tests::{build_image, extract_partition, run_tool};
 use berth_updater::layout::VerityParams;
@@ -120,25 +120,8 @@ fn find_file_data(slot: &Path, limit: u64) -> u64 {
 #[test]
 fn initramfs_holds_the_verity_modules_in_order() {
     let image = build_image("recipes/hello.toml");
-    let dir = tempfile::tempdir().unwrap();
-    let (_, boot) = entry_verity(&image, dir.path());
-    let raw = zstd::stream::decode_all(File::open(&boot.initrd).unwrap()).unwrap();
-    let extract = dir.path().join("x");
-    fs::create_dir(&extract).unwrap();
-    let mut cpio = Command::new("cpio")
-        .args(["-i", "--quiet", "-d", "etc/berth/initramfs-modules"])
-        .current_dir(&extract)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    cpio.stdin.take().unwrap().write_all(&raw).unwrap();
-    assert!(cpio.wait().unwrap().success());
-    let list = fs::read_to_string(extract.join("etc/berth/initramfs-modules")).unwrap();
-    let pos = |name: &str| {
-        list.lines()
-            .position(|l| l.ends_with(&format!("/{name}.ko")))
-            .unwrap_or_else(|| panic!("{name} not in\n{list}"))
-    };
+    let list = berth_tests::initramfs_module_list(&image);
+    let pos = |name: &str| berth_tests::module_position(&list, name);
     for dep in ["dm-mod", "dm-bufio", "reed_solomon"] {
         assert!(pos(dep) < pos("dm-verity"), "{list}");
     }
