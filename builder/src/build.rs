@@ -42,6 +42,8 @@ pub enum BuildError {
     },
     #[error("berth-init not found (looked in {looked}): build it with `cargo build --release -p berth-init --target x86_64-unknown-linux-musl`, or pass --init PATH")]
     NoInit { looked: String },
+    #[error("qemu-img convert to qcow2 failed (install qemu-utils): {0}")]
+    Qcow2(String),
     #[error("{path} is not a static binary: berth-init runs before any library is there; build it for x86_64-unknown-linux-musl")]
     InitNotStatic { path: PathBuf },
 }
@@ -320,4 +322,25 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         report: report_path,
         report_data: report,
     })
+}
+
+/// Writes a qcow2 copy of a built raw image next to it (`NAME-VERSION.qcow2`), for
+/// tools and clouds that want qcow2; `berth run` boots either.
+pub fn convert_qcow2(image: &Path) -> Result<PathBuf, BuildError> {
+    let out = image.with_extension("qcow2");
+    let tmp = image.with_extension("qcow2.tmp");
+    let output = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(image)
+        .arg(&tmp)
+        .output()
+        .map_err(|e| BuildError::Qcow2(e.to_string()))?;
+    if !output.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(BuildError::Qcow2(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        ));
+    }
+    fs::rename(&tmp, &out).map_err(io_err(&out))?;
+    Ok(out)
 }

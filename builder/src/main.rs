@@ -44,6 +44,9 @@ enum Command {
         /// name what differs unless every byte is the same. Keeps no image.
         #[arg(long)]
         check_reproducible: bool,
+        /// Also write a qcow2 copy of the image (NAME-VERSION.qcow2).
+        #[arg(long)]
+        qcow2: bool,
     },
     /// Boot an image in QEMU with its serial console on stdout.
     ///
@@ -169,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init,
             quiet,
             check_reproducible,
+            qcow2,
         } => {
             let cache_dir = match cache {
                 Some(c) => c,
@@ -204,6 +208,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 built.report_data.outputs.disk.size / (1024 * 1024),
                 built.report.display()
             ));
+            if qcow2 {
+                let converted = berth_builder::build::convert_qcow2(&built.image)?;
+                progress.say(&format!("wrote {}", converted.display()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {

@@ -171,3 +171,33 @@ fn run_refuses_a_file_that_is_not_a_disk_image() {
         describe(&output)
     );
 }
+
+#[test]
+fn build_writes_a_qcow2_that_boots_through_uefi() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = berth_tests::workspace_path("recipes/hello.toml");
+    let built = berth(&[
+        "build".as_ref(),
+        recipe.as_os_str(),
+        "--out".as_ref(),
+        dir.path().as_os_str(),
+        "--qcow2".as_ref(),
+        "--quiet".as_ref(),
+    ]);
+    assert!(built.status.success(), "{}", describe(&built));
+    let qcow2 = dir.path().join("hello-1.0.0.qcow2");
+    let mut magic = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(&qcow2).unwrap(), &mut magic).unwrap();
+    assert_eq!(&magic, b"QFI\xfb", "not a qcow2 file");
+    let _permit = VmPermit::acquire();
+    let output = berth(&[
+        "run".as_ref(),
+        qcow2.as_os_str(),
+        "--snapshot".as_ref(),
+        "--expect".as_ref(),
+        "Hello from berth!".as_ref(),
+        "--timeout".as_ref(),
+        "300".as_ref(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
