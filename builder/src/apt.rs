@@ -68,17 +68,8 @@ pub fn show(names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
     if names.is_empty() {
         return Ok(out);
     }
-    let output = Command::new("apt-cache")
-        .args(["show", "--no-all-versions", "-q=2"])
-        .args(names)
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|source| AptError::Spawn {
-            tool: "apt-cache",
-            source,
-        })?;
     // apt-cache exits 100 when any name is unknown but still prints the others.
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = apt_cache(&["show", "--no-all-versions", "-q=2"], names)?;
     for stanza in text.split("\n\n") {
         let fields = parse_stanza(stanza);
         let Some(name) = fields.get("Package") else {
@@ -107,6 +98,21 @@ pub fn show(names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
         out.entry(name.clone()).or_insert(package);
     }
     Ok(out)
+}
+
+/// Runs `apt-cache` in the C locale and returns its standard output (its exit
+/// status is not an error: it fails for unknown names but still answers the rest).
+fn apt_cache(args: &[&str], names: &[String]) -> Result<String, AptError> {
+    let output = Command::new("apt-cache")
+        .args(args)
+        .args(names)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| AptError::Spawn {
+            tool: "apt-cache",
+            source,
+        })?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn parse_stanza(stanza: &str) -> BTreeMap<String, String> {
@@ -214,15 +220,7 @@ pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, Apt
 /// For a virtual package, the first real package apt lists as providing it.
 fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
     for name in group {
-        let output = Command::new("apt-cache")
-            .args(["showpkg", name])
-            .env("LC_ALL", "C")
-            .output()
-            .map_err(|source| AptError::Spawn {
-                tool: "apt-cache",
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = apt_cache(&["showpkg"], std::slice::from_ref(name))?;
         let providers = text
             .split("Reverse Provides:")
             .nth(1)

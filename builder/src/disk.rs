@@ -177,48 +177,47 @@ fn write_gpt(file: &File, input: &DiskInput<'_>, o: &Offsets) -> Result<(), Disk
         flags: 0,
         name: name.to_string(),
     };
-    let mut parts = std::collections::BTreeMap::new();
     let s = &input.sizes;
-    parts.insert(
-        1,
-        part(
-            ty(layout::ESP_TYPE_GUID),
-            input.ids.esp,
+    let ids = &input.ids;
+    // (number, type, PARTUUID, offset, size, label): the layout of updater::layout.
+    let table = [
+        (
+            1,
+            layout::ESP_TYPE_GUID,
+            ids.esp,
             o.esp,
             s.esp,
             layout::ESP_LABEL,
         ),
-    );
-    parts.insert(
-        2,
-        part(
-            ty(layout::ROOT_X86_64_TYPE_GUID),
-            input.ids.root_a,
+        (
+            2,
+            layout::ROOT_X86_64_TYPE_GUID,
+            ids.root_a,
             o.root_a,
             s.root,
             Slot::A.partition_label(),
         ),
-    );
-    parts.insert(
-        3,
-        part(
-            ty(layout::ROOT_X86_64_TYPE_GUID),
-            input.ids.root_b,
+        (
+            3,
+            layout::ROOT_X86_64_TYPE_GUID,
+            ids.root_b,
             o.root_b,
             s.root,
             Slot::B.partition_label(),
         ),
-    );
-    parts.insert(
-        4,
-        part(
-            ty(layout::VAR_TYPE_GUID),
-            input.ids.data,
+        (
+            4,
+            layout::VAR_TYPE_GUID,
+            ids.data,
             o.data,
             s.data,
             layout::DATA_LABEL,
         ),
-    );
+    ];
+    let parts = table
+        .into_iter()
+        .map(|(n, t, id, start, size, name)| (n, part(ty(t), id, start, size, name)))
+        .collect();
     disk.update_partitions(parts).map_err(gpt_err)?;
     disk.write().map_err(gpt_err)?;
     Ok(())
