@@ -1,5 +1,5 @@
 //! berth's shared formats: the disk layout (partitions, ESP paths, boot entries, the
-//! kernel command line contract), systemd-boot's entry order (`entries`) and the
+//! kernel command line contract), the boot-entry state machine (`entries`) and the
 //! image configuration the init runs from.
 //!
 //! The builder writes these formats, the init and the device agent read them. The
