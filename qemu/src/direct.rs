@@ -5,15 +5,13 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use berth_updater::entries::{self, EntryFile, ENTRIES_DIR};
 use berth_updater::gpt;
 use berth_updater::layout::ESP_LABEL;
 use berth_updater::window::Window;
 
 use crate::command::{CommandError, DirectBoot, DiskFormat};
-use crate::entries::{self, EntryFile};
 
-/// Where systemd-boot's entries live on the ESP.
-const ENTRIES_DIR: &str = "loader/entries";
 /// Logical block size of berth images.
 const BLOCK: u64 = 512;
 

@@ -12,7 +12,6 @@ pub mod accel;
 pub mod command;
 pub mod console;
 pub mod direct;
-pub mod entries;
 pub mod qmp;
 pub mod run;
 pub mod vm;

@@ -54,6 +54,10 @@ pub const VERITY_BLOCK_SIZE: u64 = 4096;
 
 /// Boot loader menu sort key shared by all berth entries.
 pub const SORT_KEY: &str = "berth";
+/// Key of the comment line in a boot entry that carries the slot's image version
+/// when the entry's `version` line is a boot-order rank
+/// (`# berth-image-version 1.1.0`).
+pub const IMAGE_VERSION_COMMENT: &str = "berth-image-version";
 
 /// One of the two A/B slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -194,12 +198,24 @@ impl BootEntry {
         line
     }
 
-    /// The entry file's content.
+    /// The entry file's content, with the image version as the entry's `version`
+    /// (what the builder writes for the first slot).
     pub fn render(&self) -> String {
+        self.render_with_version(&self.version, "")
+    }
+
+    /// The entry file's content with `boot_version` as the entry's `version` line
+    /// (the boot-order rank, see `entries`) and the image version kept in a
+    /// `# berth-image-version` comment line.
+    pub fn render_ranked(&self, boot_version: &str) -> String {
+        let comment = format!("# {IMAGE_VERSION_COMMENT} {}\n", self.version);
+        self.render_with_version(boot_version, &comment)
+    }
+
+    fn render_with_version(&self, version: &str, comment: &str) -> String {
         format!(
-            "title {title}\nversion {version}\nsort-key {sort}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
+            "title {title}\n{comment}version {version}\nsort-key {sort}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
             title = self.title,
-            version = self.version,
             sort = SORT_KEY,
             kernel = self.slot.kernel_path(),
             initrd = self.slot.initramfs_path(),

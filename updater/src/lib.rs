@@ -1,10 +1,12 @@
 //! berth's shared formats: the disk layout (partitions, ESP paths, boot entries, the
-//! kernel command line contract) and the image configuration the init runs from.
+//! kernel command line contract), the boot-entry state machine (`entries`) and the
+//! image configuration the init runs from.
 //!
 //! The builder writes these formats, the init and the device agent read them. The
 //! init depends on this crate with default features off, so everything here is
 //! plain std + serde/toml.
 
+pub mod entries;
 pub mod gpt;
 pub mod image_config;
 pub mod layout;
