@@ -12,6 +12,9 @@ mod log;
 mod blockdev;
 mod cmdline;
 mod console;
+// Wired into the main stage by the next commit.
+#[allow(dead_code)]
+mod dhcp;
 mod early;
 mod input;
 mod kmod;
