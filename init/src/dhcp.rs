@@ -184,14 +184,17 @@ impl Client {
         }
     }
 
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }
 
+    #[cfg(test)]
     pub fn xid(&self) -> u32 {
         self.xid
     }
 
+    #[cfg(test)]
     pub fn lease(&self) -> Option<&Lease> {
         self.lease.as_ref()
     }

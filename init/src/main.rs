@@ -12,9 +12,8 @@ mod log;
 mod blockdev;
 mod cmdline;
 mod console;
-// Wired into the main stage by the next commit.
-#[allow(dead_code)]
 mod dhcp;
+mod dhcp_link;
 mod early;
 mod input;
 mod kmod;
