@@ -180,6 +180,9 @@ enum RawSize {
 struct RawNetwork {
     #[serde(default)]
     ipv4: Option<Spanned<RawIpv4>>,
+    /// DHCPv4 on the first wired interface; on unless `ipv4` is given.
+    #[serde(default)]
+    dhcp: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -616,9 +619,22 @@ impl Validator<'_> {
     }
 
     fn network(&self, raw: Option<RawNetwork>) -> Result<NetworkConfig, RecipeError> {
-        let Some(ipv4) = raw.and_then(|n| n.ipv4) else {
+        let Some(raw) = raw else {
             return Ok(NetworkConfig::default());
         };
+        let dhcp = raw.dhcp.as_ref().map(|d| (*d.get_ref(), d.span()));
+        let Some(ipv4) = raw.ipv4 else {
+            return Ok(NetworkConfig {
+                ipv4: None,
+                dhcp: dhcp.is_none_or(|(on, _)| on),
+            });
+        };
+        if let Some((true, span)) = dhcp {
+            return self.err(
+                &span,
+                "dhcp = true and a static ipv4 exclude each other: remove one of them".to_string(),
+            );
+        }
         let ipv4 = ipv4.into_inner();
         let (address, prefix) = ipv4
             .address
@@ -668,6 +684,7 @@ impl Validator<'_> {
                 prefix,
                 gateway,
             }),
+            dhcp: false,
         })
     }
 

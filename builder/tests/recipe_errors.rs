@@ -133,6 +133,18 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "not an IPv4 address with a prefix length",
         ),
         (
+            "dhcp and a static address",
+            c("[network]\nipv4 = { address = \"10.0.2.15/24\" }\ndhcp = true\n"),
+            6,
+            "exclude each other",
+        ),
+        (
+            "dhcp not a boolean",
+            c("[network]\ndhcp = \"no\"\n"),
+            5,
+            "",
+        ),
+        (
             "relative workdir",
             c("[[container]]\nname = \"a\"\npackages = [\"busybox-static\"]\ncommand = [\"sh\"]\nworkdir = \"srv\"\n"),
             8,
@@ -180,6 +192,20 @@ fn example_recipes_are_valid() {
         }
     }
     assert!(n >= 2);
+}
+
+#[test]
+fn dhcp_is_the_default_network() {
+    let base = "[image]\nname = \"x\"\nversion = \"1.0.0\"\n";
+    let plan = |text: String| parse(Path::new("r.toml"), &text).unwrap().network;
+    assert!(plan(base.to_string()).dhcp);
+    assert!(plan(format!("{base}[network]\n")).dhcp);
+    assert!(!plan(format!("{base}[network]\ndhcp = false\n")).dhcp);
+    let fixed = plan(format!(
+        "{base}[network]\nipv4 = {{ address = \"10.0.2.15/24\" }}\n"
+    ));
+    assert!(!fixed.dhcp);
+    assert!(fixed.ipv4.is_some());
 }
 
 #[test]

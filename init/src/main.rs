@@ -12,6 +12,8 @@ mod log;
 mod blockdev;
 mod cmdline;
 mod console;
+mod dhcp;
+mod dhcp_link;
 mod early;
 mod input;
 mod kmod;

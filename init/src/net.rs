@@ -114,6 +114,55 @@ pub fn configure_ipv4(setup: &Ipv4Setup, sys: &Path, timeout: Duration) -> Resul
     Ok(())
 }
 
+/// Brings an interface up (without an address: DHCP runs on it).
+pub fn link_up(interface: &str) -> Result<(), NetError> {
+    Socket::new()?.set_up(interface)
+}
+
+/// Removes the interface's IPv4 address (and with it the routes through it).
+pub fn clear_ipv4(interface: &str) -> Result<(), NetError> {
+    Socket::new()?.set_address(interface, SIOCSIFADDR, "SIOCSIFADDR", Ipv4Addr::UNSPECIFIED)
+}
+
+/// The wired interface to run DHCP on: `eth0` when there is one, else the first
+/// other than loopback, by name. Waits up to `timeout` for one to appear.
+pub fn first_wired_interface(sys: &Path, timeout: Duration) -> Result<String, NetError> {
+    let start = Instant::now();
+    loop {
+        let dir = sys.join("class/net");
+        if dir.join("eth0").exists() {
+            return Ok("eth0".to_string());
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| name != "lo" && name.len() < libc::IFNAMSIZ)
+            .collect();
+        names.sort();
+        if let Some(name) = names.into_iter().next() {
+            return Ok(name);
+        }
+        if start.elapsed() >= timeout {
+            return Err(NetError::NoInterface("(any wired interface)".to_string()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The interface's hardware address, from `<sys>/class/net/<name>/address`.
+pub fn mac_address(sys: &Path, interface: &str) -> Option<[u8; 6]> {
+    let text =
+        std::fs::read_to_string(sys.join("class/net").join(interface).join("address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 fn wait_for_interface(sys: &Path, name: &str, timeout: Duration) -> Result<(), NetError> {
     let path = sys.join("class/net").join(name);
     let start = Instant::now();
@@ -321,6 +370,32 @@ mod tests {
             .map(|&b| u8::from_ne_bytes(b.to_ne_bytes()))
             .collect();
         assert_eq!(name, b"eth0\0");
+    }
+
+    #[test]
+    fn picks_eth0_or_the_first_wired_interface() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("class/net");
+        std::fs::create_dir_all(net.join("lo")).unwrap();
+        assert!(first_wired_interface(dir.path(), Duration::from_millis(10)).is_err());
+        std::fs::create_dir_all(net.join("ens4")).unwrap();
+        std::fs::create_dir_all(net.join("enp0s3")).unwrap();
+        assert_eq!(
+            first_wired_interface(dir.path(), Duration::ZERO).unwrap(),
+            "enp0s3"
+        );
+        std::fs::create_dir_all(net.join("eth0")).unwrap();
+        assert_eq!(
+            first_wired_interface(dir.path(), Duration::ZERO).unwrap(),
+            "eth0"
+        );
+        std::fs::write(net.join("eth0/address"), "52:54:00:12:34:56\n").unwrap();
+        assert_eq!(
+            mac_address(dir.path(), "eth0"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+        );
+        std::fs::write(net.join("ens4/address"), "52:54:00\n").unwrap();
+        assert_eq!(mac_address(dir.path(), "ens4"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::dhcp_link::DhcpLink;
 use crate::input;
 use crate::logfile::{self, LogFile};
 use crate::output::{self, LineSplitter};
@@ -58,6 +59,7 @@ enum Pipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Signals,
+    Dhcp,
     Button(usize),
     Output(usize, Pipe),
 }
@@ -93,9 +95,13 @@ pub fn block_signals() -> Result<(), LoopError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(LoopError::Signals)
 }
 
-/// Runs the containers of `config` until a shutdown completes.
-pub fn run(config: &ImageConfig) -> Result<std::convert::Infallible, LoopError> {
-    let mut event_loop = EventLoop::new(config)?;
+/// Runs the containers of `config` until a shutdown completes, and the DHCP client
+/// if there is one.
+pub fn run(
+    config: &ImageConfig,
+    dhcp: Option<DhcpLink>,
+) -> Result<std::convert::Infallible, LoopError> {
+    let mut event_loop = EventLoop::new(config, dhcp)?;
     event_loop.run()
 }
 
@@ -105,11 +111,12 @@ struct EventLoop {
     io: Vec<ContainerIo>,
     signals: SignalFd,
     buttons: Vec<Option<File>>,
+    dhcp: Option<DhcpLink>,
     shutdown: Option<Shutdown>,
 }
 
 impl EventLoop {
-    fn new(config: &ImageConfig) -> Result<EventLoop, LoopError> {
+    fn new(config: &ImageConfig, dhcp: Option<DhcpLink>) -> Result<EventLoop, LoopError> {
         block_signals()?;
         let mut mask = SigSet::empty();
         for signal in [
@@ -140,6 +147,7 @@ impl EventLoop {
                 .collect(),
             signals,
             buttons: open_power_buttons(),
+            dhcp,
             shutdown: None,
         })
     }
@@ -149,6 +157,9 @@ impl EventLoop {
             let now = Instant::now();
             for index in self.supervisor.due(now) {
                 self.start(index);
+            }
+            if let Some(dhcp) = self.dhcp.as_mut() {
+                dhcp.on_timer(now);
             }
             if let Some(shutdown) = self.shutdown {
                 if self.supervisor.running().is_empty()
@@ -162,11 +173,22 @@ impl EventLoop {
             }
             let wakeup = match self.shutdown {
                 Some(shutdown) => Some(shutdown.deadline),
-                None => self.supervisor.next_wakeup(),
+                None => [
+                    self.supervisor.next_wakeup(),
+                    self.dhcp.as_ref().and_then(DhcpLink::next_wakeup),
+                ]
+                .into_iter()
+                .flatten()
+                .min(),
             };
             for (source, flags) in self.wait(wakeup) {
                 match source {
                     Source::Signals => self.handle_signals(),
+                    Source::Dhcp => {
+                        if let Some(dhcp) = self.dhcp.as_mut() {
+                            dhcp.on_readable(Instant::now());
+                        }
+                    }
                     Source::Button(index) => self.handle_button(index),
                     Source::Output(index, pipe) => {
                         if flags
@@ -185,6 +207,10 @@ impl EventLoop {
     fn wait(&self, wakeup: Option<Instant>) -> Vec<(Source, PollFlags)> {
         let mut sources = vec![Source::Signals];
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
+        if let Some(dhcp) = &self.dhcp {
+            sources.push(Source::Dhcp);
+            fds.push(dhcp.fd());
+        }
         for (index, button) in self.buttons.iter().enumerate() {
             if let Some(file) = button {
                 sources.push(Source::Button(index));

@@ -9,6 +9,7 @@ use nix::mount::MsFlags;
 
 use crate::blockdev::{self, Roots};
 use crate::cmdline;
+use crate::dhcp_link::DhcpLink;
 use crate::mounts;
 use crate::net::{self, Ipv4Setup};
 
@@ -17,6 +18,9 @@ use crate::net::{self, Ipv4Setup};
 const DATA_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the configured network interface to appear.
 const INTERFACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the boot waits for a DHCP lease before starting the containers (the
+/// client keeps trying in the event loop).
+const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What stops the main stage before the containers can run.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +68,9 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
     if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
-    network(&config);
+    let dhcp = network(&config);
     log!("system ready in {} ms", start.elapsed().as_millis());
-    Ok(crate::runloop::run(&config)?)
+    Ok(crate::runloop::run(&config, dhcp)?)
 }
 
 fn slot_name() -> String {
@@ -193,18 +197,20 @@ fn data_partition() -> Result<String, String> {
     .map_err(|err| format!("data partition: {err}"))
 }
 
-fn network(config: &ImageConfig) {
+/// Loopback, then the static address or DHCP; the DHCP client is returned for
+/// the event loop to keep (renewals, or the first lease if it came late).
+fn network(config: &ImageConfig) -> Option<DhcpLink> {
     if let Err(err) = net::loopback_up() {
         log!("loopback: {err}");
     }
     let Some(ipv4) = &config.network.ipv4 else {
-        return;
+        return config.network.dhcp.then(|| dhcp(config)).flatten();
     };
     let setup = match Ipv4Setup::from_config(ipv4) {
         Ok(setup) => setup,
         Err(err) => {
             log!("{err}");
-            return;
+            return None;
         }
     };
     match net::configure_ipv4(&setup, Path::new("/sys"), INTERFACE_TIMEOUT) {
@@ -220,6 +226,26 @@ fn network(config: &ImageConfig) {
         ),
         Err(err) => log!("network: {err}"),
     }
+    None
+}
+
+fn dhcp(config: &ImageConfig) -> Option<DhcpLink> {
+    let mut link =
+        match DhcpLink::start(Path::new("/sys"), &config.image.hostname, INTERFACE_TIMEOUT) {
+            Ok(link) => link,
+            Err(err) => {
+                log!("dhcp: {err}");
+                return None;
+            }
+        };
+    if !link.acquire(DHCP_TIMEOUT) {
+        log!(
+            "dhcp: no lease for {} after {} s; starting the containers, still trying",
+            link.interface(),
+            DHCP_TIMEOUT.as_secs()
+        );
+    }
+    Some(link)
 }
 
 #[cfg(test)]

@@ -45,6 +45,13 @@ fn web_serves_its_page_on_a_forwarded_port() {
             ..BootOptions::default()
         },
     );
+    // The recipe has no static address: the forwarded port reaches the guest only
+    // if QEMU's DHCP server gave it 10.0.2.15.
+    vm.expect(
+        &literal("berth-init: dhcp: eth0 bound to 10.0.2.15/24 via 10.0.2.2"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
     let page = http_get(port, "/", Instant::now() + BOOT_TIMEOUT).unwrap_or_else(|err| {
         panic!(
             "{err}\nconsole log: {}\nlast console lines:\n{}",

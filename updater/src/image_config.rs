@@ -27,13 +27,30 @@ pub struct ImageInfo {
 }
 
 /// How the init configures the network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
-    /// Static IPv4 configuration of the first wired interface; `None` leaves only
-    /// loopback up.
+    /// Static IPv4 configuration of the first wired interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<StaticIpv4>,
+    /// Without `ipv4`: whether the first wired interface gets its address by
+    /// DHCPv4 (the default) or stays down, leaving only loopback.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+}
+
+impl Default for NetworkConfig {
+    /// DHCP on the first wired interface.
+    fn default() -> Self {
+        NetworkConfig {
+            ipv4: None,
+            dhcp: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A static IPv4 address on the first wired interface.
@@ -120,6 +137,7 @@ mod tests {
                     prefix: 24,
                     gateway: Some("10.0.2.2".into()),
                 }),
+                dhcp: false,
             },
             containers: vec![ContainerConfig {
                 name: "httpd".into(),
@@ -137,6 +155,16 @@ mod tests {
         assert!(!RestartPolicy::OnFailure.restarts(true));
         assert!(RestartPolicy::OnFailure.restarts(false));
         assert!(!RestartPolicy::Never.restarts(false));
+    }
+
+    #[test]
+    fn dhcp_is_the_default() {
+        let text = "[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n";
+        assert!(ImageConfig::parse(text).unwrap().network.dhcp);
+        let text = format!("{text}[network]\n");
+        assert!(ImageConfig::parse(&text).unwrap().network.dhcp);
+        let off = format!("{text}dhcp = false\n");
+        assert!(!ImageConfig::parse(&off).unwrap().network.dhcp);
     }
 
     #[test]
