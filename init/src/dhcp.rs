@@ -625,6 +625,17 @@ mod tests {
         )
     }
 
+    /// A client (seeded with `seed`) that sent DISCOVER, got an offer, and then an
+    /// ACK with `options`; returns it and what it did with the ACK.
+    fn bind_with(seed: u64, options: &[(u8, &[u8])], t0: Instant) -> (Client, Vec<Action>) {
+        let mut client = Client::new(MAC, seed, None);
+        client.poll(t0);
+        let xid = client.xid();
+        client.handle(&offer(xid), t0);
+        let actions = client.handle(&reply(Some(MessageType::Ack), xid, options), t0);
+        (client, actions)
+    }
+
     fn ack(xid: u32) -> Vec<u8> {
         reply(
             Some(MessageType::Ack),
@@ -833,21 +844,17 @@ mod tests {
     #[test]
     fn explicit_t1_t2_and_infinite_leases() {
         let t0 = Instant::now();
-        let mut client = Client::new(MAC, 7, None);
-        client.poll(t0);
-        let xid = client.xid();
-        client.handle(&offer(xid), t0);
-        let m = reply(
-            Some(MessageType::Ack),
-            xid,
+        let (_, actions) = bind_with(
+            7,
             &[
                 (OPT_SERVER_ID, &SERVER.octets()),
                 (OPT_LEASE_TIME, &600u32.to_be_bytes()),
                 (OPT_RENEWAL_TIME, &100u32.to_be_bytes()),
                 (OPT_REBINDING_TIME, &200u32.to_be_bytes()),
             ],
+            t0,
         );
-        let Some(Action::Bound(lease)) = client.handle(&m, t0).into_iter().next() else {
+        let Some(Action::Bound(lease)) = actions.into_iter().next() else {
             panic!("not bound");
         };
         assert_eq!(lease.t1, Some(Duration::from_secs(100)));
@@ -856,19 +863,15 @@ mod tests {
         assert_eq!(lease.prefix, 8);
         assert_eq!(lease.router, None);
 
-        let mut client = Client::new(MAC, 8, None);
-        client.poll(t0);
-        let xid = client.xid();
-        client.handle(&offer(xid), t0);
-        let m = reply(
-            Some(MessageType::Ack),
-            xid,
+        let (mut client, actions) = bind_with(
+            8,
             &[
                 (OPT_SERVER_ID, &SERVER.octets()),
                 (OPT_LEASE_TIME, &u32::MAX.to_be_bytes()),
             ],
+            t0,
         );
-        let Some(Action::Bound(lease)) = client.handle(&m, t0).into_iter().next() else {
+        let Some(Action::Bound(lease)) = actions.into_iter().next() else {
             panic!("not bound");
         };
         assert_eq!((lease.lease_time, lease.t1, lease.t2), (None, None, None));
@@ -974,19 +977,15 @@ mod tests {
     #[test]
     fn renewal_retransmissions_stop_at_t2() {
         let t0 = Instant::now();
-        let mut client = Client::new(MAC, 3, None);
-        client.poll(t0);
-        let xid = client.xid();
-        client.handle(&offer(xid), t0);
-        let m = reply(
-            Some(MessageType::Ack),
-            xid,
+        let (mut client, actions) = bind_with(
+            3,
             &[
                 (OPT_SERVER_ID, &SERVER.octets()),
                 (OPT_LEASE_TIME, &20u32.to_be_bytes()),
             ],
+            t0,
         );
-        client.handle(&m, t0);
+        assert!(matches!(actions.as_slice(), [Action::Bound(_)]));
         // T1 = 10 s, T2 = 17.5 s, expiry 20 s.
         client.poll(t0 + Duration::from_secs(10));
         client.poll(t0 + Duration::from_secs(14));
