@@ -188,6 +188,17 @@ fn recipe(image_name: &str, name: &str, image: &str, extra: &str) -> String {
 }
 
 /// Runs `berth build recipe --out out --quiet`.
+/// Writes a one-container recipe for `image` in `dir`, runs `berth build` on it,
+/// asserts that it fails and returns its stderr.
+fn build_refused(dir: &Path, image_name: &str, image: &str) -> String {
+    let recipe_path = dir.join(format!("{image_name}.toml"));
+    fs::write(&recipe_path, recipe(image_name, "greeter", image, "")).unwrap();
+    let output = berth_build(&recipe_path, &dir.join("out"));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{image} was accepted:\n{stderr}");
+    stderr
+}
+
 fn berth_build(recipe: &Path, out: &Path) -> Output {
     let berth = &binaries().berth;
     Command::new(berth)
@@ -301,23 +312,10 @@ fn corrupt_oci_blob_is_refused() {
     blob[middle] ^= 0xff;
     fs::write(&layout.layer_blob, &blob).unwrap();
 
-    let recipe_path = dir.path().join("corrupt.toml");
-    fs::write(
-        &recipe_path,
-        recipe(
-            "corrupt",
-            "greeter",
-            &format!("oci:{}:{TAG}", layout_dir.display()),
-            "",
-        ),
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = berth_build(&recipe_path, &out);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "a corrupt layer was accepted:\n{stderr}"
+    let stderr = build_refused(
+        dir.path(),
+        "corrupt",
+        &format!("oci:{}:{TAG}", layout_dir.display()),
     );
     assert!(stderr.contains("corrupt"), "{stderr}");
     let name = layout.layer_blob.file_name().unwrap().to_string_lossy();
@@ -332,23 +330,10 @@ fn unknown_tag_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
     write_layout(&layout);
-    let recipe_path = dir.path().join("unknown-tag.toml");
-    fs::write(
-        &recipe_path,
-        recipe(
-            "unknowntag",
-            "greeter",
-            &format!("oci:{}:2.0", layout.display()),
-            "",
-        ),
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let output = berth_build(&recipe_path, &out);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "an unknown tag was accepted:\n{stderr}"
+    let stderr = build_refused(
+        dir.path(),
+        "unknowntag",
+        &format!("oci:{}:2.0", layout.display()),
     );
     assert!(stderr.contains("\"2.0\""), "{stderr}");
     // The available tag, on its own (not a piece of another version number).
