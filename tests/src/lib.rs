@@ -407,11 +407,13 @@ fn http_get_once(port: u16, path: &str) -> Result<String, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|err| format!("set_read_timeout: {err}"))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|err| format!("send: {err}"))?;
+    // One write: `write!` on an unbuffered stream sends each formatted
+    // piece as its own segment, which a strict server may read piecemeal.
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|err| format!("send: {err}"))?;
     let mut response = Vec::new();
     stream
         .read_to_end(&mut response)
@@ -558,9 +560,15 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).expect("read");
-            assert!(request[..n].starts_with(b"GET /index.html HTTP/1.0\r\n"));
+            // Read the whole head: TCP may deliver it in several pieces.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).expect("read");
+                assert!(n > 0, "client closed before the end of its request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(request.starts_with(b"GET /index.html HTTP/1.0\r\n"));
             stream
                 .write_all(b"HTTP/1.0 200 OK\r\n\r\nWelcome to berth")
                 .expect("write");
