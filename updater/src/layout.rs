@@ -35,6 +35,21 @@ pub const CRUN_PATH: &str = "/usr/bin/crun";
 /// Its presence is what tells the init it runs as the early stage.
 pub const INITRAMFS_MODULES_PATH: &str = "/etc/berth/initramfs-modules";
 
+/// Where the init mounts the ESP (read-write) in the running system; the device
+/// agent and the boot assessment edit boot entries there.
+pub const ESP_MOUNT: &str = "/efi";
+/// Folder of the update trust anchors (minisign public keys, `*.pub`) inside the
+/// root filesystem.
+pub const KEYS_DIR: &str = "/etc/berth/keys";
+/// The device agent inside the root filesystem.
+pub const UPDATE_AGENT_PATH: &str = "/usr/bin/berth-update";
+/// Where the outcome of the last install, boot assessment and rollback is kept
+/// (on the data partition, so it survives slot switches).
+pub const UPDATE_STATE_PATH: &str = "/var/lib/berth/update/state.toml";
+/// Architecture name in bundle manifests (the Discoverable Partitions
+/// Specification's spelling).
+pub const ARCHITECTURE: &str = "x86-64";
+
 /// Kernel command line key naming the booted slot (`berth.slot=a`).
 pub const CMDLINE_SLOT: &str = "berth.slot";
 /// Kernel command line key naming the data partition (`berth.data=PARTUUID=…`).
@@ -107,6 +122,19 @@ impl Slot {
     /// Boot entry id of the slot, without counter or `.conf`: `berth-a`.
     pub fn entry_id(self) -> String {
         format!("berth-{}", self.letter())
+    }
+}
+
+impl serde::Serialize for Slot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.letter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

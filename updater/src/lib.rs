@@ -10,6 +10,7 @@ pub mod entries;
 pub mod gpt;
 pub mod image_config;
 pub mod layout;
+pub mod state;
 pub mod window;
 
 pub use image_config::{ContainerConfig, ImageConfig, NetworkConfig, RestartPolicy};
