@@ -6,6 +6,7 @@
 //! init depends on this crate with default features off, so everything here is
 //! plain std + serde/toml.
 
+pub mod blockdev;
 pub mod entries;
 pub mod gpt;
 pub mod image_config;

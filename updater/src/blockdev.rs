@@ -1,0 +1,285 @@
+//! Finding berth's partitions without udev: list the whole disks in sysfs, read
+//! each one's GPT, and map entries to their device nodes (created by devtmpfs).
+//!
+//! The sysfs and /dev roots are parameters so tests can point them at a fake tree.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::gpt::{self, GptPartition};
+
+/// Disk name prefixes never searched: loop and RAM disks hold no berth partitions,
+/// and opening an empty CD-ROM or floppy drive can stall for seconds.
+const SKIPPED_DISKS: [&str; 5] = ["loop", "ram", "zram", "sr", "fd"];
+
+/// Where to look: the sysfs mount and the device node folder.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub sys: PathBuf,
+    pub dev: PathBuf,
+}
+
+impl Roots {
+    /// The real ones, `/sys` and `/dev`.
+    pub fn system() -> Roots {
+        Roots {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+        }
+    }
+}
+
+/// A disk that was looked for and not found.
+#[derive(Debug, thiserror::Error)]
+#[error("no disk has a partition with PARTUUID={partuuid} ({seen})")]
+pub struct NotFound {
+    pub partuuid: String,
+    /// What the scan saw, disk by disk.
+    pub seen: String,
+}
+
+/// A whole disk with a GPT.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// Kernel name, `vda`.
+    pub name: String,
+    /// Device node, `/dev/vda`.
+    pub node: PathBuf,
+    /// Logical block size in bytes.
+    pub block_size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+/// One GPT entry of a disk, with its device node when the kernel created one.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub gpt: GptPartition,
+    /// `/dev/vda3`; `None` when sysfs has no such partition (yet).
+    pub node: Option<PathBuf>,
+}
+
+impl Partition {
+    /// Size in bytes.
+    pub fn size(&self, block_size: u64) -> u64 {
+        self.gpt.size_bytes(block_size)
+    }
+}
+
+impl Disk {
+    /// The partition with this label (GPT name).
+    pub fn by_label(&self, label: &str) -> Option<&Partition> {
+        self.partitions.iter().find(|part| part.gpt.label == label)
+    }
+
+    /// The partition with this PARTUUID (any case).
+    pub fn by_partuuid(&self, partuuid: &str) -> Option<&Partition> {
+        self.partitions
+            .iter()
+            .find(|part| part.gpt.part_guid.eq_ignore_ascii_case(partuuid))
+    }
+}
+
+/// The disk holding the partition with this PARTUUID.
+pub fn disk_with_partuuid(roots: &Roots, partuuid: &str) -> Result<Disk, NotFound> {
+    let mut notes = Vec::new();
+    for disk in scan(roots, &mut notes) {
+        if disk.by_partuuid(partuuid).is_some() {
+            return Ok(disk);
+        }
+        notes.push(format!("{}: no such partition", disk.name));
+    }
+    Err(NotFound {
+        partuuid: partuuid.to_string(),
+        seen: if notes.is_empty() {
+            "no disks".to_string()
+        } else {
+            notes.join("; ")
+        },
+    })
+}
+
+/// Every whole disk with a readable GPT, sorted by name. `notes` collects why
+/// other disks were passed over.
+pub fn scan(roots: &Roots, notes: &mut Vec<String>) -> Vec<Disk> {
+    let block = roots.sys.join("block");
+    let entries = match std::fs::read_dir(&block) {
+        Ok(entries) => entries,
+        Err(err) => {
+            notes.push(format!("{}: {err}", block.display()));
+            return Vec::new();
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| !SKIPPED_DISKS.iter().any(|prefix| name.starts_with(prefix)))
+        .collect();
+    names.sort();
+    let mut disks = Vec::new();
+    for name in names {
+        let sys_dir = block.join(&name);
+        let node = device_node(&sys_dir, &roots.dev, &name);
+        let block_size = read_trimmed(&sys_dir.join("queue/logical_block_size"))
+            .and_then(|text| text.parse::<u64>().ok())
+            .unwrap_or(512);
+        let table = File::open(&node)
+            .map_err(|err| format!("{}: {err}", node.display()))
+            .and_then(|mut file| {
+                gpt::read_partitions_with_block(&mut file, block_size)
+                    .map_err(|err| err.to_string())
+            });
+        match table {
+            Ok(table) => {
+                let partitions = table
+                    .into_iter()
+                    .map(|gpt| Partition {
+                        node: partition_node(&sys_dir, &roots.dev, gpt.number),
+                        gpt,
+                    })
+                    .collect();
+                disks.push(Disk {
+                    name,
+                    node,
+                    block_size,
+                    partitions,
+                });
+            }
+            Err(note) => notes.push(format!("{name}: {note}")),
+        }
+    }
+    disks
+}
+
+/// The device node of partition `number` of the disk whose sysfs folder is
+/// `disk_dir`: the child folder whose `partition` file holds that number.
+pub fn partition_node(disk_dir: &Path, dev: &Path, number: u32) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(disk_dir).ok()?;
+    for entry in entries.filter_map(|entry| entry.ok()) {
+        let path = entry.path();
+        let Some(found) = read_trimmed(&path.join("partition")) else {
+            continue;
+        };
+        if found.parse::<u32>().ok() == Some(number) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            return Some(device_node(&path, dev, &name));
+        }
+    }
+    None
+}
+
+/// A block device's node: `DEVNAME` from its uevent file, else its sysfs name
+/// (with `!` standing for `/`, as the kernel does).
+pub fn device_node(sys_dir: &Path, dev: &Path, sys_name: &str) -> PathBuf {
+    let from_uevent = read_trimmed(&sys_dir.join("uevent")).and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("DEVNAME="))
+            .map(str::to_string)
+    });
+    let name = from_uevent.unwrap_or_else(|| sys_name.replace('!', "/"));
+    dev.join(name.trim_start_matches('/'))
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|text| text.trim().to_string())
+}
+
+/// Test support: a fake sysfs + /dev tree with a real GPT disk image, shared by
+/// the tests of this crate's users.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use std::fs;
+    use std::process::Command;
+
+    pub const ROOT_A_UUID: &str = "2a5e3f43-6c1b-4d2e-9a57-0d9e8f1c2b3a";
+    pub const ROOT_B_UUID: &str = "3a5e3f43-6c1b-4d2e-9a57-0d9e8f1c2b3b";
+    pub const DATA_UUID: &str = "7b6a5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d";
+
+    /// `vda` is a real file with a GPT made by sgdisk (esp, root-a, root-b, data;
+    /// partition nodes are regular files), `vdb` has no GPT, `loop0` is skipped.
+    pub fn tree() -> (tempfile::TempDir, Roots) {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path().join("sys");
+        let dev = dir.path().join("dev");
+        fs::create_dir_all(&dev).unwrap();
+        let disk = dev.join("vda");
+        File::create(&disk)
+            .unwrap()
+            .set_len(12 * 1024 * 1024)
+            .unwrap();
+        let out = Command::new("sgdisk")
+            .arg("-o")
+            .args(["-n", "1:2048:+1M", "-c", "1:esp"])
+            .args(["-n", "2:0:+2M", "-c", "2:root-a"])
+            .args(["-u", &format!("2:{ROOT_A_UUID}")])
+            .args(["-n", "3:0:+2M", "-c", "3:root-b"])
+            .args(["-u", &format!("3:{ROOT_B_UUID}")])
+            .args(["-n", "4:0:0", "-c", "4:data"])
+            .args(["-u", &format!("4:{DATA_UUID}")])
+            .arg(&disk)
+            .output()
+            .expect("sgdisk is installed");
+        assert!(out.status.success(), "{out:?}");
+        fs::create_dir_all(sys.join("block/vda/queue")).unwrap();
+        fs::write(sys.join("block/vda/queue/logical_block_size"), "512\n").unwrap();
+        fs::write(sys.join("block/vda/uevent"), "DEVNAME=vda\nDEVTYPE=disk\n").unwrap();
+        for n in 1..=4 {
+            let part = sys.join(format!("block/vda/vda{n}"));
+            fs::create_dir_all(&part).unwrap();
+            fs::write(part.join("partition"), format!("{n}\n")).unwrap();
+            fs::write(part.join("uevent"), format!("DEVNAME=vda{n}\nPARTN={n}\n")).unwrap();
+            fs::write(dev.join(format!("vda{n}")), "").unwrap();
+        }
+        fs::create_dir_all(sys.join("block/vdb")).unwrap();
+        fs::write(dev.join("vdb"), vec![0u8; 64 * 1024]).unwrap();
+        fs::create_dir_all(sys.join("block/loop0")).unwrap();
+        (dir, Roots { sys, dev })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+
+    #[test]
+    fn finds_the_disk_and_its_partitions() {
+        let (_dir, roots) = tree();
+        let disk = disk_with_partuuid(&roots, &ROOT_A_UUID.to_ascii_uppercase()).unwrap();
+        assert_eq!(disk.name, "vda");
+        assert_eq!(disk.node, roots.dev.join("vda"));
+        let b = disk.by_label("root-b").unwrap();
+        assert_eq!(b.node, Some(roots.dev.join("vda3")));
+        assert_eq!(b.gpt.part_guid, ROOT_B_UUID);
+        assert_eq!(b.size(disk.block_size), 2 * 1024 * 1024);
+        assert_eq!(
+            disk.by_partuuid(DATA_UUID).unwrap().gpt.label,
+            "data".to_string()
+        );
+    }
+
+    #[test]
+    fn unknown_partuuid_names_what_was_seen() {
+        let (_dir, roots) = tree();
+        let err = disk_with_partuuid(&roots, "00000000-0000-0000-0000-000000000001")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vda: no such partition"), "{err}");
+        assert!(err.contains("vdb: no GPT header"), "{err}");
+        assert!(!err.contains("loop0"), "{err}");
+    }
+
+    #[test]
+    fn device_node_prefers_devname() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Path::new("/dev");
+        assert_eq!(
+            device_node(dir.path(), dev, "cciss!c0d0"),
+            dev.join("cciss/c0d0")
+        );
+        std::fs::write(dir.path().join("uevent"), "DEVNAME=mapper/x\n").unwrap();
+        assert_eq!(device_node(dir.path(), dev, "dm-0"), dev.join("mapper/x"));
+    }
+}
