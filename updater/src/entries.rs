@@ -685,6 +685,12 @@ enum Commit {
 impl Commit {
     /// Applies the change durably; returns the path of the resulting file.
     fn apply(&self, dir: &Path) -> Result<PathBuf> {
+        self.apply_observed(dir, &mut || {})
+    }
+
+    /// [`Commit::apply`], calling `before_rename` once the new content is durable in
+    /// its temporary file and just before the rename that commits it.
+    fn apply_observed(&self, dir: &Path, before_rename: &mut dyn FnMut()) -> Result<PathBuf> {
         match self {
             Commit::Rename { from, to } => {
                 let (from, to) = (dir.join(from), dir.join(to));
@@ -701,6 +707,8 @@ impl Commit {
                 let temp = dir.join(temp_name(name));
                 let target = dir.join(name);
                 let result = write_temp(&temp, content).and_then(|()| {
+                    sync_dir(dir)?;
+                    before_rename();
                     fs::rename(&temp, &target).map_err(|source| EntriesError::Rename {
                         from: temp.clone(),
                         to: target.clone(),
@@ -816,6 +824,18 @@ fn check_one_line(path: &Path, field: &'static str, value: &str) -> Result<()> {
 /// entry files of the slot are removed first (normally [`remove_slot_entries`]
 /// already did that, before the slot was overwritten). Returns the entry's path.
 pub fn install_entry(esp: &Path, entry: &BootEntry, tries: u32) -> Result<PathBuf> {
+    install_entry_observed(esp, entry, tries, &mut || {})
+}
+
+/// [`install_entry`], calling `before_rename` when the entry is durable in its
+/// temporary file, just before the commit rename (the device agent's last
+/// checkpoint before the commit point).
+pub fn install_entry_observed(
+    esp: &Path,
+    entry: &BootEntry,
+    tries: u32,
+    before_rename: &mut dyn FnMut(),
+) -> Result<PathBuf> {
     let dir = esp.join(ENTRIES_DIR);
     let name = entry_file_name(entry.slot, Some(Counter::new(tries)));
     let path = dir.join(&name);
@@ -841,7 +861,7 @@ pub fn install_entry(esp: &Path, entry: &BootEntry, tries: u32) -> Result<PathBu
         content: entry.render_ranked(&state.rank()?),
     };
     remove_slot_entries(esp, entry.slot)?;
-    commit.apply(&dir)
+    commit.apply_observed(&dir, before_rename)
 }
 
 /// Blesses `slot`: renames `berth-<slot>+L[-D].conf` to `berth-<slot>.conf` (then
