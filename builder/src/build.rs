@@ -40,12 +40,17 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("berth-init not found (looked in {looked}): build it with `cargo build --release -p berth-init --target x86_64-unknown-linux-musl`, or pass --init PATH")]
-    NoInit { looked: String },
+    #[error("{name} not found (looked in {looked}): build it with `{build}`, or pass {flag} PATH")]
+    NoBinary {
+        name: &'static str,
+        looked: String,
+        build: &'static str,
+        flag: &'static str,
+    },
     #[error("qemu-img convert to qcow2 failed (install qemu-utils): {0}")]
     Qcow2(String),
-    #[error("{path} is not a static binary: berth-init runs before any library is there; build it for x86_64-unknown-linux-musl")]
-    InitNotStatic { path: PathBuf },
+    #[error("{path} is not a static binary: {name} runs without any shared library in the image; build it for x86_64-unknown-linux-musl")]
+    NotStatic { path: PathBuf, name: &'static str },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -63,7 +68,38 @@ pub struct BuildOptions {
     pub cache_dir: PathBuf,
     /// berth-init; found next to the `berth` binary when `None`.
     pub init: Option<PathBuf>,
+    /// berth-update, the device agent; found like berth-init when `None`.
+    pub update_agent: Option<PathBuf>,
 }
+
+/// A static binary of berth's that goes into every image.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageBinary {
+    pub name: &'static str,
+    /// Environment variable that names it.
+    pub env: &'static str,
+    /// The `berth build` flag that names it.
+    pub flag: &'static str,
+    /// How to build it.
+    pub build: &'static str,
+}
+
+/// PID 1.
+pub const INIT: ImageBinary = ImageBinary {
+    name: "berth-init",
+    env: "BERTH_INIT",
+    flag: "--init",
+    build: "cargo build --release -p berth-init --target x86_64-unknown-linux-musl",
+};
+
+/// The device agent. Built on its own: in one cargo invocation with berth-init,
+/// feature unification would put the agent's code into the init too.
+pub const UPDATE_AGENT: ImageBinary = ImageBinary {
+    name: "berth-update",
+    env: "BERTH_UPDATE_AGENT",
+    flag: "--update-agent",
+    build: "cargo build --release -p berth-updater --features agent --bin berth-update --target x86_64-unknown-linux-musl",
+};
 
 /// What a build produced.
 #[derive(Debug)]
@@ -73,21 +109,24 @@ pub struct Built {
     pub report_data: BuildReport,
 }
 
-/// Finds berth-init: `BERTH_INIT`, then next to the running executable, then in the
-/// cargo target folder it was built in.
-pub fn find_init() -> Result<PathBuf, BuildError> {
+/// Finds one of berth's image binaries: its environment variable, then next to
+/// the running executable, then in the cargo target folder it was built in.
+pub fn find_binary(binary: ImageBinary) -> Result<PathBuf, BuildError> {
     let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("BERTH_INIT") {
+    if let Some(p) = std::env::var_os(binary.env) {
         candidates.push(PathBuf::from(p));
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("berth-init"));
+            candidates.push(dir.join(binary.name));
             for up in [dir.parent(), dir.parent().and_then(Path::parent)]
                 .into_iter()
                 .flatten()
             {
-                candidates.push(up.join("x86_64-unknown-linux-musl/release/berth-init"));
+                candidates.push(
+                    up.join("x86_64-unknown-linux-musl/release")
+                        .join(binary.name),
+                );
             }
         }
     }
@@ -95,7 +134,10 @@ pub fn find_init() -> Result<PathBuf, BuildError> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| BuildError::NoInit {
+        .ok_or_else(|| BuildError::NoBinary {
+            name: binary.name,
+            build: binary.build,
+            flag: binary.flag,
             looked: candidates
                 .iter()
                 .map(|p| p.display().to_string())
@@ -104,17 +146,22 @@ pub fn find_init() -> Result<PathBuf, BuildError> {
         })
 }
 
-fn check_static(init: &Path) -> Result<(), BuildError> {
-    let bytes = fs::read(init).map_err(io_err(init))?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|_| BuildError::InitNotStatic {
-        path: init.to_path_buf(),
-    })?;
+/// The given path or the found one, checked to be a static binary.
+fn image_binary(given: Option<&Path>, binary: ImageBinary) -> Result<PathBuf, BuildError> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => find_binary(binary)?,
+    };
+    let bytes = fs::read(&path).map_err(io_err(&path))?;
+    let not_static = || BuildError::NotStatic {
+        path: path.clone(),
+        name: binary.name,
+    };
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|_| not_static())?;
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
-        return Err(BuildError::InitNotStatic {
-            path: init.to_path_buf(),
-        });
+        return Err(not_static());
     }
-    Ok(())
+    Ok(path)
 }
 
 fn artifact(path: &Path) -> Result<Artifact, BuildError> {
@@ -138,11 +185,8 @@ pub fn epoch(plan: &BuildPlan) -> u64 {
 pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, BuildError> {
     progress.step("recipe");
     let plan = recipe::load(&options.recipe)?;
-    let init = match &options.init {
-        Some(p) => p.clone(),
-        None => find_init()?,
-    };
-    check_static(&init)?;
+    let init = image_binary(options.init.as_deref(), INIT)?;
+    let agent = image_binary(options.update_agent.as_deref(), UPDATE_AGENT)?;
     let epoch = epoch(&plan);
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
     let cache = Cache::open(&options.cache_dir)?;
@@ -172,7 +216,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     progress.step("root filesystem tree");
     let (root_tree, inputs) = {
         let p = &*progress;
-        rootfs::root_tree(&plan, &cache, &staging, &init, &|d| p.detail(d))?
+        rootfs::root_tree(&plan, &cache, &staging, &init, &agent, &|d| p.detail(d))?
     };
 
     progress.step("initramfs");
@@ -294,6 +338,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
                 }),
             },
             init: artifact(&init)?,
+            update_agent: artifact(&agent)?,
             systemd_boot: artifact(Path::new(disk::SYSTEMD_BOOT_EFI))?,
             packages,
             images: inputs

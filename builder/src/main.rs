@@ -36,6 +36,10 @@ enum Command {
         /// The berth-init binary to put in the image (default: next to berth).
         #[arg(long)]
         init: Option<PathBuf>,
+        /// The berth-update binary (the device agent) to put in the image
+        /// (default: next to berth).
+        #[arg(long)]
+        update_agent: Option<PathBuf>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             cache,
             init,
+            update_agent,
             quiet,
             check_reproducible,
             qcow2,
@@ -189,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out_dir: out,
                 cache_dir,
                 init,
+                update_agent,
             };
             if check_reproducible {
                 let result = reproducible::check(&options, &mut progress)

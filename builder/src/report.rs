@@ -81,6 +81,8 @@ pub struct PartitionReport {
 pub struct InputsReport {
     pub kernel: KernelInput,
     pub init: Artifact,
+    /// berth-update, the device agent.
+    pub update_agent: Artifact,
     pub systemd_boot: Artifact,
     pub packages: Vec<PackageInput>,
     pub images: Vec<ImageInput>,

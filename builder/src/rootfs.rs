@@ -309,6 +309,7 @@ pub fn root_tree(
     cache: &Cache,
     staging: &Path,
     init: &Path,
+    update_agent: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<(Tree, Inputs), RootfsError> {
     let mut inputs = Inputs::default();
@@ -330,6 +331,11 @@ pub fn root_tree(
     }
     root.add_dir("tmp", 0o1777);
     root.add_host_file("sbin/init", init, 0o755);
+    root.add_host_file(
+        berth_updater::layout::UPDATE_AGENT_PATH.trim_start_matches('/'),
+        update_agent,
+        0o755,
+    );
     progress("crun and its libraries");
     add_crun(&mut root, cache, staging, &mut inputs)?;
 

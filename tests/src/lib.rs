@@ -64,6 +64,8 @@ pub struct Binaries {
     pub berth: PathBuf,
     /// PID 1 of the images, `target/x86_64-unknown-linux-musl/release/berth-init`.
     pub init: PathBuf,
+    /// The device agent of the images, `…/release/berth-update`.
+    pub update_agent: PathBuf,
 }
 
 /// Builds the host CLI and the init (release) once per test process.
@@ -79,12 +81,30 @@ pub fn binaries() -> &'static Binaries {
             "--target",
             INIT_TARGET,
         ]);
+        // On its own: built together, feature unification would put the agent's
+        // code into the init.
+        cargo_build(&[
+            "build",
+            "--release",
+            "-p",
+            "berth-updater",
+            "--features",
+            "agent",
+            "--bin",
+            "berth-update",
+            "--target",
+            INIT_TARGET,
+        ]);
         let target = target_dir();
         let binaries = Binaries {
             berth: target.join("release").join("berth"),
             init: target.join(INIT_TARGET).join("release").join("berth-init"),
+            update_agent: target
+                .join(INIT_TARGET)
+                .join("release")
+                .join("berth-update"),
         };
-        for path in [&binaries.berth, &binaries.init] {
+        for path in [&binaries.berth, &binaries.init, &binaries.update_agent] {
             assert!(
                 path.is_file(),
                 "cargo build succeeded but {} is missing",
@@ -137,7 +157,12 @@ pub fn build_image(recipe: impl AsRef<Path>) -> PathBuf {
     FileExt::lock(&lock).unwrap_or_else(|err| panic!("locking {}: {err}", lock_path.display()));
 
     let out = e2e.join(&stem);
-    let inputs = [recipe.as_path(), &binaries.berth, &binaries.init];
+    let inputs = [
+        recipe.as_path(),
+        &binaries.berth,
+        &binaries.init,
+        &binaries.update_agent,
+    ];
     if let Some(image) = find_image(&out) {
         if is_newer_than_all(&image, &inputs) {
             return image;
@@ -236,8 +261,8 @@ impl Drop for VmPermit {
     }
 }
 
-/// How a test boots an image. Writes always go to a throwaway overlay, so tests can
-/// share one image.
+/// How a test boots an image. Writes go to a throwaway overlay unless
+/// `keep_writes`, so tests can share one image.
 #[derive(Debug, Clone, Default)]
 pub struct BootOptions {
     /// Boot the default entry's kernel directly instead of through OVMF and
@@ -250,6 +275,9 @@ pub struct BootOptions {
     pub log_name: Option<String>,
     /// Echo the console to the test's stderr as well.
     pub echo: bool,
+    /// Keep the guest's writes in the image file (for a scratch copy or overlay the
+    /// test made); by default they go to a throw-away snapshot.
+    pub keep_writes: bool,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -307,7 +335,11 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     let permit = VmPermit::acquire();
     let mut config = VmConfig::new(image)
         .unwrap_or_else(|err| panic!("describing a VM for {}: {err}", image.display()));
-    config.writes = DiskWrites::Discard;
+    config.writes = if opts.keep_writes {
+        DiskWrites::Persist
+    } else {
+        DiskWrites::Discard
+    };
     config.ports = opts.ports.clone();
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
@@ -581,5 +613,115 @@ mod tests {
         .expect("page");
         assert!(page.ends_with("Welcome to berth"));
         server.join().expect("server");
+    }
+}
+
+/// A qcow2 overlay in `dir` over the raw image `base`: the guest writes to the
+/// overlay and the base stays as built, so each test gets a device of its own
+/// without copying the whole disk.
+pub fn overlay(base: &Path, dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.qcow2"));
+    let _ = fs::remove_file(&path);
+    run_tool(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(&path),
+    );
+    path
+}
+
+/// Converts a qcow2 overlay (or any image QEMU reads) into a raw file, for
+/// checking a device's disk offline with the standard tools.
+pub fn to_raw(image: &Path, raw: &Path) {
+    run_tool(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(image)
+            .arg(raw),
+    );
+}
+
+/// A static HTTP/1.0 file server on 127.0.0.1 (the guest reaches it at
+/// 10.0.2.2 through QEMU's user networking), serving the files of one folder;
+/// stops when dropped.
+#[derive(Debug)]
+pub struct FileServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FileServer {
+    /// Serves `dir` on a free port.
+    pub fn start(dir: &Path) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|err| panic!("binding a file server: {err}"));
+        let port = listener.local_addr().expect("bound address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let dir = dir.to_path_buf();
+        std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let dir = dir.clone();
+                        std::thread::spawn(move || serve_one(stream, &dir));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        FileServer { port, stop }
+    }
+
+    /// The URL of `name` as the guest sees it.
+    pub fn guest_url(&self, name: &str) -> String {
+        format!("http://10.0.2.2:{}/{name}", self.port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn serve_one(mut stream: TcpStream, dir: &Path) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("GET "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("");
+    let name = path.trim_start_matches('/');
+    let file = (!name.is_empty() && !name.contains(['/', '\\']) && name != "..")
+        .then(|| File::open(dir.join(name)).ok())
+        .flatten();
+    match file {
+        Some(mut file) => {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
+            );
+            let _ = std::io::copy(&mut file, &mut stream);
+        }
+        None => {
+            let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! init depends on this crate with default features off, so everything here is
 //! plain std + serde/toml.
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod blockdev;
 pub mod entries;
 pub mod gpt;

@@ -1,0 +1,231 @@
+//! `berth-update status`, `rollback` and `mark-good`: what the two slots hold and
+//! which one boots next, and the two hand-made changes to that.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::system::System;
+use crate::entries::{self, EntriesError, EspState};
+use crate::layout::Slot;
+use crate::state::{
+    now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, InstallRecord,
+    RollbackRecord, StateError, UpdateState,
+};
+
+/// Why a status, rollback or mark-good failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("{0}")]
+    Entries(#[from] EntriesError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// One slot, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotStatus {
+    pub slot: Slot,
+    /// Image version of the slot's entry; `None` when the slot has no entry.
+    pub version: Option<String>,
+    /// The running system booted from this slot.
+    pub booted: bool,
+    /// systemd-boot boots this slot next.
+    pub next: bool,
+    /// Blessed: boots with no counting.
+    pub good: bool,
+    /// Boot tries left while counting; `None` when blessed or without entry.
+    pub tries_left: Option<u32>,
+    /// Boot tries used while counting.
+    pub tries_used: Option<u32>,
+    /// The slot can boot: entry and kernel present, tries left (or blessed).
+    pub bootable: bool,
+    /// The entry file, `berth-b+2-1.conf`.
+    pub entry: Option<String>,
+}
+
+/// The whole status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub compatible: String,
+    pub booted: Slot,
+    /// The slot systemd-boot boots next; `None` if no berth entry would boot.
+    pub next: Option<Slot>,
+    pub slots: Vec<SlotStatus>,
+    pub install: Option<InstallRecord>,
+    pub assessment: Option<Assessment>,
+    pub rollback: Option<RollbackRecord>,
+}
+
+/// Reads the ESP and the state file.
+pub fn status(system: &System) -> Result<Status, StatusError> {
+    let esp = EspState::read(&system.esp)?;
+    let state = UpdateState::load(&system.state_path)?;
+    let next = esp.next_boot();
+    let slots = Slot::ALL
+        .iter()
+        .map(|&slot| {
+            let entry = esp.slot(slot);
+            let counter = entry.and_then(|e| e.counter());
+            SlotStatus {
+                slot,
+                version: entry.and_then(|e| e.image_version().map(str::to_string)),
+                booted: slot == system.booted,
+                next: next == Some(slot),
+                good: entry.is_some_and(|e| e.is_good()),
+                tries_left: counter.map(|c| c.left),
+                tries_used: counter.map(|c| c.done),
+                bootable: entry.is_some_and(|e| e.can_boot()),
+                entry: entry.map(|e| e.file_name().to_string()),
+            }
+        })
+        .collect();
+    Ok(Status {
+        compatible: system.image.compatible.clone(),
+        booted: system.booted,
+        next,
+        slots,
+        install: state.install,
+        assessment: state.assessment,
+        rollback: state.rollback,
+    })
+}
+
+impl Status {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "compatible: {}", self.compatible);
+        for slot in &self.slots {
+            let mut marks = Vec::new();
+            if slot.booted {
+                marks.push("booted".to_string());
+            }
+            if slot.next {
+                marks.push("boots next".to_string());
+            }
+            if slot.good {
+                marks.push("good".to_string());
+            } else if let Some(left) = slot.tries_left {
+                marks.push(if left == 0 {
+                    "failed: no tries left".to_string()
+                } else {
+                    format!("not yet good, {left} tries left")
+                });
+            }
+            if slot.entry.is_some() && !slot.bootable {
+                marks.push("not bootable".to_string());
+            }
+            let _ = writeln!(
+                out,
+                "slot {}: {}{}",
+                slot.slot,
+                slot.version.as_deref().unwrap_or("empty (no boot entry)"),
+                if marks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", marks.join(", "))
+                }
+            );
+        }
+        if let Some(install) = &self.install {
+            let _ = writeln!(
+                out,
+                "last install: {} into slot {}: {:?}{}",
+                if install.version.is_empty() {
+                    "?"
+                } else {
+                    &install.version
+                },
+                install.slot,
+                install.outcome,
+                suffix(&install.reason)
+            );
+        }
+        if let Some(assessment) = &self.assessment {
+            let _ = writeln!(
+                out,
+                "last boot assessment: slot {} ({}): {:?}{}",
+                assessment.slot,
+                assessment.version,
+                assessment.outcome,
+                suffix(&assessment.reason)
+            );
+        }
+        if let Some(rollback) = &self.rollback {
+            let _ = writeln!(
+                out,
+                "last rollback: from slot {} ({}) to slot {} ({})",
+                rollback.from, rollback.from_version, rollback.to, rollback.to_version
+            );
+        }
+        out
+    }
+}
+
+fn suffix(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
+    } else {
+        format!(" — {reason}")
+    }
+}
+
+/// Makes the other slot boot next. Refused when it has no entry or kernel, when
+/// its tries are spent, and (unless `force`) when it was never marked good.
+pub fn rollback(system: &System, force: bool) -> Result<RollbackRecord, StatusError> {
+    let esp = EspState::read(&system.esp)?;
+    let target = system.booted.other();
+    let Some(entry) = esp.slot(target) else {
+        return Err(StatusError::Refused(format!(
+            "slot {target} holds nothing bootable (no boot entry)"
+        )));
+    };
+    if !entry.can_boot() {
+        return Err(StatusError::Refused(format!(
+            "slot {target} ({}) cannot boot: {}",
+            entry.image_version().unwrap_or("?"),
+            if entry.kernel_present {
+                "its boot tries are spent"
+            } else {
+                "its kernel is missing from the ESP"
+            }
+        )));
+    }
+    if !entry.is_good() && !force {
+        return Err(StatusError::Refused(format!(
+            "slot {target} ({}) was never marked good; use --force to boot it anyway",
+            entry.image_version().unwrap_or("?")
+        )));
+    }
+    let to_version = entry.image_version().unwrap_or_default().to_string();
+    entries::make_next(&system.esp, target)?;
+    let record = RollbackRecord {
+        from: system.booted,
+        from_version: system.image.version.clone(),
+        to: target,
+        to_version,
+        at: now(),
+    };
+    UpdateState::update(&system.state_path, |state| {
+        state.rollback = Some(record.clone())
+    })?;
+    Ok(record)
+}
+
+/// Blesses the booted slot by hand and records it.
+pub fn mark_good(system: &System) -> Result<(), StatusError> {
+    entries::bless(&system.esp, system.booted)?;
+    UpdateState::update(&system.state_path, |state| {
+        state.assessment = Some(AssessmentRecord {
+            slot: system.booted,
+            version: system.image.version.clone(),
+            outcome: AssessmentOutcome::Good,
+            reason: "marked good by hand (berth-update mark-good)".to_string(),
+            at: now(),
+        })
+    })?;
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! What the device agent needs to know about the running system: which slot is
+//! booted, what image runs, where each slot's partition is, where the ESP is
+//! mounted, where the trust anchors and the state file are. [`System::discover`]
+//! finds all of it on a device; tests build a `System` over scratch files.
+
+use std::path::{Path, PathBuf};
+
+use crate::blockdev::{self, Roots};
+use crate::image_config::ImageConfig;
+use crate::layout::{
+    KernelCmdline, Slot, DATA_LABEL, ESP_MOUNT, IMAGE_CONFIG_PATH, KEYS_DIR, UPDATE_STATE_PATH,
+};
+
+/// Why the running system could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    ImageConfig { path: PathBuf, message: String },
+    #[error("the kernel command line has no {0}: this system was not booted from a berth boot entry")]
+    Cmdline(&'static str),
+    #[error(transparent)]
+    Disk(#[from] blockdev::NotFound),
+    #[error("the boot disk {disk} has no partition labelled {label:?}")]
+    NoPartition { disk: String, label: String },
+    #[error("partition {label:?} on {disk} has no device node")]
+    NoNode { disk: String, label: String },
+    #[error("the ESP is not mounted on {0} (no loader/ folder there)")]
+    NoEsp(PathBuf),
+}
+
+/// One slot's root partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotDevice {
+    pub slot: Slot,
+    /// Device node (or, in tests, a regular file standing in for it).
+    pub node: PathBuf,
+    /// PARTUUID, lowercase.
+    pub partuuid: String,
+    /// Partition size in bytes.
+    pub size: u64,
+}
+
+/// The running image's identity (from `/etc/berth/image.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningImage {
+    pub name: String,
+    pub version: String,
+    pub compatible: String,
+}
+
+/// The running system, as the agent sees it.
+#[derive(Debug, Clone)]
+pub struct System {
+    /// The mounted ESP.
+    pub esp: PathBuf,
+    /// The update state file (on the data partition).
+    pub state_path: PathBuf,
+    /// Folder of trusted public keys.
+    pub keys_dir: PathBuf,
+    /// The slot the running system booted from.
+    pub booted: Slot,
+    pub image: RunningImage,
+    /// Slot A's and slot B's partitions, in that order.
+    pub slots: [SlotDevice; 2],
+    /// PARTUUID of the data partition, for the boot entries the agent writes.
+    pub data_partuuid: String,
+}
+
+impl System {
+    /// The real system: `/proc/cmdline`, `/etc/berth/image.toml`, the boot disk's
+    /// GPT through `/sys` and `/dev`, the ESP on `/efi`.
+    pub fn discover() -> Result<System, SystemError> {
+        let cmdline = read(Path::new("/proc/cmdline"))?;
+        let image = read(Path::new(IMAGE_CONFIG_PATH))?;
+        System::from_parts(
+            &cmdline,
+            &image,
+            &Roots::system(),
+            Path::new(ESP_MOUNT),
+            Path::new(KEYS_DIR),
+            Path::new(UPDATE_STATE_PATH),
+        )
+    }
+
+    /// A system from its parts (the kernel command line, the image.toml text,
+    /// where sysfs and /dev are, where the ESP is mounted, where the keys and the
+    /// state file are).
+    pub fn from_parts(
+        cmdline: &str,
+        image_toml: &str,
+        roots: &Roots,
+        esp: &Path,
+        keys_dir: &Path,
+        state_path: &Path,
+    ) -> Result<System, SystemError> {
+        let cmdline = KernelCmdline::parse(cmdline);
+        let booted = cmdline.slot.ok_or(SystemError::Cmdline("berth.slot="))?;
+        let root = cmdline
+            .root_partuuid
+            .as_deref()
+            .ok_or(SystemError::Cmdline("root=PARTUUID="))?;
+        let config: ImageConfig =
+            toml::from_str(image_toml).map_err(|err| SystemError::ImageConfig {
+                path: PathBuf::from(IMAGE_CONFIG_PATH),
+                message: err.message().to_string(),
+            })?;
+        let disk = blockdev::disk_with_partuuid(roots, root)?;
+        let part = |label: &str| {
+            disk.by_label(label)
+                .ok_or_else(|| SystemError::NoPartition {
+                    disk: disk.node.display().to_string(),
+                    label: label.to_string(),
+                })
+        };
+        let slot_device = |slot: Slot| -> Result<SlotDevice, SystemError> {
+            let found = part(slot.partition_label())?;
+            let node = found.node.clone().ok_or_else(|| SystemError::NoNode {
+                disk: disk.node.display().to_string(),
+                label: slot.partition_label().to_string(),
+            })?;
+            Ok(SlotDevice {
+                slot,
+                node,
+                partuuid: found.gpt.part_guid.to_ascii_lowercase(),
+                size: found.size(disk.block_size),
+            })
+        };
+        let slots = [slot_device(Slot::A)?, slot_device(Slot::B)?];
+        let data_partuuid = part(DATA_LABEL)?.gpt.part_guid.to_ascii_lowercase();
+        if !esp.join("loader").is_dir() {
+            return Err(SystemError::NoEsp(esp.to_path_buf()));
+        }
+        Ok(System {
+            esp: esp.to_path_buf(),
+            state_path: state_path.to_path_buf(),
+            keys_dir: keys_dir.to_path_buf(),
+            booted,
+            image: RunningImage {
+                name: config.image.name,
+                version: config.image.version,
+                compatible: config.image.compatible,
+            },
+            slots,
+            data_partuuid,
+        })
+    }
+
+    /// The partition of `slot`.
+    pub fn slot(&self, slot: Slot) -> &SlotDevice {
+        match slot {
+            Slot::A => &self.slots[0],
+            Slot::B => &self.slots[1],
+        }
+    }
+
+    /// The slot an install writes: the one not running.
+    pub fn target(&self) -> Slot {
+        self.booted.other()
+    }
+}
+
+fn read(path: &Path) -> Result<String, SystemError> {
+    std::fs::read_to_string(path).map_err(|source| SystemError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockdev::fake;
+
+    const IMAGE: &str = "[image]\nname = \"hello\"\nversion = \"1.0.0\"\ncompatible = \"hello\"\nhostname = \"hello\"\n";
+
+    #[test]
+    fn discovers_slots_from_the_command_line_and_the_gpt() {
+        let (dir, roots) = fake::tree();
+        let esp = dir.path().join("efi");
+        std::fs::create_dir_all(esp.join("loader")).unwrap();
+        let cmdline = format!(
+            "root=PARTUUID={} ro berth.slot=a console=ttyS0",
+            fake::ROOT_A_UUID
+        );
+        let system = System::from_parts(
+            &cmdline,
+            IMAGE,
+            &roots,
+            &esp,
+            Path::new("/k"),
+            Path::new("/s"),
+        )
+        .unwrap();
+        assert_eq!(system.booted, Slot::A);
+        assert_eq!(system.target(), Slot::B);
+        assert_eq!(system.slot(Slot::B).node, roots.dev.join("vda3"));
+        assert_eq!(system.slot(Slot::B).partuuid, fake::ROOT_B_UUID);
+        assert_eq!(system.slot(Slot::A).size, 2 * 1024 * 1024);
+        assert_eq!(system.data_partuuid, fake::DATA_UUID);
+        assert_eq!(system.image.version, "1.0.0");
+    }
+
+    #[test]
+    fn missing_pieces_are_named() {
+        let (dir, roots) = fake::tree();
+        let esp = dir.path().join("efi");
+        let keys = Path::new("/k");
+        let state = Path::new("/s");
+        let no_slot = System::from_parts(
+            &format!("root=PARTUUID={}", fake::ROOT_A_UUID),
+            IMAGE,
+            &roots,
+            &esp,
+            keys,
+            state,
+        )
+        .unwrap_err();
+        assert!(no_slot.to_string().contains("berth.slot="), "{no_slot}");
+        let no_esp = System::from_parts(
+            &format!("root=PARTUUID={} berth.slot=b", fake::ROOT_B_UUID),
+            IMAGE,
+            &roots,
+            &esp,
+            keys,
+            state,
+        )
+        .unwrap_err();
+        assert!(matches!(no_esp, SystemError::NoEsp(_)), "{no_esp}");
+    }
+}

@@ -1,0 +1,186 @@
+//! `berth-update`: the device agent. Installs signed bundles onto the inactive
+//! slot, reports both slots, rolls back, marks the booted slot good.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use berth_updater::agent::{self, Checkpoint, InstallOptions, Observer, System};
+
+/// Environment variable naming an install checkpoint at which the agent stops
+/// and waits forever, so a test can cut the power there. A fault-injection hook
+/// for berth's own power-cut tests; never set on a device.
+const TEST_PAUSE_ENV: &str = "BERTH_UPDATE_TEST_PAUSE";
+
+#[derive(Parser)]
+#[command(name = "berth-update", version, about = "berth's A/B update agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install a signed bundle (a file or an http:// URL) onto the inactive slot.
+    Install {
+        /// Bundle file or http:// URL.
+        source: String,
+        /// Install even if the bundle's version is not newer than the running one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Boot tries the new slot gets before the boot loader gives up on it.
+        #[arg(long, default_value_t = agent::install::DEFAULT_TRIES)]
+        tries: u32,
+        /// Reboot into the new slot once installed.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Show both slots, which one booted, which one boots next, and how the last
+    /// install, boot assessment and rollback ended.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the other slot boot next.
+    Rollback {
+        /// Also accept a slot that was never marked good (but still has tries).
+        #[arg(long)]
+        force: bool,
+        /// Reboot into it now.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Mark the booted slot good (blessed: it boots with no counting from now on).
+    MarkGood,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("berth-update: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let system = System::discover().context("describing the running system")?;
+    match cli.command {
+        Command::Install {
+            source,
+            allow_downgrade,
+            tries,
+            reboot,
+        } => {
+            let reader = agent::source::open(&source)?;
+            let options = InstallOptions {
+                allow_downgrade,
+                tries,
+            };
+            let mut observer = Output::new();
+            let installed = agent::install(&system, reader, &source, &options, &mut observer)?;
+            println!(
+                "berth-update: installed {} into slot {}; it boots next ({} tries)",
+                installed.version, installed.slot, options.tries
+            );
+            if reboot {
+                request_reboot()?;
+            }
+        }
+        Command::Status { json } => {
+            let status = agent::status(&system)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+        }
+        Command::Rollback { force, reboot } => {
+            let record = agent::rollback(&system, force)?;
+            println!(
+                "berth-update: rolled back: slot {} ({}) boots next instead of slot {} ({})",
+                record.to, record.to_version, record.from, record.from_version
+            );
+            if reboot {
+                request_reboot()?;
+            }
+        }
+        Command::MarkGood => {
+            agent::mark_good(&system)?;
+            println!(
+                "berth-update: slot {} ({}) marked good",
+                system.booted, system.image.version
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Asks PID 1 (berth-init) for an orderly reboot: SIGINT.
+fn request_reboot() -> Result<()> {
+    println!("berth-update: rebooting");
+    // SAFETY: kill has no memory effects; PID 1 is the init.
+    let rc = unsafe { libc::kill(1, libc::SIGINT) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("asking the init to reboot");
+    }
+    Ok(())
+}
+
+/// Progress on a terminal, plain lines otherwise; the test pause hook.
+struct Output {
+    interactive: bool,
+    pause_at: Option<String>,
+    /// Last percentage printed per item, to print each step once.
+    last: Option<(String, u64)>,
+}
+
+impl Output {
+    fn new() -> Output {
+        Output {
+            interactive: std::io::stdout().is_terminal(),
+            pause_at: std::env::var(TEST_PAUSE_ENV).ok(),
+            last: None,
+        }
+    }
+}
+
+impl Observer for Output {
+    fn checkpoint(&mut self, point: Checkpoint) {
+        if self.pause_at.as_deref() == Some(point.name().as_str()) {
+            println!("\nberth-update: test pause at {}", point.name());
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+
+    fn progress(&mut self, what: &str, done: u64, total: u64) {
+        let percent = done * 100 / total.max(1);
+        // A terminal gets every percent on one line; a log gets quarters.
+        let step = if self.interactive { 1 } else { 25 };
+        let shown = percent / step * step;
+        if self.last.as_ref() == Some(&(what.to_string(), shown)) {
+            return;
+        }
+        self.last = Some((what.to_string(), shown));
+        if self.interactive {
+            print!("\r{what}: {shown:3}% ({done} of {total} bytes)");
+            if done >= total {
+                println!();
+            }
+            let _ = std::io::stdout().flush();
+        } else {
+            println!("{what}: {shown}% ({done} of {total} bytes)");
+        }
+    }
+
+    fn step(&mut self, message: &str) {
+        println!("berth-update: {message}");
+    }
+}
