@@ -64,7 +64,7 @@ impl Fixture {
             .into_iter()
             .find(|(n, _, _)| n == name)
             .unwrap_or_else(|| panic!("no member {name}"));
-        (at as usize, size as usize)
+        (usize::try_from(at).unwrap(), usize::try_from(size).unwrap())
     }
 }
 
@@ -291,7 +291,7 @@ fn rootfs_payload_is_the_slot_content_of_root_a() {
     };
     let rootfs = &manifest["payloads"][0];
     assert_eq!(rootfs["kind"], "rootfs");
-    let size = rootfs["size"].as_u64().unwrap() as usize;
+    let size = usize::try_from(rootfs["size"].as_u64().unwrap()).unwrap();
     let (at, stored) = f.member("rootfs.img.zst");
     let payload = zstd::stream::decode_all(&f.bytes()[at..at + stored]).unwrap();
     assert_eq!(payload.len(), size);

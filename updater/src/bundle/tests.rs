@@ -24,10 +24,14 @@ fn header(name: &str, size: u64) -> [u8; 512] {
     h
 }
 
+fn us(n: u64) -> usize {
+    usize::try_from(n).unwrap()
+}
+
 fn push_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
     out.extend_from_slice(&header(name, data.len() as u64));
     out.extend_from_slice(data);
-    out.resize(out.len() + padding(data.len() as u64) as usize, 0);
+    out.resize(out.len() + us(padding(data.len() as u64)), 0);
 }
 
 fn end_archive(out: &mut Vec<u8>) {
@@ -40,12 +44,12 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| {
             if i % 7 < 3 {
-                b'a' + (i % 13) as u8
+                b'a' + u8::try_from(i % 13).unwrap()
             } else {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                x as u8
+                x.to_le_bytes()[0]
             }
         })
         .collect()
@@ -97,11 +101,11 @@ impl Made {
         loop {
             let block: &[u8; 512] = self.bytes[at..at + 512].try_into().unwrap();
             let h = parse_header(block).unwrap().expect("member exists");
-            let size = h.size as usize;
+            let size = us(h.size);
             if h.name == name {
                 return (at + 512, size);
             }
-            at += 512 + size + padding(h.size) as usize;
+            at += 512 + size + us(padding(h.size));
         }
     }
 }
@@ -221,7 +225,7 @@ fn open_reads_nothing_after_the_signature() {
     let key = Key::new();
     let made = make(&key);
     let (sig_at, sig_len) = made.member(SIGNATURE_MEMBER);
-    let head_end = sig_at + sig_len + padding(sig_len as u64) as usize;
+    let head_end = sig_at + sig_len + us(padding(sig_len as u64));
     let mut source = Cursor::new(made.bytes.clone());
     let reader = BundleReader::open(&mut source, &key.trusted()).unwrap();
     assert_eq!(reader.offset(), head_end as u64);
