@@ -7,11 +7,13 @@
 
 pub mod apt;
 pub mod build;
+pub mod bundle;
 pub mod cache;
 pub mod deb;
 pub mod disk;
 pub mod initramfs;
 pub mod kernel;
+pub mod keys;
 pub mod oci;
 pub mod progress;
 pub mod recipe;

@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
+use berth_builder::bundle::{self, BundleOptions, Inspection, PayloadCheck};
 use berth_builder::cache::Cache;
+use berth_builder::keys::{self, Overwrite};
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::reproducible::{self, Reproducibility};
-use clap::{Parser, Subcommand};
+use berth_updater::bundle::TrustedKeys;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -85,6 +88,67 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
     },
+    /// Manage release keys (minisign format).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Make a signed update bundle from a built image, or inspect one.
+    Bundle(BundleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Write a new ed25519 key pair: PATH.pub (public, for `[update] keys` and
+    /// `minisign -V`) and PATH.key (secret, unencrypted, mode 0600).
+    Generate {
+        /// Where to write the key pair, without extension (e.g. keys/release).
+        path: PathBuf,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BundleArgs {
+    #[command(subcommand)]
+    command: Option<BundleCommand>,
+    /// The built disk image (images/NAME-VERSION.img).
+    #[arg(required = true)]
+    image: Option<PathBuf>,
+    /// The secret key to sign with (PATH.key from `berth key generate`).
+    #[arg(long, required = true, value_name = "SECRET")]
+    key: Option<PathBuf>,
+    /// Output file (default: the image's path with the extension .bundle).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Lowest running version this bundle may update from.
+    #[arg(long, value_name = "VERSION")]
+    min_version: Option<String>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCommand {
+    /// Show a bundle's manifest and check its signature (and payloads).
+    Inspect {
+        /// The bundle.
+        file: PathBuf,
+        /// Public key (PATH.pub) or folder of *.pub keys to verify the signature
+        /// with; without it the signature is not checked.
+        #[arg(long, value_name = "PUB")]
+        key: Option<PathBuf>,
+        /// Also stream every payload and check its size and sha256.
+        #[arg(long)]
+        verify_payload: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -133,6 +197,125 @@ fn check_disk_image(image: &std::path::Path) -> anyhow::Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// `berth bundle inspect` in readable form on stdout.
+fn print_inspection(file: &std::path::Path, result: &Inspection) {
+    println!("bundle:        {}", file.display());
+    if let Some(m) = &result.manifest {
+        println!("name:          {}", m.name);
+        println!("version:       {}", m.version);
+        println!("compatible:    {}", m.compatible);
+        println!("architecture:  {}", m.architecture);
+        println!(
+            "min version:   {}",
+            m.min_version.as_deref().unwrap_or("(any)")
+        );
+        println!("created:       {} (unix seconds)", m.created);
+        println!("title:         {}", m.title);
+        println!("cmdline:       {}", m.cmdline);
+        match &m.verity {
+            Some(v) => println!(
+                "verity:        root hash {}, {} data blocks, hash tree at {}",
+                v.root_hash, v.data_blocks, v.hash_offset
+            ),
+            None => println!("verity:        none"),
+        }
+        println!("payloads:");
+        for p in &m.payloads {
+            println!(
+                "  {:<10} {:<18} {:>11} bytes ({} stored)  sha256 {}",
+                p.kind.to_string(),
+                p.file,
+                p.size,
+                p.stored_size,
+                p.sha256
+            );
+        }
+    }
+    if let Some(id) = &result.signature_key_id {
+        println!("signed by key: {id}");
+    }
+    if let Some(comment) = &result.trusted_comment {
+        println!("trusted comment: {comment}");
+    }
+    match (result.signature, &result.signature_key_id) {
+        ("verified", Some(id)) => println!("signature: verified with {id}"),
+        ("not checked", _) => println!("signature: NOT checked (no --key given)"),
+        _ => println!("signature: FAILED"),
+    }
+    for p in &result.payloads {
+        if p.ok {
+            println!("{}: ok", p.file);
+        } else {
+            println!("{}: FAILED", p.file);
+        }
+    }
+}
+
+fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(BundleCommand::Inspect {
+            file,
+            key,
+            verify_payload,
+            json,
+        }) => {
+            let keys = match &key {
+                Some(path) if path.is_dir() => Some(TrustedKeys::load_dir(path)?),
+                Some(path) => Some(TrustedKeys::load_file(path)?),
+                None => None,
+            };
+            let check = if verify_payload {
+                PayloadCheck::Stream
+            } else {
+                PayloadCheck::ManifestOnly
+            };
+            let result = bundle::inspect(&file, keys.as_ref(), check)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print_inspection(&file, &result);
+            }
+            match &result.error {
+                None => Ok(ExitCode::SUCCESS),
+                Some(error) => {
+                    eprintln!("error: {}: {error}", file.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        None => {
+            let (Some(image), Some(key)) = (args.image, args.key) else {
+                anyhow::bail!("berth bundle needs IMAGE and --key SECRET");
+            };
+            let interactive = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut progress = Progress::new(if interactive {
+                Verbosity::Normal
+            } else {
+                Verbosity::Quiet
+            });
+            let options = BundleOptions {
+                image: image.clone(),
+                key,
+                out: args.out,
+                min_version: args.min_version,
+            };
+            let created = bundle::create(&options, &mut progress)
+                .with_context(|| format!("bundling {}", image.display()))?;
+            if !args.quiet {
+                eprintln!(
+                    "wrote {} ({} {}, {} MiB, signed by {})",
+                    created.path.display(),
+                    created.manifest.name,
+                    created.manifest.version,
+                    created.size / (1024 * 1024),
+                    created.key_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// The comparison on stdout: one line per artifact, then the verdict.
@@ -246,5 +429,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = outcome.exit_code();
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
+        Command::Key {
+            command: KeyCommand::Generate { path, force },
+        } => {
+            let overwrite = if force {
+                Overwrite::Replace
+            } else {
+                Overwrite::Refuse
+            };
+            let made = keys::generate(&path, overwrite)?;
+            eprintln!(
+                "wrote {} (public key {}) and {} (secret key: keep it private)",
+                made.paths.public.display(),
+                made.key_id,
+                made.paths.secret.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bundle(args) => run_bundle(args),
     }
 }

@@ -99,6 +99,16 @@ fn level_sizes(data_blocks: u64) -> Vec<u64> {
         .collect()
 }
 
+/// 4096-byte hash blocks of the tree over `data_blocks` data blocks (0 for one
+/// data block): with the padded filesystem, the slot's content ends at
+/// `hash_offset + hash_blocks * 4096`.
+pub fn hash_blocks(data_blocks: u64) -> u64 {
+    if data_blocks == 0 {
+        return 0;
+    }
+    level_sizes(data_blocks).iter().sum()
+}
+
 fn hash_block(salt: &[u8], block: &[u8]) -> [u8; DIGEST] {
     let mut h = Sha256::new();
     h.update(salt);

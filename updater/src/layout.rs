@@ -240,6 +240,88 @@ impl BootEntry {
         self.render_with_version(boot_version, &comment)
     }
 
+    /// Reads back an entry file berth wrote ([`render`](BootEntry::render) or
+    /// [`render_ranked`](BootEntry::render_ranked)): the image version is the
+    /// `# berth-image-version` comment when there is one, else the `version` line;
+    /// the words [`cmdline`](BootEntry::cmdline) generates are stripped from
+    /// `options` and the rest is kept as `extra_cmdline`.
+    pub fn parse(text: &str) -> Result<BootEntry, EntryParseError> {
+        let bad = |reason: String| EntryParseError(reason);
+        let (mut title, mut version, mut image_version) = (None, None, None);
+        let (mut linux, mut initrd, mut options) = (None, None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(comment) = line.strip_prefix('#') {
+                if let Some(v) = comment.trim().strip_prefix(IMAGE_VERSION_COMMENT) {
+                    image_version = Some(v.trim().to_string());
+                }
+                continue;
+            }
+            let (key, value) = match line.split_once(char::is_whitespace) {
+                Some((key, value)) => (key, value.trim().to_string()),
+                None => (line, String::new()),
+            };
+            match key {
+                "title" => title = Some(value),
+                "version" => version = Some(value),
+                "linux" => linux = Some(value),
+                "initrd" => initrd = Some(value),
+                "options" => options = Some(value),
+                _ => {}
+            }
+        }
+        let title = title.ok_or_else(|| bad("no title line".into()))?;
+        let version = image_version
+            .or(version)
+            .ok_or_else(|| bad("no version line".into()))?;
+        let linux = linux.ok_or_else(|| bad("no linux line".into()))?;
+        let options = options.ok_or_else(|| bad("no options line".into()))?;
+        let slot = Slot::ALL
+            .into_iter()
+            .find(|s| linux == format!("/{}", s.kernel_path()))
+            .ok_or_else(|| bad(format!("linux {linux} is not a berth slot's kernel")))?;
+        if initrd.as_deref() != Some(format!("/{}", slot.initramfs_path()).as_str()) {
+            return Err(bad(format!(
+                "initrd {:?} is not slot {slot}'s initramfs",
+                initrd.unwrap_or_default()
+            )));
+        }
+        let parsed = KernelCmdline::parse(&options);
+        if let Some(error) = parsed.verity_error {
+            return Err(bad(error));
+        }
+        let mut entry = BootEntry {
+            title,
+            version,
+            slot,
+            root_partuuid: parsed
+                .root_partuuid
+                .ok_or_else(|| bad("options have no root=PARTUUID=".into()))?,
+            data_partuuid: parsed
+                .data_partuuid
+                .ok_or_else(|| bad(format!("options have no {CMDLINE_DATA}=PARTUUID=")))?,
+            verity: parsed.verity,
+            extra_cmdline: String::new(),
+        };
+        if parsed.slot != Some(slot) {
+            return Err(bad(format!(
+                "options name slot {:?} but the kernel is slot {slot}'s",
+                parsed.slot.map(|s| s.letter())
+            )));
+        }
+        let generated = entry.cmdline();
+        let rest = options
+            .strip_prefix(&generated)
+            .filter(|rest| rest.is_empty() || rest.starts_with(' '))
+            .ok_or_else(|| {
+                bad(format!(
+                    "options {options:?} do not start with the words berth writes ({generated:?})"
+                ))
+            })?;
+        entry.extra_cmdline = rest.trim().to_string();
+        Ok(entry)
+    }
+
     fn render_with_version(&self, version: &str, comment: &str) -> String {
         format!(
             "title {title}\n{comment}version {version}\nsort-key {sort}\nlinux /{kernel}\ninitrd /{initrd}\noptions {options}\n",
@@ -251,6 +333,11 @@ impl BootEntry {
         )
     }
 }
+
+/// A boot entry file that is not one berth wrote.
+#[derive(Debug, thiserror::Error)]
+#[error("not a berth boot entry: {0}")]
+pub struct EntryParseError(pub String);
 
 /// The `loader/loader.conf` berth writes: no menu, and deliberately no `default`
 /// line (systemd-boot 252 includes the boot counter in the entry id, so a default
@@ -400,6 +487,52 @@ mod tests {
         assert!(odd.verity.is_none() && odd.verity_error.is_some());
         let none = KernelCmdline::parse(&entry().cmdline());
         assert!(none.verity.is_none() && none.verity_error.is_none());
+    }
+
+    #[test]
+    fn entries_parse_back_to_what_was_rendered() {
+        let plain = entry();
+        let mut verity = entry();
+        verity.slot = Slot::B;
+        verity.extra_cmdline = "quiet loglevel=3".into();
+        verity.verity = Some(VerityParams {
+            root_hash: "cd".repeat(32),
+            salt: String::new(),
+            data_blocks: 7,
+            hash_offset: 7 * 4096,
+        });
+        let mut bare = entry();
+        bare.extra_cmdline = String::new();
+        for e in [plain, verity, bare] {
+            let expected = BootEntry {
+                extra_cmdline: e.extra_cmdline.trim().to_string(),
+                ..e.clone()
+            };
+            assert_eq!(BootEntry::parse(&e.render()).unwrap(), expected);
+            let ranked = BootEntry::parse(&e.render_ranked("3")).unwrap();
+            assert_eq!(ranked, expected);
+            assert_eq!(ranked.render(), e.render());
+        }
+    }
+
+    #[test]
+    fn foreign_entries_are_not_parsed() {
+        let text = entry().render();
+        for (from, to) in [
+            ("linux /berth/a/vmlinuz", "linux /vmlinuz"),
+            (
+                "initrd /berth/a/initramfs.img",
+                "initrd /berth/b/initramfs.img",
+            ),
+            ("berth.slot=a", "berth.slot=b"),
+            ("options root=", "options quiet root="),
+            (" panic=5", ""),
+            ("title berth hello 1.0.0\n", ""),
+        ] {
+            let changed = text.replace(from, to);
+            assert_ne!(changed, text, "{from}");
+            assert!(BootEntry::parse(&changed).is_err(), "{changed}");
+        }
     }
 
     #[test]

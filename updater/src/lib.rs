@@ -4,11 +4,14 @@
 //!
 //! The builder writes these formats, the init and the device agent read them. The
 //! init depends on this crate with default features off, so everything here is
-//! plain std + serde/toml.
+//! plain std + serde/toml; the bundle reader (`bundle`) is behind the `bundle`
+//! feature, for the device agent and the host CLI.
 
 #[cfg(feature = "agent")]
 pub mod agent;
 pub mod blockdev;
+#[cfg(feature = "bundle")]
+pub mod bundle;
 pub mod entries;
 pub mod gpt;
 pub mod image_config;

@@ -65,30 +65,23 @@ pub enum InstallError {
 }
 
 impl InstallError {
-    fn io(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
         move |source| {
+            let io = |source| InstallError::Io {
+                what,
+                path: path.to_path_buf(),
+                source,
+            };
             // A payload reader reports bundle errors (hash mismatch, truncation)
             // through io::Error: give them back their own message.
-            match source
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<BundleError>())
-            {
-                Some(_) => {
-                    let inner = source.into_inner().expect("checked above");
-                    match inner.downcast::<BundleError>() {
-                        Ok(bundle) => InstallError::Bundle(*bundle),
-                        Err(other) => InstallError::Io {
-                            what,
-                            path: path.to_path_buf(),
-                            source: io::Error::other(other),
-                        },
-                    }
-                }
-                None => InstallError::Io {
-                    what,
-                    path: path.to_path_buf(),
-                    source,
-                },
+            if BundleError::from_io(&source).is_none() {
+                return io(source);
+            }
+            let kind = source.kind();
+            match source.into_inner().map(|e| e.downcast::<BundleError>()) {
+                Some(Ok(bundle)) => InstallError::Bundle(*bundle),
+                Some(Err(other)) => io(io::Error::new(kind, other)),
+                None => io(io::Error::from(kind)),
             }
         }
     }
@@ -581,7 +574,7 @@ fn free_bytes(path: &Path) -> Result<u64, InstallError> {
     if rc != 0 {
         return Err(InstallError::io("statvfs", path)(io::Error::last_os_error()));
     }
-    Ok(u64::from(stat.f_bavail).saturating_mul(stat.f_frsize))
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Fills `buf` as far as the reader goes; 0 only at the end.

@@ -229,3 +229,146 @@ pub fn mark_good(system: &System) -> Result<(), StatusError> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::agent::system::{RunningImage, SlotDevice};
+    use crate::layout::BootEntry;
+    use crate::state::AssessmentOutcome;
+    use std::path::Path;
+
+    /// A device in a folder: ESP (`esp/`), slot "partitions" as files, a state
+    /// file path; booted from `booted`, running `version`.
+    pub(crate) fn scratch_system(dir: &Path, booted: Slot, version: &str) -> System {
+        let esp = dir.join("esp");
+        std::fs::create_dir_all(esp.join("loader/entries")).unwrap();
+        let slot = |slot: Slot| {
+            let node = dir.join(format!("root-{slot}"));
+            std::fs::File::create(&node)
+                .unwrap()
+                .set_len(8 << 20)
+                .unwrap();
+            SlotDevice {
+                slot,
+                node,
+                partuuid: format!("0000000{}-0000-4000-8000-000000000000", slot as u8 + 1),
+                size: 8 << 20,
+            }
+        };
+        System {
+            esp,
+            state_path: dir.join("var/lib/berth/update/state.toml"),
+            keys_dir: dir.join("keys"),
+            booted,
+            image: RunningImage {
+                name: "hello".into(),
+                version: version.into(),
+                compatible: "hello".into(),
+            },
+            slots: [slot(Slot::A), slot(Slot::B)],
+            data_partuuid: "00000009-0000-4000-8000-000000000000".into(),
+        }
+    }
+
+    /// Puts slot `slot` with image `version` on the scratch ESP: kernel file and
+    /// an entry, counting with `tries` or blessed (`None`).
+    pub(crate) fn put_slot(system: &System, slot: Slot, version: &str, tries: Option<u32>) {
+        let kernel = system.esp.join(slot.kernel_path());
+        std::fs::create_dir_all(kernel.parent().unwrap()).unwrap();
+        std::fs::write(&kernel, b"kernel").unwrap();
+        let entry = BootEntry {
+            title: format!("berth hello {version}"),
+            version: version.into(),
+            slot,
+            root_partuuid: system.slot(slot).partuuid.clone(),
+            data_partuuid: system.data_partuuid.clone(),
+            verity: None,
+            extra_cmdline: String::new(),
+        };
+        entries::install_entry(&system.esp, &entry, tries.unwrap_or(3)).unwrap();
+        if tries.is_none() {
+            entries::bless(&system.esp, slot).unwrap();
+        }
+    }
+
+    #[test]
+    fn status_reports_both_slots_and_the_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::A, "1.0.0");
+        put_slot(&system, Slot::A, "1.0.0", None);
+        put_slot(&system, Slot::B, "1.1.0", Some(3));
+        let status = status(&system).unwrap();
+        assert_eq!(status.booted, Slot::A);
+        assert_eq!(status.next, Some(Slot::B));
+        let (a, b) = (&status.slots[0], &status.slots[1]);
+        assert!(a.booted && a.good && !a.next && a.bootable);
+        assert_eq!(a.version.as_deref(), Some("1.0.0"));
+        assert!(!b.booted && !b.good && b.next && b.bootable);
+        assert_eq!((b.tries_left, b.tries_used), (Some(3), Some(0)));
+        assert_eq!(b.version.as_deref(), Some("1.1.0"));
+        let text = status.render();
+        assert!(text.contains("slot a: 1.0.0 (booted, good)"), "{text}");
+        assert!(
+            text.contains("slot b: 1.1.0 (boots next, not yet good, 3 tries left)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["slots"][1]["tries_left"], 3);
+        assert_eq!(json["next"], "b");
+    }
+
+    #[test]
+    fn rollback_needs_a_good_bootable_other_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::B, "1.1.0");
+        // Nothing in slot A yet.
+        put_slot(&system, Slot::B, "1.1.0", None);
+        let err = rollback(&system, false).unwrap_err().to_string();
+        assert!(err.contains("slot a holds nothing bootable"), "{err}");
+
+        // A counting (never blessed) slot A: only with --force.
+        put_slot(&system, Slot::A, "1.0.0", Some(2));
+        entries::make_next(&system.esp, Slot::B).unwrap();
+        let err = rollback(&system, false).unwrap_err().to_string();
+        assert!(err.contains("never marked good"), "{err}");
+
+        // A good slot A: rolled back, recorded, and A boots next.
+        entries::bless(&system.esp, Slot::A).unwrap();
+        entries::make_next(&system.esp, Slot::B).unwrap();
+        let record = rollback(&system, false).unwrap();
+        assert_eq!((record.from, record.to), (Slot::B, Slot::A));
+        assert_eq!(record.to_version, "1.0.0");
+        let status = status(&system).unwrap();
+        assert_eq!(status.next, Some(Slot::A));
+        assert_eq!(status.rollback.unwrap().from_version, "1.1.0");
+    }
+
+    #[test]
+    fn rollback_refuses_a_slot_whose_tries_are_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::B, "1.1.0");
+        put_slot(&system, Slot::B, "1.1.0", None);
+        put_slot(&system, Slot::A, "1.2.0", Some(1));
+        // The firmware's side: one boot spends the only try.
+        assert_eq!(entries::simulate_boot(&system.esp).unwrap(), Some(Slot::A));
+        let err = rollback(&system, true).unwrap_err().to_string();
+        assert!(err.contains("tries are spent"), "{err}");
+    }
+
+    #[test]
+    fn mark_good_blesses_the_booted_slot_and_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::B, "1.1.0");
+        put_slot(&system, Slot::A, "1.0.0", None);
+        put_slot(&system, Slot::B, "1.1.0", Some(3));
+        assert_eq!(entries::simulate_boot(&system.esp).unwrap(), Some(Slot::B));
+        mark_good(&system).unwrap();
+        let status = status(&system).unwrap();
+        assert!(status.slots[1].good);
+        assert_eq!(status.next, Some(Slot::B));
+        let assessment = status.assessment.unwrap();
+        assert_eq!(assessment.outcome, AssessmentOutcome::Good);
+        assert!(assessment.reason.contains("by hand"));
+    }
+}

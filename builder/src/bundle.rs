@@ -1,0 +1,554 @@
+//! `berth bundle`: a signed update bundle made from a built disk image, and
+//! `berth bundle inspect`.
+//!
+//! Everything comes from the image itself: the GPT, slot A's boot entry, kernel
+//! and initramfs on the ESP, the slot content of root-a (squashfs, padding and
+//! verity hash tree) and `/etc/berth/image.toml` inside the squashfs. The bundle
+//! format is `berth_updater::bundle`'s; this module writes it with fixed tar
+//! metadata and single-threaded zstd, so the same image and key give the same
+//! bytes.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use berth_updater::bundle::{
+    self as format, BundleReader, Manifest, PayloadInfo, PayloadKind, TrustedKeys, BUNDLE_FORMAT,
+    MANIFEST_MEMBER, SIGNATURE_MEMBER,
+};
+use berth_updater::gpt::{self, GptPartition};
+use berth_updater::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
+use berth_updater::window::Window;
+use berth_updater::ImageConfig;
+use sha2::{Digest, Sha256};
+
+use crate::keys::{KeyError, SecretKey};
+use crate::progress::Progress;
+use crate::verity;
+
+/// zstd level of the root filesystem payload: the squashfs is already
+/// compressed, a higher level costs time and saves next to nothing.
+pub const ROOTFS_LEVEL: i32 = 3;
+/// zstd level of the kernel and initramfs payloads (small).
+pub const BOOT_FILES_LEVEL: i32 = 19;
+const SECTOR: u64 = 512;
+/// squashfs superblock magic (`hsqs`).
+const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+
+/// Failure making or inspecting a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a berth disk image: {reason}")]
+    NotAnImage { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Format(#[from] format::BundleError),
+    #[error("--min-version {0:?} is not a semantic version (MAJOR.MINOR.PATCH)")]
+    MinVersion(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `berth bundle` is asked to do.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// The built disk image.
+    pub image: PathBuf,
+    /// The unencrypted minisign secret key.
+    pub key: PathBuf,
+    /// Output file; `IMAGE` with the extension `.bundle` when `None`.
+    pub out: Option<PathBuf>,
+    /// Lowest running version the bundle may update from.
+    pub min_version: Option<String>,
+}
+
+/// A written bundle.
+#[derive(Debug)]
+pub struct Created {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    pub key_id: String,
+    pub size: u64,
+}
+
+/// The default output of `berth bundle IMAGE`: `IMAGE` with the extension
+/// `.bundle` (`images/hello-1.0.0.bundle`).
+pub fn default_output(image: &Path) -> PathBuf {
+    image.with_extension("bundle")
+}
+
+/// What the bundle takes from the image.
+#[derive(Debug)]
+struct ImageParts {
+    entry: BootEntry,
+    config: ImageConfig,
+    created: u64,
+    kernel: Vec<u8>,
+    initramfs: Vec<u8>,
+    /// root-a's offset and the slot content's length in the image.
+    rootfs: (u64, u64),
+}
+
+fn find<'a>(parts: &'a [GptPartition], label: &str) -> Option<&'a GptPartition> {
+    parts.iter().find(|p| p.label == label)
+}
+
+/// Reads slot A of a built image.
+fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
+    let not_image = |reason: String| BundleError::NotAnImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let parts = gpt::read_partitions(&mut &file).map_err(|e| not_image(e.to_string()))?;
+    let esp = find(&parts, layout::ESP_LABEL)
+        .ok_or_else(|| not_image("no partition labelled esp".into()))?;
+    let root = find(&parts, Slot::A.partition_label())
+        .ok_or_else(|| not_image("no partition labelled root-a".into()))?;
+    let esp_window = Window::new(&file, esp.first_lba * SECTOR, esp.size_bytes(SECTOR));
+    let fs = fatfs::FileSystem::new(esp_window, fatfs::FsOptions::new())
+        .map_err(|e| not_image(format!("the ESP is not FAT: {e}")))?;
+    let root_dir = fs.root_dir();
+    let read_esp = |name: &str| -> Result<Vec<u8>, BundleError> {
+        let mut data = Vec::new();
+        root_dir
+            .open_file(name)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| not_image(format!("reading {name} on the ESP: {e}")))?;
+        Ok(data)
+    };
+    let entries = root_dir
+        .open_dir("loader/entries")
+        .map_err(|e| not_image(format!("no loader/entries on the ESP: {e}")))?;
+    let mut names: Vec<String> = entries
+        .iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| {
+            berth_updater::entries::parse_slot_file_name(n).is_some_and(|(s, _)| s == Slot::A)
+        })
+        .collect();
+    names.sort();
+    let entry_name = match names.as_slice() {
+        [one] => one.clone(),
+        [] => return Err(not_image("the ESP has no boot entry for slot a".into())),
+        many => {
+            return Err(not_image(format!(
+                "the ESP has several entries for slot a: {}",
+                many.join(", ")
+            )))
+        }
+    };
+    let entry_text = read_esp(&format!("loader/entries/{entry_name}"))?;
+    let entry = BootEntry::parse(&String::from_utf8_lossy(&entry_text))
+        .map_err(|e| not_image(format!("loader/entries/{entry_name}: {e}")))?;
+    if entry.root_partuuid != root.part_guid {
+        return Err(not_image(format!(
+            "the slot a entry boots PARTUUID {}, but root-a is {}",
+            entry.root_partuuid, root.part_guid
+        )));
+    }
+    let kernel = read_esp(&Slot::A.kernel_path())?;
+    let initramfs = read_esp(&Slot::A.initramfs_path())?;
+    drop(entries);
+    drop(root_dir);
+    drop(fs);
+
+    let root_offset = root.first_lba * SECTOR;
+    let root_size = root.size_bytes(SECTOR);
+    let mut superblock = [0u8; 96];
+    let mut window = Window::new(&file, root_offset, root_size);
+    window
+        .read_exact(&mut superblock)
+        .map_err(|e| not_image(format!("reading root-a: {e}")))?;
+    if &superblock[0..4] != SQUASHFS_MAGIC {
+        return Err(not_image("root-a does not hold a squashfs".into()));
+    }
+    let created = u64::from(u32::from_le_bytes(
+        superblock[8..12].try_into().expect("4 bytes"),
+    ));
+    let bytes_used = u64::from_le_bytes(superblock[40..48].try_into().expect("8 bytes"));
+    let content = match &entry.verity {
+        Some(v) => {
+            if v.hash_offset < bytes_used || v.hash_offset != v.data_blocks * VERITY_BLOCK_SIZE {
+                return Err(not_image(format!(
+                    "the entry's verity parameters (blocks {}, hash offset {}) do not match the squashfs ({bytes_used} bytes)",
+                    v.data_blocks, v.hash_offset
+                )));
+            }
+            v.hash_offset + verity::hash_blocks(v.data_blocks) * VERITY_BLOCK_SIZE
+        }
+        None => bytes_used.div_ceil(VERITY_BLOCK_SIZE) * VERITY_BLOCK_SIZE,
+    };
+    if content > root_size {
+        return Err(not_image(format!(
+            "the slot content ({content} bytes) is larger than root-a ({root_size} bytes)"
+        )));
+    }
+
+    window
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| not_image(format!("reading root-a: {e}")))?;
+    let squashfs = backhand::FilesystemReader::from_reader(BufReader::new(Window::new(
+        &file,
+        root_offset,
+        bytes_used,
+    )))
+    .map_err(|e| not_image(format!("reading the squashfs of root-a: {e}")))?;
+    let config_path = Path::new(layout::IMAGE_CONFIG_PATH);
+    let config_file = squashfs
+        .files()
+        .find(|n| n.fullpath == config_path)
+        .and_then(|n| match &n.inner {
+            backhand::InnerNode::File(f) => Some(f),
+            _ => None,
+        })
+        .ok_or_else(|| not_image(format!("root-a has no {}", layout::IMAGE_CONFIG_PATH)))?;
+    let mut config_text = String::new();
+    squashfs
+        .file(config_file)
+        .reader()
+        .read_to_string(&mut config_text)
+        .map_err(|e| not_image(format!("reading {}: {e}", layout::IMAGE_CONFIG_PATH)))?;
+    let config = ImageConfig::parse(&config_text)
+        .map_err(|e| not_image(format!("{}: {e}", layout::IMAGE_CONFIG_PATH)))?;
+    if config.image.version != entry.version {
+        return Err(not_image(format!(
+            "{} says version {}, the boot entry {}",
+            layout::IMAGE_CONFIG_PATH,
+            config.image.version,
+            entry.version
+        )));
+    }
+    Ok(ImageParts {
+        entry,
+        config,
+        created,
+        kernel,
+        initramfs,
+        rootfs: (root_offset, content),
+    })
+}
+
+/// Passes bytes through and hashes them.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Hashing<T> {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn digest(self) -> (T, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.count)
+    }
+}
+
+impl<T: Read> Read for Hashing<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Hashing<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Compresses `source` into a new temporary file in `dir`; returns the file
+/// (rewound) and the payload's description.
+fn compress(
+    kind: PayloadKind,
+    source: impl Read,
+    level: i32,
+    dir: &Path,
+) -> Result<(File, PayloadInfo), BundleError> {
+    let mut out = tempfile::tempfile_in(dir).map_err(io_err(dir))?;
+    let mut input = Hashing::new(source);
+    {
+        let mut encoder =
+            zstd::stream::Encoder::new(Hashing::new(&mut out), level).map_err(io_err(dir))?;
+        // Single-threaded with the size known up front: the same bytes every time.
+        encoder.include_checksum(false).map_err(io_err(dir))?;
+        io::copy(&mut input, &mut encoder).map_err(io_err(dir))?;
+        let writer = encoder.finish().map_err(io_err(dir))?;
+        let (_, stored_sha256, stored_size) = writer.digest();
+        let (_, sha256, size) = input.digest();
+        out.seek(SeekFrom::Start(0)).map_err(io_err(dir))?;
+        Ok((
+            out,
+            PayloadInfo {
+                kind,
+                file: kind.member_name().to_string(),
+                size,
+                sha256,
+                stored_size,
+                stored_sha256,
+            },
+        ))
+    }
+}
+
+/// A tar header with berth's fixed metadata.
+fn tar_header(name: &str, size: u64, mtime: u64) -> Result<tar::Header, io::Error> {
+    let mut header = tar::Header::new_ustar();
+    header.set_path(name)?;
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(mtime);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header)
+}
+
+/// The signature's trusted comment: like minisign's own, plus what the bundle is.
+pub fn trusted_comment(manifest: &Manifest) -> String {
+    format!(
+        "timestamp:{}\tfile:{MANIFEST_MEMBER}\thashed\tberth bundle {} {}",
+        manifest.created, manifest.name, manifest.version
+    )
+}
+
+/// Makes a signed bundle from a built image.
+pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Created, BundleError> {
+    if let Some(min) = &options.min_version {
+        if !format::is_semver(min) {
+            return Err(BundleError::MinVersion(min.clone()));
+        }
+    }
+    let key = SecretKey::load(&options.key)?;
+    progress.step("reading the image");
+    let parts = read_image(&options.image)?;
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| default_output(&options.image));
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+
+    progress.step("compressing the root filesystem");
+    let image = File::open(&options.image).map_err(io_err(&options.image))?;
+    let (root_offset, root_len) = parts.rootfs;
+    let rootfs = BufReader::with_capacity(1 << 20, Window::new(&image, root_offset, root_len));
+    let mut payloads = vec![compress(PayloadKind::Rootfs, rootfs, ROOTFS_LEVEL, &dir)?];
+    progress.step("compressing the kernel and initramfs");
+    payloads.push(compress(
+        PayloadKind::Kernel,
+        parts.kernel.as_slice(),
+        BOOT_FILES_LEVEL,
+        &dir,
+    )?);
+    payloads.push(compress(
+        PayloadKind::Initramfs,
+        parts.initramfs.as_slice(),
+        BOOT_FILES_LEVEL,
+        &dir,
+    )?);
+
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT,
+        name: parts.config.image.name.clone(),
+        compatible: parts.config.image.compatible.clone(),
+        version: parts.config.image.version.clone(),
+        architecture: layout::ARCHITECTURE.to_string(),
+        min_version: options.min_version.clone(),
+        created: parts.created,
+        title: parts.entry.title.clone(),
+        cmdline: parts.entry.extra_cmdline.clone(),
+        verity: parts.entry.verity.clone().map(Into::into),
+        payloads: payloads.iter().map(|(_, info)| info.clone()).collect(),
+    };
+    manifest.validate()?;
+    let json = manifest.to_json();
+    let signature = key.sign(&json, &trusted_comment(&manifest));
+
+    progress.step("writing the bundle");
+    let mut temp = tempfile::Builder::new()
+        .prefix(".berth-bundle-")
+        .tempfile_in(&dir)
+        .map_err(io_err(&dir))?;
+    {
+        let mut tar = tar::Builder::new(io::BufWriter::new(temp.as_file_mut()));
+        let mtime = manifest.created;
+        let mut append = |name: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
+            tar.append(&tar_header(name, size, mtime)?, data)
+        };
+        let write_err = io_err(&out);
+        (|| -> io::Result<()> {
+            append(MANIFEST_MEMBER, json.len() as u64, &mut json.as_slice())?;
+            append(
+                SIGNATURE_MEMBER,
+                signature.len() as u64,
+                &mut signature.as_bytes(),
+            )?;
+            for (file, info) in &mut payloads {
+                append(&info.file, info.stored_size, file)?;
+            }
+            Ok(())
+        })()
+        .map_err(write_err)?;
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(io_err(&out))?;
+    }
+    // A bundle is public: readable by all, like the image it was made from.
+    temp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io_err(&out))?;
+    temp.as_file().sync_all().map_err(io_err(&out))?;
+    let size = temp.as_file().metadata().map_err(io_err(&out))?.len();
+    temp.persist(&out).map_err(|e| BundleError::Io {
+        path: out.clone(),
+        source: e.error,
+    })?;
+    progress.finish();
+    Ok(Created {
+        path: out,
+        manifest,
+        key_id: key.key_id(),
+        size,
+    })
+}
+
+/// What `berth bundle inspect` is asked to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadCheck {
+    /// Read the manifest and signature only.
+    ManifestOnly,
+    /// Also stream every payload and check its size and digest.
+    Stream,
+}
+
+/// The outcome of checking one payload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PayloadOutcome {
+    pub file: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// What `berth bundle inspect` found.
+#[derive(Debug, serde::Serialize)]
+pub struct Inspection {
+    pub manifest: Option<Manifest>,
+    pub signature_key_id: Option<String>,
+    pub trusted_comment: Option<String>,
+    /// `verified`, `not checked` or `failed`.
+    pub signature: &'static str,
+    pub payloads: Vec<PayloadOutcome>,
+    /// The first error, which makes the inspection fail.
+    pub error: Option<String>,
+}
+
+impl Inspection {
+    pub fn ok(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Reads a bundle: the manifest and signature (checked against `keys` when
+/// given), and with [`PayloadCheck::Stream`] every payload. Errors in the bundle
+/// end up in the returned inspection; `Err` is for a file that cannot be opened.
+pub fn inspect(
+    path: &Path,
+    keys: Option<&TrustedKeys>,
+    check: PayloadCheck,
+) -> Result<Inspection, BundleError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let source = BufReader::with_capacity(1 << 20, file);
+    let mut inspection = Inspection {
+        manifest: None,
+        signature_key_id: None,
+        trusted_comment: None,
+        signature: if keys.is_some() {
+            "failed"
+        } else {
+            "not checked"
+        },
+        payloads: Vec::new(),
+        error: None,
+    };
+    let opened = match keys {
+        Some(keys) => BundleReader::open(source, keys),
+        None => BundleReader::open_unverified(source),
+    };
+    let mut reader = match opened {
+        Ok(reader) => reader,
+        Err(e) => {
+            inspection.error = Some(e.to_string());
+            return Ok(inspection);
+        }
+    };
+    inspection.manifest = Some(reader.manifest().clone());
+    inspection.signature_key_id = Some(reader.signature_key_id().to_string());
+    inspection.trusted_comment = Some(reader.trusted_comment().to_string());
+    if reader.verified() {
+        inspection.signature = "verified";
+    }
+    if check == PayloadCheck::ManifestOnly {
+        return Ok(inspection);
+    }
+    loop {
+        let mut payload = match reader.next_payload() {
+            Ok(Some(payload)) => payload,
+            Ok(None) => break,
+            Err(e) => {
+                inspection.error = Some(e.to_string());
+                return Ok(inspection);
+            }
+        };
+        let file = payload.info().file.clone();
+        let outcome = io::copy(&mut payload, &mut io::sink())
+            .map_err(|e| {
+                format::BundleError::from_io(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| e.to_string())
+            })
+            .and_then(|_| payload.finish().map_err(|e| e.to_string()));
+        let error = outcome.err();
+        inspection.payloads.push(PayloadOutcome {
+            file,
+            ok: error.is_none(),
+            error: error.clone(),
+        });
+        if error.is_some() {
+            inspection.error = error;
+            return Ok(inspection);
+        }
+    }
+    if let Err(e) = reader.finish() {
+        inspection.error = Some(e.to_string());
+    }
+    Ok(inspection)
+}

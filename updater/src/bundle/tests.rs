@@ -1,0 +1,788 @@
+//! Bundles made here with the `minisign` crate (an independent implementation of
+//! the signature format) and a handmade ustar writer, so broken archives can be
+//! crafted byte by byte.
+
+use std::io::{Cursor, Read};
+
+use super::*;
+
+/// A ustar header block for a regular file.
+fn header(name: &str, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+fn us(n: u64) -> usize {
+    usize::try_from(n).unwrap()
+}
+
+fn push_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    out.extend_from_slice(&header(name, data.len() as u64));
+    out.extend_from_slice(data);
+    out.resize(out.len() + us(padding(data.len() as u64)), 0);
+}
+
+fn end_archive(out: &mut Vec<u8>) {
+    out.resize(out.len() + 1024, 0);
+}
+
+/// Deterministic bytes that compress somewhat.
+fn content(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|i| {
+            if i % 7 < 3 {
+                b'a' + u8::try_from(i % 13).unwrap()
+            } else {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x.to_le_bytes()[0]
+            }
+        })
+        .collect()
+}
+
+struct Key {
+    pair: minisign::KeyPair,
+}
+
+impl Key {
+    fn new() -> Key {
+        Key {
+            pair: minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
+        }
+    }
+
+    fn public_text(&self) -> String {
+        self.pair.pk.to_box().unwrap().into_string()
+    }
+
+    fn trusted(&self) -> TrustedKeys {
+        TrustedKeys::parse(&self.public_text()).unwrap()
+    }
+
+    fn sign(&self, data: &[u8]) -> String {
+        minisign::sign(
+            Some(&self.pair.pk),
+            &self.pair.sk,
+            Cursor::new(data),
+            Some("timestamp:1700000000\tfile:manifest.json\thashed"),
+            None,
+        )
+        .unwrap()
+        .into_string()
+    }
+}
+
+/// A bundle and what went into it.
+struct Made {
+    bytes: Vec<u8>,
+    manifest: Manifest,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl Made {
+    /// Offset and length of a member's data in the archive.
+    fn member(&self, name: &str) -> (usize, usize) {
+        let mut at = 0;
+        loop {
+            let block: &[u8; 512] = self.bytes[at..at + 512].try_into().unwrap();
+            let h = parse_header(block).unwrap().expect("member exists");
+            let size = us(h.size);
+            if h.name == name {
+                return (at + 512, size);
+            }
+            at += 512 + size + us(padding(h.size));
+        }
+    }
+}
+
+fn manifest_for(payloads: &[Vec<u8>], stored: &[Vec<u8>]) -> Manifest {
+    Manifest {
+        format: BUNDLE_FORMAT,
+        name: "hello".into(),
+        compatible: "berth-hello".into(),
+        version: "1.1.0".into(),
+        architecture: crate::layout::ARCHITECTURE.into(),
+        min_version: Some("1.0.0".into()),
+        created: 1_700_000_000,
+        title: "berth hello 1.1.0".into(),
+        cmdline: "quiet".into(),
+        verity: Some(VerityInfo {
+            root_hash: "ab".repeat(32),
+            salt: "01".repeat(32),
+            data_blocks: 2,
+            hash_offset: 2 * 4096,
+        }),
+        payloads: PayloadKind::ALL
+            .iter()
+            .zip(payloads.iter().zip(stored))
+            .map(|(kind, (raw, packed))| PayloadInfo {
+                kind: *kind,
+                file: kind.member_name().into(),
+                size: raw.len() as u64,
+                sha256: hex::encode(Sha256::digest(raw)),
+                stored_size: packed.len() as u64,
+                stored_sha256: hex::encode(Sha256::digest(packed)),
+            })
+            .collect(),
+    }
+}
+
+/// A well-formed bundle signed by `key`; `edit` may change the manifest first.
+fn make_with(key: &Key, edit: impl FnOnce(&mut Manifest, &mut Vec<Vec<u8>>)) -> Made {
+    let payloads = vec![content(1, 3 * 4096), content(2, 5000), content(3, 777)];
+    let mut stored: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| zstd::encode_all(p.as_slice(), 19).unwrap())
+        .collect();
+    let mut manifest = manifest_for(&payloads, &stored);
+    edit(&mut manifest, &mut stored);
+    for (info, data) in manifest.payloads.iter_mut().zip(&stored) {
+        info.stored_sha256 = hex::encode(Sha256::digest(data));
+    }
+    let json = manifest.to_json();
+    let mut bytes = Vec::new();
+    push_member(&mut bytes, MANIFEST_MEMBER, &json);
+    push_member(&mut bytes, SIGNATURE_MEMBER, key.sign(&json).as_bytes());
+    for (info, data) in manifest.payloads.iter().zip(&stored) {
+        push_member(&mut bytes, &info.file, data);
+    }
+    end_archive(&mut bytes);
+    Made {
+        bytes,
+        manifest,
+        payloads,
+    }
+}
+
+fn make(key: &Key) -> Made {
+    make_with(key, |_, _| {})
+}
+
+fn bundle_error(e: io::Error) -> BundleError {
+    match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
+        Some(Ok(b)) => *b,
+        Some(Err(other)) => BundleError::Io(io::Error::other(other)),
+        None => BundleError::Io(io::Error::other("io error without a cause")),
+    }
+}
+
+/// Reads a whole bundle the way the device agent does; returns the payloads.
+fn read_all(bytes: &[u8], keys: &TrustedKeys) -> Result<Vec<Vec<u8>>, BundleError> {
+    let mut reader = BundleReader::open(bytes, keys)?;
+    let mut out = Vec::new();
+    while let Some(mut payload) = reader.next_payload()? {
+        let mut data = Vec::new();
+        payload.read_to_end(&mut data).map_err(bundle_error)?;
+        payload.finish()?;
+        out.push(data);
+    }
+    reader.finish()?;
+    Ok(out)
+}
+
+#[test]
+fn a_signed_bundle_reads_back_every_payload() {
+    let key = Key::new();
+    let made = make(&key);
+    let mut reader = BundleReader::open(made.bytes.as_slice(), &key.trusted()).unwrap();
+    assert!(reader.verified());
+    assert_eq!(reader.manifest(), &made.manifest);
+    assert_eq!(reader.manifest_bytes(), made.manifest.to_json().as_slice());
+    assert_eq!(reader.signature_key_id(), key.trusted().key_ids()[0]);
+    assert_eq!(
+        reader.trusted_comment(),
+        "timestamp:1700000000\tfile:manifest.json\thashed"
+    );
+    let mut kinds = Vec::new();
+    while let Some(mut p) = reader.next_payload().unwrap() {
+        kinds.push(p.info().kind);
+        let mut data = Vec::new();
+        p.read_to_end(&mut data).unwrap();
+        p.finish().unwrap();
+        assert_eq!(data, made.payloads[kinds.len() - 1]);
+    }
+    assert_eq!(kinds, PayloadKind::ALL);
+    reader.finish().unwrap();
+}
+
+#[test]
+fn open_reads_nothing_after_the_signature() {
+    let key = Key::new();
+    let made = make(&key);
+    let (sig_at, sig_len) = made.member(SIGNATURE_MEMBER);
+    let head_end = sig_at + sig_len + us(padding(sig_len as u64));
+    let mut source = Cursor::new(made.bytes.clone());
+    let reader = BundleReader::open(&mut source, &key.trusted()).unwrap();
+    assert_eq!(reader.offset(), head_end as u64);
+    drop(reader);
+    assert_eq!(source.position(), head_end as u64);
+}
+
+#[test]
+fn unverified_open_names_the_signing_key() {
+    let key = Key::new();
+    let made = make(&key);
+    let reader = BundleReader::open_unverified(made.bytes.as_slice()).unwrap();
+    assert!(!reader.verified());
+    assert_eq!(reader.signature_key_id(), key.trusted().key_ids()[0]);
+}
+
+#[test]
+fn another_key_is_refused_with_both_ids() {
+    let (signer, other) = (Key::new(), Key::new());
+    let made = make(&signer);
+    let err = read_all(&made.bytes, &other.trusted()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BundleError::UntrustedKey { .. }), "{text}");
+    assert!(
+        text.contains(&signer.trusted().key_ids()[0])
+            && text.contains(&other.trusted().key_ids()[0]),
+        "{text}"
+    );
+    let err = read_all(&made.bytes, &TrustedKeys::default()).unwrap_err();
+    assert!(err.to_string().contains("no trusted keys"), "{err}");
+}
+
+#[test]
+fn a_key_with_the_same_id_but_other_bytes_does_not_verify() {
+    let (signer, other) = (Key::new(), Key::new());
+    let made = make(&signer);
+    // The other key's ed25519 bytes under the signer's key number.
+    let mut raw = base64_decode(signer.public_text().lines().nth(1).unwrap()).unwrap();
+    let theirs = base64_decode(other.public_text().lines().nth(1).unwrap()).unwrap();
+    raw[10..].copy_from_slice(&theirs[10..]);
+    let forged = format!("untrusted comment: forged\n{}\n", encode64(&raw));
+    let keys = TrustedKeys::parse(&forged).unwrap();
+    let err = read_all(&made.bytes, &keys).unwrap_err();
+    assert!(matches!(err, BundleError::SignatureMismatch), "{err}");
+}
+
+fn encode64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_decodes_what_it_should_and_refuses_the_rest() {
+    for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar"] {
+        assert_eq!(base64_decode(&encode64(data)).as_deref(), Some(data));
+    }
+    assert_eq!(base64_decode("Zm9v!"), None);
+    assert_eq!(base64_decode("Zg==Zg=="), None);
+    assert_eq!(base64_decode("Z==="), None);
+}
+
+#[test]
+fn every_flipped_byte_of_the_manifest_is_refused() {
+    let key = Key::new();
+    let made = make(&key);
+    let (at, len) = made.member(MANIFEST_MEMBER);
+    for i in (at..at + len).step_by(7) {
+        let mut bytes = made.bytes.clone();
+        bytes[i] ^= 0x01;
+        let err = read_all(&bytes, &key.trusted()).unwrap_err();
+        assert!(
+            matches!(err, BundleError::SignatureMismatch),
+            "byte {i}: {err}"
+        );
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_the_signature_is_refused() {
+    let key = Key::new();
+    let made = make(&key);
+    let (at, len) = made.member(SIGNATURE_MEMBER);
+    let text = std::str::from_utf8(&made.bytes[at..at + len]).unwrap();
+    // The untrusted comment is, by design, not covered by the signature.
+    let signed_from = at + text.find('\n').unwrap() + 1;
+    for i in signed_from..at + len {
+        for bit in [0x01, 0x10, 0x40] {
+            let mut bytes = made.bytes.clone();
+            bytes[i] ^= bit;
+            let err = read_all(&bytes, &key.trusted()).expect_err(&format!("byte {i} bit {bit}"));
+            assert!(
+                matches!(
+                    err,
+                    BundleError::SignatureMismatch
+                        | BundleError::BadSignatureFormat(_)
+                        | BundleError::UntrustedKey { .. }
+                ),
+                "byte {i}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_payload_is_detected_while_streaming() {
+    let key = Key::new();
+    let made = make(&key);
+    for info in &made.manifest.payloads {
+        let (at, len) = made.member(&info.file);
+        for i in (at..at + len).step_by(11) {
+            let mut bytes = made.bytes.clone();
+            bytes[i] ^= 0x04;
+            let mut reader = BundleReader::open(bytes.as_slice(), &key.trusted()).unwrap();
+            let err = (|| {
+                while let Some(mut p) = reader.next_payload()? {
+                    let mut data = Vec::new();
+                    p.read_to_end(&mut data).map_err(bundle_error)?;
+                    p.finish()?;
+                }
+                Ok::<(), BundleError>(())
+            })()
+            .expect_err(&format!("{} byte {} of {len}", info.file, i - at));
+            assert!(
+                matches!(
+                    err,
+                    BundleError::HashMismatch { .. }
+                        | BundleError::StoredHashMismatch { .. }
+                        | BundleError::Payload { .. }
+                ),
+                "{} byte {}: {err}",
+                info.file,
+                i - at
+            );
+            assert!(err.to_string().contains(&info.file), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_member_header_is_refused() {
+    let key = Key::new();
+    let made = make(&key);
+    for name in [SIGNATURE_MEMBER, "vmlinuz.zst"] {
+        let (at, _) = made.member(name);
+        let mut bytes = made.bytes.clone();
+        bytes[at - 512 + 3] ^= 0x02;
+        let err = read_all(&bytes, &key.trusted()).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_bundle_cut_anywhere_is_refused() {
+    let key = Key::new();
+    let made = make(&key);
+    let total = made.bytes.len();
+    let mut cuts: Vec<usize> = (0..total).step_by(61).collect();
+    for name in [MANIFEST_MEMBER, SIGNATURE_MEMBER]
+        .into_iter()
+        .chain(PayloadKind::ALL.iter().map(|k| k.member_name()))
+    {
+        let (at, len) = made.member(name);
+        cuts.extend([
+            at - 512,
+            at - 1,
+            at,
+            at + 1,
+            at + len / 2,
+            at + len - 1,
+            at + len,
+        ]);
+    }
+    // Before and inside the end-of-archive marker.
+    cuts.extend([total - 1024, total - 513, total - 512, total - 1]);
+    for cut in cuts {
+        let err = read_all(&made.bytes[..cut], &key.trusted()).expect_err(&format!(
+            "a bundle cut at {cut} of {total} bytes was accepted"
+        ));
+        assert!(
+            matches!(
+                err,
+                BundleError::Truncated(_)
+                    | BundleError::NotABundle(_)
+                    | BundleError::Payload { .. }
+            ),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_bundle_cut_inside_a_payload_says_where() {
+    let key = Key::new();
+    let made = make(&key);
+    let (at, len) = made.member("rootfs.img.zst");
+    let err = read_all(&made.bytes[..at + len / 2], &key.trusted()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "bundle is truncated: it ends inside rootfs.img.zst (got {} of {len} bytes)",
+            len / 2
+        )
+    );
+    let (at, len) = made.member(MANIFEST_MEMBER);
+    let err = read_all(&made.bytes[..at + 10], &key.trusted()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("bundle is truncated: it ends inside manifest.json (got 10 of {len} bytes)")
+    );
+}
+
+#[test]
+fn an_extra_member_after_the_payloads_is_refused() {
+    let key = Key::new();
+    let made = make(&key);
+    let mut bytes = made.bytes[..made.bytes.len() - 1024].to_vec();
+    push_member(&mut bytes, "evil.sh", b"#!/bin/sh\n");
+    end_archive(&mut bytes);
+    let err = read_all(&bytes, &key.trusted()).unwrap_err();
+    assert!(
+        matches!(err, BundleError::ExtraMember(ref n) if n == "evil.sh"),
+        "{err}"
+    );
+    // Zeros after the marker (a tar record's padding) are fine; data is not.
+    let mut padded = made.bytes.clone();
+    padded.resize(padded.len() + 8192, 0);
+    read_all(&padded, &key.trusted()).unwrap();
+    padded.push(1);
+    assert!(read_all(&padded, &key.trusted()).is_err());
+}
+
+#[test]
+fn a_bundle_must_start_with_the_manifest() {
+    let mut bytes = Vec::new();
+    push_member(&mut bytes, "rootfs.img.zst", b"x");
+    end_archive(&mut bytes);
+    let err = BundleReader::open_unverified(bytes.as_slice()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not a berth bundle: first member is rootfs.img.zst (expected manifest.json)"
+    );
+    let err = BundleReader::open_unverified(&b"\x7fELF and more"[..]).unwrap_err();
+    assert!(matches!(err, BundleError::Truncated(_)), "{err}");
+    let err = BundleReader::open_unverified(&[b'x'; 2048][..]).unwrap_err();
+    assert!(matches!(err, BundleError::NotABundle(_)), "{err}");
+}
+
+#[test]
+fn oversized_small_members_are_refused_before_reading_them() {
+    let mut bytes = header(MANIFEST_MEMBER, 4 * 1024 * 1024 * 1024).to_vec();
+    bytes.extend_from_slice(&[b'{'; 512]);
+    let err = BundleReader::open_unverified(bytes.as_slice()).unwrap_err();
+    assert!(matches!(err, BundleError::TooLarge { .. }), "{err}");
+    let mut bytes = Vec::new();
+    push_member(&mut bytes, MANIFEST_MEMBER, b"{}");
+    bytes.extend_from_slice(&header(SIGNATURE_MEMBER, 5000));
+    let err = BundleReader::open_unverified(bytes.as_slice()).unwrap_err();
+    assert!(matches!(err, BundleError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_payload_that_decompresses_past_its_size_is_stopped() {
+    let key = Key::new();
+    // A zstd bomb: 64 MiB of zeros, announced as 4096 bytes.
+    let bomb = zstd::encode_all(&vec![0u8; 64 << 20][..], 3).unwrap();
+    let made = make_with(&key, |m, stored| {
+        m.verity = None;
+        m.payloads[0].size = 4096;
+        m.payloads[0].stored_size = bomb.len() as u64;
+        stored[0] = bomb.clone();
+    });
+    let mut reader = BundleReader::open(made.bytes.as_slice(), &key.trusted()).unwrap();
+    let mut p = reader.next_payload().unwrap().unwrap();
+    let mut sink = Vec::new();
+    let err = bundle_error(p.read_to_end(&mut sink).unwrap_err());
+    assert!(
+        err.to_string()
+            .contains("more than the manifest's 4096 bytes"),
+        "{err}"
+    );
+    assert!(sink.len() <= 4096, "{} bytes came out", sink.len());
+}
+
+#[test]
+fn a_payload_shorter_than_its_size_is_refused() {
+    let key = Key::new();
+    let made = make_with(&key, |m, _| m.payloads[1].size += 1);
+    let err = read_all(&made.bytes, &key.trusted()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("vmlinuz.zst: the compressed data ends after 5000 of 5001 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn trailing_bytes_in_a_payload_member_are_refused() {
+    let key = Key::new();
+    let made = make_with(&key, |m, stored| {
+        stored[2].extend_from_slice(b"junk");
+        m.payloads[2].stored_size += 4;
+    });
+    let err = read_all(&made.bytes, &key.trusted()).unwrap_err();
+    assert!(err.to_string().contains("initramfs.img.zst"), "{err}");
+}
+
+#[test]
+fn payloads_must_be_finished_in_turn() {
+    let key = Key::new();
+    let made = make(&key);
+    let mut reader = BundleReader::open(made.bytes.as_slice(), &key.trusted()).unwrap();
+    let mut p = reader.next_payload().unwrap().unwrap();
+    let mut half = [0u8; 100];
+    p.read_exact(&mut half).unwrap();
+    drop(p);
+    let err = reader.next_payload().unwrap_err();
+    assert!(
+        matches!(err, BundleError::Unfinished(ref f) if f == "rootfs.img.zst"),
+        "{err}"
+    );
+    let err = reader.finish().unwrap_err();
+    assert!(matches!(err, BundleError::Unfinished(_)), "{err}");
+
+    // finish() without reading to the end is refused too.
+    let mut reader = BundleReader::open(made.bytes.as_slice(), &key.trusted()).unwrap();
+    let p = reader.next_payload().unwrap().unwrap();
+    let err = p.finish().unwrap_err();
+    assert!(err.to_string().contains("only 0 of 12288 bytes"), "{err}");
+}
+
+#[test]
+fn finish_after_an_exact_read_checks_the_end() {
+    let key = Key::new();
+    let made = make(&key);
+    let mut reader = BundleReader::open(made.bytes.as_slice(), &key.trusted()).unwrap();
+    for expected in &made.payloads {
+        let mut p = reader.next_payload().unwrap().unwrap();
+        let mut data = vec![0u8; expected.len()];
+        p.read_exact(&mut data).unwrap();
+        p.finish().unwrap();
+        assert_eq!(&data, expected);
+    }
+    assert!(reader.next_payload().unwrap().is_none());
+    reader.finish().unwrap();
+}
+
+fn valid_manifest() -> Manifest {
+    let key = Key::new();
+    make(&key).manifest
+}
+
+#[test]
+fn manifest_round_trips_and_keeps_its_field_order() {
+    let m = valid_manifest();
+    let json = m.to_json();
+    assert_eq!(Manifest::from_json(&json).unwrap(), m);
+    let text = String::from_utf8(json).unwrap();
+    let order: Vec<usize> = [
+        "\"format\"",
+        "\"name\"",
+        "\"compatible\"",
+        "\"version\"",
+        "\"architecture\"",
+        "\"min_version\"",
+        "\"created\"",
+        "\"title\"",
+        "\"cmdline\"",
+        "\"verity\"",
+        "\"payloads\"",
+    ]
+    .iter()
+    .map(|k| text.find(k).unwrap())
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    assert!(text.contains("\"kind\": \"rootfs\""), "{text}");
+}
+
+#[test]
+fn manifest_validation_refuses_what_a_device_cannot_use() {
+    type Edit = fn(&mut Manifest);
+    let cases: [(Edit, &str); 13] = [
+        (|m| m.format = 2, "format 2 is not supported"),
+        (|m| m.name.clear(), "name is empty"),
+        (|m| m.compatible = " ".into(), "compatible is empty"),
+        (|m| m.version = "1.1".into(), "is not a semantic version"),
+        (|m| m.version = "01.1.0".into(), "is not a semantic version"),
+        (|m| m.min_version = Some("latest".into()), "min_version"),
+        (
+            |m| m.title = "a\nb".into(),
+            "title holds a control character",
+        ),
+        (
+            |m| {
+                m.payloads.swap(1, 2);
+            },
+            "payloads must be exactly rootfs, kernel, initramfs",
+        ),
+        (
+            |m| {
+                m.payloads.pop();
+            },
+            "payloads must be exactly rootfs, kernel, initramfs",
+        ),
+        (
+            |m| m.payloads[0].file = "../rootfs".into(),
+            "must be stored as rootfs.img.zst",
+        ),
+        (|m| m.payloads[1].size = 0, "payload vmlinuz.zst is empty"),
+        (
+            |m| m.payloads[2].sha256 = "AB".repeat(32),
+            "is not 64 lowercase hex",
+        ),
+        (
+            |m| {
+                if let Some(v) = m.verity.as_mut() {
+                    v.hash_offset = 4096 * 100;
+                }
+            },
+            "do not fit the rootfs payload",
+        ),
+    ];
+    for (edit, message) in cases {
+        let mut m = valid_manifest();
+        edit(&mut m);
+        let err = Manifest::from_json(&m.to_json()).unwrap_err();
+        assert!(err.to_string().contains(message), "{message}: {err}");
+    }
+    let err = Manifest::from_json(b"{\"format\": 1, \"extra\": true}").unwrap_err();
+    assert!(matches!(err, BundleError::InvalidManifest(_)), "{err}");
+    let mut unknown = serde_json::to_value(valid_manifest()).unwrap();
+    unknown["surprise"] = serde_json::Value::Bool(true);
+    let err = Manifest::from_json(unknown.to_string().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("unknown field"), "{err}");
+}
+
+#[test]
+fn semver_checks() {
+    for good in [
+        "1.0.0",
+        "0.0.1",
+        "10.20.30",
+        "1.0.0-rc.1",
+        "1.0.0+build.5",
+        "1.0.0-a-b+c",
+    ] {
+        assert!(is_semver(good), "{good}");
+    }
+    for bad in [
+        "", "1", "1.0", "1.0.0.0", "v1.0.0", "1.0.0-", "1.0.0+", "1.00.0", "1.0.x", "1..0",
+    ] {
+        assert!(!is_semver(bad), "{bad}");
+    }
+}
+
+#[test]
+fn tar_headers_are_checked_strictly() {
+    let good = header("vmlinuz.zst", 1234);
+    assert_eq!(
+        parse_header(&good).unwrap(),
+        Some(MemberHeader {
+            name: "vmlinuz.zst".into(),
+            size: 1234
+        })
+    );
+    assert_eq!(parse_header(&[0u8; 512]).unwrap(), None);
+    let resum = |mut h: [u8; 512]| {
+        h[148..156].fill(b' ');
+        let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    };
+    let mut symlink = good;
+    symlink[156] = b'2';
+    assert!(parse_header(&resum(symlink))
+        .unwrap_err()
+        .to_string()
+        .contains("not a regular file"));
+    let mut path = header("../etc/passwd", 1);
+    path[0] = b'.';
+    assert!(parse_header(&resum(path)).is_err());
+    let mut binary_size = good;
+    binary_size[124] = 0x80;
+    assert!(parse_header(&resum(binary_size))
+        .unwrap_err()
+        .to_string()
+        .contains("size"));
+    let mut gnu = good;
+    gnu[257..265].copy_from_slice(b"ustar  \0");
+    assert!(parse_header(&resum(gnu))
+        .unwrap_err()
+        .to_string()
+        .contains("ustar"));
+    let mut prefixed = good;
+    prefixed[345] = b'x';
+    assert!(parse_header(&resum(prefixed)).is_err());
+    assert_eq!(octal(b"0000644\0"), Some(0o644));
+    assert_eq!(octal(b"  644 \0\0"), Some(0o644));
+    assert_eq!(octal(b"0008\0"), None);
+    assert_eq!(octal(b"\0\0\0"), None);
+}
+
+#[test]
+fn trusted_keys_load_from_files_and_folders() {
+    let (a, b) = (Key::new(), Key::new());
+    let dir = tempfile::tempdir().unwrap();
+    assert!(TrustedKeys::load_dir(dir.path()).unwrap().is_empty());
+    std::fs::write(dir.path().join("a.pub"), a.public_text()).unwrap();
+    std::fs::write(dir.path().join("b.pub"), b.public_text()).unwrap();
+    std::fs::write(dir.path().join("README"), "not a key").unwrap();
+    let keys = TrustedKeys::load_dir(dir.path()).unwrap();
+    let mut ids = keys.key_ids();
+    ids.sort();
+    let mut expected = vec![
+        a.trusted().key_ids()[0].clone(),
+        b.trusted().key_ids()[0].clone(),
+    ];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // minisign prints the same id in the public key's comment.
+    let comment = a.public_text().lines().next().unwrap().to_string();
+    assert!(comment.ends_with(&a.trusted().key_ids()[0]), "{comment}");
+    assert!(ids.iter().all(|id| id.len() == 16
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())));
+    // Either key verifies its own bundle.
+    read_all(&make(&b).bytes, &keys).unwrap();
+    let single = TrustedKeys::load_file(&dir.path().join("a.pub")).unwrap();
+    assert_eq!(single.key_ids(), a.trusted().key_ids());
+
+    std::fs::write(
+        dir.path().join("c.pub"),
+        "untrusted comment: x\nnot base64!\n",
+    )
+    .unwrap();
+    let err = TrustedKeys::load_dir(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("c.pub: not a minisign public key"),
+        "{err}"
+    );
+    assert!(TrustedKeys::parse("").is_err());
+    let err = TrustedKeys::load_dir(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(err, BundleError::KeyIo { .. }), "{err}");
+}
