@@ -482,3 +482,53 @@ fn find(haystack: &[u8], needle: &[u8]) -> usize {
         .position(|w| w == needle)
         .unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
 }
+
+#[test]
+fn an_image_without_verity_bundles_its_padded_squashfs() {
+    let f = fixture();
+    let image = build_image("tests/recipes/no-verity.toml");
+    let bundle = f.path("no-verity.bundle");
+    berth_ok(
+        Command::new(&binaries().berth)
+            .arg("bundle")
+            .arg(&image)
+            .arg("--key")
+            .arg(&f.key)
+            .arg("--out")
+            .arg(&bundle)
+            .arg("--quiet"),
+    );
+    let output = inspect(&bundle, &f.public_key());
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(all.contains("verity:        none"), "{all}");
+
+    let out = f.path("no-verity");
+    fs::create_dir_all(&out).unwrap();
+    run_tool(
+        Command::new("tar")
+            .arg("xf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&out),
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["verity"].is_null(), "{manifest}");
+    let payload =
+        zstd::stream::decode_all(File::open(out.join("rootfs.img.zst")).unwrap()).unwrap();
+    assert_eq!(payload.len() % 4096, 0);
+    assert_eq!(&payload[..4], b"hsqs");
+    let root_a = out.join("root-a.img");
+    extract_partition(&image, "root-a", &root_a);
+    let partition = fs::read(&root_a).unwrap();
+    assert!(
+        payload == partition[..payload.len()],
+        "rootfs payload differs from root-a"
+    );
+    assert!(partition[payload.len()..].iter().all(|b| *b == 0));
+    // The squashfs's own size, rounded up to a block, is the payload's.
+    let bytes_used = u64::from_le_bytes(payload[40..48].try_into().unwrap());
+    assert_eq!(bytes_used.div_ceil(4096) * 4096, payload.len() as u64);
+    fs::remove_dir_all(&out).unwrap();
+}

@@ -38,6 +38,10 @@ pub const MAX_MANIFEST_SIZE: u64 = 1024 * 1024;
 pub const MAX_SIGNATURE_SIZE: u64 = 4096;
 /// Size of a tar block.
 pub const TAR_BLOCK: u64 = 512;
+/// Largest zstd window a payload may ask for: the decoder allocates its window up
+/// front, so this bounds the memory a hostile payload can claim. The levels
+/// `berth bundle` uses need at most 8 MiB.
+pub const MAX_ZSTD_WINDOW: u64 = 32 * 1024 * 1024;
 /// Zero bytes tolerated after the end-of-archive marker (a tar record's padding).
 const MAX_TRAILING_ZEROS: u64 = 20 * TAR_BLOCK;
 
@@ -940,7 +944,9 @@ impl<R: Read> BundleReader<R> {
             hasher: Sha256::new(),
             failure: Arc::clone(&failure),
         };
-        let decoder = StreamingDecoder::new(member).map_err(|e| {
+        let mut member = member;
+        let head = zstd_frame_header(&mut member)?;
+        let decoder = StreamingDecoder::new(io::Cursor::new(head).chain(member)).map_err(|e| {
             take_failure(&failure).unwrap_or(BundleError::Payload {
                 file: info.file.clone(),
                 reason: format!("not zstd-compressed data: {e}"),
@@ -1050,6 +1056,68 @@ impl<R: Read> Read for MemberReader<'_, R> {
     }
 }
 
+/// Reads the zstd frame header at the start of a payload member and returns its
+/// bytes, refusing anything but one plain frame with a window of at most
+/// [`MAX_ZSTD_WINDOW`].
+fn zstd_frame_header<R: Read>(member: &mut MemberReader<'_, R>) -> Result<Vec<u8>, BundleError> {
+    let name = member.name.clone();
+    let bad = |reason: String| BundleError::Payload {
+        file: name.clone(),
+        reason,
+    };
+    let mut head = vec![0u8; 5];
+    let read = |member: &mut MemberReader<'_, R>, buf: &mut [u8]| {
+        member.read_exact(buf).map_err(|_| {
+            take_failure(&member.failure).unwrap_or_else(|| BundleError::Payload {
+                file: member.name.clone(),
+                reason: "the compressed data ends inside its zstd frame header".into(),
+            })
+        })
+    };
+    read(member, &mut head)?;
+    if head[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(bad("not zstd-compressed data".into()));
+    }
+    let descriptor = head[4];
+    let single_segment = descriptor & 0x20 != 0;
+    let dictionary = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let content_size_len = match descriptor >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    head.resize(
+        5 + usize::from(!single_segment) + dictionary + content_size_len,
+        0,
+    );
+    read(member, &mut head[5..])?;
+    if dictionary != 0 {
+        return Err(bad("the zstd frame needs a dictionary".into()));
+    }
+    let window = if single_segment {
+        let size = head[5..]
+            .iter()
+            .rev()
+            .fold(0u64, |n, b| (n << 8) | u64::from(*b));
+        if content_size_len == 2 {
+            size + 256
+        } else {
+            size
+        }
+    } else {
+        let exponent = u32::from(head[5] >> 3);
+        let base = 1u64 << (10 + exponent);
+        base + (base >> 3) * u64::from(head[5] & 7)
+    };
+    if window > MAX_ZSTD_WINDOW {
+        return Err(bad(format!(
+            "the zstd frame asks for a {window}-byte window, more than the {MAX_ZSTD_WINDOW} allowed"
+        )));
+    }
+    Ok(head)
+}
+
 /// One payload, decompressed as it is read (`impl Read`), hashed on the way.
 ///
 /// Reading fails (with an `io::Error` wrapping a [`BundleError`], see
@@ -1058,7 +1126,7 @@ impl<R: Read> Read for MemberReader<'_, R> {
 /// checks the size and digest once everything was read.
 pub struct PayloadReader<'a, R: Read> {
     info: PayloadInfo,
-    decoder: StreamingDecoder<MemberReader<'a, R>, FrameDecoder>,
+    decoder: StreamingDecoder<io::Chain<io::Cursor<Vec<u8>>, MemberReader<'a, R>>, FrameDecoder>,
     failure: Failure,
     hasher: Sha256,
     produced: u64,
@@ -1152,7 +1220,7 @@ impl<R: Read> PayloadReader<'_, R> {
             }
         }
         let actual = hex::encode(self.hasher.finalize_reset());
-        let mut member = self.decoder.into_inner();
+        let (_, mut member) = self.decoder.into_inner().into_inner();
         if member.remaining != 0 {
             return Err(BundleError::Payload {
                 file: member.name.clone(),

@@ -786,3 +786,46 @@ fn trusted_keys_load_from_files_and_folders() {
     let err = TrustedKeys::load_dir(&dir.path().join("missing")).unwrap_err();
     assert!(matches!(err, BundleError::KeyIo { .. }), "{err}");
 }
+
+#[test]
+fn a_payload_asking_for_a_huge_window_is_refused_before_decoding() {
+    let key = Key::new();
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.window_log(27).unwrap();
+    std::io::Write::write_all(&mut encoder, &content(9, 4096)).unwrap();
+    let huge = encoder.finish().unwrap();
+    let made = make_with(&key, |m, stored| {
+        m.payloads[1].stored_size = huge.len() as u64;
+        stored[1] = huge.clone();
+    });
+    let err = read_all(&made.bytes, &key.trusted()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("payload vmlinuz.zst: the zstd frame asks for a 134217728-byte window"),
+        "{err}"
+    );
+}
+
+#[test]
+fn zstd_frame_headers_of_every_shape_are_read() {
+    let key = Key::new();
+    // Single-segment frames with content sizes of each field width, and a
+    // streamed frame with a window descriptor.
+    for len in [10usize, 300, 70_000] {
+        let data = content(5, len);
+        let single = zstd::bulk::compress(&data, 3).unwrap();
+        let mut streamed = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        std::io::Write::write_all(&mut streamed, &data).unwrap();
+        let streamed = streamed.finish().unwrap();
+        for packed in [single, streamed] {
+            let made = make_with(&key, |m, stored| {
+                m.payloads[2].size = data.len() as u64;
+                m.payloads[2].sha256 = hex::encode(Sha256::digest(&data));
+                m.payloads[2].stored_size = packed.len() as u64;
+                stored[2] = packed.clone();
+            });
+            let payloads = read_all(&made.bytes, &key.trusted()).unwrap();
+            assert_eq!(payloads[2], data);
+        }
+    }
+}
