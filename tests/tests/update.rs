@@ -14,7 +14,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use berth_tests::{
     binaries, boot, build_image, e2e_dir, literal, run_tool, BootOptions, FileServer, TestVm,
@@ -200,8 +199,9 @@ fn tar_members(bytes: &[u8]) -> Vec<Member> {
             .trim_end_matches('\0')
             .to_string();
         let size_text = String::from_utf8_lossy(&header[124..136]);
-        let size = usize::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-            .unwrap_or_else(|_| panic!("bad tar size {size_text:?}"));
+        let size =
+            usize::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .unwrap_or_else(|_| panic!("bad tar size {size_text:?}"));
         members.push(Member {
             name,
             offset: at + 512,
@@ -214,7 +214,10 @@ fn tar_members(bytes: &[u8]) -> Vec<Member> {
 
 /// Offset of the signature line (the second line) of a minisign signature file.
 fn signature_line_offset(sig: &[u8]) -> usize {
-    sig.iter().position(|&b| b == b'\n').expect("a minisign file has lines") + 1
+    sig.iter()
+        .position(|&b| b == b'\n')
+        .expect("a minisign file has lines")
+        + 1
 }
 
 /// A scratch copy of `image` for one test (sparse, so cheap), in a folder of its own.
@@ -292,7 +295,8 @@ fn status(vm: &mut TestVm) -> serde_json::Value {
         text.push_str(&line);
         text.push('\n');
     }
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("status --json printed {text:?}: {err}"))
+    serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("status --json printed {text:?}: {err}"))
 }
 
 fn slot_status<'a>(status: &'a serde_json::Value, slot: &str) -> &'a serde_json::Value {
@@ -351,7 +355,12 @@ fn esp_state(disk: &Path) -> EspState {
         .expect("the ESP is FAT");
     let entries = dir.path().join("loader/entries");
     fs::create_dir_all(&entries).expect("mkdir");
-    for entry in fs.root_dir().open_dir("loader/entries").expect("entries").iter() {
+    for entry in fs
+        .root_dir()
+        .open_dir("loader/entries")
+        .expect("entries")
+        .iter()
+    {
         let entry = entry.expect("dir entry");
         let name = entry.file_name();
         if entry.is_file() {
@@ -363,7 +372,11 @@ fn esp_state(disk: &Path) -> EspState {
         }
     }
     for slot in ["a", "b"] {
-        if fs.root_dir().open_file(&format!("berth/{slot}/vmlinuz")).is_ok() {
+        if fs
+            .root_dir()
+            .open_file(&format!("berth/{slot}/vmlinuz"))
+            .is_ok()
+        {
             fs::create_dir_all(dir.path().join(format!("berth/{slot}"))).expect("mkdir");
             fs::write(dir.path().join(format!("berth/{slot}/vmlinuz")), b"").expect("kernel");
         }
@@ -395,7 +408,11 @@ fn update_over_http_is_blessed_and_rolled_back_by_hand() {
     assert_eq!(b["good"], true, "{blessed:#}");
     assert_eq!(b["version"], "1.1.0", "{blessed:#}");
     assert_eq!(blessed["assessment"]["outcome"], "good", "{blessed:#}");
-    assert_eq!(slot_status(&blessed, "a")["version"], "1.0.0", "{blessed:#}");
+    assert_eq!(
+        slot_status(&blessed, "a")["version"],
+        "1.0.0",
+        "{blessed:#}"
+    );
 
     // Manual rollback to the good 1.0.0.
     assert_eq!(shell(&mut vm, "berth-update rollback --reboot"), 0);
@@ -435,12 +452,17 @@ fn bad_release_rolls_back_by_itself() {
 
     // 1.2.0's critical container never gets healthy: three tries, then 1.1.0.
     let url = fx.server.guest_url("1.2.0.bundle");
-    assert_eq!(shell(&mut vm, &format!("berth-update install {url} --reboot")), 0);
+    assert_eq!(
+        shell(&mut vm, &format!("berth-update install {url} --reboot")),
+        0
+    );
     for tries_left in [2, 1, 0] {
         expect(&vm, &format!("berth-init: {NAME} 1.2.0 (slot a)"));
         expect_re(
             &vm,
-            &format!(r"slot a \(1\.2\.0\) did not become healthy within {BAD_HEALTH_TIMEOUT}.*rebooting \({tries_left} tries left\)"),
+            &format!(
+                r"slot a \(1\.2\.0\) did not become healthy within {BAD_HEALTH_TIMEOUT}.*rebooting \({tries_left} tries left\)"
+            ),
         );
     }
     running(&vm, "1.1.0", "b");
@@ -455,7 +477,10 @@ fn bad_release_rolls_back_by_itself() {
     assert_eq!(after["assessment"]["version"], "1.2.0", "{after:#}");
     assert_eq!(after["assessment"]["outcome"], "failed", "{after:#}");
     let reason = after["assessment"]["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("web"), "the reason names the container: {after:#}");
+    assert!(
+        reason.contains("web"),
+        "the reason names the container: {after:#}"
+    );
     // The failed slot is not a rollback target.
     assert_eq!(shell(&mut vm, "berth-update rollback"), 1);
 }
@@ -506,7 +531,11 @@ fn bad_bundles_are_refused_before_any_write() {
         assert!(tail.contains(why), "{bundle}: expected {why:?} in:\n{tail}");
         let now = status(&mut vm);
         assert_eq!(now["next"], "a", "{bundle}: {now:#}");
-        assert_eq!(slot_status(&now, "b")["entry"], serde_json::Value::Null, "{now:#}");
+        assert_eq!(
+            slot_status(&now, "b")["entry"],
+            serde_json::Value::Null,
+            "{now:#}"
+        );
         let reason = now["install"]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("slot a still boots"), "{now:#}");
     }

@@ -1258,4 +1258,4 @@ impl<R: Read> Read for PayloadReader<'_, R> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

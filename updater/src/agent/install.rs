@@ -38,7 +38,9 @@ const CHUNK: usize = 1 << 20;
 /// Why an install did not happen, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("no trusted keys in {0}: this image was built without [update] keys and accepts no update")]
+    #[error(
+        "no trusted keys in {0}: this image was built without [update] keys and accepts no update"
+    )]
     NoKeys(PathBuf),
     #[error("{0}")]
     Bundle(#[from] BundleError),
@@ -313,7 +315,11 @@ fn run<R: Read>(
         }
     }
     bundle.finish()?;
-    for kind in [PayloadKind::Rootfs, PayloadKind::Kernel, PayloadKind::Initramfs] {
+    for kind in [
+        PayloadKind::Rootfs,
+        PayloadKind::Kernel,
+        PayloadKind::Initramfs,
+    ] {
         if !written.contains(&kind) {
             return Err(InstallError::Refused(format!(
                 "the bundle carries no {kind:?} payload"
@@ -403,12 +409,10 @@ fn check(
     let mut esp_bytes = 0;
     for payload in &manifest.payloads {
         match payload.kind {
-            PayloadKind::Rootfs if payload.size > device.size => {
-                return refuse(format!(
-                    "the root filesystem ({} bytes) does not fit slot {target}'s partition ({} bytes)",
-                    payload.size, device.size
-                ))
-            }
+            PayloadKind::Rootfs if payload.size > device.size => return refuse(format!(
+                "the root filesystem ({} bytes) does not fit slot {target}'s partition ({} bytes)",
+                payload.size, device.size
+            )),
             PayloadKind::Rootfs => {}
             PayloadKind::Kernel | PayloadKind::Initramfs => esp_bytes += payload.size,
         }
@@ -589,4 +593,248 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::status::tests::{put_slot, scratch_system};
+    use crate::bundle::tests::{make, make_with, Key, Made};
+    use crate::state::InstallOutcome;
+    use std::collections::BTreeMap;
+
+    /// Records what an install reported.
+    #[derive(Default)]
+    struct Seen {
+        points: Vec<Checkpoint>,
+        steps: Vec<String>,
+    }
+
+    impl Observer for Seen {
+        fn checkpoint(&mut self, point: Checkpoint) {
+            self.points.push(point);
+        }
+        fn progress(&mut self, _what: &str, done: u64, total: u64) {
+            assert!(done <= total, "{done} of {total}");
+        }
+        fn step(&mut self, message: &str) {
+            self.steps.push(message.to_string());
+        }
+    }
+
+    /// A 1.0.0 device booted from a good slot A, trusting `key`.
+    fn device(dir: &Path, key: &Key) -> System {
+        let mut system = scratch_system(dir, Slot::A, "1.0.0");
+        // The compatible string of the bundles the test helpers make.
+        system.image.compatible = "berth-hello".into();
+        put_slot(&system, Slot::A, "1.0.0", None);
+        fs::create_dir_all(&system.keys_dir).unwrap();
+        fs::write(system.keys_dir.join("release.pub"), key.public_text()).unwrap();
+        system
+    }
+
+    /// Every file under the ESP with its content, and the target slot's bytes.
+    fn snapshot(system: &System) -> (BTreeMap<PathBuf, Vec<u8>>, Vec<u8>) {
+        let mut files = BTreeMap::new();
+        let mut dirs = vec![system.esp.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.insert(path.clone(), fs::read(&path).unwrap());
+                }
+            }
+        }
+        (files, fs::read(&system.slot(Slot::B).node).unwrap())
+    }
+
+    fn install_bytes(system: &System, made: &Made) -> (Result<Installed, InstallError>, Seen) {
+        let mut seen = Seen::default();
+        let result = install(
+            system,
+            made.bytes.as_slice(),
+            "test.bundle",
+            &InstallOptions::default(),
+            &mut seen,
+        );
+        (result, seen)
+    }
+
+    #[test]
+    fn install_writes_the_slot_and_the_esp_then_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let system = device(dir.path(), &key);
+        let made = make(&key);
+        let (result, seen) = install_bytes(&system, &made);
+        let installed = result.unwrap();
+        assert_eq!(installed.slot, Slot::B);
+        assert_eq!(installed.version, "1.1.0");
+        assert_eq!(
+            seen.points,
+            Checkpoint::ALL.to_vec(),
+            "every checkpoint, in order"
+        );
+
+        let slot = fs::read(&system.slot(Slot::B).node).unwrap();
+        assert_eq!(&slot[..made.payloads[0].len()], made.payloads[0].as_slice());
+        assert_eq!(
+            fs::read(system.esp.join("berth/b/vmlinuz")).unwrap(),
+            made.payloads[1]
+        );
+        assert_eq!(
+            fs::read(system.esp.join("berth/b/initramfs.img")).unwrap(),
+            made.payloads[2]
+        );
+        assert!(!system.esp.join("berth/b/vmlinuz.tmp").exists());
+
+        let esp = EspState::read(&system.esp).unwrap();
+        assert_eq!(esp.next_boot(), Some(Slot::B));
+        let b = esp.slot(Slot::B).unwrap();
+        assert_eq!(b.file_name(), "berth-b+3.conf");
+        assert_eq!(b.image_version(), Some("1.1.0"));
+        let text = fs::read_to_string(&installed.entry).unwrap();
+        let partuuid = &system.slot(Slot::B).partuuid;
+        assert!(
+            text.contains(&format!("root=PARTUUID={partuuid}")),
+            "{text}"
+        );
+        assert!(text.contains("berth.slot=b"), "{text}");
+        assert!(text.contains(&"ab".repeat(32)), "root hash: {text}");
+        assert!(text.ends_with(" quiet\n"), "recipe cmdline last: {text}");
+        // The running slot is untouched and still good.
+        assert!(esp.slot(Slot::A).unwrap().is_good());
+
+        let state = UpdateState::load(&system.state_path).unwrap();
+        let record = state.install.unwrap();
+        assert_eq!(record.outcome, InstallOutcome::Committed);
+        assert_eq!((record.slot, record.version.as_str()), (Slot::B, "1.1.0"));
+    }
+
+    #[test]
+    fn refusals_write_nothing_and_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let system = device(dir.path(), &key);
+        let before = snapshot(&system);
+        let cases: Vec<(&str, Made, &str)> = vec![
+            (
+                "another key",
+                make(&Key::new()),
+                "not one of the trusted keys",
+            ),
+            (
+                "another compatible",
+                make_with(&key, |m, _| m.compatible = "other-board".into()),
+                "\"other-board\"",
+            ),
+            (
+                "same version",
+                make_with(&key, |m, _| m.version = "1.0.0".into()),
+                "not newer than the running 1.0.0",
+            ),
+            (
+                "older version",
+                make_with(&key, |m, _| m.version = "0.9.0".into()),
+                "not newer",
+            ),
+            (
+                "minimum version above the running one",
+                make_with(&key, |m, _| m.min_version = Some("1.0.5".into())),
+                "updates only from 1.0.5 or later",
+            ),
+            (
+                "too big for the slot",
+                make_with(&key, |m, _| m.payloads[0].size = 9 << 20),
+                "does not fit slot b",
+            ),
+        ];
+        for (what, made, why) in cases {
+            let (result, seen) = install_bytes(&system, &made);
+            let err = result.expect_err(what).to_string();
+            assert!(err.contains(why), "{what}: {err}");
+            assert!(seen.points.is_empty(), "{what}: {:?}", seen.points);
+            assert_eq!(snapshot(&system), before, "{what} wrote something");
+            let record = UpdateState::load(&system.state_path)
+                .unwrap()
+                .install
+                .unwrap();
+            assert_eq!(record.outcome, InstallOutcome::Failed, "{what}");
+            assert!(record.reason.starts_with("refused"), "{what}: {record:?}");
+        }
+        // A flipped bit in the manifest breaks the signature.
+        let mut flipped = make(&key);
+        let (at, len) = flipped.member(crate::bundle::MANIFEST_MEMBER);
+        flipped.bytes[at + len / 2] ^= 0x02;
+        let err = install_bytes(&system, &flipped).0.unwrap_err().to_string();
+        assert!(err.contains("signature does not verify"), "{err}");
+        assert_eq!(snapshot(&system), before);
+    }
+
+    #[test]
+    fn a_running_slot_not_yet_good_refuses_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let system = device(dir.path(), &key);
+        put_slot(&system, Slot::A, "1.0.0", Some(2));
+        let err = install_bytes(&system, &make(&key))
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not marked good yet"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_payload_leaves_the_target_unbootable_and_the_running_slot_booting() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let system = device(dir.path(), &key);
+        // A previous release in slot B, which the install must disable first.
+        put_slot(&system, Slot::B, "0.9.0", None);
+        entries::make_next(&system.esp, Slot::A).unwrap();
+        let mut made = make(&key);
+        let (at, len) = made.member("vmlinuz.zst");
+        made.bytes[at + len / 2] ^= 0x10;
+        let (result, seen) = install_bytes(&system, &made);
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("vmlinuz.zst"), "{err}");
+        assert!(seen.points.contains(&Checkpoint::RootfsWritten));
+        assert!(!seen.points.contains(&Checkpoint::Committed));
+        let esp = EspState::read(&system.esp).unwrap();
+        assert!(esp.slot(Slot::B).is_none(), "slot b must have no entry");
+        assert_eq!(esp.next_boot(), Some(Slot::A));
+        let record = UpdateState::load(&system.state_path)
+            .unwrap()
+            .install
+            .unwrap();
+        assert_eq!(record.outcome, InstallOutcome::Failed);
+        assert!(record.reason.contains("slot a still boots"), "{record:?}");
+    }
+
+    #[test]
+    fn a_device_without_keys_accepts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let system = device(dir.path(), &key);
+        fs::remove_file(system.keys_dir.join("release.pub")).unwrap();
+        let err = install_bytes(&system, &make(&key))
+            .0
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("accepts no update"), "{err}");
+    }
+
+    #[test]
+    fn checkpoint_names_are_unique_and_only_the_last_two_follow_the_commit() {
+        let names: std::collections::HashSet<String> =
+            Checkpoint::ALL.iter().map(|p| p.name()).collect();
+        assert_eq!(names.len(), Checkpoint::ALL.len());
+        let after: Vec<_> = Checkpoint::ALL
+            .iter()
+            .filter(|p| p.is_after_commit())
+            .collect();
+        assert_eq!(after, [&Checkpoint::Committed, &Checkpoint::Recorded]);
+    }
 }

@@ -22,7 +22,9 @@ pub enum SystemError {
     },
     #[error("{path}: {message}")]
     ImageConfig { path: PathBuf, message: String },
-    #[error("the kernel command line has no {0}: this system was not booted from a berth boot entry")]
+    #[error(
+        "the kernel command line has no {0}: this system was not booted from a berth boot entry"
+    )]
     Cmdline(&'static str),
     #[error(transparent)]
     Disk(#[from] blockdev::NotFound),

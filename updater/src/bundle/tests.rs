@@ -55,18 +55,18 @@ fn content(seed: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-struct Key {
+pub(crate) struct Key {
     pair: minisign::KeyPair,
 }
 
 impl Key {
-    fn new() -> Key {
+    pub(crate) fn new() -> Key {
         Key {
             pair: minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
         }
     }
 
-    fn public_text(&self) -> String {
+    pub(crate) fn public_text(&self) -> String {
         self.pair.pk.to_box().unwrap().into_string()
     }
 
@@ -88,15 +88,15 @@ impl Key {
 }
 
 /// A bundle and what went into it.
-struct Made {
-    bytes: Vec<u8>,
-    manifest: Manifest,
-    payloads: Vec<Vec<u8>>,
+pub(crate) struct Made {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) manifest: Manifest,
+    pub(crate) payloads: Vec<Vec<u8>>,
 }
 
 impl Made {
     /// Offset and length of a member's data in the archive.
-    fn member(&self, name: &str) -> (usize, usize) {
+    pub(crate) fn member(&self, name: &str) -> (usize, usize) {
         let mut at = 0;
         loop {
             let block: &[u8; 512] = self.bytes[at..at + 512].try_into().unwrap();
@@ -143,7 +143,7 @@ fn manifest_for(payloads: &[Vec<u8>], stored: &[Vec<u8>]) -> Manifest {
 }
 
 /// A well-formed bundle signed by `key`; `edit` may change the manifest first.
-fn make_with(key: &Key, edit: impl FnOnce(&mut Manifest, &mut Vec<Vec<u8>>)) -> Made {
+pub(crate) fn make_with(key: &Key, edit: impl FnOnce(&mut Manifest, &mut Vec<Vec<u8>>)) -> Made {
     let payloads = vec![content(1, 3 * 4096), content(2, 5000), content(3, 777)];
     let mut stored: Vec<Vec<u8>> = payloads
         .iter()
@@ -169,7 +169,7 @@ fn make_with(key: &Key, edit: impl FnOnce(&mut Manifest, &mut Vec<Vec<u8>>)) -> 
     }
 }
 
-fn make(key: &Key) -> Made {
+pub(crate) fn make(key: &Key) -> Made {
     make_with(key, |_, _| {})
 }
 
