@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use berth_updater::image_config::ImageInfo;
 use berth_updater::layout::{
-    CONTAINERS_DIR, CRUN_PATH, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
+    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
 };
 use berth_updater::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -355,6 +355,8 @@ pub fn root_tree(
     ] {
         root.add_dir(dir, 0o755);
     }
+    // The init mounts the ESP here (the root is read-only at run time).
+    root.add_dir(ESP_MOUNT.trim_start_matches('/'), 0o755);
     root.add_dir("tmp", 0o1777);
     root.add_host_file("sbin/init", init, 0o755);
     progress("crun and its libraries");
