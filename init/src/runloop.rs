@@ -679,7 +679,14 @@ impl EventLoop {
             let name = &container.name;
             let since = container.running_since();
             match (self.health.get(index).and_then(Option::as_ref), since) {
-                (_, None) => return Some(format!("container {name} is not running")),
+                (health, None) => {
+                    return Some(match health.and_then(|h| h.last_error.as_ref()) {
+                        Some(error) => {
+                            format!("container {name} is not running (last check: {error})")
+                        }
+                        None => format!("container {name} is not running"),
+                    })
+                }
                 (Some(health), Some(_)) if health.status != health::Status::Healthy => {
                     return Some(match &health.last_error {
                         Some(error) => format!("container {name} is not healthy: {error}"),
