@@ -18,7 +18,10 @@ pub const REQUIRED_MODULES: &[&str] = &["squashfs"];
 /// `dm-bufio` come in through `modules.dep`).
 pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
-/// is run on, the ACPI power button, and ext4 where it is not built in).
+/// is run on, the ACPI power button, ext4 where it is not built in, and FAT with
+/// the code pages the init mounts the ESP with, `codepage=437,iocharset=iso8859-1`:
+/// the boot assessment renames boot entries there). They are loaded in the early
+/// stage, so the main stage has them after the switch to the root.
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -30,6 +33,9 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "ext4",
     "button",
     "evdev",
+    "vfat",
+    "nls_cp437",
+    "nls_iso8859-1",
 ];
 
 /// Failure to get the kernel ready.

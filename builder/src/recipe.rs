@@ -9,9 +9,13 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use berth_updater::image_config::StaticIpv4;
-use berth_updater::{NetworkConfig, RestartPolicy};
+use berth_updater::image_config::{
+    StaticIpv4, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
+    DEFAULT_HEALTH_TIMEOUT_CHECK_MS, DEFAULT_HEALTH_TIMEOUT_MS,
+};
+use berth_updater::{HealthCheck, HealthProbe, NetworkConfig, RestartPolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -120,8 +124,49 @@ struct RawRecipe {
     disk: Option<RawDisk>,
     #[serde(default)]
     network: Option<RawNetwork>,
+    #[serde(default)]
+    update: Option<RawUpdate>,
+    #[serde(default)]
+    debug: Option<RawDebug>,
     #[serde(default, rename = "container")]
     containers: Vec<Spanned<RawContainer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    /// Minisign public keys (paths relative to the recipe) trusted for updates.
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+    /// How long a counting slot has to become healthy.
+    #[serde(default)]
+    health_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebug {
+    #[serde(default)]
+    console_shell: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    #[serde(default)]
+    exec: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    tcp: Option<Spanned<i64>>,
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    start_period: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +258,10 @@ struct RawContainer {
     workdir: Option<Spanned<String>>,
     #[serde(default)]
     restart: Option<RestartPolicy>,
+    #[serde(default)]
+    critical: Option<bool>,
+    #[serde(default)]
+    health: Option<Spanned<RawHealth>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -234,7 +283,50 @@ pub struct BuildPlan {
     pub kernel: KernelPlan,
     pub disk: DiskSizes,
     pub network: NetworkConfig,
+    /// Update trust anchors and the boot assessment's deadline.
+    pub update: UpdatePlan,
+    /// Whether a debug shell runs on the serial console.
+    pub console_shell: ConsoleShell,
     pub containers: Vec<ContainerPlan>,
+}
+
+/// The recipe's `[update]` table, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePlan {
+    /// Update signing keys, copied into the image as `/etc/berth/keys/<stem>.pub`.
+    pub keys: Vec<PublicKeyFile>,
+    /// How long a counting slot has to become healthy.
+    pub health_timeout: Duration,
+}
+
+impl Default for UpdatePlan {
+    fn default() -> Self {
+        UpdatePlan {
+            keys: Vec::new(),
+            health_timeout: Duration::from_millis(DEFAULT_HEALTH_TIMEOUT_MS),
+        }
+    }
+}
+
+/// A minisign public key file named in `[update] keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyFile {
+    /// The file in the recipe's folder.
+    pub path: PathBuf,
+    /// Its file name without extension: the image gets `/etc/berth/keys/<stem>.pub`.
+    pub stem: String,
+    /// Its bytes, copied verbatim.
+    pub content: Vec<u8>,
+}
+
+/// A shell on the serial console, for development images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleShell {
+    /// No shell: the console only shows output (the default).
+    Off,
+    /// Debian's busybox-static at `/bin/busybox` (`/bin/sh` links to it), run on
+    /// the console by the init and started again when it exits.
+    Busybox,
 }
 
 /// How the slot's root filesystem is protected against changes.
@@ -301,6 +393,10 @@ pub struct ContainerPlan {
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
     pub restart: RestartPolicy,
+    /// The boot assessment waits for this container to be healthy.
+    pub critical: bool,
+    /// Its health check.
+    pub health: Option<HealthCheck>,
     /// Where the container was declared.
     pub at: Location,
 }
@@ -419,6 +515,11 @@ impl Validator<'_> {
         let kernel = self.kernel(raw.kernel)?;
         let disk = self.disk(raw.disk)?;
         let network = self.network(raw.network)?;
+        let update = self.update(raw.update)?;
+        let console_shell = match raw.debug.and_then(|d| d.console_shell) {
+            Some(true) => ConsoleShell::Busybox,
+            Some(false) | None => ConsoleShell::Off,
+        };
 
         let mut seen = HashSet::new();
         let mut containers = Vec::new();
@@ -445,8 +546,172 @@ impl Validator<'_> {
             kernel,
             disk,
             network,
+            update,
+            console_shell,
             containers,
         })
+    }
+
+    fn update(&self, raw: Option<RawUpdate>) -> Result<UpdatePlan, RecipeError> {
+        let mut plan = UpdatePlan::default();
+        let Some(raw) = raw else { return Ok(plan) };
+        if let Some(timeout) = &raw.health_timeout {
+            plan.health_timeout = self.duration(timeout, "health_timeout")?;
+            if plan.health_timeout.is_zero() {
+                return self.err(&timeout.span(), "health_timeout must be more than 0 s");
+            }
+        }
+        let mut stems: Vec<String> = Vec::new();
+        for key in &raw.keys {
+            let path = self.local_path(key, "update key")?;
+            let content = std::fs::read(&path).map_err(|e| {
+                self.at(&key.span())
+                    .error(format!("cannot read update key {}: {e}", path.display()))
+            })?;
+            if let Err(why) = check_minisign_public_key(&content) {
+                return self.err(
+                    &key.span(),
+                    format!("{} is not a minisign public key: {why}", path.display()),
+                );
+            }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let stem_ok = !stem.is_empty()
+                && !stem.starts_with('.')
+                && stem
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !stem_ok {
+                return self.err(
+                    &key.span(),
+                    format!(
+                        "update key file name {stem:?} must be letters, digits, '-', '_' or '.'"
+                    ),
+                );
+            }
+            if stems.contains(&stem) {
+                return self.err(
+                    &key.span(),
+                    format!("two update keys would both be /etc/berth/keys/{stem}.pub: rename one"),
+                );
+            }
+            stems.push(stem.clone());
+            plan.keys.push(PublicKeyFile {
+                path,
+                stem,
+                content,
+            });
+        }
+        Ok(plan)
+    }
+
+    fn duration(&self, value: &Spanned<String>, what: &str) -> Result<Duration, RecipeError> {
+        parse_duration(value.get_ref()).ok_or_else(|| {
+            self.at(&value.span()).error(format!(
+                "{what} {:?} is not a duration: write a whole number with ms, s or m, like \"500ms\", \"5s\" or \"2m\"",
+                value.get_ref()
+            ))
+        })
+    }
+
+    fn health(&self, raw: Spanned<RawHealth>, name: &str) -> Result<HealthCheck, RecipeError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let kinds = [
+            raw.exec.as_ref().map(|e| e.span()),
+            raw.http.as_ref().map(|h| h.span()),
+            raw.tcp.as_ref().map(|t| t.span()),
+        ];
+        let given: Vec<&Range<usize>> = kinds.iter().flatten().collect();
+        if given.is_empty() {
+            return self.err(
+                &span,
+                format!("the health check of container {name:?} needs one of `exec = [...]`, `http = \"http://127.0.0.1:PORT/\"` or `tcp = PORT`"),
+            );
+        }
+        if given.len() > 1 {
+            return self.err(
+                given[1],
+                format!("the health check of container {name:?} takes exactly one of `exec`, `http` and `tcp`"),
+            );
+        }
+        let probe = if let Some(exec) = raw.exec {
+            if exec.get_ref().is_empty() || exec.get_ref()[0].is_empty() {
+                return self.err(
+                    &exec.span(),
+                    "`exec` is empty: name the program to run in the container",
+                );
+            }
+            HealthProbe::Exec {
+                argv: exec.into_inner(),
+            }
+        } else if let Some(http) = raw.http {
+            let (port, path) = parse_local_http_url(http.get_ref()).map_err(|why| {
+                self.at(&http.span())
+                    .error(format!("health check url {:?} {why}", http.get_ref()))
+            })?;
+            HealthProbe::Http { port, path }
+        } else if let Some(tcp) = raw.tcp {
+            HealthProbe::Tcp {
+                port: self.port(&tcp)?,
+            }
+        } else {
+            return self.err(&span, "no health check kind");
+        };
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let interval = match &raw.interval {
+            Some(i) => {
+                let d = self.duration(i, "interval")?;
+                if d.is_zero() {
+                    return self.err(&i.span(), "interval must be more than 0 s");
+                }
+                millis(d)
+            }
+            None => DEFAULT_HEALTH_INTERVAL_MS,
+        };
+        let timeout = match &raw.timeout {
+            Some(t) => {
+                let d = self.duration(t, "timeout")?;
+                if d.is_zero() {
+                    return self.err(&t.span(), "timeout must be more than 0 s");
+                }
+                millis(d)
+            }
+            None => DEFAULT_HEALTH_TIMEOUT_CHECK_MS,
+        };
+        let retries = match &raw.retries {
+            Some(r) => match u32::try_from(*r.get_ref()) {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return self.err(
+                        &r.span(),
+                        "retries must be a whole number from 1 to 100 (consecutive failures before unhealthy)",
+                    )
+                }
+            },
+            None => DEFAULT_HEALTH_RETRIES,
+        };
+        let start_period = match &raw.start_period {
+            Some(p) => millis(self.duration(p, "start_period")?),
+            None => 0,
+        };
+        Ok(HealthCheck {
+            probe,
+            interval_ms: interval,
+            timeout_ms: timeout,
+            retries,
+            start_period_ms: start_period,
+        })
+    }
+
+    fn port(&self, value: &Spanned<i64>) -> Result<u16, RecipeError> {
+        match u16::try_from(*value.get_ref()) {
+            Ok(port) if port > 0 => Ok(port),
+            _ => self.err(&value.span(), "a port is a number from 1 to 65535"),
+        }
     }
 
     /// Image, compatible and container names: they become file and folder names.
@@ -756,6 +1021,10 @@ impl Validator<'_> {
             Some(w) => Some(w.into_inner()),
             None => None,
         };
+        let health = match raw.health {
+            Some(health) => Some(self.health(health, &name)?),
+            None => None,
+        };
         Ok(ContainerPlan {
             name,
             source,
@@ -764,6 +1033,8 @@ impl Validator<'_> {
             env,
             workdir,
             restart: raw.restart.unwrap_or(RestartPolicy::Never),
+            critical: raw.critical.unwrap_or(false),
+            health,
             at,
         })
     }
@@ -825,9 +1096,172 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(1u64 << shift)
 }
 
+/// Parses a duration: a whole number followed by `ms`, `s` or `m` (`"500ms"`,
+/// `"5s"`, `"2m"`). Anything else is `None`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    if number.is_empty() {
+        return None;
+    }
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.checked_mul(1000)?,
+        "m" => number.checked_mul(60_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
+}
+
+/// The port and path of a health check URL, which must be plain `http://` to the
+/// device itself (`127.0.0.1` or `localhost`): containers share the host's network.
+/// The error completes "health check url \"…\" …".
+pub fn parse_local_http_url(url: &str) -> Result<(u16, String), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("must start with http:// (https is not supported)".into());
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    };
+    if host != "127.0.0.1" && host != "localhost" {
+        return Err(format!(
+            "must name 127.0.0.1 or localhost, not {host:?} (containers share the device's network)"
+        ));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("has a bad port {p:?}")),
+        },
+    };
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) || path.contains('#') {
+        return Err("has a path with spaces, control characters or a fragment".into());
+    }
+    Ok((port, path.to_string()))
+}
+
+/// Checks the shape of a minisign public key file: an `untrusted comment:` line,
+/// then a base64 line of 42 bytes starting with `Ed` (algorithm, key id, key).
+pub fn check_minisign_public_key(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
+    let mut lines = text.lines();
+    if !lines
+        .next()
+        .is_some_and(|l| l.starts_with("untrusted comment:"))
+    {
+        return Err("the first line must be `untrusted comment: ...`".into());
+    }
+    let key = lines.next().unwrap_or_default().trim();
+    let decoded = decode_base64(key).ok_or("the second line is not base64")?;
+    if decoded.len() != 42 || !decoded.starts_with(b"Ed") {
+        return Err(format!(
+            "the second line must decode to 42 bytes starting with \"Ed\" (got {} bytes)",
+            decoded.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Standard base64 with padding; `None` for anything else.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i == bytes.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad;
+        let three = n.to_be_bytes();
+        out.extend_from_slice(&three[1..4 - pad]);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "5 s",
+            "-1s",
+            "5h",
+            "5S",
+            "99999999999999999999m",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn local_http_urls() {
+        assert_eq!(
+            parse_local_http_url("http://127.0.0.1:8080/health?x=1"),
+            Ok((8080, "/health?x=1".to_string()))
+        );
+        assert_eq!(
+            parse_local_http_url("http://localhost"),
+            Ok((80, "/".to_string()))
+        );
+        assert!(parse_local_http_url("https://127.0.0.1/").is_err());
+        assert!(parse_local_http_url("http://10.0.2.2/").is_err());
+        assert!(parse_local_http_url("http://127.0.0.1:0/").is_err());
+        assert!(parse_local_http_url("http://127.0.0.1:x/").is_err());
+        assert!(parse_local_http_url("http://127.0.0.1/a b").is_err());
+    }
+
+    #[test]
+    fn base64_and_minisign_keys() {
+        assert_eq!(decode_base64("aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(decode_base64("aGk="), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64("aGVs"), Some(b"hel".to_vec()));
+        assert_eq!(decode_base64("aGk"), None);
+        assert_eq!(decode_base64("a=Gk"), None);
+        let key = "untrusted comment: minisign public key 1\nRWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n";
+        assert_eq!(check_minisign_public_key(key.as_bytes()), Ok(()));
+        assert!(check_minisign_public_key(
+            b"RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n"
+        )
+        .is_err());
+        assert!(check_minisign_public_key(b"untrusted comment: x\naGVsbG8=\n").is_err());
+    }
 
     #[test]
     fn sizes() {

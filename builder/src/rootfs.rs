@@ -7,8 +7,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use berth_updater::image_config::ImageInfo;
-use berth_updater::layout::{CONTAINERS_DIR, CRUN_PATH, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH};
-use berth_updater::{ContainerConfig, ImageConfig};
+use berth_updater::layout::{
+    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
+};
+use berth_updater::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::apt::{self, AptError, Fetched};
@@ -18,7 +20,9 @@ use crate::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
 };
 use crate::oci::{self, ImageDefaults, OciError};
-use crate::recipe::{BuildPlan, ContainerPlan, RecipeError, RootVerity, RootfsSource};
+use crate::recipe::{
+    BuildPlan, ConsoleShell, ContainerPlan, RecipeError, RootVerity, RootfsSource,
+};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
@@ -29,6 +33,8 @@ const LIB_DIRS: &[&str] = &[
     "lib",
     "usr/lib",
 ];
+/// The Debian package the debug console shell comes from (one static binary).
+const CONSOLE_SHELL_PACKAGE: &str = "busybox-static";
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Failure while assembling a tree.
@@ -143,6 +149,27 @@ fn add_crun(
             queue.push_back(found);
         }
     }
+    Ok(())
+}
+
+/// Adds Debian's busybox-static as `/bin/busybox`, with `/bin/sh` linking to it,
+/// for the init's debug shell on the console.
+fn add_console_shell(
+    root: &mut Tree,
+    cache: &Cache,
+    staging: &Path,
+    inputs: &mut Inputs,
+) -> Result<(), RootfsError> {
+    let scratch = packages_tree(
+        cache,
+        staging,
+        &[CONSOLE_SHELL_PACKAGE.to_string()],
+        false,
+        inputs,
+    )?;
+    root.add_dir("bin", 0o755);
+    root.copy_from(&scratch, "bin/busybox")?;
+    root.add_symlink("bin/sh", "busybox");
     Ok(())
 }
 
@@ -329,6 +356,8 @@ pub fn root_tree(
     ] {
         root.add_dir(dir, 0o755);
     }
+    // The init mounts the ESP here (the root is read-only at run time).
+    root.add_dir(ESP_MOUNT.trim_start_matches('/'), 0o755);
     root.add_dir("tmp", 0o1777);
     root.add_host_file("sbin/init", init, 0o755);
     root.add_host_file(
@@ -347,16 +376,34 @@ pub fn root_tree(
             hostname: plan.hostname.clone(),
         },
         network: plan.network.clone(),
+        update: UpdateConfig {
+            health_timeout_ms: u64::try_from(plan.update.health_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+        },
+        debug: DebugConfig {
+            console_shell: plan.console_shell == ConsoleShell::Busybox,
+        },
         containers: plan
             .containers
             .iter()
             .map(|c| ContainerConfig {
                 name: c.name.clone(),
                 restart: c.restart,
+                critical: c.critical,
+                health: c.health.clone(),
             })
             .collect(),
     };
     root.add_bytes(IMAGE_CONFIG_PATH, config.render().as_bytes(), 0o644)?;
+    let keys_dir = KEYS_DIR.trim_start_matches('/');
+    for key in &plan.update.keys {
+        root.add_dir(keys_dir, 0o755);
+        root.add_bytes(&format!("{keys_dir}/{}.pub", key.stem), &key.content, 0o644)?;
+    }
+    if plan.console_shell == ConsoleShell::Busybox {
+        progress("busybox for the console shell");
+        add_console_shell(&mut root, cache, staging, &mut inputs)?;
+    }
     let os_release = format!(
         "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
         name = plan.name,

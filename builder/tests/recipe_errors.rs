@@ -150,7 +150,175 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             8,
             "absolute path",
         ),
+        (
+            "health check with two kinds",
+            c(&format!("{WEB}health = {{ tcp = 80, http = \"http://127.0.0.1/\" }}\n")),
+            8,
+            "exactly one of `exec`, `http` and `tcp`",
+        ),
+        (
+            "health check with no kind",
+            c(&format!("{WEB}health = {{ interval = \"5s\" }}\n")),
+            8,
+            "needs one of `exec",
+        ),
+        (
+            "health check to another host",
+            c(&format!("{WEB}health = {{ http = \"http://10.0.2.2:80/\" }}\n")),
+            8,
+            "must name 127.0.0.1 or localhost",
+        ),
+        (
+            "https health check",
+            c(&format!("{WEB}health = {{ http = \"https://127.0.0.1/\" }}\n")),
+            8,
+            "must start with http://",
+        ),
+        (
+            "health check port out of range",
+            c(&format!("{WEB}health = {{ tcp = 70000 }}\n")),
+            8,
+            "a port is a number from 1 to 65535",
+        ),
+        (
+            "empty exec health check",
+            c(&format!("{WEB}health = {{ exec = [] }}\n")),
+            8,
+            "`exec` is empty",
+        ),
+        (
+            "bad health interval",
+            c(&format!("{WEB}health = {{ tcp = 80, interval = \"5\" }}\n")),
+            8,
+            "interval \"5\" is not a duration",
+        ),
+        (
+            "zero retries",
+            c(&format!("{WEB}health = {{ tcp = 80, retries = 0 }}\n")),
+            8,
+            "retries must be a whole number from 1 to 100",
+        ),
+        (
+            "unknown health key",
+            c(&format!("{WEB}health = {{ tcp = 80, grace = \"5s\" }}\n")),
+            8,
+            "unknown field `grace`",
+        ),
+        (
+            "critical is a boolean",
+            c(&format!("{WEB}critical = \"yes\"\n")),
+            8,
+            "invalid type",
+        ),
+        (
+            "bad health_timeout",
+            c("[update]\nhealth_timeout = \"1.5m\"\n"),
+            5,
+            "health_timeout \"1.5m\" is not a duration",
+        ),
+        (
+            "missing update key",
+            c("[update]\nkeys = [\"keys/nope.pub\"]\n"),
+            5,
+            "update key",
+        ),
+        (
+            "unknown debug key",
+            c("[debug]\nshell = true\n"),
+            5,
+            "unknown field `shell`",
+        ),
+        (
+            "console_shell is a boolean",
+            c("[debug]\nconsole_shell = \"on\"\n"),
+            5,
+            "invalid type",
+        ),
     ]
+}
+
+/// A container up to the line where its health fields go (line 8 follows).
+const WEB: &str = "[[container]]\nname = \"web\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\n";
+
+/// A minisign public key (the one in minisign's documentation).
+const PUBLIC_KEY: &str =
+    "untrusted comment: minisign public key 1\nRWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n";
+
+#[test]
+fn update_keys_must_be_minisign_public_keys_with_distinct_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("keys/old")).unwrap();
+    std::fs::write(dir.path().join("keys/release.pub"), PUBLIC_KEY).unwrap();
+    std::fs::write(dir.path().join("keys/old/release.pub"), PUBLIC_KEY).unwrap();
+    std::fs::write(
+        dir.path().join("keys/secret.key"),
+        "untrusted comment: minisign encrypted secret key\nRWRTY0IyAAAAAAAA\n",
+    )
+    .unwrap();
+    let recipe = dir.path().join("r.toml");
+    let load = |update: &str| {
+        std::fs::write(&recipe, format!("{HEAD}[update]\n{update}\n")).unwrap();
+        berth_builder::recipe::load(&recipe)
+    };
+    let plan = load("keys = [\"keys/release.pub\"]\nhealth_timeout = \"20s\"").unwrap();
+    assert_eq!(plan.update.keys.len(), 1);
+    assert_eq!(plan.update.keys[0].stem, "release");
+    assert_eq!(plan.update.keys[0].content, PUBLIC_KEY.as_bytes());
+    assert_eq!(
+        plan.update.health_timeout,
+        std::time::Duration::from_secs(20)
+    );
+
+    let err = load("keys = [\"keys/secret.key\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a minisign public key"), "{err}");
+    assert!(err.contains("r.toml:5:"), "{err}");
+    let err = load("keys = [\"keys/release.pub\", \"keys/old/release.pub\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("both be /etc/berth/keys/release.pub"), "{err}");
+}
+
+#[test]
+fn health_and_debug_defaults() {
+    let text = format!("{HEAD}{WEB}critical = true\nhealth = {{ http = \"http://localhost:8080/ok\", interval = \"500ms\", start_period = \"2m\" }}\n");
+    let plan = parse(Path::new("r.toml"), &text).unwrap();
+    let web = &plan.containers[0];
+    assert!(web.critical);
+    let health = web.health.clone().unwrap();
+    assert_eq!(
+        health.probe,
+        berth_updater::HealthProbe::Http {
+            port: 8080,
+            path: "/ok".into()
+        }
+    );
+    assert_eq!(
+        (
+            health.interval_ms,
+            health.timeout_ms,
+            health.retries,
+            health.start_period_ms
+        ),
+        (500, 3000, 3, 120_000)
+    );
+    assert_eq!(
+        plan.update.health_timeout,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(plan.console_shell, berth_builder::recipe::ConsoleShell::Off);
+    let plan = parse(
+        Path::new("r.toml"),
+        &format!("{HEAD}[debug]\nconsole_shell = true\n{WEB}"),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.console_shell,
+        berth_builder::recipe::ConsoleShell::Busybox
+    );
+    assert!(!plan.containers[0].critical);
+    assert!(plan.containers[0].health.is_none());
 }
 
 #[test]

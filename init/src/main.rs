@@ -9,12 +9,15 @@
 #[macro_use]
 mod log;
 
+mod assess;
 mod blockdev;
 mod cmdline;
 mod console;
 mod dhcp;
 mod dhcp_link;
 mod early;
+mod esp;
+mod health;
 mod input;
 mod kmod;
 mod logfile;
@@ -23,6 +26,7 @@ mod net;
 mod output;
 mod power;
 mod runloop;
+mod shell;
 mod supervisor;
 mod system;
 mod verity;

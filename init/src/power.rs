@@ -58,20 +58,49 @@ pub enum RefusedSlotAction {
     /// Stop with the reason on the console: the root never runs, and the machine
     /// does not reboot into the same slot over and over.
     Halt,
+    /// Reboot: the booted entry is on trial, so the boot loader's counter runs
+    /// down and the other slot comes back.
+    Reboot,
 }
 
-/// Decides what a refused slot leads to. Always [`RefusedSlotAction::Halt`] for
-/// now; once the init reads the boot counter it will reboot instead while the boot
-/// entry still has tries left, so the boot loader falls back to the other slot.
-pub fn refused_slot_action() -> RefusedSlotAction {
-    RefusedSlotAction::Halt
+/// Decides what a refused slot leads to, from the booted entry's boot counter
+/// (read from the ESP): reboot while the entry counts and a reboot leads somewhere
+/// else — it has tries left, or it has none and the other slot's entry can boot
+/// (an exhausted entry sorts last). Halt for a blessed entry (or none, or a
+/// direct kernel boot) and for a last try with nothing to fall back to: a reboot
+/// would only boot the same broken slot again, forever.
+pub fn refused_slot_action(counting: Option<crate::esp::Counting>) -> RefusedSlotAction {
+    match counting {
+        Some(crate::esp::Counting {
+            counter: Some(counter),
+            other_can_boot,
+        }) if counter.left > 0 || other_can_boot => RefusedSlotAction::Reboot,
+        _ => RefusedSlotAction::Halt,
+    }
 }
 
-/// Logs why the booted slot is refused and carries out [`refused_slot_action`].
+/// Logs why the booted slot is refused and carries out [`refused_slot_action`]
+/// (the early stage mounts the ESP read-only for a moment to read the counter).
 pub fn refuse_slot(message: &str) -> ! {
     log!("{message}");
-    match refused_slot_action() {
+    let counting = match crate::esp::counting_now() {
+        Ok(counting) => Some(counting),
+        Err(why) => {
+            log!("cannot read the boot counter: {why}");
+            None
+        }
+    };
+    match refused_slot_action(counting) {
         RefusedSlotAction::Halt => halt(),
+        RefusedSlotAction::Reboot => {
+            let left = counting.and_then(|c| c.counter).map_or(0, |c| c.left);
+            log!("the boot entry is on trial ({left} tries left): rebooting, so the boot loader falls back to the other slot");
+            sync();
+            crate::mounts::unmount_all();
+            sync();
+            log!("{}", PowerAction::Reboot.final_line());
+            power(PowerAction::Reboot)
+        }
     }
 }
 
@@ -139,7 +168,36 @@ mod tests {
     }
 
     #[test]
-    fn refused_slots_halt() {
-        assert_eq!(refused_slot_action(), RefusedSlotAction::Halt);
+    fn refused_slots_reboot_only_while_the_counter_leads_elsewhere() {
+        use crate::esp::Counting;
+        use berth_updater::entries::Counter;
+        let counting = |left, done, other_can_boot| {
+            Some(Counting {
+                counter: Some(Counter { left, done }),
+                other_can_boot,
+            })
+        };
+        assert_eq!(refused_slot_action(None), RefusedSlotAction::Halt);
+        let blessed = Some(Counting {
+            counter: None,
+            other_can_boot: true,
+        });
+        assert_eq!(refused_slot_action(blessed), RefusedSlotAction::Halt);
+        assert_eq!(
+            refused_slot_action(counting(2, 1, true)),
+            RefusedSlotAction::Reboot
+        );
+        assert_eq!(
+            refused_slot_action(counting(2, 1, false)),
+            RefusedSlotAction::Reboot
+        );
+        assert_eq!(
+            refused_slot_action(counting(0, 3, true)),
+            RefusedSlotAction::Reboot
+        );
+        assert_eq!(
+            refused_slot_action(counting(0, 3, false)),
+            RefusedSlotAction::Halt
+        );
     }
 }

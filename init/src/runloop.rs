@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_updater::{layout, ImageConfig, RestartPolicy};
+use berth_updater::{layout, ImageConfig, RestartPolicy, Slot};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -19,11 +19,14 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::assess::{self, Assessment, Decision};
 use crate::dhcp_link::DhcpLink;
+use crate::health::{self, Health, Probes, Transition};
 use crate::input;
 use crate::logfile::{self, LogFile};
 use crate::output::{self, LineSplitter};
 use crate::power::{self, PowerAction};
+use crate::shell::{self, Shell};
 use crate::supervisor::{AfterExit, ExitStatus, State, Supervisor};
 
 /// How long containers get between `crun kill … TERM` and `crun kill … KILL`.
@@ -62,6 +65,7 @@ enum Source {
     Dhcp,
     Button(usize),
     Output(usize, Pipe),
+    Probes,
 }
 
 /// One pipe of a running container and the line it is in the middle of.
@@ -95,13 +99,21 @@ pub fn block_signals() -> Result<(), LoopError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(LoopError::Signals)
 }
 
+/// What the boot assessment needs: the mounted ESP and the booted slot.
+#[derive(Debug, Clone)]
+pub struct AssessmentInput {
+    pub esp: PathBuf,
+    pub slot: Slot,
+}
+
 /// Runs the containers of `config` until a shutdown completes, and the DHCP client
-/// if there is one.
+/// if there is one; assesses the boot when `assessment` is given.
 pub fn run(
     config: &ImageConfig,
     dhcp: Option<DhcpLink>,
+    assessment: Option<AssessmentInput>,
 ) -> Result<std::convert::Infallible, LoopError> {
-    let mut event_loop = EventLoop::new(config, dhcp)?;
+    let mut event_loop = EventLoop::new(config, dhcp, assessment)?;
     event_loop.run()
 }
 
@@ -113,10 +125,25 @@ struct EventLoop {
     buttons: Vec<Option<File>>,
     dhcp: Option<DhcpLink>,
     shutdown: Option<Shutdown>,
+    /// Per container: its health check state, if it has a check.
+    health: Vec<Option<Health>>,
+    /// Per container: whether the boot assessment waits for it.
+    critical: Vec<bool>,
+    probes: Option<Probes>,
+    /// To begin once the containers were started.
+    assessment_input: Option<AssessmentInput>,
+    assessment: Option<Assessment>,
+    version: String,
+    health_timeout: Duration,
+    shell: Option<Shell>,
 }
 
 impl EventLoop {
-    fn new(config: &ImageConfig, dhcp: Option<DhcpLink>) -> Result<EventLoop, LoopError> {
+    fn new(
+        config: &ImageConfig,
+        dhcp: Option<DhcpLink>,
+        assessment_input: Option<AssessmentInput>,
+    ) -> Result<EventLoop, LoopError> {
         block_signals()?;
         let mut mask = SigSet::empty();
         for signal in [
@@ -149,6 +176,30 @@ impl EventLoop {
             buttons: open_power_buttons(),
             dhcp,
             shutdown: None,
+            health: config
+                .containers
+                .iter()
+                .map(|container| container.health.clone().map(Health::new))
+                .collect(),
+            critical: config.containers.iter().map(|c| c.critical).collect(),
+            probes: if config.containers.iter().any(|c| c.health.is_some()) {
+                match Probes::new() {
+                    Ok(probes) => Some(probes),
+                    Err(errno) => {
+                        log!("health checks: {errno}; no health checks will run");
+                        None
+                    }
+                }
+            } else {
+                None
+            },
+            assessment_input,
+            assessment: None,
+            version: config.image.version.clone(),
+            health_timeout: Duration::from_millis(config.update.health_timeout_ms),
+            shell: config.debug.console_shell.then_some(Shell::Waiting {
+                until: Instant::now(),
+            }),
         })
     }
 
@@ -158,9 +209,24 @@ impl EventLoop {
             for index in self.supervisor.due(now) {
                 self.start(index);
             }
+            if let Some(input) = self.assessment_input.take() {
+                self.assessment = Assessment::begin(
+                    &input.esp,
+                    input.slot,
+                    &self.version,
+                    self.health_timeout,
+                    Instant::now(),
+                );
+            }
             if let Some(dhcp) = self.dhcp.as_mut() {
                 dhcp.on_timer(now);
             }
+            self.shell_due(now);
+            if self.shutdown.is_none() {
+                self.start_checks(now);
+                self.assess(Instant::now());
+            }
+            self.kill_late_probes(now);
             if let Some(shutdown) = self.shutdown {
                 if self.supervisor.running().is_empty()
                     || (shutdown.killed && now >= shutdown.deadline)
@@ -176,6 +242,18 @@ impl EventLoop {
                 None => [
                     self.supervisor.next_wakeup(),
                     self.dhcp.as_ref().and_then(DhcpLink::next_wakeup),
+                    self.health
+                        .iter()
+                        .flatten()
+                        .filter_map(Health::next_due)
+                        .min(),
+                    self.probes.as_ref().and_then(Probes::next_deadline),
+                    self.shell.and_then(Shell::due),
+                    // While assessing, look again every second (critical
+                    // containers without checks count once they ran a while).
+                    self.assessment
+                        .as_ref()
+                        .map(|a| a.deadline().min(now + Duration::from_secs(1))),
                 ]
                 .into_iter()
                 .flatten()
@@ -190,6 +268,7 @@ impl EventLoop {
                         }
                     }
                     Source::Button(index) => self.handle_button(index),
+                    Source::Probes => self.network_probes_done(),
                     Source::Output(index, pipe) => {
                         if flags
                             .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
@@ -216,6 +295,10 @@ impl EventLoop {
                 sources.push(Source::Button(index));
                 fds.push(file.as_fd());
             }
+        }
+        if let Some(probes) = &self.probes {
+            sources.push(Source::Probes);
+            fds.push(probes.fd());
         }
         for (index, io) in self.io.iter().enumerate() {
             for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&io.streams) {
@@ -326,6 +409,30 @@ impl EventLoop {
             };
             if let Some(index) = self.supervisor.find_pid(pid.as_raw()) {
                 self.container_exited(index, status);
+                continue;
+            }
+            if let Some(probe) = self
+                .probes
+                .as_mut()
+                .and_then(|probes| probes.take_exec(pid.as_raw()))
+            {
+                let result = match status {
+                    _ if probe.timed_out => Err(format!(
+                        "check timed out after {} ms",
+                        self.health[probe.index]
+                            .as_ref()
+                            .map_or(0, |h| h.timeout().as_millis())
+                    )),
+                    ExitStatus::Code(0) => Ok(()),
+                    other => Err(format!("check {other}")),
+                };
+                self.check_ended(probe.index, probe.run, result);
+                continue;
+            }
+            if self.shell.and_then(Shell::pid) == Some(pid.as_raw()) {
+                self.shell = Some(Shell::Waiting {
+                    until: Instant::now() + shell::RESPAWN_DELAY,
+                });
             }
         }
     }
@@ -336,6 +443,9 @@ impl EventLoop {
         self.pump(index, Pipe::Stderr, true);
         let name = self.name(index);
         log!("container {name} {status}");
+        if let Some(Some(health)) = self.health.get_mut(index) {
+            health.stopped();
+        }
         let after = self.supervisor.exited(index, status, Instant::now());
         self.log_after_exit(index, &name, after);
     }
@@ -436,6 +546,9 @@ impl EventLoop {
                     ));
                 }
                 self.supervisor.started(index, pid, now);
+                if let Some(Some(health)) = self.health.get_mut(index) {
+                    health.started(now);
+                }
             }
             Err(err) => {
                 log!("container {name} could not be started: {err}");
@@ -451,6 +564,12 @@ impl EventLoop {
             return;
         }
         log!("{why}");
+        if let Some(pid) = self.shell.and_then(Shell::pid) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if self.shell.is_some() {
+            self.shell = Some(Shell::Stopped);
+        }
         log!("stopping containers");
         self.shutdown = Some(Shutdown {
             action,
@@ -459,6 +578,178 @@ impl EventLoop {
         });
         for index in self.supervisor.stop_all() {
             self.signal_container(index, "TERM", Signal::SIGTERM);
+        }
+    }
+
+    /// Starts the health checks that are due.
+    fn start_checks(&mut self, now: Instant) {
+        let Some(probes) = self.probes.as_mut() else {
+            return;
+        };
+        let mut failed = Vec::new();
+        for index in 0..self.health.len() {
+            let Some(Some(health)) = self.health.get_mut(index) else {
+                continue;
+            };
+            if !health.is_due(now) {
+                continue;
+            }
+            let Some(container) = self.supervisor.container(index) else {
+                continue;
+            };
+            let run = container.run();
+            health.check_started();
+            if let Err(reason) = probes.start(index, &container.name, run, health, now) {
+                failed.push((index, run, reason));
+            }
+        }
+        for (index, run, reason) in failed {
+            self.check_ended(index, run, Err(reason));
+        }
+    }
+
+    /// Kills exec checks that ran past their timeout (their exit is reaped and
+    /// counted as a failure).
+    fn kill_late_probes(&mut self, now: Instant) {
+        let Some(probes) = self.probes.as_mut() else {
+            return;
+        };
+        for probe in probes.exec.iter_mut() {
+            if !probe.timed_out && now >= probe.deadline {
+                probe.timed_out = true;
+                let _ = kill(Pid::from_raw(probe.pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn network_probes_done(&mut self) {
+        let results = self
+            .probes
+            .as_ref()
+            .map(Probes::finished)
+            .unwrap_or_default();
+        for result in results {
+            self.check_ended(result.index, result.run, result.result);
+        }
+    }
+
+    /// A health check of container `index`'s run `run` ended.
+    fn check_ended(&mut self, index: usize, run: u64, result: Result<(), String>) {
+        let Some(container) = self.supervisor.container(index) else {
+            return;
+        };
+        if container.run() != run || run == 0 {
+            // The container stopped or restarted since: a stale result.
+            return;
+        }
+        let name = container.name.clone();
+        let Some(Some(health)) = self.health.get_mut(index) else {
+            return;
+        };
+        match health.check_ended(Instant::now(), result) {
+            None => {}
+            Some(Transition::BecameHealthy) => log!("container {name} is healthy"),
+            Some(Transition::BecameUnhealthy(reason)) => {
+                log!("container {name} is unhealthy: {reason}");
+                if self.shutdown.is_none() {
+                    self.supervisor.restart_on_exit(index);
+                    self.signal_container(index, "KILL", Signal::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Why the boot is not healthy yet (`None`: it is). With critical containers:
+    /// each is running and its health check passed (without a check: it has run
+    /// for a moment). Without: every container was started.
+    fn unhealthy_reason(&self, now: Instant) -> Option<String> {
+        let critical: Vec<usize> = (0..self.critical.len())
+            .filter(|&index| self.critical[index])
+            .collect();
+        if critical.is_empty() {
+            return self
+                .supervisor
+                .containers()
+                .iter()
+                .find(|container| !container.ever_started)
+                .map(|container| format!("container {} has not started", container.name));
+        }
+        for index in critical {
+            let container = self.supervisor.container(index)?;
+            let name = &container.name;
+            let since = container.running_since();
+            match (self.health.get(index).and_then(Option::as_ref), since) {
+                (health, None) => {
+                    return Some(match health.and_then(|h| h.last_error.as_ref()) {
+                        Some(error) => {
+                            format!("container {name} is not running (last check: {error})")
+                        }
+                        None => format!("container {name} is not running"),
+                    })
+                }
+                (Some(health), Some(_)) if health.status != health::Status::Healthy => {
+                    return Some(match &health.last_error {
+                        Some(error) => format!("container {name} is not healthy: {error}"),
+                        None => format!("container {name} has not passed a health check yet"),
+                    })
+                }
+                (None, Some(since))
+                    if now.saturating_duration_since(since) < health::RUNNING_IS_HEALTHY_AFTER =>
+                {
+                    return Some(format!(
+                        "container {name} has not run for {} s yet",
+                        health::RUNNING_IS_HEALTHY_AFTER.as_secs()
+                    ))
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Blesses the booted slot once healthy, or reboots when its time is up.
+    fn assess(&mut self, now: Instant) {
+        let Some(assessment) = &self.assessment else {
+            return;
+        };
+        let reason = self.unhealthy_reason(now);
+        let elapsed = now.saturating_duration_since(assessment.start);
+        match assess::decide(
+            Some(assessment.counter),
+            reason.is_none(),
+            elapsed,
+            assessment.timeout,
+        ) {
+            Decision::Nothing | Decision::Wait => {}
+            Decision::Bless => {
+                assessment.bless();
+                self.assessment = None;
+            }
+            Decision::Reboot => {
+                let line = assessment.fail(reason.as_deref().unwrap_or("unknown"));
+                log!("{line}");
+                self.assessment = None;
+                self.begin_shutdown(PowerAction::Reboot, "boot assessment failed");
+            }
+        }
+    }
+
+    /// Starts the debug shell when it is due.
+    fn shell_due(&mut self, now: Instant) {
+        let Some(Shell::Waiting { until }) = self.shell else {
+            return;
+        };
+        if until > now || self.shutdown.is_some() {
+            return;
+        }
+        match shell::spawn() {
+            Ok(pid) => self.shell = Some(Shell::Running { pid }),
+            Err(err) => {
+                log!("debug shell {}: {err}", shell::SHELL);
+                self.shell = Some(Shell::Waiting {
+                    until: now + shell::RESPAWN_DELAY * 10,
+                });
+            }
         }
     }
 

@@ -105,6 +105,10 @@ pub struct Container {
     pub name: String,
     pub policy: RestartPolicy,
     pub state: State,
+    /// Its runtime process was started at least once.
+    pub ever_started: bool,
+    /// Its health check failed: the next exit restarts it whatever the policy.
+    restart_next_exit: bool,
     backoff: Backoff,
 }
 
@@ -114,6 +118,8 @@ impl Container {
             name: name.to_string(),
             policy,
             state: State::Pending,
+            ever_started: false,
+            restart_next_exit: false,
             backoff: Backoff::default(),
         }
     }
@@ -131,6 +137,23 @@ impl Container {
     pub fn pid(&self) -> Option<i32> {
         match self.state {
             State::Running { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Which start of all the supervisor's starts its current run was (0 when it
+    /// does not run): tells a health check's result for an earlier run apart.
+    pub fn run(&self) -> u64 {
+        match self.state {
+            State::Running { order, .. } => order,
+            _ => 0,
+        }
+    }
+
+    /// Since when it runs.
+    pub fn running_since(&self) -> Option<Instant> {
+        match self.state {
+            State::Running { since, pid, .. } if pid != 0 => Some(since),
             _ => None,
         }
     }
@@ -199,6 +222,15 @@ impl Supervisor {
                 since: now,
                 order,
             };
+            container.ever_started = true;
+        }
+    }
+
+    /// Container `index` failed its health check and is being killed: its exit
+    /// restarts it (with the usual backoff) whatever its restart policy.
+    pub fn restart_on_exit(&mut self, index: usize) {
+        if let Some(container) = self.containers.get_mut(index) {
+            container.restart_next_exit = true;
         }
     }
 
@@ -220,7 +252,8 @@ impl Supervisor {
             State::Running { since, .. } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
         };
-        if stopping || !container.policy.restarts(status.success()) {
+        let forced = std::mem::take(&mut container.restart_next_exit);
+        if stopping || !(forced || container.policy.restarts(status.success())) {
             container.state = State::Stopped;
             return AfterExit::Stay;
         }
@@ -281,6 +314,8 @@ mod tests {
             .map(|(i, policy)| ContainerConfig {
                 name: format!("c{i}"),
                 restart: *policy,
+                critical: false,
+                health: None,
             })
             .collect();
         Supervisor::new(&configs)
@@ -416,6 +451,29 @@ mod tests {
             AfterExit::Stay
         );
         assert_eq!(sup.running(), [0, 1]);
+    }
+
+    #[test]
+    fn an_unhealthy_container_restarts_whatever_its_policy() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(&[RestartPolicy::Never]);
+        assert!(!sup.container(0).unwrap().ever_started);
+        sup.started(0, 10, t0);
+        assert!(sup.container(0).unwrap().ever_started);
+        assert_eq!(sup.container(0).unwrap().run(), 1);
+        sup.restart_on_exit(0);
+        assert_eq!(
+            sup.exited(0, ExitStatus::Signal(9), t0 + ms(100)),
+            AfterExit::Restart(ms(500))
+        );
+        assert_eq!(sup.container(0).unwrap().run(), 0);
+        sup.started(0, 11, t0 + ms(600));
+        assert_eq!(sup.container(0).unwrap().run(), 2);
+        // Only once: the next exit follows the policy again.
+        assert_eq!(
+            sup.exited(0, ExitStatus::Code(1), t0 + ms(700)),
+            AfterExit::Stay
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::cmdline;
 use crate::dhcp_link::DhcpLink;
 use crate::mounts;
 use crate::net::{self, Ipv4Setup};
+use crate::runloop::AssessmentInput;
 
 /// How long to wait for the data partition (on the same disk as the root, so it is
 /// normally there already).
@@ -69,8 +70,36 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
     let dhcp = network(&config);
+    let assessment = mount_esp();
+    if config.debug.console_shell {
+        log!("debug shell on the console (development image)");
+    }
     log!("system ready in {} ms", start.elapsed().as_millis());
-    Ok(crate::runloop::run(&config, dhcp)?)
+    Ok(crate::runloop::run(&config, dhcp, assessment)?)
+}
+
+/// The ESP, read-write on /efi, for the boot assessment (and the device agent).
+/// Without it, or without `berth.slot=` on the command line, the boot is not
+/// assessed.
+fn mount_esp() -> Option<AssessmentInput> {
+    match crate::esp::mount(false) {
+        Ok(node) => log!("mounted ESP {} on {}", node.display(), layout::ESP_MOUNT),
+        Err(why) => {
+            log!("no ESP ({why}): boot assessment skipped");
+            return None;
+        }
+    }
+    let slot = cmdline::read(Path::new(cmdline::PROC_CMDLINE))
+        .ok()
+        .and_then(|cmdline| cmdline.slot);
+    let Some(slot) = slot else {
+        log!("no berth.slot= on the command line: boot assessment skipped");
+        return None;
+    };
+    Some(AssessmentInput {
+        esp: Path::new(layout::ESP_MOUNT).to_path_buf(),
+        slot,
+    })
 }
 
 fn slot_name() -> String {

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -95,6 +95,8 @@ impl std::fmt::Debug for VmOptions {
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
+    /// QEMU's standard input: the serial console's input (`-serial stdio`).
+    stdin: Option<ChildStdin>,
     status: Option<ExitStatus>,
     image: PathBuf,
     accel: Accel,
@@ -156,7 +158,7 @@ impl Vm {
 
         let mut child = Command::new(&config.qemu)
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -186,8 +188,10 @@ impl Vm {
             }));
         }
 
+        let stdin = child.stdin.take();
         Ok(Vm {
             child,
+            stdin,
             status: None,
             image: config.image.clone(),
             accel,
@@ -199,6 +203,18 @@ impl Vm {
             log: options.log,
             _scratch: scratch,
         })
+    }
+
+    /// Types `line` and Enter on the serial console (QEMU's standard input).
+    pub fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the console input is closed",
+            )
+        })?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()
     }
 
     /// The accelerator QEMU runs with.

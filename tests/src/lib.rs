@@ -275,9 +275,10 @@ pub struct BootOptions {
     pub log_name: Option<String>,
     /// Echo the console to the test's stderr as well.
     pub echo: bool,
-    /// Keep the guest's writes in the image file (for a scratch copy or overlay the
-    /// test made); by default they go to a throw-away snapshot.
-    pub keep_writes: bool,
+    /// Write to the image file itself (and keep UEFI variables next to it) instead
+    /// of a throwaway overlay: for tests that check the disk after the VM is gone.
+    /// Boot a copy of a built image, never the shared one.
+    pub persist: bool,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -335,7 +336,7 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     let permit = VmPermit::acquire();
     let mut config = VmConfig::new(image)
         .unwrap_or_else(|err| panic!("describing a VM for {}: {err}", image.display()));
-    config.writes = if opts.keep_writes {
+    config.writes = if opts.persist {
         DiskWrites::Persist
     } else {
         DiskWrites::Discard
@@ -506,6 +507,104 @@ pub fn module_position(list: &str, name: &str) -> usize {
     list.lines()
         .position(|l| l.ends_with(&format!("/{name}.ko")))
         .unwrap_or_else(|| panic!("{name} not in\n{list}"))
+}
+
+/// A byte range of a file (one partition of a disk image) as a stream of its own,
+/// for `fatfs`.
+struct PartitionStream {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl std::io::Read for PartitionStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        let left = usize::try_from(self.len.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        let n = buf.len().min(left);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.read(&mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Write for PartitionStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        let left = usize::try_from(self.len.saturating_sub(self.pos)).unwrap_or(usize::MAX);
+        if left == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other("write past the end of the partition"));
+        }
+        let n = buf.len().min(left);
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.file.write(&buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl std::io::Seek for PartitionStream {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.len.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        Ok(self.pos)
+    }
+}
+
+/// Opens the ESP of a disk image (offline) with `fatfs`.
+fn open_esp(image: &Path) -> fatfs::FileSystem<PartitionStream> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", image.display()));
+    let parts = berth_updater::gpt::read_partitions(&mut file).unwrap();
+    let esp = parts
+        .iter()
+        .find(|p| p.label == berth_updater::layout::ESP_LABEL)
+        .unwrap_or_else(|| panic!("no ESP in {parts:?}"));
+    let stream = PartitionStream {
+        file,
+        start: esp.first_lba * 512,
+        len: esp.size_bytes(512),
+        pos: 0,
+    };
+    fatfs::FileSystem::new(stream, fatfs::FsOptions::new())
+        .unwrap_or_else(|e| panic!("reading the ESP of {}: {e}", image.display()))
+}
+
+/// The file names in `loader/entries/` of a disk image's ESP, sorted.
+pub fn esp_entry_names(image: &Path) -> Vec<String> {
+    let esp = open_esp(image);
+    let dir = esp.root_dir().open_dir("loader/entries").unwrap();
+    let mut names: Vec<String> = dir
+        .iter()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != "." && name != "..")
+        .collect();
+    names.sort();
+    names
+}
+
+/// Renames a file in `loader/entries/` of a disk image's ESP, offline: e.g.
+/// `berth-a.conf` to `berth-a+3.conf` to put slot A on trial.
+pub fn rename_esp_entry(image: &Path, from: &str, to: &str) {
+    let esp = open_esp(image);
+    let dir = esp.root_dir().open_dir("loader/entries").unwrap();
+    dir.rename(from, &dir, to)
+        .unwrap_or_else(|e| panic!("renaming {from} to {to} on the ESP: {e}"));
+    drop(dir);
+    esp.unmount().unwrap();
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ fn start(disk: &Path, log: &str) -> TestVm {
     boot(
         disk,
         BootOptions {
-            keep_writes: true,
+            persist: true,
             log_name: Some(log.to_string()),
             ..BootOptions::default()
         },
@@ -324,7 +324,7 @@ fn sha256_range(disk: &Path, offset: u64, len: u64) -> String {
     let mut left = len;
     let mut buf = vec![0u8; 1 << 20];
     while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
+        let want = usize::try_from(left.min(1 << 20)).expect("a MiB fits");
         file.read_exact(&mut buf[..want]).expect("read");
         hasher.update(&buf[..want]);
         left -= want as u64;
@@ -349,7 +349,7 @@ fn esp_state(disk: &Path) -> EspState {
     let (offset, len) = partition_range(disk, "esp");
     let mut raw = fs::File::open(disk).expect("open disk");
     raw.seek(SeekFrom::Start(offset)).expect("seek");
-    let mut bytes = vec![0u8; len as usize];
+    let mut bytes = vec![0u8; usize::try_from(len).expect("the ESP fits in memory")];
     raw.read_exact(&mut bytes).expect("read ESP");
     let fs = fatfs::FileSystem::new(std::io::Cursor::new(bytes), fatfs::FsOptions::new())
         .expect("the ESP is FAT");

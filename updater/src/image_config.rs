@@ -11,6 +11,12 @@ pub struct ImageConfig {
     pub image: ImageInfo,
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The boot assessment of a counting slot.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    /// Development switches (all off by default).
+    #[serde(default)]
+    pub debug: DebugConfig,
     /// Containers in start order.
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerConfig>,
@@ -68,6 +74,40 @@ pub struct StaticIpv4 {
     pub gateway: Option<String>,
 }
 
+/// How long a counting slot has to become healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Deadline, from the start of the main stage's event loop, for every critical
+    /// container to be healthy; after it the init reboots (default 120 s).
+    #[serde(default = "default_health_timeout_ms")]
+    pub health_timeout_ms: u64,
+}
+
+/// Default of [`UpdateConfig::health_timeout_ms`]: 120 s.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 120_000;
+
+fn default_health_timeout_ms() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_MS
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            health_timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+        }
+    }
+}
+
+/// Development switches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConfig {
+    /// A busybox shell on the serial console (development images only).
+    #[serde(default)]
+    pub console_shell: bool,
+}
+
 /// One container the init starts; its OCI bundle is
 /// `/usr/lib/berth/containers/<name>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +115,67 @@ pub struct StaticIpv4 {
 pub struct ContainerConfig {
     pub name: String,
     pub restart: RestartPolicy,
+    /// The boot assessment waits for this container to be healthy.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub critical: bool,
+    /// Its health check, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A container's health check: what to probe and how often.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub probe: HealthProbe,
+    /// Time between the end of one check and the start of the next.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// A check that takes longer fails (an exec check is killed).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive failures that make the container unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Failures in this time after a start do not count.
+    #[serde(default)]
+    pub start_period_ms: u64,
+}
+
+/// Default check interval: 5 s.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 5_000;
+/// Default check timeout: 3 s.
+pub const DEFAULT_HEALTH_TIMEOUT_CHECK_MS: u64 = 3_000;
+/// Default consecutive failures before unhealthy: 3.
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+
+fn default_interval_ms() -> u64 {
+    DEFAULT_HEALTH_INTERVAL_MS
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_CHECK_MS
+}
+
+fn default_retries() -> u32 {
+    DEFAULT_HEALTH_RETRIES
+}
+
+/// What a health check probes. Containers share the host's network, so http and
+/// tcp checks go to the device's own loopback address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HealthProbe {
+    /// `crun exec <container> <argv…>`: exit status 0 passes.
+    Exec { argv: Vec<String> },
+    /// `GET <path>` on `127.0.0.1:<port>`: a 2xx or 3xx status passes.
+    Http { port: u16, path: String },
+    /// A TCP connection to `127.0.0.1:<port>` passes.
+    Tcp { port: u16 },
 }
 
 /// What the init does when a container's process exits.
@@ -139,10 +240,43 @@ mod tests {
                 }),
                 dhcp: false,
             },
-            containers: vec![ContainerConfig {
-                name: "httpd".into(),
-                restart: RestartPolicy::OnFailure,
-            }],
+            update: UpdateConfig {
+                health_timeout_ms: 20_000,
+            },
+            debug: DebugConfig {
+                console_shell: true,
+            },
+            containers: vec![
+                ContainerConfig {
+                    name: "httpd".into(),
+                    restart: RestartPolicy::OnFailure,
+                    critical: true,
+                    health: Some(HealthCheck {
+                        probe: HealthProbe::Http {
+                            port: 80,
+                            path: "/health".into(),
+                        },
+                        interval_ms: 1000,
+                        timeout_ms: 500,
+                        retries: 2,
+                        start_period_ms: 0,
+                    }),
+                },
+                ContainerConfig {
+                    name: "worker".into(),
+                    restart: RestartPolicy::Always,
+                    critical: false,
+                    health: Some(HealthCheck {
+                        probe: HealthProbe::Exec {
+                            argv: vec!["/bin/busybox".into(), "true".into()],
+                        },
+                        interval_ms: 5000,
+                        timeout_ms: 3000,
+                        retries: 3,
+                        start_period_ms: 10_000,
+                    }),
+                },
+            ],
         };
         let text = config.render();
         assert!(text.contains("restart = \"on-failure\""), "{text}");
@@ -165,6 +299,35 @@ mod tests {
         assert!(ImageConfig::parse(&text).unwrap().network.dhcp);
         let off = format!("{text}dhcp = false\n");
         assert!(!ImageConfig::parse(&off).unwrap().network.dhcp);
+    }
+
+    #[test]
+    fn old_files_get_the_defaults() {
+        let text = "[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n\
+                    [[container]]\nname='web'\nrestart='always'\n";
+        let config = ImageConfig::parse(text).unwrap();
+        assert_eq!(config.update.health_timeout_ms, 120_000);
+        assert!(!config.debug.console_shell);
+        assert!(!config.containers[0].critical);
+        assert_eq!(config.containers[0].health, None);
+    }
+
+    #[test]
+    fn health_defaults_and_unknown_probe_keys() {
+        let base = "[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n\
+                    [[container]]\nname='web'\nrestart='always'\n";
+        let text = format!("{base}[container.health.probe]\nkind='tcp'\nport=80\n");
+        let health = ImageConfig::parse(&text).unwrap().containers[0]
+            .health
+            .clone()
+            .unwrap();
+        assert_eq!(health.probe, HealthProbe::Tcp { port: 80 });
+        assert_eq!(
+            (health.interval_ms, health.timeout_ms, health.retries),
+            (5000, 3000, 3)
+        );
+        let text = format!("{base}[container.health.probe]\nkind='tcp'\nport=80\nhost='x'\n");
+        assert!(ImageConfig::parse(&text).is_err());
     }
 
     #[test]

@@ -19,5 +19,8 @@ pub mod layout;
 pub mod state;
 pub mod window;
 
-pub use image_config::{ContainerConfig, ImageConfig, NetworkConfig, RestartPolicy};
+pub use image_config::{
+    ContainerConfig, DebugConfig, HealthCheck, HealthProbe, ImageConfig, NetworkConfig,
+    RestartPolicy, UpdateConfig,
+};
 pub use layout::{BootEntry, KernelCmdline, Slot};

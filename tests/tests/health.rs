@@ -1,0 +1,138 @@
+//! Health checks and boot assessment, end to end on the full UEFI path
+//! (OVMF, systemd-boot's boot counting, the init on the ESP):
+//! - a slot on trial whose critical container becomes healthy is blessed: its
+//!   entry loses the counter and the update state on the data partition says good;
+//! - a slot on trial whose critical container never becomes healthy reboots when
+//!   `health_timeout` passes;
+//! - `[debug] console_shell = true` gives a shell on the serial console.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_tests::{
+    boot, build_image, esp_entry_names, extract_partition, literal, rename_esp_entry, run_tool,
+    BootOptions, BOOT_TIMEOUT,
+};
+use regex::Regex;
+
+/// Copies a built image into `dir` (a test boots its own copy when it writes).
+fn copy_image(built: &Path, dir: &Path) -> std::path::PathBuf {
+    let image = dir.join(built.file_name().unwrap());
+    fs::copy(built, &image).unwrap();
+    image
+}
+
+#[test]
+fn healthy_slot_on_trial_is_blessed_and_recorded_good() {
+    let built = build_image("tests/recipes/health-good.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_image(&built, dir.path());
+    assert_eq!(esp_entry_names(&image), ["berth-a.conf"]);
+    rename_esp_entry(&image, "berth-a.conf", "berth-a+3.conf");
+
+    let mut vm = boot(
+        &image,
+        BootOptions {
+            persist: true,
+            ..BootOptions::default()
+        },
+    );
+    // systemd-boot counted this boot: two tries left.
+    vm.expect(
+        &literal("slot a (1.1.0) is on trial (2 tries left)"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("berth-init: container web is healthy"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("berth-init: slot a (1.1.0) is healthy: marked good"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.powerdown().unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(&literal("berth-init: powering off"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    drop(vm);
+
+    // Offline: the entry is blessed, and the data partition says why.
+    assert_eq!(esp_entry_names(&image), ["berth-a.conf"]);
+    let data = dir.path().join("data.img");
+    extract_partition(&image, "data", &data);
+    let state = run_tool(
+        Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /lib/berth/update/state.toml")
+            .arg(&data),
+    );
+    assert!(state.contains("outcome = \"good\""), "{state}");
+    assert!(state.contains("slot = \"a\""), "{state}");
+    assert!(state.contains("version = \"1.1.0\""), "{state}");
+}
+
+#[test]
+fn unhealthy_slot_on_trial_reboots_after_the_deadline() {
+    let built = build_image("tests/recipes/health-bad.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_image(&built, dir.path());
+    rename_esp_entry(&image, "berth-a.conf", "berth-a+3.conf");
+
+    let vm = boot(&image, BootOptions::default());
+    let failed = Regex::new(
+        r"berth-init: slot a \(1\.2\.0\) did not become healthy within 15 s: container web .+; rebooting \(2 tries left\)",
+    )
+    .unwrap();
+    vm.expect(&failed, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(&literal("berth-init: rebooting"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The machine starts over: the early stage of the next boot, now with one try
+    // left.
+    let early = Regex::new(r"berth-init: loaded \d+ modules, root").unwrap();
+    vm.expect(&early, BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("slot a (1.2.0) is on trial (1 tries left)"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn console_shell_runs_commands_typed_on_the_serial_console() {
+    let image = build_image("tests/recipes/health-good.toml");
+    let mut vm = boot(&image, BootOptions::default());
+    vm.expect(
+        &literal("berth-init: debug shell on the console (development image)"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(&literal("berth-init: system ready in"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The shell may not be reading yet: type again until it answers.
+    let answer = literal("berth-42");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    loop {
+        vm.send_line("echo berth-$((6*7))")
+            .unwrap_or_else(|e| panic!("typing on the console: {e}"));
+        let next = Instant::now() + Duration::from_secs(10);
+        if vm
+            .poll_any(&[&answer], next.min(deadline))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer from the console shell; last lines:\n{}",
+            vm.tail().join("\n")
+        );
+    }
+}
