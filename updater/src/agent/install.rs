@@ -409,10 +409,12 @@ fn check(
     let mut esp_bytes = 0;
     for payload in &manifest.payloads {
         match payload.kind {
-            PayloadKind::Rootfs if payload.size > device.size => return refuse(format!(
+            PayloadKind::Rootfs if payload.size > device.size => {
+                return refuse(format!(
                 "the root filesystem ({} bytes) does not fit slot {target}'s partition ({} bytes)",
                 payload.size, device.size
-            )),
+            ))
+            }
             PayloadKind::Rootfs => {}
             PayloadKind::Kernel | PayloadKind::Initramfs => esp_bytes += payload.size,
         }
