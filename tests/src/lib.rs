@@ -607,6 +607,36 @@ pub fn rename_esp_entry(image: &Path, from: &str, to: &str) {
     esp.unmount().unwrap();
 }
 
+/// The text of a file on a disk image's ESP (`path` relative to its root).
+pub fn read_esp_file(image: &Path, path: &str) -> String {
+    use std::io::Read as _;
+    let esp = open_esp(image);
+    let mut text = String::new();
+    esp.root_dir()
+        .open_file(path)
+        .unwrap_or_else(|e| panic!("opening {path} on the ESP: {e}"))
+        .read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("reading {path} on the ESP: {e}"));
+    text
+}
+
+/// Writes a file on a disk image's ESP, offline (its folder must exist).
+pub fn write_esp_file(image: &Path, path: &str, content: &str) {
+    use std::io::Write as _;
+    let esp = open_esp(image);
+    {
+        let mut file = esp
+            .root_dir()
+            .create_file(path)
+            .unwrap_or_else(|e| panic!("creating {path} on the ESP: {e}"));
+        file.truncate().unwrap();
+        file.write_all(content.as_bytes())
+            .unwrap_or_else(|e| panic!("writing {path} on the ESP: {e}"));
+        file.flush().unwrap();
+    }
+    esp.unmount().unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 //!   entry loses the counter and the update state on the data partition says good;
 //! - a slot on trial whose critical container never becomes healthy reboots when
 //!   `health_timeout` passes;
+//! - the slot that boots after the other one's counter ran out records that
+//!   release as failed;
 //! - `[debug] console_shell = true` gives a shell on the serial console.
 
 use std::fs;
@@ -12,8 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_tests::{
-    boot, build_image, esp_entry_names, extract_partition, literal, rename_esp_entry, run_tool,
-    BootOptions, BOOT_TIMEOUT,
+    boot, build_image, esp_entry_names, extract_partition, literal, read_esp_file,
+    rename_esp_entry, run_tool, write_esp_file, BootOptions, BOOT_TIMEOUT,
 };
 use regex::Regex;
 
@@ -45,16 +47,27 @@ fn healthy_slot_on_trial_is_blessed_and_recorded_good() {
         BOOT_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    vm.expect(
-        &literal("berth-init: container web is healthy"),
-        BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    vm.expect(
-        &literal("berth-init: slot a (1.1.0) is healthy: marked good"),
-        BOOT_TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    // The critical http-checked web server, then the blessing; the worker's exec
+    // check (not critical) passes too, before or after.
+    let wanted = [
+        literal("berth-init: container web is healthy"),
+        literal("berth-init: slot a (1.1.0) is healthy: marked good"),
+        literal("berth-init: container worker is healthy"),
+    ];
+    let mut seen = [false; 3];
+    while !seen.iter().all(|&s| s) {
+        let patterns: Vec<&Regex> = wanted.iter().collect();
+        let (index, line) = vm
+            .expect_any(&patterns, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if index == 1 {
+            assert!(
+                seen[0],
+                "blessed before the critical container was healthy: {line}"
+            );
+        }
+        seen[index] = true;
+    }
     vm.powerdown().unwrap_or_else(|e| panic!("{e}"));
     vm.expect(&literal("berth-init: powering off"), BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -63,17 +76,81 @@ fn healthy_slot_on_trial_is_blessed_and_recorded_good() {
 
     // Offline: the entry is blessed, and the data partition says why.
     assert_eq!(esp_entry_names(&image), ["berth-a.conf"]);
-    let data = dir.path().join("data.img");
-    extract_partition(&image, "data", &data);
-    let state = run_tool(
+    let state = update_state(&image, dir.path());
+    assert!(state.contains("outcome = \"good\""), "{state}");
+    assert!(state.contains("slot = \"a\""), "{state}");
+    assert!(state.contains("version = \"1.1.0\""), "{state}");
+}
+
+/// The update state file of an image's data partition, read offline.
+fn update_state(image: &Path, dir: &Path) -> String {
+    let data = dir.join("data.img");
+    extract_partition(image, "data", &data);
+    run_tool(
         Command::new("debugfs")
             .arg("-R")
             .arg("cat /lib/berth/update/state.toml")
             .arg(&data),
+    )
+}
+
+#[test]
+fn old_slot_records_a_release_whose_counter_ran_out() {
+    let built = build_image("tests/recipes/health-good.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_image(&built, dir.path());
+    // Slot B as an update leaves it after three failed tries: no tries left, so
+    // systemd-boot sorts it last and boots slot A (blessed) instead. Its kernel
+    // line names slot A's kernel, which exists: an entry whose kernel is missing
+    // would be skipped rather than sorted.
+    let a = read_esp_file(&image, "loader/entries/berth-a.conf");
+    let b: String = a
+        .lines()
+        .map(|line| match line.split_once(' ') {
+            Some(("title", _)) => "title berth health-good 1.2.0".to_string(),
+            Some(("version", _)) => "version 2\n# berth-image-version 1.2.0".to_string(),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    write_esp_file(&image, "loader/entries/berth-b+0-3.conf", &format!("{b}\n"));
+
+    let mut vm = boot(
+        &image,
+        BootOptions {
+            persist: true,
+            ..BootOptions::default()
+        },
     );
-    assert!(state.contains("outcome = \"good\""), "{state}");
-    assert!(state.contains("slot = \"a\""), "{state}");
-    assert!(state.contains("version = \"1.1.0\""), "{state}");
+    vm.expect(
+        &literal("berth-init: health-good 1.1.0 (slot a)"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("berth-init: boot counter ran out: slot b (1.2.0) never came up healthy"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("berth-init: container web is healthy"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    vm.powerdown().unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    drop(vm);
+
+    let state = update_state(&image, dir.path());
+    assert!(state.contains("outcome = \"failed\""), "{state}");
+    assert!(state.contains("slot = \"b\""), "{state}");
+    assert!(state.contains("version = \"1.2.0\""), "{state}");
+    assert!(state.contains("never came up healthy"), "{state}");
+    // Slot A was blessed all along: nothing renamed.
+    assert_eq!(
+        esp_entry_names(&image),
+        ["berth-a.conf", "berth-b+0-3.conf"]
+    );
 }
 
 #[test]

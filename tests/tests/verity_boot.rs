@@ -1,7 +1,8 @@
 //! dm-verity end to end (full UEFI path): the verity image boots, and a byte
 //! flipped inside root-a's file data (offline) is never run: the init refuses the
 //! slot with a clear message and halts (a single-slot image has nothing to fall
-//! back to).
+//! back to), unless its boot entry is on trial: then it reboots, so the counter
+//! runs down.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -21,17 +22,13 @@ fn verity_image_boots_and_verifies_its_root() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-#[test]
-fn flipped_byte_in_root_data_is_refused() {
-    let built = build_image("recipes/hello.toml");
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("corrupt.img");
-    fs::copy(&built, &image).unwrap();
-
+/// Flips one byte inside root-a's file data (1 MiB in, before the squashfs inode
+/// table).
+fn flip_root_data_byte(image: &std::path::Path) {
     let mut disk = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(&image)
+        .open(image)
         .unwrap();
     let parts = read_partitions(&mut disk).unwrap();
     let root = parts.iter().find(|p| p.label == "root-a").unwrap();
@@ -51,7 +48,15 @@ fn flipped_byte_in_root_data_is_refused() {
     disk.seek(SeekFrom::Start(start + offset)).unwrap();
     disk.write_all(&[byte[0] ^ 0x01]).unwrap();
     disk.sync_all().unwrap();
-    drop(disk);
+}
+
+#[test]
+fn flipped_byte_in_root_data_is_refused() {
+    let built = build_image("recipes/hello.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("corrupt.img");
+    fs::copy(&built, &image).unwrap();
+    flip_root_data_byte(&image);
 
     let vm = boot(&image, BootOptions::default());
     let refused = literal("failed dm-verity verification");
@@ -66,4 +71,31 @@ fn flipped_byte_in_root_data_is_refused() {
     // Halted means halted: the container never starts afterwards either.
     let later = vm.expect(&hello, std::time::Duration::from_secs(10));
     assert!(later.is_err(), "container started after the refusal");
+}
+
+/// A corrupt slot whose entry is on trial reboots instead of halting, so the boot
+/// counter runs down (toward the other slot, when there is one).
+#[test]
+fn corrupt_slot_on_trial_reboots() {
+    let built = build_image("recipes/hello.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("corrupt-trial.img");
+    fs::copy(&built, &image).unwrap();
+    flip_root_data_byte(&image);
+    berth_tests::rename_esp_entry(&image, "berth-a.conf", "berth-a+3.conf");
+
+    let vm = boot(&image, BootOptions::default());
+    vm.expect(&literal("failed dm-verity verification"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.expect(
+        &literal("berth-init: the boot entry is on trial (2 tries left): rebooting"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // The next try: refused again, one try fewer.
+    vm.expect(
+        &literal("berth-init: the boot entry is on trial (1 tries left): rebooting"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
