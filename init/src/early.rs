@@ -17,10 +17,10 @@ use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
 use nix::unistd::{chdir, chroot, execv};
 
-use crate::blockdev::{self, BlockError, Roots};
 use crate::cmdline::{self, CmdlineError};
 use crate::mounts::{self, MountError};
 use crate::verity::{self, SetupError, VerifyError};
+use berth_updater::blockdev::{self, BlockError, Roots};
 
 /// Where the root file system is mounted before the switch.
 pub const SYSROOT: &str = "/sysroot";

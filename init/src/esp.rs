@@ -11,9 +11,9 @@ use berth_updater::layout::{ESP_LABEL, ESP_MOUNT};
 use berth_updater::Slot;
 use nix::mount::{umount2, MntFlags, MsFlags};
 
-use crate::blockdev::{self, Roots};
 use crate::cmdline;
 use crate::mounts;
+use berth_updater::blockdev::{self, Roots};
 
 /// vfat options: the code pages the initramfs has modules for (not the kernel's
 /// defaults, which may name one it lacks), and `flush`, so every file is written
@@ -22,50 +22,30 @@ use crate::mounts;
 /// the rest.
 pub const VFAT_OPTIONS: &str = "codepage=437,iocharset=iso8859-1,shortname=mixed,flush";
 
-/// The device node of the partition labelled `label` on the same disk as the
-/// partition whose node is `partition`; `None` when there is none.
-pub fn sibling_by_label(roots: &Roots, partition: &Path, label: &str) -> Option<PathBuf> {
-    let name = partition.file_name()?.to_str()?;
-    let own = std::fs::canonicalize(roots.sys.join("class/block").join(name)).ok()?;
-    let disk = own.parent()?;
-    let mut children: Vec<PathBuf> = std::fs::read_dir(disk)
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.join("partition").is_file())
-        .collect();
-    children.sort();
-    children.into_iter().find_map(|dir| {
-        let uevent = std::fs::read_to_string(dir.join("uevent")).ok()?;
-        let found = uevent
-            .lines()
-            .any(|line| line.strip_prefix("PARTNAME=") == Some(label));
-        let sys_name = dir.file_name()?.to_str()?.to_string();
-        found.then(|| blockdev::device_node(&dir, &roots.dev, &sys_name))
-    })
-}
-
-/// The ESP's device node, found next to the root partition named on the command
-/// line.
+/// The ESP's device node: the partition labelled `esp` on the disk that holds the
+/// root partition named on the command line.
 pub fn find() -> Result<PathBuf, String> {
     let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|e| e.to_string())?;
     let partuuid =
         cmdline::root_partuuid(&cmdline).ok_or("the command line names no root=PARTUUID=")?;
-    let roots = Roots::system();
-    let mut notes = Vec::new();
-    let root = blockdev::find_partition(&roots, partuuid, &mut notes)
-        .ok_or_else(|| format!("root partition {partuuid} not found ({})", notes.join("; ")))?;
-    sibling_by_label(&roots, &root, ESP_LABEL).ok_or_else(|| {
-        format!(
-            "no partition labelled {ESP_LABEL:?} on the disk of {}",
-            root.display()
-        )
-    })
+    let disk =
+        blockdev::disk_with_partuuid(&Roots::system(), partuuid).map_err(|e| e.to_string())?;
+    disk.by_label(ESP_LABEL)
+        .and_then(|part| part.node.clone())
+        .ok_or_else(|| {
+            format!(
+                "no partition labelled {ESP_LABEL:?} on {}",
+                disk.node.display()
+            )
+        })
 }
 
 /// Mounts the ESP on [`ESP_MOUNT`] (read-write unless `read_only`).
 pub fn mount(read_only: bool) -> Result<PathBuf, String> {
     let node = find()?;
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    // noatime: reading entries must not write access dates to the FAT.
+    let mut flags =
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
@@ -120,46 +100,6 @@ pub fn counting_now() -> Result<Counting, String> {
 mod tests {
     use super::*;
     use std::fs;
-
-    #[test]
-    fn finds_the_esp_next_to_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let sys = dir.path().join("sys");
-        let dev = dir.path().join("dev");
-        let parts = [
-            ("vda", "vda1", "esp"),
-            ("vda", "vda2", "root-a"),
-            ("vdb", "vdb1", "esp"),
-        ];
-        for (disk, part, label) in parts {
-            let path = sys.join("devices/virtio/block").join(disk).join(part);
-            fs::create_dir_all(&path).unwrap();
-            fs::write(path.join("partition"), &part[3..]).unwrap();
-            fs::write(
-                path.join("uevent"),
-                format!("MAJOR=254\nDEVNAME={part}\nDEVTYPE=partition\nPARTNAME={label}\n"),
-            )
-            .unwrap();
-            fs::create_dir_all(sys.join("class/block")).unwrap();
-            std::os::unix::fs::symlink(&path, sys.join("class/block").join(part)).unwrap();
-        }
-        // The disk itself has a uevent but no `partition` file.
-        fs::write(
-            sys.join("devices/virtio/block/vda/uevent"),
-            "DEVNAME=vda\nDEVTYPE=disk\n",
-        )
-        .unwrap();
-        let roots = Roots {
-            sys: sys.clone(),
-            dev: dev.clone(),
-        };
-        assert_eq!(
-            sibling_by_label(&roots, &dev.join("vda2"), "esp"),
-            Some(dev.join("vda1"))
-        );
-        assert_eq!(sibling_by_label(&roots, &dev.join("vda2"), "data"), None);
-        assert_eq!(sibling_by_label(&roots, &dev.join("vdc1"), "esp"), None);
-    }
 
     #[test]
     fn counting_reads_both_slots() {

@@ -10,7 +10,6 @@
 mod log;
 
 mod assess;
-mod blockdev;
 mod cmdline;
 mod console;
 mod dhcp;

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use berth_updater::{layout, ImageConfig};
 use nix::mount::MsFlags;
 
-use crate::blockdev::{self, Roots};
 use crate::cmdline;
 use crate::dhcp_link::DhcpLink;
 use crate::mounts;
 use crate::net::{self, Ipv4Setup};
 use crate::runloop::AssessmentInput;
+use berth_updater::blockdev::{self, Roots};
 
 /// How long to wait for the data partition (on the same disk as the root, so it is
 /// normally there already).

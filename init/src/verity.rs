@@ -506,7 +506,7 @@ fn wait_for_node(
     (major, minor): (u64, u64),
 ) -> Result<PathBuf, SetupError> {
     let sys_dir = sys.join(format!("{major}:{minor}"));
-    let node = crate::blockdev::device_node(&sys_dir, dev, &format!("dm-{minor}"));
+    let node = berth_updater::blockdev::device_node(&sys_dir, dev, &format!("dm-{minor}"));
     let start = Instant::now();
     while start.elapsed() < NODE_TIMEOUT {
         if is_block_device(&node) {

@@ -447,7 +447,7 @@ fn bad_release_rolls_back_by_itself() {
     // 1.1.0 from a file on the device: fetched first, then installed.
     let url = fx.server.guest_url("1.1.0.bundle");
     vm.send_line(&format!(
-        "busybox wget -q -O /var/tmp/update.bundle {url} && berth-update install /var/tmp/update.bundle --reboot"
+        "busybox mkdir -p /var/tmp && busybox wget -q -O /var/tmp/update.bundle {url} && berth-update install /var/tmp/update.bundle --reboot"
     ))
     .expect("typing");
     expect(&vm, "berth-update: installed 1.1.0 into slot b");

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::gpt::{self, GptPartition};
 
@@ -36,6 +37,71 @@ pub struct NotFound {
     pub partuuid: String,
     /// What the scan saw, disk by disk.
     pub seen: String,
+}
+
+/// A partition that did not show up in time.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// No disk carried a partition with this PARTUUID before the deadline.
+    #[error("no partition with PARTUUID={partuuid} after {:.1} s ({seen})", waited.as_secs_f64())]
+    NotFound {
+        partuuid: String,
+        waited: Duration,
+        /// What the last scan saw, for the console.
+        seen: String,
+    },
+}
+
+/// Waits up to `timeout`, scanning every `interval`, for the partition with this
+/// PARTUUID, and returns its device node (the early stage waiting for the root
+/// disk to appear).
+pub fn wait_for_partition(
+    roots: &Roots,
+    partuuid: &str,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<PathBuf, BlockError> {
+    let start = Instant::now();
+    loop {
+        let mut notes = Vec::new();
+        if let Some(node) = find_partition(roots, partuuid, &mut notes) {
+            return Ok(node);
+        }
+        if start.elapsed() >= timeout {
+            return Err(BlockError::NotFound {
+                partuuid: partuuid.to_string(),
+                waited: start.elapsed(),
+                seen: if notes.is_empty() {
+                    "no disks".to_string()
+                } else {
+                    notes.join("; ")
+                },
+            });
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// One scan: the device node of the partition with this PARTUUID, if a disk has it
+/// and its node exists yet. `notes` collects what each disk looked like, for the
+/// error message when the partition never shows up.
+pub fn find_partition(roots: &Roots, partuuid: &str, notes: &mut Vec<String>) -> Option<PathBuf> {
+    for disk in scan(roots, notes) {
+        match disk.by_partuuid(partuuid) {
+            None => notes.push(format!("{}: no such partition", disk.name)),
+            Some(part) => match &part.node {
+                Some(node) if node.exists() => return Some(node.clone()),
+                Some(node) => {
+                    notes.push(format!("{}: {} not created yet", disk.name, node.display()))
+                }
+                None => notes.push(format!(
+                    "{}: partition {} not in sysfs yet",
+                    disk.name, part.gpt.number
+                )),
+            },
+        }
+    }
+    None
 }
 
 /// A whole disk with a GPT.
@@ -200,6 +266,12 @@ pub(crate) mod fake {
     /// `vda` is a real file with a GPT made by sgdisk (esp, root-a, root-b, data;
     /// partition nodes are regular files), `vdb` has no GPT, `loop0` is skipped.
     pub fn tree() -> (tempfile::TempDir, Roots) {
+        tree_with_nodes(true)
+    }
+
+    /// [`tree`], with or without the partitions' device nodes (as before
+    /// devtmpfs created them).
+    pub fn tree_with_nodes(with_partition_nodes: bool) -> (tempfile::TempDir, Roots) {
         let dir = tempfile::tempdir().unwrap();
         let sys = dir.path().join("sys");
         let dev = dir.path().join("dev");
@@ -230,7 +302,9 @@ pub(crate) mod fake {
             fs::create_dir_all(&part).unwrap();
             fs::write(part.join("partition"), format!("{n}\n")).unwrap();
             fs::write(part.join("uevent"), format!("DEVNAME=vda{n}\nPARTN={n}\n")).unwrap();
-            fs::write(dev.join(format!("vda{n}")), "").unwrap();
+            if with_partition_nodes {
+                fs::write(dev.join(format!("vda{n}")), "").unwrap();
+            }
         }
         fs::create_dir_all(sys.join("block/vdb")).unwrap();
         fs::write(dev.join("vdb"), vec![0u8; 64 * 1024]).unwrap();
@@ -269,6 +343,68 @@ mod tests {
         assert!(err.contains("vda: no such partition"), "{err}");
         assert!(err.contains("vdb: no GPT header"), "{err}");
         assert!(!err.contains("loop0"), "{err}");
+    }
+
+    #[test]
+    fn finds_partitions_by_partuuid() {
+        let (_dir, roots) = tree();
+        let mut notes = Vec::new();
+        assert_eq!(
+            find_partition(&roots, ROOT_B_UUID, &mut notes),
+            Some(roots.dev.join("vda3"))
+        );
+        assert_eq!(
+            find_partition(&roots, &DATA_UUID.to_ascii_uppercase(), &mut notes),
+            Some(roots.dev.join("vda4"))
+        );
+    }
+
+    #[test]
+    fn waits_for_the_node_and_then_times_out() {
+        let (_dir, roots) = tree_with_nodes(false);
+        let err = wait_for_partition(
+            &roots,
+            ROOT_A_UUID,
+            Duration::from_millis(30),
+            Duration::from_millis(10),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(ROOT_A_UUID), "{err}");
+        assert!(err.contains("vda2 not created yet"), "{err}");
+    }
+
+    #[test]
+    fn node_appearing_later_is_found() {
+        let (_dir, roots) = tree_with_nodes(false);
+        let node = roots.dev.join("vda2");
+        let creator = {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                std::fs::write(node, "").unwrap();
+            })
+        };
+        let found = wait_for_partition(
+            &roots,
+            ROOT_A_UUID,
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        creator.join().unwrap();
+        assert_eq!(found, node);
+    }
+
+    #[test]
+    fn missing_sysfs_is_a_note() {
+        let roots = Roots {
+            sys: PathBuf::from("/nonexistent/sys"),
+            dev: PathBuf::from("/nonexistent/dev"),
+        };
+        let mut notes = Vec::new();
+        assert_eq!(find_partition(&roots, ROOT_A_UUID, &mut notes), None);
+        assert!(notes[0].contains("/nonexistent/sys/block"), "{notes:?}");
     }
 
     #[test]
