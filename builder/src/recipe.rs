@@ -1149,60 +1149,15 @@ pub fn parse_local_http_url(url: &str) -> Result<(u16, String), String> {
     Ok((port, path.to_string()))
 }
 
-/// Checks the shape of a minisign public key file: an `untrusted comment:` line,
-/// then a base64 line of 42 bytes starting with `Ed` (algorithm, key id, key).
+/// Checks that a file is a minisign public key, with the same parser the device
+/// agent trusts keys with.
 pub fn check_minisign_public_key(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
-    let mut lines = text.lines();
-    if !lines
-        .next()
-        .is_some_and(|l| l.starts_with("untrusted comment:"))
-    {
-        return Err("the first line must be `untrusted comment: ...`".into());
+    match berth_updater::bundle::TrustedKeys::parse(text) {
+        Ok(_) => Ok(()),
+        Err(berth_updater::bundle::BundleError::BadKey { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
     }
-    let key = lines.next().unwrap_or_default().trim();
-    let decoded = decode_base64(key).ok_or("the second line is not base64")?;
-    if decoded.len() != 42 || !decoded.starts_with(b"Ed") {
-        return Err(format!(
-            "the second line must decode to 42 bytes starting with \"Ed\" (got {} bytes)",
-            decoded.len()
-        ));
-    }
-    Ok(())
-}
-
-/// Standard base64 with padding; `None` for anything else.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.as_bytes();
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let last = i == bytes.len() / 4 - 1;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | value(c)?;
-        }
-        n <<= 6 * pad;
-        let three = n.to_be_bytes();
-        out.extend_from_slice(&three[1..4 - pad]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -1248,18 +1203,9 @@ mod tests {
     }
 
     #[test]
-    fn base64_and_minisign_keys() {
-        assert_eq!(decode_base64("aGVsbG8="), Some(b"hello".to_vec()));
-        assert_eq!(decode_base64("aGk="), Some(b"hi".to_vec()));
-        assert_eq!(decode_base64("aGVs"), Some(b"hel".to_vec()));
-        assert_eq!(decode_base64("aGk"), None);
-        assert_eq!(decode_base64("a=Gk"), None);
+    fn minisign_keys() {
         let key = "untrusted comment: minisign public key 1\nRWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n";
         assert_eq!(check_minisign_public_key(key.as_bytes()), Ok(()));
-        assert!(check_minisign_public_key(
-            b"RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n"
-        )
-        .is_err());
         assert!(check_minisign_public_key(b"untrusted comment: x\naGVsbG8=\n").is_err());
     }
 

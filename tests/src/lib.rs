@@ -620,6 +620,31 @@ pub fn read_esp_file(image: &Path, path: &str) -> String {
     text
 }
 
+/// The boot entries of a disk image's ESP as systemd-boot would see them, read
+/// offline: the entries and the slots' kernels are copied into a scratch folder
+/// (kernels as empty files: only their presence counts).
+pub fn esp_state(image: &Path) -> berth_updater::entries::EspState {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp folder: {e}"));
+    let entries = dir.path().join("loader/entries");
+    fs::create_dir_all(&entries).unwrap_or_else(|e| panic!("{}: {e}", entries.display()));
+    for name in esp_entry_names(image) {
+        let text = read_esp_file(image, &format!("loader/entries/{name}"));
+        fs::write(entries.join(&name), text).unwrap_or_else(|e| panic!("copying {name}: {e}"));
+    }
+    let esp = open_esp(image);
+    for slot in berth_updater::Slot::ALL {
+        let kernel = slot.kernel_path();
+        if esp.root_dir().open_file(&kernel).is_ok() {
+            let copy = dir.path().join(&kernel);
+            fs::create_dir_all(copy.parent().expect("berth/<slot>/vmlinuz has a folder"))
+                .and_then(|()| fs::write(&copy, b""))
+                .unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
+        }
+    }
+    berth_updater::entries::EspState::read(dir.path())
+        .unwrap_or_else(|e| panic!("reading the ESP entries of {}: {e}", image.display()))
+}
+
 /// Writes a file on a disk image's ESP, offline (its folder must exist).
 pub fn write_esp_file(image: &Path, path: &str, content: &str) {
     use std::io::Write as _;
