@@ -20,6 +20,24 @@ pub fn write_console(bytes: &[u8]) {
     let _ = std::io::stderr().lock().write_all(bytes);
 }
 
+/// Milliseconds since the kernel started, on `CLOCK_BOOTTIME` (the clock of the
+/// kernel's own printk timestamps, give or take the few ms before timekeeping
+/// starts), so the init's milestones line up with the kernel's on one time axis.
+pub fn since_boot_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    if rc != 0 {
+        return 0;
+    }
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
+    secs * 1000 + nanos / 1_000_000
+}
+
 /// Prints a line prefixed `berth-init: ` on the console.
 macro_rules! log {
     ($($arg:tt)*) => {

@@ -545,6 +545,11 @@ impl EventLoop {
                         logfile::ROTATE_AT,
                     ));
                 }
+                // The benchmark's "first container running" milestone.
+                log!(
+                    "container {name} started (pid {pid}) at {} ms since boot",
+                    crate::log::since_boot_ms()
+                );
                 self.supervisor.started(index, pid, now);
                 if let Some(Some(health)) = self.health.get_mut(index) {
                     health.started(now);
