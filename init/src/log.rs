@@ -44,3 +44,14 @@ macro_rules! log {
         $crate::log::line(format_args!($($arg)*))
     };
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn since_boot_counts_up_from_boot() {
+        let a = super::since_boot_ms();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = super::since_boot_ms();
+        assert!(a > 0 && b >= a + 20, "{a} then {b}");
+    }
+}
