@@ -81,6 +81,9 @@ pub fn all(opts: &Options) -> anyhow::Result<report::Results> {
     } else {
         baseline::get().map_err(|e| format!("{e:#}"))
     };
+    if let Err(why) = &baseline {
+        eprintln!("berth-bench: no baseline: {why}");
+    }
     let baseline = match baseline {
         Ok(b) => Ok((b.clone(), baseline::boots(&b, opts.boots)?)),
         Err(why) => Err(why),
