@@ -235,6 +235,23 @@ fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
     Ok(None)
 }
 
+/// Replaces each package's version by the one `pins` holds for it (the lock
+/// file's), if any. Dependencies stay as apt's candidate says: a pinned version
+/// is the same package at another version, and Debian keeps dependencies of one
+/// package stable across such updates.
+pub fn pin(packages: Vec<Package>, pins: &crate::lock::Pins) -> Vec<Package> {
+    packages
+        .into_iter()
+        .map(|mut p| {
+            if let Some(locked) = pins.package(&p.name) {
+                p.version = locked.version.clone();
+                p.sha256 = locked.sha256.clone();
+            }
+            p
+        })
+        .collect()
+}
+
 /// Fetches a package into the blob cache (or finds it there).
 pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
     if let Some(path) = cache.get(&package.sha256)? {

@@ -30,6 +30,10 @@ impl Progress {
         }
     }
 
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
     /// Starts a step (ending the previous one).
     pub fn step(&mut self, name: &str) {
         self.finish();

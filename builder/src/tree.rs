@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const MAX_SYMLINKS: usize = 40;
 /// Longest path berth accepts from an input (Linux's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// Longest file name (one path component) berth accepts (Linux's NAME_MAX).
+const MAX_NAME: usize = 255;
+/// Largest tar extension header (PAX, GNU long name or link) berth reads: they
+/// are read into memory, so a layer could otherwise ask for gigabytes.
+pub const MAX_EXTENSION: u64 = 1 << 20;
 
 /// Failure while building the tree.
 #[derive(Debug, thiserror::Error)]
@@ -398,12 +403,37 @@ impl Tree {
         let mut this_layer: Vec<String> = Vec::new();
         let entries = archive.entries().map_err(io_err(Path::new("tar")))?;
         for entry in entries {
-            let mut entry = entry.map_err(io_err(Path::new("tar")))?;
-            let raw_path = String::from_utf8_lossy(&entry.path_bytes()).to_string();
-            if raw_path.len() > MAX_PATH {
+            let mut entry = entry.map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => refused("tar", e.to_string()),
+                _ => TreeError::Io {
+                    path: PathBuf::from("tar"),
+                    source: e,
+                },
+            })?;
+            let bytes = entry.path_bytes();
+            if bytes.len() > MAX_PATH {
                 return Err(refused(
-                    &raw_path.chars().take(64).collect::<String>(),
-                    format!("path longer than {MAX_PATH} bytes"),
+                    &(String::from_utf8_lossy(&bytes[..64]).to_string() + "…"),
+                    format!("path of {} bytes is longer than {MAX_PATH}", bytes.len()),
+                ));
+            }
+            let raw_path = match std::str::from_utf8(&bytes) {
+                Ok(p) => p.to_string(),
+                Err(_) => {
+                    return Err(refused(
+                        &String::from_utf8_lossy(&bytes),
+                        "path is not UTF-8 (berth keeps paths as text)".into(),
+                    ))
+                }
+            };
+            drop(bytes);
+            if let Some(long) = raw_path.split('/').find(|c| c.len() > MAX_NAME) {
+                return Err(refused(
+                    &(raw_path.chars().take(64).collect::<String>() + "…"),
+                    format!(
+                        "file name of {} bytes is longer than {MAX_NAME}",
+                        long.len()
+                    ),
                 ));
             }
             let name = raw_path.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
@@ -452,6 +482,18 @@ impl Tree {
                         .link_name_bytes()
                         .map(|b| String::from_utf8_lossy(&b).to_string())
                         .ok_or_else(|| refused(&raw_path, "symlink without a target".into()))?;
+                    if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') {
+                        return Err(refused(
+                            &raw_path,
+                            format!(
+                                "symlink target of {} bytes is empty or too long",
+                                target.len()
+                            ),
+                        ));
+                    }
+                    // Kept as written: it is only ever followed inside the
+                    // container's root (here by `resolve`, on the device by the
+                    // kernel inside the container's mount namespace).
                     NodeKind::Symlink(target)
                 }
                 tar::EntryType::Link => {
@@ -478,6 +520,18 @@ impl Tree {
                     }
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
+                    // The runtime mounts its own /dev over the container's: nodes
+                    // there are dropped. Anywhere else a node would be a way
+                    // around the runtime's device rules: refused.
+                    if key == "dev" || key.starts_with("dev/") {
+                        continue;
+                    }
+                    if whiteouts {
+                        return Err(refused(
+                            &raw_path,
+                            "device node outside /dev: berth refuses device nodes in container images (the runtime provides /dev)".into(),
+                        ));
+                    }
                     let major = header.device_major().ok().flatten().unwrap_or(0);
                     let minor = header.device_minor().ok().flatten().unwrap_or(0);
                     if header.entry_type() == tar::EntryType::Char {
@@ -487,6 +541,9 @@ impl Tree {
                     }
                 }
                 tar::EntryType::Fifo => NodeKind::Fifo,
+                tar::EntryType::GNUSparse => {
+                    return Err(refused(&raw_path, "sparse files are not supported".into()))
+                }
                 // Extended headers are consumed by the tar crate; anything else
                 // (sparse files, unknown types) is refused rather than guessed at.
                 other => {
@@ -508,6 +565,139 @@ impl Tree {
             );
         }
         Ok(())
+    }
+}
+
+/// A reader that checks a tar stream's headers as they go by, before the tar
+/// crate sees them: extension headers (PAX `x`/`g`, GNU `L`/`K`) larger than
+/// [`MAX_EXTENSION`] and GNU sparse entries are refused with an
+/// [`io::ErrorKind::InvalidData`] error, so a hostile layer cannot make the
+/// builder buffer gigabytes of "file name".
+#[derive(Debug)]
+pub struct TarGuard<R> {
+    inner: R,
+    header: Vec<u8>,
+    /// Bytes of the current entry's data and padding still to pass.
+    remaining: u64,
+    /// Content of a PAX header being read, and how much of it is left.
+    pax: Option<(Vec<u8>, u64)>,
+    /// A `size` from the last PAX header: the next entry's real data length.
+    next_size: Option<u64>,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub fn new(inner: R) -> TarGuard<R> {
+        TarGuard {
+            inner,
+            header: Vec::with_capacity(512),
+            remaining: 0,
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    fn refuse(reason: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, reason)
+    }
+
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = std::mem::take(&mut self.header);
+        if h.iter().all(|&b| b == 0) {
+            return Ok(()); // end-of-archive block
+        }
+        let field = &h[124..136];
+        let size = if field[0] & 0x80 != 0 {
+            // Base-256: big-endian, the high bit of the first byte is the marker.
+            let mut n: u64 = u64::from(field[0] & 0x7f);
+            for &b in &field[1..] {
+                n = n
+                    .checked_mul(256)
+                    .and_then(|n| n.checked_add(u64::from(b)))
+                    .ok_or_else(|| Self::refuse("tar entry size overflows".into()))?;
+            }
+            n
+        } else {
+            let text: String = field
+                .iter()
+                .map(|&b| b as char)
+                .filter(|c| !matches!(c, '\0' | ' '))
+                .collect();
+            if text.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(&text, 8)
+                    .map_err(|_| Self::refuse(format!("tar header size {text:?} is not octal")))?
+            }
+        };
+        let kind = h[156];
+        let data = match kind {
+            b'x' | b'g' | b'L' | b'K' => {
+                if size > MAX_EXTENSION {
+                    return Err(Self::refuse(format!(
+                        "tar extension header ({}) of {size} bytes is larger than {MAX_EXTENSION}",
+                        kind as char
+                    )));
+                }
+                if kind == b'x' {
+                    self.pax = Some((Vec::new(), size));
+                }
+                size
+            }
+            b'S' => return Err(Self::refuse("GNU sparse files are not supported".into())),
+            _ => self.next_size.take().unwrap_or(size),
+        };
+        self.remaining = data
+            .checked_add(511)
+            .map(|n| n / 512 * 512)
+            .ok_or_else(|| Self::refuse("tar entry size overflows".into()))?;
+        Ok(())
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                if let Some((content, left)) = &mut self.pax {
+                    let keep = usize::try_from(*left).unwrap_or(usize::MAX).min(take);
+                    content.extend_from_slice(&bytes[..keep]);
+                    *left -= keep as u64;
+                }
+                self.remaining -= take as u64;
+                bytes = &bytes[take..];
+                if self.remaining == 0 {
+                    if let Some((content, _)) = self.pax.take() {
+                        self.next_size = pax_size(&content);
+                    }
+                }
+            } else {
+                let take = (512 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.header.len() == 512 {
+                    self.on_header()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `size` record of a PAX extended header's content.
+fn pax_size(content: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(content);
+    text.lines().find_map(|record| {
+        let (_, kv) = record.split_once(' ')?;
+        kv.strip_prefix("size=")?.parse().ok()
+    })
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n])?;
+        Ok(n)
     }
 }
 

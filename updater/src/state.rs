@@ -114,9 +114,7 @@ impl UpdateState {
     pub fn load(path: &Path) -> Result<UpdateState> {
         let text = match fs::read_to_string(path) {
             Ok(text) => text,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Ok(UpdateState::default())
-            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(UpdateState::default()),
             Err(source) => {
                 return Err(StateError::Io {
                     path: path.to_path_buf(),
