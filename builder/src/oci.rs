@@ -206,11 +206,7 @@ pub fn unpack(resolved: &Resolved, staging: &Path) -> Result<Unpacked, OciError>
             digest: layer.digest.clone(),
             source,
         };
-        {
-            let guard = TarGuard::new(&mut hashing);
-            tree.unpack_tar(&mut tar::Archive::new(guard), true)
-                .map_err(layer_err)?;
-        }
+        tree.unpack_layer(&mut hashing).map_err(layer_err)?;
         // The tar's end may leave padding unread: the diff_id covers it too.
         io::copy(&mut hashing, &mut io::sink()).map_err(io)?;
         let actual = hex::encode(hashing.hasher.finalize());

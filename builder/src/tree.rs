@@ -388,6 +388,12 @@ impl Tree {
         })
     }
 
+    /// Unpacks one container image layer (an uncompressed tar stream): its
+    /// headers checked by [`TarGuard`], whiteouts applied.
+    pub fn unpack_layer<R: Read>(&mut self, layer: R) -> Result<(), TreeError> {
+        self.unpack_tar(&mut tar::Archive::new(TarGuard::new(layer)), true)
+    }
+
     /// Unpacks a tar stream (a package's data or an OCI layer) into the tree.
     /// With `whiteouts`, OCI whiteout files delete what earlier layers put there.
     pub fn unpack_tar<R: Read>(
@@ -832,5 +838,301 @@ mod tests {
         assert!(dst.get("lib64/ld.so").is_some());
         assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1").is_some());
         assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1.2").is_some());
+    }
+
+    // -----------------------------------------------------------------------
+    // Hostile layers: each is confined to the tree or refused with a clear
+    // message, and nothing outside the staging folder changes.
+
+    /// Every file and folder under `dir` except `skip`, with contents.
+    fn snapshot(dir: &Path, skip: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let e = e.unwrap();
+            if e.path().starts_with(skip) {
+                continue;
+            }
+            let content = if e.file_type().is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((e.path().to_path_buf(), content));
+        }
+        out
+    }
+
+    fn raw_header(kind: u8, name: &[u8], size: u64) -> [u8; 512] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        let mut bytes = *h.as_bytes();
+        bytes[156] = kind;
+        // Checksum: sum of the header with the checksum field as spaces.
+        bytes[148..156].fill(b' ');
+        let sum: u32 = bytes.iter().map(|&b| u32::from(b)).sum();
+        let text = format!("{sum:06o}\0 ");
+        bytes[148..156].copy_from_slice(text.as_bytes());
+        bytes
+    }
+
+    /// A tar whose GNU long name entry holds `name` (any bytes).
+    fn long_name_tar(name: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&raw_header(b'L', b"././@LongLink", name.len() as u64 + 1));
+        out.extend_from_slice(name);
+        out.push(0);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&raw_header(b'0', b"short", 0));
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn pax_tar(records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            // "LEN key=value\n" where LEN counts the whole record.
+            let rest = k.len() + v.len() + 3;
+            let mut len = rest + rest.to_string().len();
+            if len.to_string().len() != rest.to_string().len() {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&raw_header(b'x', b"PaxHeaders/x", body.len() as u64));
+        out.extend_from_slice(&body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&raw_header(b'0', name.as_bytes(), data.len() as u64));
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn hostile_layers_are_confined_or_refused() {
+        use tar::EntryType::*;
+        let top = tempfile::tempdir().unwrap();
+        let staging = top.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let canary = top.path().join("canary");
+        std::fs::write(&canary, b"canary: must not change").unwrap();
+        std::fs::create_dir(top.path().join("outside")).unwrap();
+        let before = snapshot(top.path(), &staging);
+        let canary_abs = canary.to_str().unwrap().to_string();
+        let outside_abs = top.path().join("outside").to_str().unwrap().to_string();
+
+        enum Expect {
+            /// Unpacks, and these keys exist in the tree afterwards.
+            Confined(&'static [&'static str]),
+            /// Refused, the message containing these words.
+            Refused(&'static str),
+        }
+        use Expect::*;
+        let deep = "../".repeat(25);
+        let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+            (
+                "1 path traversal with ..",
+                tar_of(&[(&format!("{deep}canary"), Regular, "", b"evil")]),
+                Confined(&["canary"]),
+            ),
+            (
+                "2 absolute path to the canary",
+                tar_of(&[(&canary_abs, Regular, "", b"evil")]),
+                Confined(&[]),
+            ),
+            (
+                "3 absolute symlink escape, then a file through it",
+                tar_of(&[
+                    ("out", Symlink, &outside_abs, b""),
+                    ("out/planted", Regular, "", b"evil"),
+                ]),
+                Confined(&["out"]),
+            ),
+            (
+                "4 relative symlink escape, then a file through it",
+                tar_of(&[
+                    ("up", Symlink, &deep, b""),
+                    ("up/canary", Regular, "", b"evil"),
+                ]),
+                Confined(&["canary", "up"]),
+            ),
+            (
+                "5 symlinked parent pointing at the host's staging parent",
+                tar_of(&[
+                    ("a/", Directory, "", b""),
+                    ("a/b", Symlink, "../../../../..", b""),
+                    ("a/b/outside/planted", Regular, "", b"evil"),
+                ]),
+                Confined(&["outside/planted"]),
+            ),
+            (
+                "6 hard link to a file outside",
+                tar_of(&[("h", Link, &canary_abs, b"")]),
+                Refused("hard link to"),
+            ),
+            (
+                "7 hard link through .. to the canary",
+                tar_of(&[("h", Link, &format!("{deep}canary-missing"), b"")]),
+                Refused("which is not a file unpacked before it"),
+            ),
+            (
+                "8 whiteout of ..",
+                tar_of(&[("x/.wh...", Regular, "", b"")]),
+                Refused("whiteout of an invalid name"),
+            ),
+            (
+                "9 whiteout climbing out with ..",
+                tar_of(&[(&format!("{deep}.wh.canary"), Regular, "", b"")]),
+                Confined(&[]),
+            ),
+            (
+                "10 block device outside /dev",
+                tar_of(&[("disk", Block, "", b"")]),
+                Refused("device node outside /dev"),
+            ),
+            (
+                "11 character device in /dev is dropped",
+                tar_of(&[("dev/", Directory, "", b""), ("dev/mem", Char, "", b"")]),
+                Confined(&["dev"]),
+            ),
+            (
+                "12 huge PAX header (2 GiB claimed)",
+                {
+                    let mut t = raw_header(b'x', b"PaxHeaders/huge", 2 << 30).to_vec();
+                    t.extend_from_slice(&[b'a'; 4096]);
+                    t
+                },
+                Refused("tar extension header (x) of 2147483648 bytes"),
+            ),
+            (
+                "13 huge GNU long name header",
+                {
+                    let mut t = raw_header(b'L', b"././@LongLink", 1 << 30).to_vec();
+                    t.extend_from_slice(&[b'a'; 4096]);
+                    t
+                },
+                Refused("tar extension header (L)"),
+            ),
+            (
+                "14 path longer than PATH_MAX",
+                long_name_tar("a/".repeat(3000).as_bytes()),
+                Refused("is longer than 4096"),
+            ),
+            (
+                "15 file name longer than NAME_MAX",
+                long_name_tar("n".repeat(300).as_bytes()),
+                Refused("file name of 300 bytes is longer than 255"),
+            ),
+            (
+                "16 name that is not UTF-8",
+                long_name_tar(b"bad\xff\xfename"),
+                Refused("not UTF-8"),
+            ),
+            (
+                "17 GNU sparse file",
+                {
+                    let mut t = raw_header(b'S', b"sparse", 0).to_vec();
+                    t.extend_from_slice(&[0u8; 1024]);
+                    t
+                },
+                Refused("sparse files are not supported"),
+            ),
+            (
+                "18 symlink loop",
+                tar_of(&[
+                    ("l1", Symlink, "l2", b""),
+                    ("l2", Symlink, "l1", b""),
+                    ("l1/x", Regular, "", b""),
+                ]),
+                Refused("too many levels of symbolic links"),
+            ),
+            (
+                "19 PAX path with .. and an xattr",
+                pax_tar(
+                    &[
+                        ("path", format!("{deep}pax-canary").as_bytes()),
+                        ("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02"),
+                    ],
+                    "ignored",
+                    b"evil",
+                ),
+                Confined(&["pax-canary"]),
+            ),
+        ];
+        assert!(cases.len() >= 12);
+        for (what, bytes, expect) in cases {
+            let mut tree = Tree::new(&staging);
+            let result = tree.unpack_layer(io::Cursor::new(bytes));
+            match (expect, result) {
+                (Confined(keys), Ok(())) => {
+                    for key in keys {
+                        assert!(tree.get(key).is_some(), "{what}: {key} missing: {tree:?}");
+                    }
+                    for (key, _) in tree.nodes() {
+                        assert!(
+                            !key.starts_with('/') && !key.split('/').any(|c| c == ".."),
+                            "{what}: {key}"
+                        );
+                    }
+                }
+                (Refused(words), Err(e)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(words), "{what}: {text:?} lacks {words:?}");
+                }
+                (Confined(_), Err(e)) => panic!("{what}: refused: {e}"),
+                (Refused(words), Ok(())) => {
+                    panic!("{what}: accepted (expected {words:?}): {tree:?}")
+                }
+            }
+            assert_eq!(
+                snapshot(top.path(), &staging),
+                before,
+                "{what}: the host changed"
+            );
+        }
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary: must not change");
+        // The staging folder holds only opaque, numbered content files.
+        for e in std::fs::read_dir(&staging).unwrap() {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file());
+            let name = e.file_name().into_string().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_digit()), "{name}");
+        }
+    }
+
+    #[test]
+    fn setuid_bits_and_owners_are_kept_and_pax_sizes_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o4755);
+        h.set_uid(0);
+        h.set_gid(50);
+        h.set_size(3);
+        b.append_data(&mut h, "usr/bin/su", &b"abc"[..]).unwrap();
+        let mut bytes = b.into_inner().unwrap();
+        // A PAX size that differs from the header's (as for files over 8 GiB).
+        bytes.extend_from_slice(&pax_tar(&[("size", b"5")], "after", b"12345"));
+        let trimmed: Vec<u8> = {
+            // Drop the first archive's end blocks so both parts are one stream.
+            let first = 512 + 512;
+            let mut v = bytes[..first].to_vec();
+            v.extend_from_slice(&bytes[first + 1024..]);
+            v
+        };
+        t.unpack_layer(io::Cursor::new(trimmed)).unwrap();
+        let su = t.get("usr/bin/su").unwrap();
+        assert_eq!((su.mode, su.uid, su.gid), (0o4755, 0, 50));
+        let NodeKind::File(after) = &t.get("after").unwrap().kind else {
+            panic!("after is not a file")
+        };
+        assert_eq!(std::fs::read(after).unwrap(), b"12345");
     }
 }
