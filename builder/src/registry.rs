@@ -101,8 +101,41 @@ impl std::fmt::Debug for Registries {
     }
 }
 
+/// An error and its causes, each shown once.
+fn chain_text(e: &OciDistributionError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let line = s.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Whether an error is TLS failing (plain HTTP on the other side, or a
+/// certificate berth does not trust): no retry will change that.
+fn is_tls_failure(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    [
+        "tls",
+        "certificate",
+        "corrupt message",
+        "invalidcontenttype",
+        "handshake",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
+
 /// Whether a failed request is worth another try.
 fn retryable(e: &OciDistributionError) -> bool {
+    if is_tls_failure(&chain_text(e)) {
+        return false;
+    }
     match e {
         OciDistributionError::RequestError(r) => {
             r.is_connect() || r.is_timeout() || r.is_body() || r.is_request()
@@ -198,15 +231,9 @@ impl Registries {
     }
 
     fn pull_error(&self, image: &RegistryRef, e: &OciDistributionError) -> RegistryError {
-        let text = e.to_string();
+        let reason = chain_text(e);
         let plain = self.transports.get(&image.registry) == Some(&Transport::PlainHttp);
-        let hint = if !plain
-            && (text.contains("InvalidContentType")
-                || text.contains("invalid peer certificate")
-                || text.contains("tls")
-                || text.contains("TLS")
-                || text.contains("error sending request"))
-        {
+        let hint = if !plain && is_tls_failure(&reason) {
             format!(
                 " (berth speaks HTTPS to every registry; if {reg} serves plain HTTP, say so in the recipe: [registry.\"{reg}\"] insecure = true)",
                 reg = image.registry
@@ -220,16 +247,6 @@ impl Registries {
         } else {
             String::new()
         };
-        let mut reason = text;
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            let line = s.to_string();
-            if !reason.contains(&line) {
-                reason.push_str(": ");
-                reason.push_str(&line);
-            }
-            source = s.source();
-        }
         RegistryError::Pull {
             image: image.to_string(),
             reason,
