@@ -24,7 +24,7 @@ pub enum AptError {
     #[error("package {package:?} depends on {dependency:?}, which apt cannot provide")]
     Dependency { package: String, dependency: String },
     /// `apt-get download` failed.
-    #[error("apt-get download {name}={version} failed: {stderr} (if the lock file pins a version the archive no longer has, run `berth lock --update {name}`)")]
+    #[error("apt-get download {name}={version} failed: {stderr} (if the lock file pins a version the archive no longer has, run `berth lock --update RECIPE {name}`)")]
     Download {
         name: String,
         version: String,

@@ -43,7 +43,7 @@ pub enum BuildError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    #[error("berth lock --update {name}: no container or locked package is called {name:?} (containers: {containers}; see the lock file for packages)")]
+    #[error("berth lock --update: no container or locked package is called {name:?} (containers: {containers}; see the lock file for packages)")]
     UnknownName { name: String, containers: String },
     #[error("{path}: {source}")]
     Io {

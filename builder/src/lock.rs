@@ -24,14 +24,14 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("lock file {path} is not valid: {reason} (delete it, or run `berth lock --update`, to write a new one)")]
+    #[error("lock file {path} is not valid: {reason} (delete it, or run `berth lock --update RECIPE`, to write a new one)")]
     Parse { path: PathBuf, reason: String },
     #[error(
         "lock file {path} has format version {found}; this berth writes version {LOCK_VERSION}"
     )]
     Version { path: PathBuf, found: u32 },
     /// `--locked` and the lock would change.
-    #[error("{path} is out of date and --locked forbids changing it:\n{changes}\nrun `berth lock --update` (or build without --locked) to accept these changes")]
+    #[error("{path} is out of date and --locked forbids changing it:\n{changes}\nrun `berth lock --update RECIPE` (or build without --locked) to accept these changes")]
     Changed { path: PathBuf, changes: String },
 }
 
@@ -80,7 +80,7 @@ pub enum LockMode {
     /// and fail, naming the differences, if the lock would change (`--locked`).
     Locked,
     /// Resolve afresh the images of these containers and these packages (all
-    /// of them when empty) and write the lock (`berth lock --update [NAME...]`).
+    /// of them when empty) and write the lock (`berth lock --update RECIPE [NAME...]`).
     Update(Vec<String>),
 }
 
@@ -122,7 +122,7 @@ impl Lock {
         format!(
             "# berth lock file of {recipe_name}: the exact images and Debian packages it was\n\
              # built from. Written by `berth build` and `berth lock`; refresh with\n\
-             # `berth lock --update [NAME]`. Not meant to be edited by hand.\n{body}"
+             # `berth lock --update {recipe_name} [NAME...]`. Not meant to be edited by hand.\n{body}"
         )
     }
 

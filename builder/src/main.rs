@@ -58,10 +58,14 @@ enum Command {
     Lock {
         /// The recipe (TOML).
         recipe: PathBuf,
-        /// Resolve afresh the images of these containers and these packages
-        /// (everything when no NAME is given) instead of keeping the lock's.
-        #[arg(long, num_args = 0.., value_name = "NAME")]
-        update: Option<Vec<String>>,
+        /// With --update: only the images of these containers and these
+        /// packages (default: everything).
+        #[arg(requires = "update")]
+        names: Vec<String>,
+        /// Resolve afresh (tags from the registry, candidates from apt) instead
+        /// of keeping what the lock pins.
+        #[arg(long)]
+        update: bool,
         /// Download cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
         #[arg(long)]
         cache: Option<PathBuf>,
@@ -274,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lock {
             recipe,
+            names,
             update,
             cache,
             init,
@@ -290,9 +295,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out_dir: PathBuf::from("."),
                 cache_dir: cache_root(cache)?,
                 init,
-                lock_mode: match update {
-                    Some(names) => LockMode::Update(names),
-                    None => LockMode::Use,
+                lock_mode: if update {
+                    LockMode::Update(names)
+                } else {
+                    LockMode::Use
                 },
             };
             let locked = berth_builder::build::lock(&options, &mut progress)

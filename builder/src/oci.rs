@@ -61,7 +61,7 @@ pub enum OciError {
         expected: String,
         actual: String,
     },
-    #[error("{image}: the lock file pins {locked}, but {reason}; run `berth lock --update {container}` to take the image as it is now")]
+    #[error("{image}: the lock file pins {locked}, but {reason}; run `berth lock --update RECIPE {container}` to take the image as it is now")]
     LockedGone {
         image: String,
         container: String,

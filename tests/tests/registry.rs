@@ -56,6 +56,17 @@ fn berth(args: &[&str], recipe: &Path) -> Output {
         .unwrap_or_else(|e| panic!("running {}: {e}", berth.display()))
 }
 
+/// `berth ARGS RECIPE AFTER...`.
+fn berth_then(args: &[&str], recipe: &Path, after: &[&str]) -> Output {
+    let berth = &binaries().berth;
+    Command::new(berth)
+        .args(args)
+        .arg(recipe)
+        .args(after)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", berth.display()))
+}
+
 fn ok(output: &Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
@@ -293,13 +304,13 @@ fn locked_build_names_the_moved_tag() {
     assert!(stderr.contains("is up to date"), "{stderr}");
     assert_eq!(lock_digest(&lock, "app"), d1);
     let stderr = ok(
-        &berth(&["lock", "--update", "app"], &path),
+        &berth_then(&["lock", "--update"], &path, &["app"]),
         "lock --update app",
     );
     assert!(stderr.contains(&format!("moved from {d1}")), "{stderr}");
     assert_eq!(lock_digest(&lock, "app"), d2);
     let stderr = failed(
-        &berth(&["lock", "--update", "nosuch"], &path),
+        &berth_then(&["lock", "--update"], &path, &["nosuch"]),
         "update unknown",
     );
     assert!(
