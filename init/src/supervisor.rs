@@ -281,6 +281,8 @@ mod tests {
             .map(|(i, policy)| ContainerConfig {
                 name: format!("c{i}"),
                 restart: *policy,
+                critical: false,
+                health: None,
             })
             .collect();
         Supervisor::new(&configs)
