@@ -69,8 +69,12 @@ impl Progress {
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
             }
-            if self.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal() {
-                eprintln!("✓ {name} ({took:.1}s)");
+            if self.verbosity != Verbosity::Quiet {
+                if std::io::stderr().is_terminal() {
+                    eprintln!("✓ {name} ({took:.1}s)");
+                } else {
+                    eprintln!("    {name}: {took:.1} s");
+                }
             }
         }
     }
