@@ -683,3 +683,170 @@ fn extract_archive(file: &Path, dir: &Path) -> Result<(), OciError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Verbosity;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    /// Writes `bytes` as a blob of the layout `dir`; returns its descriptor.
+    fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        let hex = crate::cache::sha256_bytes(bytes);
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    }
+
+    fn layer(name: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &b"hi"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// A manifest for one image whose only layer holds the file `name`; the
+    /// config's diff_id is `diff_id` or the layer's own.
+    fn image(dir: &Path, name: &str, diff_id: Option<&str>) -> serde_json::Value {
+        let tar = layer(name);
+        let l = blob(
+            dir,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            &zstd::encode_all(&tar[..], 3).unwrap(),
+        );
+        let diff = diff_id.map_or_else(
+            || format!("sha256:{}", crate::cache::sha256_bytes(&tar)),
+            str::to_string,
+        );
+        let config = json!({"architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/x"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}}},
+            "rootfs": {"type": "layers", "diff_ids": [diff]}});
+        let c = blob(
+            dir,
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        );
+        let m = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": c, "layers": [l]});
+        blob(
+            dir,
+            "application/vnd.oci.image.manifest.v1+json",
+            m.to_string().as_bytes(),
+        )
+    }
+
+    fn write_index(dir: &Path, top: serde_json::Value) {
+        let mut top = top;
+        top["annotations"] = json!({REF_NAME: "1.0"});
+        fs::write(
+            dir.join("index.json"),
+            json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+        )
+        .unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    fn resolve_layout(dir: &Path, cache_dir: &Path) -> Result<(Resolved, Unpacked), OciError> {
+        let cache = Cache::open(cache_dir).unwrap();
+        let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
+        let sources = Sources {
+            cache: &cache,
+            registries: &registries,
+        };
+        let reference = ImageRef::Layout {
+            dir: dir.to_path_buf(),
+            tag: Some("1.0".into()),
+        };
+        let resolved = resolve(&reference, None, "c", &sources)?;
+        let staging = cache_dir.join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        let unpacked = unpack(&resolved, &staging)?;
+        Ok((resolved, unpacked))
+    }
+
+    #[test]
+    fn multi_arch_index_resolves_to_linux_amd64() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let arm = image(&layout, "arm64-file", None);
+        let amd = image(&layout, "amd64-file", None);
+        let mut arm_entry = arm.clone();
+        arm_entry["platform"] = json!({"architecture": "arm64", "os": "linux"});
+        let mut amd_entry = amd.clone();
+        amd_entry["platform"] = json!({"architecture": "amd64", "os": "linux"});
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [arm_entry, amd_entry]});
+        let nested = blob(
+            &layout,
+            "application/vnd.oci.image.index.v1+json",
+            index.to_string().as_bytes(),
+        );
+        write_index(&layout, nested.clone());
+        let (resolved, unpacked) = resolve_layout(&layout, &dir.path().join("cache")).unwrap();
+        assert_eq!(resolved.digest, nested["digest"].as_str().unwrap());
+        assert_eq!(resolved.manifest, amd["digest"].as_str().unwrap());
+        assert!(unpacked.tree.get("amd64-file").is_some());
+        assert!(unpacked.tree.get("arm64-file").is_none());
+        assert_eq!(unpacked.defaults.exposed_ports, ["53/udp", "80/tcp"]);
+
+        // An index without linux/amd64 is refused, naming what it has.
+        let only_arm = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [arm_entry]});
+        let nested = blob(
+            &layout,
+            "application/vnd.oci.image.index.v1+json",
+            only_arm.to_string().as_bytes(),
+        );
+        write_index(&layout, nested);
+        let err = resolve_layout(&layout, &dir.path().join("cache"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no linux/amd64 manifest (it has: linux/arm64)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layer_content_must_match_its_diff_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        write_index(&layout, image(&layout, "f", Some(&wrong)));
+        let err = resolve_layout(&layout, &dir.path().join("cache")).unwrap_err();
+        assert!(matches!(err, OciError::DiffId { .. }), "{err}");
+        assert!(err.to_string().contains("diff_id"), "{err}");
+    }
+
+    #[test]
+    fn docker_archives_of_several_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("two.tar");
+        let mut b = tar::Builder::new(File::create(&archive).unwrap());
+        let manifest = br#"[{"Config":"a.json","RepoTags":["a:1"],"Layers":[]},{"Config":"b.json","RepoTags":["b:2"],"Layers":[]}]"#;
+        let mut h = tar::Header::new_ustar();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &manifest[..])
+            .unwrap();
+        b.into_inner().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
+        let sources = Sources {
+            cache: &cache,
+            registries: &registries,
+        };
+        let err = resolve(
+            &ImageRef::DockerArchive { file: archive },
+            None,
+            "c",
+            &sources,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds 2 images (a:1, b:2)"), "{err}");
+    }
+}

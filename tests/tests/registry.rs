@@ -454,3 +454,94 @@ fn docker_and_oci_archives_build_and_boot() {
         seen[k] = true;
     }
 }
+
+#[test]
+fn concurrent_locks_fetch_each_blob_once_and_keep_credentials_out() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = write_layout(
+        &dir.path().join("layout"),
+        &greeter("concurrent", &nonce()),
+        "1.0",
+    );
+    let digest = registry.push(&layout.dir, "1.0", "berth/shared:1.0");
+    // Credentials for the registry (it has no auth and ignores them): berth
+    // must read them and write them nowhere.
+    let secret = format!("s3cret-{}", nonce());
+    let auth = dir.path().join("auth.json");
+    let encoded = {
+        use std::io::Write as _;
+        let mut child = Command::new("base64")
+            .arg("-w0")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("tester:{secret}").as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    fs::write(
+        &auth,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{encoded}"}}}}}}"#),
+    )
+    .unwrap();
+    let image = format!("{host}/berth/shared:1.0");
+    let recipes: Vec<_> = ["one", "two"]
+        .iter()
+        .map(|name| {
+            let path = dir.path().join(format!("{name}.toml"));
+            fs::write(&path, recipe(name, Some(&host), &[("app", &image)])).unwrap();
+            path
+        })
+        .collect();
+    let berth_bin = &binaries().berth;
+    let children: Vec<_> = recipes
+        .iter()
+        .map(|r| {
+            Command::new(berth_bin)
+                .arg("lock")
+                .arg(r)
+                .env("REGISTRY_AUTH_FILE", &auth)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        ok(&child.wait_with_output().unwrap(), "concurrent lock");
+    }
+    for name in ["one", "two"] {
+        let lock = dir.path().join(format!("{name}.lock"));
+        assert_eq!(lock_digest(&lock, "app"), digest);
+        let text = fs::read_to_string(&lock).unwrap();
+        assert!(
+            !text.contains(&secret) && !text.contains(&encoded),
+            "{text}"
+        );
+    }
+    let layer = &layout.layers[0].0;
+    let pulls: Vec<_> = registry
+        .blob_requests()
+        .into_iter()
+        .filter(|(p, _, _)| p.ends_with(layer.as_str()))
+        .collect();
+    assert_eq!(
+        pulls.len(),
+        1,
+        "the layer was fetched {} times: {pulls:?}",
+        pulls.len()
+    );
+    // Nothing in the cache's notes names the secret either.
+    let cache = default_cache();
+    for entry in fs::read_dir(cache.join("notes")).unwrap() {
+        let text = fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        assert!(!text.contains(&secret), "{text}");
+    }
+}
