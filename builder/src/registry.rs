@@ -28,8 +28,8 @@ use crate::credentials::{self, CredentialsError};
 use crate::progress::Verbosity;
 use crate::recipe::{RegistryRef, Transport};
 
-/// Tries of one request before giving up (the first and three retries).
-const ATTEMPTS: u32 = 4;
+/// Tries of one request before giving up (the first and four retries).
+const ATTEMPTS: u32 = 5;
 /// Pause before the first retry; doubled before each next one.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// Largest manifest berth accepts (the distribution spec suggests 4 MiB).

@@ -273,56 +273,77 @@ impl TestRegistry {
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("registry.log");
+        let mut registry = TestRegistry {
+            child: None,
+            port: 0,
+            dir,
+            log,
+        };
         let mut last = String::new();
         for _ in 0..5 {
-            let port = free_port();
-            let config = dir.path().join("config.yml");
-            fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-                     storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                     http:\n  addr: 127.0.0.1:{port}\n",
-                    dir.path().join("storage").display()
-                ),
-            )
-            .expect("writing the registry config");
-            let out = File::create(&log).expect("creating the registry log");
-            let err = out.try_clone().expect("log");
-            let mut child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("starting docker-registry (apt-get install docker-registry)");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last = format!(
-                        "exited with {status}: {}",
-                        fs::read_to_string(&log).unwrap_or_default()
-                    );
-                    break;
-                }
-                if crate::http_get_once(port, "/v2/").is_ok_and(|r| r.contains(" 200 ")) {
-                    return TestRegistry {
-                        child: Some(child),
-                        port,
-                        dir,
-                        log,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            if last.is_empty() {
-                last = "did not answer within 30 s".into();
+            registry.port = free_port();
+            match registry.spawn() {
+                Ok(()) => return registry,
+                Err(why) => last = why,
             }
         }
         panic!("docker-registry would not start: {last}");
+    }
+
+    /// Starts the registry again on the same port and storage (after [`stop`]).
+    ///
+    /// [`stop`]: TestRegistry::stop
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn()
+            .unwrap_or_else(|why| panic!("docker-registry would not start again: {why}"));
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port;
+        let config = self.dir.path().join("config.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                self.dir.path().join("storage").display()
+            ),
+        )
+        .expect("writing the registry config");
+        // Appended to, so a restart keeps the earlier requests.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the registry log");
+        let err = out.try_clone().expect("log");
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting docker-registry (apt-get install docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "exited with {status}: {}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            if crate::http_get_once(port, "/v2/").is_ok_and(|r| r.contains(" 200 ")) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("did not answer within 30 s".into())
     }
 
     /// `127.0.0.1:PORT`.

@@ -545,3 +545,52 @@ fn concurrent_locks_fetch_each_blob_once_and_keep_credentials_out() {
         assert!(!text.contains(&secret), "{text}");
     }
 }
+
+#[test]
+fn a_registry_that_comes_back_is_retried() {
+    let mut registry = TestRegistry::start();
+    let host = registry.host();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = write_layout(
+        &dir.path().join("layout"),
+        &greeter("retried", &nonce()),
+        "1.0",
+    );
+    let digest = registry.push(&layout.dir, "1.0", "berth/retry:1.0");
+    let path = dir.path().join("retry.toml");
+    fs::write(
+        &path,
+        recipe(
+            "retry",
+            Some(&host),
+            &[("app", &format!("{host}/berth/retry:1.0"))],
+        ),
+    )
+    .unwrap();
+    // The registry goes away; berth's first request fails, and the registry
+    // is back before its retries run out.
+    registry.stop();
+    let mut child = Command::new(&binaries().berth)
+        .arg("lock")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("trying again") {
+            registry.restart();
+            break;
+        }
+    }
+    let rest: String = lines.map(|l| l.unwrap() + "\n").collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "berth lock failed:\n{seen}{rest}");
+    assert!(seen.contains("trying again in 0.5 s (1/4)"), "{seen}");
+    assert_eq!(lock_digest(&dir.path().join("retry.lock"), "app"), digest);
+}
