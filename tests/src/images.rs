@@ -404,3 +404,54 @@ impl Drop for TestRegistry {
         self.stop();
     }
 }
+
+/// Writes a multi-architecture image into the layout `dir`: one image per
+/// `(spec, architecture)` (linux), listed by an image index that `index.json`
+/// tags `tag`. Returns the index's digest and each image's manifest digest.
+pub fn write_multi_arch_layout(
+    dir: &Path,
+    images: &[(&ImageSpec, &str)],
+    tag: &str,
+) -> (String, Vec<String>) {
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for (i, (spec, arch)) in images.iter().enumerate() {
+        // Each image through write_layout, under a scratch tag, then listed.
+        let mut spec = (*spec).clone();
+        if let Some(config) = spec.config.as_object_mut() {
+            config.insert("Labels".into(), json!({ "arch": arch }));
+        }
+        let one = write_layout(dir, &spec, &format!("scratch-{i}"));
+        let manifest = fs::read(
+            dir.join("blobs/sha256")
+                .join(one.manifest_digest.trim_start_matches("sha256:")),
+        )
+        .expect("the manifest just written");
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": one.manifest_digest,
+            "size": manifest.len(),
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+        digests.push(one.manifest_digest);
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let mut top = write_blob(
+        dir,
+        "application/vnd.oci.image.index.v1+json",
+        &serde_json::to_vec(&index).expect("index JSON"),
+    );
+    let digest = top["digest"].as_str().unwrap_or_default().to_string();
+    top["annotations"] = json!({ "org.opencontainers.image.ref.name": tag });
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec_pretty(&json!({ "schemaVersion": 2, "manifests": [top] }))
+            .expect("index.json"),
+    )
+    .expect("writing index.json");
+    (digest, digests)
+}

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use berth_tests::images::{
-    busybox_layer, default_cache, nonce, write_layout, Compression, ImageSpec, TestRegistry,
+    busybox_layer, default_cache, nonce, write_layout, write_multi_arch_layout, Compression,
+    ImageSpec, TestRegistry,
 };
 use berth_tests::{
     binaries, boot, build_image, extract_partition, literal, run_tool, BootOptions, BOOT_TIMEOUT,
@@ -220,6 +221,51 @@ fn pulls_by_tag_and_digest_and_builds_offline_from_the_lock() {
     assert_eq!(
         lock_digest(&dir.path().join("bydigest.lock"), "greeter"),
         digest
+    );
+
+    // `berth cache ls` names what the blobs are.
+    let ls = Command::new(&binaries().berth)
+        .args(["cache", "ls"])
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let layer_hex = layout.layers[0].0.trim_start_matches("sha256:");
+    assert!(
+        ls.lines().any(|l| l.starts_with(layer_hex)
+            && l.ends_with(&format!("layer 1/1 of {host}/berth/hello"))),
+        "{ls}"
+    );
+
+    // A multi-architecture image: the index is pinned, its linux/amd64 image used.
+    let multi = dir.path().join("multi");
+    let arm = greeter("an arm64 image", &nonce());
+    let amd = greeter("the amd64 image", &nonce());
+    let (index, manifests) =
+        write_multi_arch_layout(&multi, &[(&arm, "arm64"), (&amd, "amd64")], "1.0");
+    run_tool(
+        Command::new("skopeo")
+            .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1.0", multi.display()))
+            .arg(format!("docker://{host}/berth/multi:1.0")),
+    );
+    let multi_recipe = dir.path().join("multi.toml");
+    fs::write(
+        &multi_recipe,
+        recipe(
+            "multi",
+            Some(&host),
+            &[("greeter", &format!("{host}/berth/multi:1.0"))],
+        ),
+    )
+    .unwrap();
+    ok(&berth(&["lock"], &multi_recipe), "lock a multi-arch image");
+    let lock_text = fs::read_to_string(dir.path().join("multi.lock")).unwrap();
+    assert!(
+        lock_text.contains(&format!(
+            "digest = \"{index}\"\nmanifest = \"{}\"",
+            manifests[1]
+        )),
+        "{lock_text}"
     );
 
     // The registry stops: the lock pins the digest and the cache has every
