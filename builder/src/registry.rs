@@ -372,7 +372,7 @@ impl Registries {
                 let result = self.runtime.block_on(self.download(
                     &reference,
                     &auth,
-                    digest,
+                    (digest, size),
                     have,
                     &partial,
                     bar.as_ref(),
@@ -382,6 +382,16 @@ impl Registries {
                     Ok(()) => break,
                     Err(DownloadError::Local(path, source)) => {
                         return Err(RegistryError::Io { path, source })
+                    }
+                    Err(DownloadError::TooLarge) => {
+                        let _ = fs::remove_file(&partial);
+                        return Err(RegistryError::Pull {
+                            image: image.to_string(),
+                            reason: format!(
+                                "{what}: the registry sent more than the {size} bytes its descriptor says"
+                            ),
+                            hint: String::new(),
+                        });
                     }
                     Err(DownloadError::Remote(e)) if attempt < ATTEMPTS && retryable(&e) => {
                         if self.verbosity != Verbosity::Quiet {
@@ -456,7 +466,7 @@ impl Registries {
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-        digest: &str,
+        (digest, size): (&str, u64),
         offset: u64,
         partial: &std::path::Path,
         bar: Option<&ProgressBar>,
@@ -495,8 +505,12 @@ impl Registries {
         while let Some(chunk) = stream.next().await {
             let chunk =
                 chunk.map_err(|e| DownloadError::Remote(OciDistributionError::IoError(e)))?;
-            file.write_all(&chunk).map_err(local)?;
             position += chunk.len() as u64;
+            // Never more than the descriptor says: a registry cannot fill the disk.
+            if size > 0 && position > size {
+                return Err(DownloadError::TooLarge);
+            }
+            file.write_all(&chunk).map_err(local)?;
             *fetched += chunk.len() as u64;
             self.stats
                 .bytes
@@ -513,6 +527,8 @@ impl Registries {
 enum DownloadError {
     Remote(OciDistributionError),
     Local(PathBuf, std::io::Error),
+    /// More bytes than the blob's descriptor says.
+    TooLarge,
 }
 
 #[cfg(test)]
