@@ -168,10 +168,12 @@ pub fn resolve(
     }
 }
 
-/// Unpacks a resolved image into a new tree staged in `staging`.
-pub fn unpack(resolved: &Resolved, staging: &Path) -> Result<Unpacked, OciError> {
+/// Unpacks a resolved image into a new tree staged in `staging`, its files
+/// together at most `limit` bytes.
+pub fn unpack(resolved: &Resolved, staging: &Path, limit: u64) -> Result<Unpacked, OciError> {
     let image = &resolved.reference;
     let mut tree = Tree::new(staging);
+    tree.set_limit(limit);
     let diff_ids = resolved.config.rootfs().diff_ids();
     for (i, layer) in resolved.layers.iter().enumerate() {
         let io = |source| OciError::Io {
@@ -763,7 +765,7 @@ mod tests {
         let resolved = resolve(&reference, None, "c", &sources)?;
         let staging = cache_dir.join("staging");
         fs::create_dir_all(&staging).unwrap();
-        let unpacked = unpack(&resolved, &staging)?;
+        let unpacked = unpack(&resolved, &staging, 1 << 30)?;
         Ok((resolved, unpacked))
     }
 

@@ -36,6 +36,8 @@ const LIB_DIRS: &[&str] = &[
 ];
 /// The Debian package the debug console shell comes from (one static binary).
 const CONSOLE_SHELL_PACKAGE: &str = "busybox-static";
+/// An image's files may add up to this many times the root partition's size.
+const UNPACK_LIMIT_FACTOR: u64 = 8;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Failure while assembling a tree.
@@ -454,7 +456,10 @@ pub fn root_tree(
                 let written = reference.to_string();
                 let pin = pins.image(&container.name, &written);
                 let resolved = oci::resolve(reference, pin, &container.name, sources)?;
-                let unpacked = oci::unpack(&resolved, staging)?;
+                // The squashfs must fit the root partition; zstd rarely does
+                // better than 1:8 on real images, so more is a mistake or a bomb.
+                let limit = plan.disk.root.saturating_mul(UNPACK_LIMIT_FACTOR);
+                let unpacked = oci::unpack(&resolved, staging, limit)?;
                 inputs.images.push(LockedImage {
                     container: container.name.clone(),
                     reference: written,

@@ -83,6 +83,10 @@ impl Node {
 pub struct Tree {
     nodes: BTreeMap<String, Node>,
     staging: PathBuf,
+    /// Bytes of file content this tree may still stage (`None`: no limit).
+    budget: Option<u64>,
+    /// The limit `budget` started from, for the message.
+    limit: u64,
 }
 
 static STAGED: AtomicU64 = AtomicU64::new(0);
@@ -113,7 +117,16 @@ impl Tree {
         Tree {
             nodes: BTreeMap::new(),
             staging: staging.to_path_buf(),
+            budget: None,
+            limit: 0,
         }
+    }
+
+    /// Limits the file content this tree stages to `bytes` in all (a layer
+    /// that decompresses without end cannot fill the build's disk).
+    pub fn set_limit(&mut self, bytes: u64) {
+        self.budget = Some(bytes);
+        self.limit = bytes;
     }
 
     /// All nodes, parents before children.
@@ -323,7 +336,27 @@ impl Tree {
         let n = STAGED.fetch_add(1, Ordering::Relaxed);
         let path = self.staging.join(format!("{n:08}"));
         let mut file = File::create(&path).map_err(io_err(&path))?;
-        io::copy(reader, &mut file).map_err(io_err(&path))?;
+        match self.budget {
+            None => {
+                io::copy(reader, &mut file).map_err(io_err(&path))?;
+            }
+            Some(left) => {
+                let n = io::copy(&mut reader.take(left.saturating_add(1)), &mut file)
+                    .map_err(io_err(&path))?;
+                if n > left {
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    return Err(TreeError::Refused {
+                        path: String::new(),
+                        reason: format!(
+                            "the files unpack to more than {} MiB, the limit for one container",
+                            self.limit >> 20
+                        ),
+                    });
+                }
+                self.budget = Some(left - n);
+            }
+        }
         Ok(path)
     }
 
@@ -481,7 +514,10 @@ impl Tree {
             let kind = match header.entry_type() {
                 tar::EntryType::Directory => NodeKind::Dir,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    NodeKind::File(self.stage(&mut entry)?)
+                    NodeKind::File(self.stage(&mut entry).map_err(|e| match e {
+                        TreeError::Refused { reason, .. } => refused(&raw_path, reason),
+                        e => e,
+                    })?)
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
@@ -1103,6 +1139,31 @@ mod tests {
             let name = e.file_name().into_string().unwrap();
             assert!(name.chars().all(|c| c.is_ascii_digit()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_layer_past_the_size_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        t.set_limit(1 << 20);
+        let big = vec![0u8; 600 << 10];
+        use tar::EntryType::*;
+        let err = unpack_layer_bytes(
+            &mut t,
+            tar_of(&[("a", Regular, "", &big), ("b", Regular, "", &big)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("b: the files unpack to more than 1 MiB"),
+            "{err}"
+        );
+        // Only the first file's content stayed; the cut one was removed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn unpack_layer_bytes(tree: &mut Tree, bytes: Vec<u8>) -> Result<(), TreeError> {
+        tree.unpack_layer(io::Cursor::new(bytes))
     }
 
     #[test]
