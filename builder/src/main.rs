@@ -126,7 +126,7 @@ enum CacheCommand {
     /// Remove blobs no build used for a while, unfinished downloads and
     /// temporary files (refused while a build runs).
     Prune {
-        /// Remove blobs unused for this many days (default 30).
+        /// Remove blobs no build used for this many days.
         #[arg(long, default_value_t = 30, conflicts_with = "all")]
         unused_days: u64,
         /// Remove every blob.

@@ -91,6 +91,12 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "docker archive /nonexistent/app.tar does not exist",
         ),
         (
+            "docker archive that is a folder",
+            c("[[container]]\nname = \"a\"\nimage = \"docker-archive:/\"\n"),
+            6,
+            "docker archive / is not a file",
+        ),
+        (
             "registry table named by URL",
             c("[registry.\"https://registry.example.org\"]\ninsecure = true\n"),
             4,
