@@ -83,7 +83,11 @@ pub struct Kernel {
 
 /// Resolves a kernel package name (a metapackage such as `linux-image-cloud-amd64`
 /// is followed to the image package it depends on), fetches and extracts it.
-pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
+pub fn from_package(
+    cache: &Cache,
+    name: &str,
+    pins: &crate::lock::Pins,
+) -> Result<Kernel, KernelError> {
     let mut package = apt::resolve(&[name.to_string()], false)?
         .pop()
         .ok_or_else(|| AptError::Unknown {
@@ -105,6 +109,11 @@ pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
                 package: name.to_string(),
             })?;
     }
+    let package = apt::pin(vec![package], pins)
+        .pop()
+        .ok_or_else(|| AptError::Unknown {
+            name: name.to_string(),
+        })?;
     let fetched = apt::fetch(cache, &package)?;
     let deb_path = fetched.path.clone();
     let dir = cache.derived::<KernelError>(&format!("kernel-{}", package.sha256), |dir| {

@@ -130,6 +130,17 @@ struct RawRecipe {
     debug: Option<RawDebug>,
     #[serde(default, rename = "container")]
     containers: Vec<Spanned<RawContainer>>,
+    /// Per-registry settings, keyed by `HOST[:PORT]`.
+    #[serde(default)]
+    registry: BTreeMap<Spanned<String>, RawRegistry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    /// Plain HTTP instead of HTTPS for this registry.
+    #[serde(default)]
+    insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +268,8 @@ struct RawContainer {
     #[serde(default)]
     workdir: Option<Spanned<String>>,
     #[serde(default)]
+    user: Option<Spanned<String>>,
+    #[serde(default)]
     restart: Option<RestartPolicy>,
     #[serde(default)]
     critical: Option<bool>,
@@ -288,6 +301,34 @@ pub struct BuildPlan {
     /// Whether a debug shell runs on the serial console.
     pub console_shell: ConsoleShell,
     pub containers: Vec<ContainerPlan>,
+    /// How to reach each registry the recipe names a setting for.
+    pub registries: BTreeMap<String, Transport>,
+}
+
+impl BuildPlan {
+    /// How to reach `registry` (`HOST[:PORT]`): HTTPS unless the recipe says
+    /// `[registry."HOST"] insecure = true`.
+    pub fn transport(&self, registry: &str) -> Transport {
+        self.registries
+            .get(registry)
+            .copied()
+            .unwrap_or(Transport::Https)
+    }
+
+    /// The lock file that goes with this recipe, next to it as Cargo.lock is
+    /// next to Cargo.toml: `web.toml` → `web.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.recipe.with_extension("lock")
+    }
+}
+
+/// How berth talks to a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS with certificate checks (the default).
+    Https,
+    /// Plain HTTP, no TLS at all: only when the recipe says `insecure = true`.
+    PlainHttp,
 }
 
 /// The recipe's `[update]` table, checked.
@@ -392,6 +433,8 @@ pub struct ContainerPlan {
     /// Added to (and overriding) the image's environment.
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
+    /// Overrides the image's user (`NAME`, `UID`, `UID:GID`, `NAME:GROUP`).
+    pub user: Option<String>,
     pub restart: RestartPolicy,
     /// The boot assessment waits for this container to be healthy.
     pub critical: bool,
@@ -410,13 +453,89 @@ pub enum RootfsSource {
     Image { reference: ImageRef, at: Location },
 }
 
-/// A reference to an OCI image on the local disk.
+/// A reference to a container image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
     /// `oci:DIR[:TAG]`: an OCI image layout folder.
     Layout { dir: PathBuf, tag: Option<String> },
     /// `oci-archive:FILE[:TAG]`: a tar of an OCI image layout.
     Archive { file: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE`: what `docker save` writes (one image).
+    DockerArchive { file: PathBuf },
+    /// `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`, normalized as Docker does
+    /// (`busybox` is `docker.io/library/busybox:latest`).
+    Registry(RegistryRef),
+}
+
+/// An image in a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    /// `HOST[:PORT]` as written (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// `team/app`.
+    pub repository: String,
+    /// The tag, if any (`latest` when neither a tag nor a digest is given).
+    pub tag: Option<String>,
+    /// `sha256:<64 hex>`, if the recipe pins one.
+    pub digest: Option<String>,
+}
+
+impl RegistryRef {
+    /// Parses a registry reference the way Docker and skopeo do (an optional
+    /// `docker://` in front is accepted).
+    pub fn parse(text: &str) -> Result<RegistryRef, String> {
+        let text = text.strip_prefix("docker://").unwrap_or(text);
+        let parsed: oci_spec::distribution::Reference = text
+            .parse()
+            .map_err(|e: oci_spec::distribution::ParseError| e.to_string())?;
+        if let Some(d) = parsed.digest() {
+            let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            });
+            if !ok {
+                return Err(format!(
+                    "digest {d:?} is not sha256:<64 lowercase hex digits>"
+                ));
+            }
+        }
+        let tag = match (parsed.tag(), parsed.digest()) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(_)) => None,
+            (None, None) => Some("latest".to_string()),
+        };
+        Ok(RegistryRef {
+            registry: parsed.registry().to_string(),
+            repository: parsed.repository().to_string(),
+            tag,
+            digest: parsed.digest().map(str::to_string),
+        })
+    }
+
+    /// `REGISTRY/REPOSITORY` without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same image pinned to `digest` (the tag is kept for people to read).
+    pub fn pinned(&self, digest: &str) -> RegistryRef {
+        RegistryRef {
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name())?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for ImageRef {
@@ -424,6 +543,8 @@ impl fmt::Display for ImageRef {
         let (kind, path, tag) = match self {
             ImageRef::Layout { dir, tag } => ("oci", dir, tag),
             ImageRef::Archive { file, tag } => ("oci-archive", file, tag),
+            ImageRef::DockerArchive { file } => ("docker-archive", file, &None),
+            ImageRef::Registry(r) => return write!(f, "{r}"),
         };
         write!(f, "{kind}:{}", path.display())?;
         if let Some(tag) = tag {
@@ -535,6 +656,23 @@ impl Validator<'_> {
             }
             containers.push(plan);
         }
+        let mut registries = BTreeMap::new();
+        for (host, settings) in raw.registry {
+            if !is_registry_host(host.get_ref()) {
+                return self.err(
+                    &host.span(),
+                    format!(
+                        "registry {:?} is not HOST or HOST:PORT (as it appears in image references, without a scheme or path)",
+                        host.get_ref()
+                    ),
+                );
+            }
+            let transport = match settings.insecure {
+                Some(true) => Transport::PlainHttp,
+                Some(false) | None => Transport::Https,
+            };
+            registries.insert(host.into_inner(), transport);
+        }
         Ok(BuildPlan {
             recipe: self.path.to_path_buf(),
             name,
@@ -549,6 +687,7 @@ impl Validator<'_> {
             update,
             console_shell,
             containers,
+            registries,
         })
     }
 
@@ -1025,6 +1164,19 @@ impl Validator<'_> {
             Some(health) => Some(self.health(health, &name)?),
             None => None,
         };
+        let user = match raw.user {
+            Some(u) if !is_user_spec(u.get_ref()) => {
+                return self.err(
+                    &u.span(),
+                    format!(
+                        "user {:?} is not NAME, UID, UID:GID or NAME:GROUP",
+                        u.get_ref()
+                    ),
+                )
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
         Ok(ContainerPlan {
             name,
             source,
@@ -1032,6 +1184,7 @@ impl Validator<'_> {
             args: raw.args,
             env,
             workdir,
+            user,
             restart: raw.restart.unwrap_or(RestartPolicy::Never),
             critical: raw.critical.unwrap_or(false),
             health,
@@ -1070,12 +1223,69 @@ impl Validator<'_> {
             let file = self.local_path(&spanned(file), "OCI archive")?;
             return Ok(ImageRef::Archive { file, tag });
         }
-        self.err(
-            &value.span(),
-            format!(
-                "unsupported image reference {s:?}: use \"oci:DIR[:TAG]\" (an OCI image layout folder) or \"oci-archive:FILE[:TAG]\"; registries are not supported yet"
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let file = self.local_path(&spanned(rest.to_string()), "docker archive")?;
+            if !file.is_file() {
+                return self.err(
+                    &value.span(),
+                    format!("docker archive {} is not a file", file.display()),
+                );
+            }
+            return Ok(ImageRef::DockerArchive { file });
+        }
+        const OTHER_TRANSPORTS: &[&str] = &[
+            "dir:",
+            "containers-storage:",
+            "docker-daemon:",
+            "ostree:",
+            "sif:",
+            "oci-dir:",
+        ];
+        if OTHER_TRANSPORTS.iter().any(|t| s.starts_with(t)) {
+            return self.err(
+                &value.span(),
+                format!(
+                    "unsupported image reference {s:?}: use REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\" or \"docker-archive:FILE\""
+                ),
+            );
+        }
+        match RegistryRef::parse(s) {
+            Ok(r) => Ok(ImageRef::Registry(r)),
+            Err(why) => self.err(
+                &value.span(),
+                format!(
+                    "image reference {s:?} is not valid ({why}): use REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\" or \"docker-archive:FILE\""
+                ),
             ),
-        )
+        }
+    }
+}
+
+/// Whether `text` is `HOST` or `HOST:PORT` as image references spell registries.
+fn is_registry_host(text: &str) -> bool {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && !host.starts_with(['.', '-']);
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    host_ok && port_ok
+}
+
+/// Whether `text` is a container user as OCI image configs write it.
+fn is_user_spec(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match text.split_once(':') {
+        Some((u, g)) => part(u) && part(g),
+        None => part(text),
     }
 }
 

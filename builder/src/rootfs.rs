@@ -19,7 +19,8 @@ use crate::deb::{self, DebError};
 use crate::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
 };
-use crate::oci::{self, ImageDefaults, OciError};
+use crate::lock::{LockedImage, Pins};
+use crate::oci::{self, ImageDefaults, OciError, Sources};
 use crate::recipe::{
     BuildPlan, ConsoleShell, ContainerPlan, RecipeError, RootVerity, RootfsSource,
 };
@@ -35,6 +36,8 @@ const LIB_DIRS: &[&str] = &[
 ];
 /// The Debian package the debug console shell comes from (one static binary).
 const CONSOLE_SHELL_PACKAGE: &str = "busybox-static";
+/// An image's files may add up to this many times the root partition's size.
+const UNPACK_LIMIT_FACTOR: u64 = 8;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Failure while assembling a tree.
@@ -69,8 +72,8 @@ pub enum RootfsError {
 #[derive(Debug, Default, Clone)]
 pub struct Inputs {
     pub packages: Vec<Fetched>,
-    /// `(reference, manifest digest)` of each OCI image.
-    pub images: Vec<(String, String)>,
+    /// Each container image, pinned.
+    pub images: Vec<LockedImage>,
 }
 
 /// Unpacks packages (with their dependencies) into a new tree.
@@ -80,9 +83,10 @@ fn packages_tree(
     names: &[String],
     with_depends: bool,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
-    for package in apt::resolve(names, with_depends)? {
+    for package in apt::pin(apt::resolve(names, with_depends)?, pins) {
         let fetched = apt::fetch(cache, &package)?;
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
@@ -98,8 +102,9 @@ fn add_crun(
     cache: &Cache,
     staging: &Path,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<(), RootfsError> {
-    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs)?;
+    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs, pins)?;
     let crun = CRUN_PATH.trim_start_matches('/');
     root.copy_from(&scratch, crun)?;
     let mut queue = VecDeque::from([crun.to_string()]);
@@ -159,6 +164,7 @@ fn add_console_shell(
     cache: &Cache,
     staging: &Path,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<(), RootfsError> {
     let scratch = packages_tree(
         cache,
@@ -166,6 +172,7 @@ fn add_console_shell(
         &[CONSOLE_SHELL_PACKAGE.to_string()],
         false,
         inputs,
+        pins,
     )?;
     root.add_dir("bin", 0o755);
     root.copy_from(&scratch, "bin/busybox")?;
@@ -218,13 +225,18 @@ pub fn runtime_spec(
         .env
         .iter()
         .for_each(|(k, v)| set(format!("{k}={v}")));
-    let (uid, gid) = match &defaults.user {
-        Some(user) => resolve_user(user, rootfs).ok_or_else(|| {
+    let (uid, gid) = match (&container.user, &defaults.user) {
+        (Some(user), _) => resolve_user(user, rootfs).ok_or_else(|| {
+            fail(format!(
+                "user {user:?} of the recipe is neither numeric nor in the image's /etc/passwd"
+            ))
+        })?,
+        (None, Some(user)) => resolve_user(user, rootfs).ok_or_else(|| {
             fail(format!(
                 "user {user:?} of the image is neither numeric nor in its /etc/passwd"
             ))
         })?,
-        None => (0, 0),
+        (None, None) => (0, 0),
     };
     let cwd = container
         .workdir
@@ -234,6 +246,18 @@ pub fn runtime_spec(
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(plan.hostname.clone()));
+    if !defaults.exposed_ports.is_empty() {
+        // The image-spec's name for them in a runtime config: informational,
+        // containers share the device's network.
+        spec.set_annotations(Some(
+            [(
+                "org.opencontainers.image.exposedPorts".to_string(),
+                defaults.exposed_ports.join(","),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+    }
     let mut root = oci_spec::runtime::Root::default();
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(true));
@@ -333,12 +357,14 @@ fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
 /// Builds the image's root tree.
 pub fn root_tree(
     plan: &BuildPlan,
-    cache: &Cache,
+    sources: &Sources<'_>,
+    pins: &Pins,
     staging: &Path,
     init: &Path,
     update_agent: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<(Tree, Inputs), RootfsError> {
+    let cache = sources.cache;
     let mut inputs = Inputs::default();
     let mut root = Tree::new(staging);
     for dir in [
@@ -366,7 +392,7 @@ pub fn root_tree(
         0o755,
     );
     progress("crun and its libraries");
-    add_crun(&mut root, cache, staging, &mut inputs)?;
+    add_crun(&mut root, cache, staging, &mut inputs, pins)?;
 
     let config = ImageConfig {
         image: ImageInfo {
@@ -402,7 +428,7 @@ pub fn root_tree(
     }
     if plan.console_shell == ConsoleShell::Busybox {
         progress("busybox for the console shell");
-        add_console_shell(&mut root, cache, staging, &mut inputs)?;
+        add_console_shell(&mut root, cache, staging, &mut inputs, pins)?;
     }
     let os_release = format!(
         "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
@@ -418,7 +444,7 @@ pub fn root_tree(
         let (mut tree, defaults) = match &container.source {
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
-                let tree = packages_tree(cache, staging, &names, true, &mut inputs).map_err(|e| {
+                let tree = packages_tree(cache, staging, &names, true, &mut inputs, pins).map_err(|e| {
                     match e {
                         // Point at the recipe line of the unknown package.
                         RootfsError::Apt(AptError::Unknown { name }) => {
@@ -435,11 +461,19 @@ pub fn root_tree(
                 (tree, ImageDefaults::default())
             }
             RootfsSource::Image { reference, .. } => {
-                let scratch = cache_tempdir(cache)?;
-                let unpacked = oci::unpack(reference, staging, scratch.path())?;
-                inputs
-                    .images
-                    .push((reference.to_string(), unpacked.manifest_digest.clone()));
+                let written = reference.to_string();
+                let pin = pins.image(&container.name, &written);
+                let resolved = oci::resolve(reference, pin, &container.name, sources)?;
+                // The squashfs must fit the root partition; zstd rarely does
+                // better than 1:8 on real images, so more is a mistake or a bomb.
+                let limit = plan.disk.root.saturating_mul(UNPACK_LIMIT_FACTOR);
+                let unpacked = oci::unpack(&resolved, staging, limit)?;
+                inputs.images.push(LockedImage {
+                    container: container.name.clone(),
+                    reference: written,
+                    digest: resolved.digest.clone(),
+                    manifest: resolved.manifest.clone(),
+                });
                 (unpacked.tree, unpacked.defaults)
             }
         };
@@ -467,13 +501,6 @@ pub fn root_tree(
         root.graft(&format!("{bundle}/rootfs"), tree);
     }
     Ok((root, inputs))
-}
-
-fn cache_tempdir(cache: &Cache) -> Result<tempfile::TempDir, RootfsError> {
-    cache.tempdir().map_err(|e| RootfsError::Io {
-        path: cache.root().to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root

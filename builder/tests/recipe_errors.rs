@@ -67,10 +67,58 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "either `package` or `path`",
         ),
         (
-            "registry image reference",
-            c("[[container]]\nname = \"a\"\nimage = \"docker.io/library/busybox:latest\"\n"),
+            "registry reference with capitals",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/Team/App:1\"\n"),
+            6,
+            "is not valid",
+        ),
+        (
+            "registry reference with a short digest",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/app@sha256:abc\"\n"),
+            6,
+            "is not valid",
+        ),
+        (
+            "image transport berth does not know",
+            c("[[container]]\nname = \"a\"\nimage = \"containers-storage:app\"\n"),
             6,
             "unsupported image reference",
+        ),
+        (
+            "missing docker archive",
+            c("[[container]]\nname = \"a\"\nimage = \"docker-archive:/nonexistent/app.tar\"\n"),
+            6,
+            "docker archive /nonexistent/app.tar does not exist",
+        ),
+        (
+            "docker archive that is a folder",
+            c("[[container]]\nname = \"a\"\nimage = \"docker-archive:/\"\n"),
+            6,
+            "docker archive / is not a file",
+        ),
+        (
+            "registry table named by URL",
+            c("[registry.\"https://registry.example.org\"]\ninsecure = true\n"),
+            4,
+            "is not HOST or HOST:PORT",
+        ),
+        (
+            "insecure is not a boolean",
+            c("[registry.\"localhost:5000\"]\ninsecure = \"yes\"\n"),
+            5,
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "unknown registry setting",
+            c("[registry.\"localhost:5000\"]\ntls = false\n"),
+            5,
+            "unknown field `tls`",
+        ),
+        (
+            "bad container user",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/app:1\"\nuser = \"web server\"\n"),
+            7,
+            "is not NAME, UID, UID:GID or NAME:GROUP",
         ),
         (
             "missing OCI layout",
@@ -346,6 +394,44 @@ fn broken_recipes_name_line_and_reason() {
         let source_line = text.lines().nth(line - 1).unwrap_or_default();
         assert!(shown.contains(source_line), "{what}: no snippet:\n{shown}");
     }
+}
+
+#[test]
+fn image_references_and_registries() {
+    let recipe = format!(
+        "{HEAD}[registry.\"127.0.0.1:5000\"]\ninsecure = true\n\n\
+         [[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/team/app:1.4\"\nuser = \"1000:1000\"\n\n\
+         [[container]]\nname = \"b\"\nimage = \"busybox\"\n\n\
+         [[container]]\nname = \"c\"\nimage = \"docker://ghcr.io/team/app@sha256:{}\"\n",
+        "0".repeat(64)
+    );
+    let plan = parse(Path::new("r.toml"), &recipe).unwrap();
+    use berth_builder::recipe::{ImageRef, RootfsSource, Transport};
+    let refs: Vec<String> = plan
+        .containers
+        .iter()
+        .map(|c| match &c.source {
+            RootfsSource::Image {
+                reference: ImageRef::Registry(r),
+                ..
+            } => r.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            "127.0.0.1:5000/team/app:1.4".to_string(),
+            "docker.io/library/busybox:latest".to_string(),
+            format!("ghcr.io/team/app@sha256:{}", "0".repeat(64)),
+        ]
+    );
+    assert_eq!(plan.transport("127.0.0.1:5000"), Transport::PlainHttp);
+    // Only the registries the recipe names get plain HTTP; loopback included.
+    assert_eq!(plan.transport("localhost:5000"), Transport::Https);
+    assert_eq!(plan.transport("docker.io"), Transport::Https);
+    assert_eq!(plan.containers[0].user.as_deref(), Some("1000:1000"));
+    assert_eq!(plan.lock_path(), Path::new("r.lock"));
 }
 
 #[test]

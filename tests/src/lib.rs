@@ -18,6 +18,8 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod images;
+
 use berth_qemu::{extract_direct_boot, BootMode, DiskWrites, PortForward, Vm, VmConfig, VmOptions};
 use fs4::FileExt;
 use regex::Regex;
@@ -433,7 +435,8 @@ fn status_is_ok(response: &str) -> bool {
         == Some("200")
 }
 
-fn http_get_once(port: u16, path: &str) -> Result<String, String> {
+/// One plain `GET path` on `127.0.0.1:port` (HTTP/1.0): the whole response.
+pub fn http_get_once(port: u16, path: &str) -> Result<String, String> {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(|err| format!("connect: {err}"))?;
