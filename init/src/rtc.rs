@@ -7,8 +7,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `RTC_RD_TIME`, `_IOR('p', 0x09, struct rtc_time)` (9 ints, 36 bytes).
-const RTC_RD_TIME: libc::Ioctl = 0x8024_7009;
+/// `RTC_RD_TIME`, `_IOR('p', 0x09, struct rtc_time)` (9 ints, 36 bytes). The
+/// request type is `c_int` on musl and `c_ulong` on glibc: the bits are what
+/// count, so the cast may wrap.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+const RTC_RD_TIME: libc::Ioctl = 0x8024_7009_u32 as libc::Ioctl;
 /// Allowed difference between the RTC and the system clock.
 const SLACK: Duration = Duration::from_secs(5);
 
@@ -69,7 +72,7 @@ pub fn decide(system: u64, rtc: Option<u64>, epoch: u64) -> Option<u64> {
 
 fn set_clock(secs: u64) -> std::io::Result<()> {
     let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(secs).map_err(std::io::Error::other)?,
+        tv_sec: secs.try_into().map_err(std::io::Error::other)?,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec for the call.
