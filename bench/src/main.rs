@@ -217,8 +217,11 @@ fn footprint(settle: u64) -> anyhow::Result<()> {
         vm.expect(&literal(line), BOOT_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    vm.expect(&literal("berth-init: container two is healthy"), BOOT_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    vm.expect(
+        &literal("berth-init: container two is healthy"),
+        BOOT_TIMEOUT,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     std::thread::sleep(Duration::from_secs(settle));
     vm.send_line("grep -E '^(VmRSS|VmHWM|RssAnon|RssFile):' /proc/1/status | tr -s ' \\t' ' ' | tr '\\n' ' '; echo @@end")?;
     let line = vm
@@ -237,7 +240,10 @@ fn footprint(settle: u64) -> anyhow::Result<()> {
         init.display(),
         size as f64 / 1e6
     );
-    println!("| VmRSS of PID 1 | {:.2} MB ({rss} kB) | ≤ 2 MB |", rss as f64 / 1024.0);
+    println!(
+        "| VmRSS of PID 1 | {:.2} MB ({rss} kB) | ≤ 2 MB |",
+        rss as f64 / 1024.0
+    );
     for name in ["VmHWM", "RssAnon", "RssFile"] {
         if let Some(kb) = field(name) {
             println!("| {name} | {kb} kB | |");

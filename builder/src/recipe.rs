@@ -1226,7 +1226,7 @@ impl Validator<'_> {
             millicpus: match &raw.cpus {
                 Some(c) => {
                     let cpus = *c.get_ref();
-                    if !(cpus >= 0.01 && cpus <= 1024.0) {
+                    if !(0.01..=1024.0).contains(&cpus) {
                         return self.err(
                             &c.span(),
                             "cpus is a number of CPUs from 0.01 to 1024, like 0.5",

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 /// The only logical sector size handled (virtio, SATA and most eMMC).
 const SECTOR: u64 = 512;
+/// The same, as a buffer length.
+const SECTOR_BYTES: usize = 512;
 /// Partition ends are aligned down to 1 MiB.
 const ALIGN_SECTORS: u64 = 2048;
 /// `BLKPG`, `_IO(0x12, 105)`.
@@ -115,14 +117,14 @@ pub fn grow_gpt<D: Read + Write + Seek>(
     number: u32,
 ) -> std::io::Result<Option<Grown>> {
     let total = disk_bytes / SECTOR;
-    let mut header = [0u8; SECTOR as usize];
+    let mut header = [0u8; SECTOR_BYTES];
     disk.seek(SeekFrom::Start(SECTOR))?;
     disk.read_exact(&mut header)?;
     if &header[..8] != b"EFI PART" {
         return Err(table("no GPT header at sector 1"));
     }
     let header_size = u32_at(&header, 12) as usize;
-    if !(92..=SECTOR as usize).contains(&header_size) {
+    if !(92..=SECTOR_BYTES).contains(&header_size) {
         return Err(table(format!("GPT header size {header_size}")));
     }
     let alternate = u64_at(&header, 32);
@@ -199,7 +201,7 @@ pub fn grow_gpt<D: Read + Write + Seek>(
     disk.seek(SeekFrom::Start(SECTOR))?;
     disk.write_all(&header)?;
     // The protective MBR's partition covers the disk (up to 2 TiB).
-    let mut mbr = [0u8; SECTOR as usize];
+    let mut mbr = [0u8; SECTOR_BYTES];
     disk.seek(SeekFrom::Start(0))?;
     disk.read_exact(&mut mbr)?;
     if mbr[510..512] == [0x55, 0xAA] && mbr[446 + 4] == 0xEE {
