@@ -213,15 +213,21 @@ fn footprint(settle: u64) -> anyhow::Result<()> {
             ..BootOptions::default()
         },
     );
-    for line in ["[one] one up", "[two] two up", "[three] three up"] {
-        vm.expect(&literal(line), BOOT_TIMEOUT)
+    // In whatever order the containers print.
+    let wanted = [
+        literal("[one] one up"),
+        literal("[two] two up"),
+        literal("[three] three up"),
+        literal("berth-init: container two is healthy"),
+    ];
+    let mut seen = [false; 4];
+    while !seen.iter().all(|&s| s) {
+        let patterns: Vec<&Regex> = wanted.iter().collect();
+        let (index, _) = vm
+            .expect_any(&patterns, BOOT_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        seen[index] = true;
     }
-    vm.expect(
-        &literal("berth-init: container two is healthy"),
-        BOOT_TIMEOUT,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
     std::thread::sleep(Duration::from_secs(settle));
     vm.send_line("grep -E '^(VmRSS|VmHWM|RssAnon|RssFile):' /proc/1/status | tr -s ' \\t' ' ' | tr '\\n' ' '; echo @@end")?;
     let line = vm

@@ -71,6 +71,7 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         crate::runloop::rotation(&config),
     );
     crate::rtc::set_clock_from_rtc(config.image.epoch);
+    quiet_console();
     // The ESP first: its provisioning file may change the host name and network.
     let assessment = mount_esp();
     let provision = crate::provision::load(
@@ -87,6 +88,17 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
     }
     log!("system ready in {} ms", start.elapsed().as_millis());
     Ok(crate::runloop::run(&config, dhcp, assessment)?)
+}
+
+/// From here on the kernel prints only errors and worse on the console (console
+/// log level 4); everything is still in /var/log/berth/kernel.log. A console
+/// flooded with OOM reports and stack dumps (a container at its memory limit,
+/// restarted in a loop) drowns the lines that matter and was seen to starve
+/// the serial console's input under emulation.
+fn quiet_console() {
+    if let Err(err) = std::fs::write("/proc/sys/kernel/printk", "4") {
+        log!("setting the kernel's console log level: {err}");
+    }
 }
 
 /// The ESP, read-write on /efi, for the boot assessment (and the device agent).

@@ -16,6 +16,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use berth_tests::{
     boot, build_image, extract_partition, literal, run_tool, write_esp_file, BootOptions,
@@ -30,18 +31,27 @@ fn expect(vm: &TestVm, text: &str) -> String {
         .unwrap_or_else(|e| panic!("{e} (log: {})", vm.log().display()))
 }
 
-/// Types `command` into the debug shell and returns its exit code.
+/// Types `command` into the debug shell and returns its exit code. A line typed
+/// while the console is flooded (the kernel's OOM reports) was seen to get lost:
+/// it is typed again after a minute without an answer.
 fn shell(vm: &mut TestVm, command: &str) -> i32 {
-    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
-        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
     let re = Regex::new(r"@@rc=\d+").expect("regex");
-    let line = vm
-        .expect(&re, BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e} (log: {})", vm.log().display()));
-    line.rsplit('=')
-        .next()
-        .and_then(|code| code.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no exit code in {line:?}"))
+    for _ in 0..5 {
+        vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
+            .unwrap_or_else(|err| panic!("typing into the console: {err}"));
+        let Ok(line) = vm.expect(&re, Duration::from_secs(60)) else {
+            continue;
+        };
+        return line
+            .rsplit('=')
+            .next()
+            .and_then(|code| code.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no exit code in {line:?}"));
+    }
+    panic!(
+        "the shell did not answer {command:?} (log: {})",
+        vm.log().display()
+    );
 }
 
 fn direct(persist: bool) -> BootOptions {
@@ -82,7 +92,7 @@ fn network_dns_limits_and_isolation() {
     assert_eq!(
         shell(
             &mut vm,
-            "test \"$(crun exec isolated /bin/busybox ls /sys/class/net)\" = lo"
+            "test \"$(crun exec isolated /bin/busybox ls /sys/class/net </dev/null)\" = lo"
         ),
         0
     );
@@ -91,7 +101,7 @@ fn network_dns_limits_and_isolation() {
     assert_eq!(
         shell(
             &mut vm,
-            "crun exec web /bin/busybox grep -q 'nameserver 10.0.2.3' /etc/resolv.conf"
+            "crun exec web /bin/busybox grep -q 'nameserver 10.0.2.3' /etc/resolv.conf </dev/null"
         ),
         0
     );
@@ -100,7 +110,7 @@ fn network_dns_limits_and_isolation() {
     assert_eq!(
         shell(
             &mut vm,
-            &format!("crun exec web /bin/busybox wget -q -O - {url}")
+            &format!("crun exec web /bin/busybox wget -q -O - {url} </dev/null")
         ),
         0
     );
@@ -131,7 +141,7 @@ fn network_dns_limits_and_isolation() {
     assert_ne!(
         shell(
             &mut vm,
-            "crun exec web /bin/busybox mount -t tmpfs none /tmp"
+            "crun exec web /bin/busybox mount -t tmpfs none /tmp </dev/null"
         ),
         0
     );
