@@ -20,7 +20,8 @@ pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
 /// is run on, the ACPI power button, ext4 where it is not built in, and FAT with
 /// the code pages the init mounts the ESP with, `codepage=437,iocharset=iso8859-1`:
-/// the boot assessment renames boot entries there). They are loaded in the early
+/// the boot assessment renames boot entries there; overlay for containers with a
+/// writable root, and QEMU's i6300esb watchdog). They are loaded in the early
 /// stage, so the main stage has them after the switch to the root.
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_pci",
@@ -36,6 +37,8 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "vfat",
     "nls_cp437",
     "nls_iso8859-1",
+    "overlay",
+    "i6300esb",
 ];
 
 /// Failure to get the kernel ready.

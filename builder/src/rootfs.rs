@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use berth_updater::image_config::ImageInfo;
 use berth_updater::layout::{
-    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
+    CGROUP_LEAF, CGROUP_PARENT, CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH,
+    INITRAMFS_MODULES_PATH, KEYS_DIR, RESOLV_CONF, VOLUMES_DIR,
 };
 use berth_updater::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -22,7 +23,8 @@ use crate::kernel::{
 use crate::lock::{LockedImage, Pins};
 use crate::oci::{self, ImageDefaults, OciError, Sources};
 use crate::recipe::{
-    BuildPlan, ConsoleShell, ContainerPlan, RecipeError, RootVerity, RootfsSource,
+    BuildPlan, ConsoleShell, ContainerNetwork, ContainerPlan, Limits, Privileges, RecipeError,
+    RootVerity, RootfsSource, CAPABILITIES,
 };
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
@@ -245,7 +247,10 @@ pub fn runtime_spec(
         .unwrap_or_else(|| "/".to_string());
 
     let mut spec = Spec::default();
-    spec.set_hostname(Some(plan.hostname.clone()));
+    // No UTS namespace: containers see the device's host name, which the init
+    // sets at boot (from the recipe, or from the ESP's provisioning file).
+    let _ = &plan.hostname;
+    spec.set_hostname(None);
     if !defaults.exposed_ports.is_empty() {
         // The image-spec's name for them in a runtime config: informational,
         // containers share the device's network.
@@ -286,19 +291,212 @@ pub fn runtime_spec(
             .map(String::from)
             .to_vec(),
     ));
+    let bind = |source: &str, destination: &str, options: &[&str]| {
+        let mut mount = oci_spec::runtime::Mount::default();
+        mount.set_destination(PathBuf::from(destination));
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(PathBuf::from(source)));
+        mount.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+        mount
+    };
     if let Some(mounts) = spec.mounts_mut() {
         mounts.push(tmp);
+        // The host's DNS configuration (written by the init: static servers or the
+        // DHCP lease's, rewritten in place so the bind mount follows it).
+        if container.network == ContainerNetwork::Host {
+            mounts.push(bind(
+                RESOLV_CONF,
+                "/etc/resolv.conf",
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+        }
+        for (volume, path) in &container.volumes {
+            mounts.push(bind(
+                &format!("{VOLUMES_DIR}/{volume}"),
+                path,
+                &["rbind", "rw", "nosuid", "nodev"],
+            ));
+        }
     }
-    // Host networking for now: no network namespace.
+    if container.writable {
+        // The init mounts an overlay on the bundle's rootfs before the start.
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(false));
+        }
+    }
     let linux = spec
         .linux_mut()
         .as_mut()
         .ok_or_else(|| fail("no linux section".into()))?;
     if let Some(namespaces) = linux.namespaces_mut() {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.retain(|n| {
+            n.typ() != LinuxNamespaceType::Uts
+                && (n.typ() != LinuxNamespaceType::Network
+                    || container.network == ContainerNetwork::None)
+        });
     }
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}", container.name))));
-    Ok(spec)
+    linux.set_cgroups_path(Some(PathBuf::from(format!(
+        "{CGROUP_PARENT}/{}/{CGROUP_LEAF}",
+        container.name
+    ))));
+    if let Some(resources) = resources(&container.limits).map_err(|e| fail(e.to_string()))? {
+        linux.set_resources(Some(resources));
+    }
+    if container.privileges == Privileges::Privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
+    confine(spec, container).map_err(|e| fail(e.to_string()))
+}
+
+/// The cgroup v2 limits as OCI resources (crun writes memory.max, cpu.max,
+/// pids.max); `None` when the recipe sets none.
+fn resources(
+    limits: &Limits,
+) -> Result<Option<oci_spec::runtime::LinuxResources>, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    };
+    if *limits == Limits::default() {
+        return Ok(None);
+    }
+    let mut builder = LinuxResourcesBuilder::default();
+    if let Some(bytes) = limits.memory {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        // No swap on berth devices: memory + swap = memory.
+        builder = builder.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()?,
+        );
+    }
+    if let Some(millicpus) = limits.millicpus {
+        let quota = i64::try_from(millicpus * 100).unwrap_or(i64::MAX);
+        builder = builder.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(100_000u64)
+                .build()?,
+        );
+    }
+    if let Some(pids) = limits.pids {
+        builder = builder.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    }
+    Ok(Some(builder.build()?))
+}
+
+/// System calls a confined container may not make (EPERM), after Docker's
+/// default profile, reduced to a deny list: kernel modules, kexec, reboot,
+/// swap, accounting, keyrings, BPF, perf, userfaultfd, handles by inode and
+/// long-obsolete calls. Each group is lifted when the recipe adds the
+/// capability it belongs to.
+const DENIED_SYSCALLS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "acct",
+            "add_key",
+            "bpf",
+            "create_module",
+            "get_kernel_syms",
+            "keyctl",
+            "lookup_dcookie",
+            "nfsservctl",
+            "perf_event_open",
+            "query_module",
+            "request_key",
+            "_sysctl",
+            "sysfs",
+            "uselib",
+            "userfaultfd",
+            "ustat",
+            "vhangup",
+        ],
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "pivot_root",
+            "unshare",
+            "setns",
+            "name_to_handle_at",
+            "quotactl",
+            "swapon",
+            "swapoff",
+            "fsopen",
+            "fsmount",
+            "fsconfig",
+            "move_mount",
+            "open_tree",
+            "fspick",
+            "mount_setattr",
+        ],
+    ),
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_MODULE",
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    ("CAP_SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_adjtime"],
+    ),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+];
+
+/// Capabilities (the OCI default set, `cap_add`, minus `cap_drop`; every one when
+/// privileged), no new privileges and the seccomp filter unless privileged.
+fn confine(spec: Spec, container: &ContainerPlan) -> Result<Spec, serde_json::Error> {
+    let mut value = serde_json::to_value(&spec)?;
+    let privileged = container.privileges == Privileges::Privileged;
+    let mut caps: BTreeSet<String> = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        .map(String::from)
+        .into_iter()
+        .collect();
+    if privileged {
+        caps.extend(CAPABILITIES.map(String::from));
+    }
+    caps.extend(container.cap_add.iter().cloned());
+    for drop in &container.cap_drop {
+        caps.remove(drop);
+    }
+    let list = serde_json::Value::from(caps.iter().cloned().collect::<Vec<_>>());
+    if let Some(process) = value.get_mut("process").and_then(|p| p.as_object_mut()) {
+        let sets = [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ];
+        let capabilities: serde_json::Map<String, serde_json::Value> = sets
+            .iter()
+            .map(|set| (set.to_string(), list.clone()))
+            .collect();
+        process.insert("capabilities".into(), capabilities.into());
+        process.insert("noNewPrivileges".into(), (!privileged).into());
+    }
+    if !privileged {
+        let names: Vec<&str> = DENIED_SYSCALLS
+            .iter()
+            .filter(|(cap, _)| cap.is_empty() || !caps.contains(*cap))
+            .flat_map(|(_, names)| names.iter().copied())
+            .collect();
+        let seccomp = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{ "names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+        });
+        if let Some(linux) = value.get_mut("linux").and_then(|l| l.as_object_mut()) {
+            linux.insert("seccomp".into(), seccomp);
+        }
+    }
+    serde_json::from_value(value)
 }
 
 /// The runtime configuration's bytes. oci-spec keeps capabilities in `HashSet`s,
@@ -400,6 +598,7 @@ pub fn root_tree(
             version: plan.version.to_string(),
             compatible: plan.compatible.clone(),
             hostname: plan.hostname.clone(),
+            epoch: crate::build::epoch(plan),
         },
         network: plan.network.clone(),
         update: UpdateConfig {
@@ -409,6 +608,7 @@ pub fn root_tree(
         debug: DebugConfig {
             console_shell: plan.console_shell == ConsoleShell::Busybox,
         },
+        logs: plan.logs.clone(),
         containers: plan
             .containers
             .iter()
@@ -417,6 +617,8 @@ pub fn root_tree(
                 restart: c.restart,
                 critical: c.critical,
                 health: c.health.clone(),
+                volumes: c.volumes.iter().map(|(volume, _)| volume.clone()).collect(),
+                writable: c.writable,
             })
             .collect(),
     };
@@ -478,13 +680,28 @@ pub fn root_tree(
             }
         };
         // Mount points the runtime needs on a read-only root.
-        for dir in ["proc", "dev", "sys", "tmp"] {
+        let volume_dirs = container
+            .volumes
+            .iter()
+            .map(|(_, path)| path.trim_start_matches('/').to_string());
+        for dir in ["proc", "dev", "sys", "tmp"]
+            .map(String::from)
+            .into_iter()
+            .chain(volume_dirs)
+        {
             if tree
-                .resolve(dir, true)?
+                .resolve(&dir, true)?
                 .is_none_or(|k| tree.get(&k).is_none())
             {
-                tree.add_dir(dir, 0o755);
+                tree.add_dir(&dir, 0o755);
             }
+        }
+        if container.network == ContainerNetwork::Host
+            && tree
+                .resolve("etc/resolv.conf", true)?
+                .is_none_or(|k| tree.get(&k).is_none())
+        {
+            tree.add_bytes("etc/resolv.conf", b"", 0o644)?;
         }
         let spec = runtime_spec(plan, container, &defaults, &tree)?;
         let json = spec_json(&spec).map_err(|e| RootfsError::Spec {

@@ -282,6 +282,134 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             5,
             "invalid type",
         ),
+        (
+            "unknown container network",
+            c(&format!("{WEB}network = \"bridge\"\n")),
+            8,
+            "is not \"host\" or \"none\"",
+        ),
+        (
+            "volume without a path",
+            c(&format!("{WEB}volumes = [\"data\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume with a relative path",
+            c(&format!("{WEB}volumes = [\"data:srv\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume path with ..",
+            c(&format!("{WEB}volumes = [\"data:/srv/../etc\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume name in capitals",
+            c(&format!("{WEB}volumes = [\"Data:/srv\"]\n")),
+            8,
+            "volume name \"Data\" is not valid",
+        ),
+        (
+            "two volumes on one path",
+            c(&format!("{WEB}volumes = [\"a:/srv\", \"b:/srv\"]\n")),
+            8,
+            "two volumes are mounted on \"/srv\"",
+        ),
+        (
+            "memory not a size",
+            c(&format!("{WEB}memory = \"64Q\"\n")),
+            8,
+            "memory size is not a size",
+        ),
+        (
+            "memory too small",
+            c(&format!("{WEB}memory = \"1M\"\n")),
+            8,
+            "memory size 1 MiB is too small",
+        ),
+        (
+            "cpus zero",
+            c(&format!("{WEB}cpus = 0.0\n")),
+            8,
+            "cpus is a number of CPUs",
+        ),
+        (
+            "pids zero",
+            c(&format!("{WEB}pids = 0\n")),
+            8,
+            "pids is the most processes",
+        ),
+        (
+            "unknown capability",
+            c(&format!("{WEB}cap_add = [\"FLY\"]\n")),
+            8,
+            "is not a Linux capability",
+        ),
+        (
+            "unknown capability to drop",
+            c(&format!("{WEB}cap_drop = [\"CAP_FLY\"]\n")),
+            8,
+            "is not a Linux capability",
+        ),
+        (
+            "privileged is a boolean",
+            c(&format!("{WEB}privileged = \"yes\"\n")),
+            8,
+            "invalid type",
+        ),
+        (
+            "unknown container key",
+            c(&format!("{WEB}memory_limit = \"64M\"\n")),
+            8,
+            "unknown field `memory_limit`",
+        ),
+        (
+            "depends on an unknown container",
+            c(&format!("{WEB}depends_on = [\"db\"]\n")),
+            5,
+            "depends on \"db\", which is not a container",
+        ),
+        (
+            "depends on itself",
+            c(&format!("{WEB}depends_on = [\"web\"]\n")),
+            5,
+            "depends on itself",
+        ),
+        (
+            "depends_on cycle",
+            c(&format!(
+                "{WEB}depends_on = [\"db\"]\n[[container]]\nname = \"db\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\ndepends_on = [\"web\"]\n"
+            )),
+            5,
+            "depends_on forms a cycle between containers web, db",
+        ),
+        (
+            "log size too small",
+            c("[logs]\nmax_size = \"1K\"\n"),
+            5,
+            "logs max_size is a size of at least 4K",
+        ),
+        (
+            "no rotated logs kept",
+            c("[logs]\nkeep = 0\n"),
+            5,
+            "logs keep is a number of files from 1 to 100",
+        ),
+        (
+            "unknown logs key",
+            c("[logs]\nrotate = true\n"),
+            5,
+            "unknown field `rotate`",
+        ),
+        (
+            "DNS server not an address",
+            c("[network]\ndns = [\"dns.example\"]\n"),
+            5,
+            "DNS server \"dns.example\" is not an IPv4 address",
+        ),
     ]
 }
 
@@ -460,6 +588,38 @@ fn dhcp_is_the_default_network() {
     ));
     assert!(!fixed.dhcp);
     assert!(fixed.ipv4.is_some());
+}
+
+#[test]
+fn container_runtime_fields() {
+    use berth_builder::recipe::{ContainerNetwork, Limits, Privileges};
+    let text = format!(
+        "{HEAD}[network]\ndns = [\"1.1.1.1\"]\n{WEB}network = \"none\"\nvolumes = [\"web-data:/srv\"]\nwritable = true\nmemory = \"64M\"\ncpus = 0.5\npids = 100\ncap_add = [\"net_admin\"]\ncap_drop = [\"CAP_KILL\"]\nprivileged = true\ndepends_on = [\"db\"]\n[[container]]\nname = \"db\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\n"
+    );
+    let plan = parse(Path::new("r.toml"), &text).unwrap();
+    assert_eq!(plan.network.dns, ["1.1.1.1"]);
+    // depends_on puts db first.
+    let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["db", "web"]);
+    let web = &plan.containers[1];
+    assert_eq!(web.network, ContainerNetwork::None);
+    assert_eq!(web.volumes, [("web-data".to_string(), "/srv".to_string())]);
+    assert!(web.writable);
+    assert_eq!(
+        web.limits,
+        Limits {
+            memory: Some(64 << 20),
+            millicpus: Some(500),
+            pids: Some(100),
+        }
+    );
+    assert_eq!(web.cap_add, ["CAP_NET_ADMIN"]);
+    assert_eq!(web.cap_drop, ["CAP_KILL"]);
+    assert_eq!(web.privileges, Privileges::Privileged);
+    let db = &plan.containers[0];
+    assert_eq!(db.network, ContainerNetwork::Host);
+    assert_eq!(db.privileges, Privileges::Confined);
+    assert_eq!(db.limits, Limits::default());
 }
 
 #[test]

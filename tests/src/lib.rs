@@ -281,6 +281,8 @@ pub struct BootOptions {
     /// of a throwaway overlay: for tests that check the disk after the VM is gone.
     /// Boot a copy of a built image, never the shared one.
     pub persist: bool,
+    /// Add QEMU's i6300esb watchdog device.
+    pub watchdog: bool,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -344,6 +346,7 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
         DiskWrites::Discard
     };
     config.ports = opts.ports.clone();
+    config.watchdog = opts.watchdog;
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }

@@ -8,11 +8,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use berth_tests::images::{self, busybox_layer, Compression, ImageSpec};
 use berth_tests::{
     binaries, boot, build_image, extract_partition as extract, literal, run_tool as run,
     BootOptions, BOOT_TIMEOUT,
 };
-use berth_tests::images::{self, busybox_layer, Compression, ImageSpec};
 use serde_json::{json, Value};
 
 /// The tag the written layout's only manifest carries.
