@@ -5,6 +5,8 @@
 pub mod baseline;
 pub mod boots;
 pub mod builds;
+pub mod footprint;
+pub mod registry_build;
 pub mod report;
 pub mod sizes;
 pub mod stats;

@@ -3,7 +3,11 @@
 //! `cargo run --release -p berth-bench -- all` runs everything and writes
 //! `docs/benchmarks.md` and the plots under `docs/bench/`;
 //! `cargo run --release -p berth-bench -- verity-boot --boots 5`: boot time of the
-//! hello image with and without dm-verity.
+//! hello image with and without dm-verity;
+//! `cargo run --release -p berth-bench -- registry-build`: cold and warm build
+//! of a recipe whose ~50 MB image comes from a registry on loopback;
+//! `cargo run --release -p berth-bench -- footprint`: berth-init's size and RSS
+//! supervising three containers.
 
 use std::path::PathBuf;
 
@@ -46,6 +50,15 @@ enum Bench {
         #[arg(long)]
         uefi: bool,
     },
+    /// Cold and warm build time of a recipe with a ~50 MB image pulled from a
+    /// registry on loopback (Debian's docker-registry, started here).
+    RegistryBuild,
+    /// berth-init's static binary size and its RSS supervising three containers.
+    Footprint {
+        /// Seconds to let the system settle after the containers started.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,5 +91,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::VerityBoot { boots, uefi } => berth_bench::verity_boot::run(boots, uefi),
+        Bench::RegistryBuild => berth_bench::registry_build::run(),
+        Bench::Footprint { settle } => berth_bench::footprint::run(settle),
     }
 }

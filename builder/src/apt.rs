@@ -24,7 +24,7 @@ pub enum AptError {
     #[error("package {package:?} depends on {dependency:?}, which apt cannot provide")]
     Dependency { package: String, dependency: String },
     /// `apt-get download` failed.
-    #[error("apt-get download {name}={version} failed: {stderr}")]
+    #[error("apt-get download {name}={version} failed: {stderr} (if the lock file pins a version the archive no longer has, run `berth lock --update RECIPE {name}`)")]
     Download {
         name: String,
         version: String,
@@ -233,6 +233,23 @@ fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
         }
     }
     Ok(None)
+}
+
+/// Replaces each package's version by the one `pins` holds for it (the lock
+/// file's), if any. Dependencies stay as apt's candidate says: a pinned version
+/// is the same package at another version, and Debian keeps dependencies of one
+/// package stable across such updates.
+pub fn pin(packages: Vec<Package>, pins: &crate::lock::Pins) -> Vec<Package> {
+    packages
+        .into_iter()
+        .map(|mut p| {
+            if let Some(locked) = pins.package(&p.name) {
+                p.version = locked.version.clone();
+                p.sha256 = locked.sha256.clone();
+            }
+            p
+        })
+        .collect()
 }
 
 /// Fetches a package into the blob cache (or finds it there).

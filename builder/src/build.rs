@@ -8,12 +8,16 @@ use berth_updater::layout::{self, BootEntry, Slot};
 use crate::cache::{sha256_file, Cache, CacheError};
 use crate::disk::{self, DiskError, DiskIds, DiskInput};
 use crate::initramfs::{self, InitramfsError};
-use crate::kernel::{self, KernelError};
+use crate::kernel::{self, Kernel, KernelError};
+use crate::lock::{Lock, LockError, LockMode, LockedPackage, Pins};
+use crate::oci::Sources;
 use crate::progress::Progress;
 use crate::recipe::{self, BuildPlan, KernelSource, RecipeError, RootVerity};
+use crate::registry::{human_bytes, Registries, RegistryError};
 use crate::report::*;
-use crate::rootfs::{self, RootfsError};
+use crate::rootfs::{self, Inputs, RootfsError};
 use crate::squashfs::{self, SquashfsError};
+use crate::tree::Tree;
 use crate::verity::{self, HashTree, VerityError};
 
 /// Failure of a build.
@@ -35,6 +39,12 @@ pub enum BuildError {
     Verity(#[from] VerityError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("berth lock --update: no container or locked package is called {name:?} (containers: {containers}; see the lock file for packages)")]
+    UnknownName { name: String, containers: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -70,6 +80,8 @@ pub struct BuildOptions {
     pub init: Option<PathBuf>,
     /// berth-update, the device agent; found like berth-init when `None`.
     pub update_agent: Option<PathBuf>,
+    /// How the recipe's lock file is used.
+    pub lock_mode: LockMode,
 }
 
 /// A static binary of berth's that goes into every image.
@@ -107,6 +119,27 @@ pub struct Built {
     pub image: PathBuf,
     pub report: PathBuf,
     pub report_data: BuildReport,
+    /// What went over the network to registries.
+    pub fetched: Fetched,
+}
+
+/// Requests made to registries and bytes received in one run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+/// What `berth lock` did.
+#[derive(Debug)]
+pub struct Locked {
+    pub path: PathBuf,
+    /// Whether the file was written (it differed or did not exist).
+    pub written: bool,
+    /// The lines that changed (empty when none).
+    pub changes: String,
+    pub lock: Lock,
+    pub fetched: Fetched,
 }
 
 /// Finds one of berth's image binaries: its environment variable, then next to
@@ -181,27 +214,78 @@ pub fn epoch(plan: &BuildPlan) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the whole pipeline.
-pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, BuildError> {
+/// Everything up to the root tree: the recipe read, sources fetched and
+/// unpacked, the lock file checked and written.
+struct Prepared {
+    plan: BuildPlan,
+    init: PathBuf,
+    agent: PathBuf,
+    epoch: u64,
+    mtime: u32,
+    work: tempfile::TempDir,
+    staging: PathBuf,
+    kernel: Kernel,
+    root_tree: Tree,
+    inputs: Inputs,
+    lock_path: PathBuf,
+    lock: Lock,
+    lock_written: bool,
+    lock_changes: String,
+    fetched: Fetched,
+    _cache: crate::cache::CacheLock,
+}
+
+fn prepare(
+    options: &BuildOptions,
+    progress: &mut Progress,
+    work_parent: &Path,
+) -> Result<Prepared, BuildError> {
     progress.step("recipe");
     let plan = recipe::load(&options.recipe)?;
     let init = image_binary(options.init.as_deref(), INIT)?;
     let agent = image_binary(options.update_agent.as_deref(), UPDATE_AGENT)?;
     let epoch = epoch(&plan);
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
+    let lock_path = plan.lock_path();
+    let old_lock = Lock::read(&lock_path)?;
+    if let LockMode::Update(names) = &options.lock_mode {
+        for name in names {
+            let known =
+                plan.containers.iter().any(|c| &c.name == name) || old_lock.package(name).is_some();
+            if !known {
+                return Err(BuildError::UnknownName {
+                    name: name.clone(),
+                    containers: plan
+                        .containers
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+    }
+    let pins = Pins::new(old_lock.clone(), options.lock_mode.clone());
     let cache = Cache::open(&options.cache_dir)?;
-    fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
+    // Held until the build ends: `berth cache prune` waits for no build.
+    let cache_lock = cache.lock_shared()?;
+    let registries = Registries::new(&plan.registries, progress.verbosity())?;
+    let sources = Sources {
+        cache: &cache,
+        registries: &registries,
+    };
+    fs::create_dir_all(work_parent).map_err(io_err(work_parent))?;
     let work = tempfile::Builder::new()
         .prefix(".berth-build-")
-        .tempdir_in(&options.out_dir)
-        .map_err(io_err(&options.out_dir))?;
+        .tempdir_in(work_parent)
+        .map_err(io_err(work_parent))?;
     let staging = work.path().join("staging");
     fs::create_dir(&staging).map_err(io_err(&staging))?;
 
     progress.step("kernel");
     let kernel = match &plan.kernel.source {
         KernelSource::Package { name, at } => {
-            kernel::from_package(&cache, name).map_err(|e| match e {
+            kernel::from_package(&cache, name, &pins).map_err(|e| match e {
                 KernelError::Apt(crate::apt::AptError::Unknown { name }) => {
                     BuildError::Recipe(at.error(format!(
                         "unknown kernel package {name:?}: apt has no candidate for it"
@@ -216,8 +300,113 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     progress.step("root filesystem tree");
     let (root_tree, inputs) = {
         let p = &*progress;
-        rootfs::root_tree(&plan, &cache, &staging, &init, &agent, &|d| p.detail(d))?
+        rootfs::root_tree(&plan, &sources, &pins, &staging, &init, &agent, &|d| {
+            p.detail(d)
+        })?
     };
+
+    // The lock of what this build used.
+    let mut lock = Lock {
+        version: crate::lock::LOCK_VERSION,
+        images: inputs.images.clone(),
+        packages: inputs
+            .packages
+            .iter()
+            .chain(kernel.package.iter())
+            .map(|f| LockedPackage {
+                name: f.package.name.clone(),
+                version: f.package.version.clone(),
+                sha256: f.package.sha256.clone(),
+            })
+            .collect(),
+    };
+    lock.images.sort();
+    lock.images.dedup();
+    lock.packages.sort();
+    lock.packages.dedup();
+    let lock_changes = old_lock.changes(&lock);
+    let recipe_name = plan
+        .recipe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock_written = match options.lock_mode {
+        LockMode::Locked if !lock_changes.is_empty() => {
+            return Err(LockError::Changed {
+                path: lock_path,
+                changes: lock_changes,
+            }
+            .into())
+        }
+        _ => lock.write(&lock_path, &recipe_name)?,
+    };
+    let fetched = Fetched {
+        requests: registries
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        bytes: registries
+            .stats
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+    };
+    Ok(Prepared {
+        plan,
+        init,
+        agent,
+        epoch,
+        mtime,
+        work,
+        staging,
+        kernel,
+        root_tree,
+        inputs,
+        lock_path,
+        lock,
+        lock_written,
+        lock_changes,
+        fetched,
+        _cache: cache_lock,
+    })
+}
+
+/// Resolves and fetches every input of the recipe and writes its lock file,
+/// without building an image (`berth lock`).
+pub fn lock(options: &BuildOptions, progress: &mut Progress) -> Result<Locked, BuildError> {
+    let scratch = std::env::temp_dir();
+    let prepared = prepare(options, progress, &scratch)?;
+    progress.finish();
+    Ok(Locked {
+        path: prepared.lock_path,
+        written: prepared.lock_written,
+        changes: prepared.lock_changes,
+        lock: prepared.lock,
+        fetched: prepared.fetched,
+    })
+}
+
+/// Runs the whole pipeline.
+pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, BuildError> {
+    let Prepared {
+        plan,
+        init,
+        agent,
+        epoch,
+        mtime,
+        work,
+        staging,
+        kernel,
+        root_tree,
+        inputs,
+        lock_path,
+        lock_written,
+        fetched,
+        _cache,
+        ..
+    } = prepare(options, progress, &options.out_dir)?;
+    if lock_written {
+        progress.say(&format!("wrote {}", lock_path.display()));
+    }
 
     progress.step("initramfs");
     let initramfs_tree = rootfs::initramfs_tree(&plan, &kernel, &staging, &init)?;
@@ -344,9 +533,11 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
             images: inputs
                 .images
                 .iter()
-                .map(|(reference, manifest)| ImageInput {
-                    reference: reference.clone(),
-                    manifest: manifest.clone(),
+                .map(|i| ImageInput {
+                    container: i.container.clone(),
+                    reference: i.reference.clone(),
+                    digest: i.digest.clone(),
+                    manifest: i.manifest.clone(),
                 })
                 .collect(),
         },
@@ -362,10 +553,16 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     fs::rename(&tmp_image, &image).map_err(io_err(&image))?;
     fs::rename(&tmp_report, &report_path).map_err(io_err(&report_path))?;
     progress.finish();
+    progress.say(&format!(
+        "registries: {} requests, {} fetched",
+        fetched.requests,
+        human_bytes(fetched.bytes)
+    ));
     Ok(Built {
         image,
         report: report_path,
         report_data: report,
+        fetched,
     })
 }
 

@@ -1,12 +1,20 @@
 //! A content-addressed blob cache: `<root>/blobs/sha256/<hex>`, verified on every read.
 //!
 //! Blobs land through a temporary file in `<root>/tmp` and one atomic rename, so
-//! concurrent builds sharing the cache never see half a blob.
+//! concurrent builds sharing the cache never see half a blob. A build holds a
+//! shared lock on `<root>/cache.lock` for its whole run and `berth cache prune`
+//! an exclusive one, so a prune never removes a blob a build is using; one
+//! download of a blob at a time holds `<root>/locks/<hex>` (a second build waits,
+//! then finds the blob in the cache). Interrupted downloads stay in
+//! `<root>/partial/<hex>` and are resumed. `<root>/notes/<hex>` says what a blob
+//! is, for `berth cache ls`; a blob's mtime is when a build last used it.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+use fs4::FileExt;
 use sha2::{Digest, Sha256};
 
 /// Failure in the blob cache.
@@ -25,6 +33,34 @@ pub enum CacheError {
     /// No home folder to put the default cache in.
     #[error("no cache folder: set BERTH_CACHE or HOME")]
     NoHome,
+    /// A build is using the cache.
+    #[error("the cache {path} is in use by a build: prune it when no build runs")]
+    Busy { path: PathBuf },
+}
+
+/// A lock on the cache (or on one blob), released on drop.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: File,
+}
+
+/// One blob of the cache, for `berth cache ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Hex sha256.
+    pub sha256: String,
+    pub size: u64,
+    /// When a build last used it.
+    pub last_used: SystemTime,
+    /// What it is (a package file, an image layer, ...), when known.
+    pub what: String,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub blobs: usize,
+    pub bytes: u64,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -43,7 +79,14 @@ pub struct Cache {
 impl Cache {
     /// The cache at `root`, created if missing.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
-        for sub in ["blobs/sha256", "tmp", "extracted"] {
+        for sub in [
+            "blobs/sha256",
+            "tmp",
+            "extracted",
+            "partial",
+            "locks",
+            "notes",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -79,6 +122,141 @@ impl Cache {
         self.root.join("blobs/sha256").join(sha256)
     }
 
+    fn lock_file(&self, path: &Path) -> Result<File, CacheError> {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))
+    }
+
+    /// A build's lock: shared with other builds, exclusive of `prune`.
+    pub fn lock_shared(&self) -> Result<CacheLock, CacheError> {
+        let path = self.root.join("cache.lock");
+        let file = self.lock_file(&path)?;
+        FileExt::lock_shared(&file).map_err(io_err(&path))?;
+        Ok(CacheLock { _file: file })
+    }
+
+    /// The lock for downloading one blob (waits for another download of it).
+    pub fn lock_blob(&self, sha256: &str) -> Result<CacheLock, CacheError> {
+        let path = self.root.join("locks").join(sha256);
+        let file = self.lock_file(&path)?;
+        FileExt::lock(&file).map_err(io_err(&path))?;
+        Ok(CacheLock { _file: file })
+    }
+
+    /// Where the bytes of an unfinished download of a blob are kept (hold
+    /// [`Cache::lock_blob`] while writing it).
+    pub fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("partial").join(sha256)
+    }
+
+    /// Records what a blob is, for `berth cache ls` (best effort).
+    pub fn note(&self, sha256: &str, what: &str) {
+        let path = self.root.join("notes").join(sha256);
+        if fs::read_to_string(&path).is_ok_and(|t| t == what) {
+            return;
+        }
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(self.root.join("tmp")) {
+            if tmp.write_all(what.as_bytes()).is_ok() {
+                let _ = tmp.persist(&path);
+            }
+        }
+    }
+
+    /// Stores `bytes` under their digest, which must be `expected`.
+    pub fn insert_bytes(
+        &self,
+        bytes: &[u8],
+        expected: &str,
+        what: &str,
+    ) -> Result<PathBuf, CacheError> {
+        let tmp_dir = self.root.join("tmp");
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
+        let (_, path) = tmp.keep().map_err(|e| CacheError::Io {
+            path: tmp_dir.clone(),
+            source: e.error,
+        })?;
+        let result = self.insert(&path, expected, what);
+        if result.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        result
+    }
+
+    /// Every blob, sorted by digest.
+    pub fn list(&self) -> Result<Vec<CacheEntry>, CacheError> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let meta = entry.metadata().map_err(io_err(&entry.path()))?;
+            let what = fs::read_to_string(self.root.join("notes").join(&name))
+                .unwrap_or_else(|_| "(unknown)".into());
+            out.push(CacheEntry {
+                sha256: name,
+                size: meta.len(),
+                last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                what,
+            });
+        }
+        out.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+        Ok(out)
+    }
+
+    /// Removes blobs no build used for `unused_for` (every blob with `None`),
+    /// what was derived from them, unfinished downloads and temporary files.
+    /// Refuses while a build holds the cache.
+    pub fn prune(&self, unused_for: Option<Duration>) -> Result<Pruned, CacheError> {
+        let path = self.root.join("cache.lock");
+        let file = self.lock_file(&path)?;
+        match FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(CacheError::Busy {
+                    path: self.root.clone(),
+                })
+            }
+            Err(fs4::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        let cutoff = unused_for.map(|d| SystemTime::now() - d);
+        let mut pruned = Pruned::default();
+        for entry in self.list()? {
+            if cutoff.is_some_and(|c| entry.last_used >= c) {
+                continue;
+            }
+            let blob = self.blob_path(&entry.sha256);
+            fs::remove_file(&blob).map_err(io_err(&blob))?;
+            let _ = fs::remove_file(self.root.join("notes").join(&entry.sha256));
+            let _ = fs::remove_dir_all(
+                self.root
+                    .join("extracted")
+                    .join(format!("kernel-{}", entry.sha256)),
+            );
+            pruned.blobs += 1;
+            pruned.bytes += entry.size;
+        }
+        for sub in ["partial", "tmp", "locks"] {
+            let dir = self.root.join(sub);
+            for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
+                let p = entry.path();
+                let _ = if p.is_dir() {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+            }
+        }
+        drop(file);
+        Ok(pruned)
+    }
+
     /// The path of a blob if it is in the cache and its content still has its
     /// digest. A corrupt blob is removed and reported as missing.
     pub fn get(&self, sha256: &str) -> Result<Option<PathBuf>, CacheError> {
@@ -90,6 +268,10 @@ impl Cache {
         if actual != sha256 {
             fs::remove_file(&path).map_err(io_err(&path))?;
             return Ok(None);
+        }
+        // Last used now: `berth cache prune --unused-for` keeps it.
+        if let Ok(f) = File::options().append(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
         }
         Ok(Some(path))
     }
@@ -106,6 +288,7 @@ impl Cache {
         }
         let target = self.blob_path(expected);
         fs::rename(file, &target).map_err(io_err(&target))?;
+        self.note(expected, what);
         Ok(target)
     }
 
@@ -216,6 +399,41 @@ mod tests {
         fs::write(&path, b"tampered").unwrap();
         assert_eq!(cache.get(&sha).unwrap(), None);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn ls_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let old = sha256_bytes(b"old");
+        let new = sha256_bytes(b"new");
+        let old_path = cache.insert_bytes(b"old", &old, "an old layer").unwrap();
+        cache.insert_bytes(b"new", &new, "a new layer").unwrap();
+        assert!(cache.insert_bytes(b"x", &old, "wrong").is_err());
+        let long_ago = SystemTime::now() - Duration::from_secs(90 * 86400);
+        File::options()
+            .append(true)
+            .open(&old_path)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let list = cache.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list
+            .iter()
+            .any(|e| e.sha256 == old && e.what == "an old layer"));
+        // A build holds the cache: prune refuses.
+        let build = cache.lock_shared().unwrap();
+        assert!(matches!(cache.prune(None), Err(CacheError::Busy { .. })));
+        drop(build);
+        let pruned = cache.prune(Some(Duration::from_secs(30 * 86400))).unwrap();
+        assert_eq!(pruned, Pruned { blobs: 1, bytes: 3 });
+        assert_eq!(cache.get(&old).unwrap(), None);
+        assert!(cache.get(&new).unwrap().is_some());
+        assert_eq!(cache.prune(None).unwrap().blobs, 1);
+        assert!(cache.list().unwrap().is_empty());
+        // Only tmp/ leftovers of the rejected insert were cleaned too.
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

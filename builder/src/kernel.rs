@@ -20,7 +20,8 @@ pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
 /// is run on, the ACPI power button, ext4 where it is not built in, and FAT with
 /// the code pages the init mounts the ESP with, `codepage=437,iocharset=iso8859-1`:
-/// the boot assessment renames boot entries there). They are loaded in the early
+/// the boot assessment renames boot entries there; overlay for containers with a
+/// writable root, and QEMU's i6300esb watchdog). They are loaded in the early
 /// stage, so the main stage has them after the switch to the root.
 pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_pci",
@@ -36,6 +37,8 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "vfat",
     "nls_cp437",
     "nls_iso8859-1",
+    "overlay",
+    "i6300esb",
 ];
 
 /// Failure to get the kernel ready.
@@ -83,7 +86,11 @@ pub struct Kernel {
 
 /// Resolves a kernel package name (a metapackage such as `linux-image-cloud-amd64`
 /// is followed to the image package it depends on), fetches and extracts it.
-pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
+pub fn from_package(
+    cache: &Cache,
+    name: &str,
+    pins: &crate::lock::Pins,
+) -> Result<Kernel, KernelError> {
     let mut package = apt::resolve(&[name.to_string()], false)?
         .pop()
         .ok_or_else(|| AptError::Unknown {
@@ -105,6 +112,11 @@ pub fn from_package(cache: &Cache, name: &str) -> Result<Kernel, KernelError> {
                 package: name.to_string(),
             })?;
     }
+    let package = apt::pin(vec![package], pins)
+        .pop()
+        .ok_or_else(|| AptError::Unknown {
+            name: name.to_string(),
+        })?;
     let fetched = apt::fetch(cache, &package)?;
     let deb_path = fetched.path.clone();
     let dir = cache.derived::<KernelError>(&format!("kernel-{}", package.sha256), |dir| {

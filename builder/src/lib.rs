@@ -1,7 +1,7 @@
 //! berth-builder: turns a TOML recipe into a bootable GPT disk image.
 //!
 //! The pipeline (see `build`): `recipe` parses and validates into a `BuildPlan`;
-//! `apt`, `kernel` and `oci` fetch sources into the content-addressed `cache`;
+//! `apt`, `kernel`, `oci` and `registry` fetch sources (pinned by `lock`) into the content-addressed `cache`;
 //! `rootfs` assembles staging `tree`s without root privileges; `initramfs`,
 //! `squashfs`, `verity` and `disk` write the artifacts; `report` records what went in.
 
@@ -9,14 +9,17 @@ pub mod apt;
 pub mod build;
 pub mod bundle;
 pub mod cache;
+pub mod credentials;
 pub mod deb;
 pub mod disk;
 pub mod initramfs;
 pub mod kernel;
 pub mod keys;
+pub mod lock;
 pub mod oci;
 pub mod progress;
 pub mod recipe;
+pub mod registry;
 pub mod report;
 pub mod reproducible;
 pub mod rootfs;

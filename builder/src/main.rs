@@ -8,6 +8,7 @@ use berth_builder::build::{build, BuildOptions};
 use berth_builder::bundle::{self, BundleOptions, Inspection, PayloadCheck};
 use berth_builder::cache::Cache;
 use berth_builder::keys::{self, Overwrite};
+use berth_builder::lock::LockMode;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::reproducible::{self, Reproducibility};
 use berth_updater::bundle::TrustedKeys;
@@ -54,6 +55,41 @@ enum Command {
         /// Also write a qcow2 copy of the image (NAME-VERSION.qcow2).
         #[arg(long)]
         qcow2: bool,
+        /// Resolve every image tag and package afresh and fail, naming what
+        /// changed, if RECIPE.lock would change (for CI).
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Resolve and fetch a recipe's images and packages and write RECIPE.lock
+    /// (no image is built).
+    Lock {
+        /// The recipe (TOML).
+        recipe: PathBuf,
+        /// With --update: only the images of these containers and these
+        /// packages (default: everything).
+        #[arg(requires = "update")]
+        names: Vec<String>,
+        /// Resolve afresh (tags from the registry, candidates from apt) instead
+        /// of keeping what the lock pins.
+        #[arg(long)]
+        update: bool,
+        /// Download cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// The berth-init binary (default: next to berth).
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// The download cache shared by all builds.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        /// The cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
+        #[arg(long, global = true)]
+        cache: Option<PathBuf>,
     },
     /// Boot an image in QEMU with its serial console on stdout.
     ///
@@ -149,6 +185,29 @@ enum BundleCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// List every blob: sha256, size, days since a build used it, what it is.
+    Ls,
+    /// Remove blobs no build used for a while, unfinished downloads and
+    /// temporary files (refused while a build runs).
+    Prune {
+        /// Remove blobs no build used for this many days.
+        #[arg(long, default_value_t = 30, conflicts_with = "all")]
+        unused_days: u64,
+        /// Remove every blob.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn cache_root(cache: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match cache {
+        Some(c) => c,
+        None => Cache::default_root()?,
+    })
 }
 
 fn main() -> ExitCode {
@@ -361,11 +420,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
             check_reproducible,
             qcow2,
+            locked,
         } => {
-            let cache_dir = match cache {
-                Some(c) => c,
-                None => Cache::default_root()?,
-            };
+            let cache_dir = cache_root(cache)?;
             let verbosity = if quiet {
                 Verbosity::Quiet
             } else {
@@ -378,6 +435,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cache_dir,
                 init,
                 update_agent,
+                lock_mode: if locked {
+                    LockMode::Locked
+                } else {
+                    LockMode::Use
+                },
             };
             if check_reproducible {
                 let result = reproducible::check(&options, &mut progress)
@@ -400,6 +462,91 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if qcow2 {
                 let converted = berth_builder::build::convert_qcow2(&built.image)?;
                 progress.say(&format!("wrote {}", converted.display()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lock {
+            recipe,
+            names,
+            update,
+            cache,
+            init,
+            quiet,
+        } => {
+            let verbosity = if quiet {
+                Verbosity::Quiet
+            } else {
+                Verbosity::Normal
+            };
+            let mut progress = Progress::new(verbosity);
+            let options = BuildOptions {
+                recipe: recipe.clone(),
+                out_dir: PathBuf::from("."),
+                cache_dir: cache_root(cache)?,
+                init,
+                update_agent: None,
+                lock_mode: if update {
+                    LockMode::Update(names)
+                } else {
+                    LockMode::Use
+                },
+            };
+            let locked = berth_builder::build::lock(&options, &mut progress)
+                .with_context(|| format!("locking {}", recipe.display()))?;
+            if locked.changes.is_empty() {
+                progress.say(&format!("{} is up to date", locked.path.display()));
+            } else {
+                progress.say(&format!(
+                    "{} {}:\n{}",
+                    if locked.written {
+                        "wrote"
+                    } else {
+                        "would write"
+                    },
+                    locked.path.display(),
+                    locked.changes
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cache { command, cache } => {
+            let cache = Cache::open(&cache_root(cache)?)?;
+            match command {
+                CacheCommand::Ls => {
+                    let now = std::time::SystemTime::now();
+                    let entries = cache.list()?;
+                    let mut total = 0;
+                    for e in &entries {
+                        let days = now
+                            .duration_since(e.last_used)
+                            .map(|d| d.as_secs() / 86400)
+                            .unwrap_or(0);
+                        total += e.size;
+                        println!(
+                            "{}  {:>10}  {:>4}d  {}",
+                            e.sha256,
+                            berth_builder::registry::human_bytes(e.size),
+                            days,
+                            e.what
+                        );
+                    }
+                    println!(
+                        "{} blobs, {} in {}",
+                        entries.len(),
+                        berth_builder::registry::human_bytes(total),
+                        cache.root().display()
+                    );
+                }
+                CacheCommand::Prune { unused_days, all } => {
+                    let unused =
+                        (!all).then(|| std::time::Duration::from_secs(unused_days * 86400));
+                    let pruned = cache.prune(unused)?;
+                    println!(
+                        "removed {} blobs, {}",
+                        pruned.blobs,
+                        berth_builder::registry::human_bytes(pruned.bytes)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,6 +1,13 @@
-//! OCI images from the local disk: an image layout folder (`oci:DIR[:TAG]`) or a
-//! tar of one (`oci-archive:FILE[:TAG]`). Every blob is checked against its digest
-//! before use; layers are unpacked into a [`Tree`] with whiteouts applied.
+//! Container images: from a registry (`REGISTRY/REPO[:TAG][@DIGEST]`), an OCI
+//! image layout folder (`oci:DIR[:TAG]`), a tar of one (`oci-archive:FILE[:TAG]`)
+//! or a `docker save` tarball (`docker-archive:FILE`).
+//!
+//! [`resolve`] finds the image's linux/amd64 manifest (following image indexes),
+//! its configuration and its layers, every blob checked against its digest, and
+//! pins the result: the digest the reference stood for, which a lock file keeps
+//! and hands back on the next build. [`unpack`] then unpacks the layers into a
+//! [`Tree`] with whiteouts applied, checking each layer's uncompressed content
+//! against the configuration's `diff_ids`.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
@@ -9,12 +16,16 @@ use std::path::{Path, PathBuf};
 use oci_spec::image::{
     Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
 };
+use sha2::{Digest as _, Sha256};
 
-use crate::cache::sha256_file;
-use crate::recipe::ImageRef;
-use crate::tree::{normalize, Tree, TreeError};
+use crate::cache::{sha256_file, Cache};
+use crate::recipe::{ImageRef, RegistryRef};
+use crate::registry::{Registries, RegistryError};
+use crate::tree::{normalize, TarGuard, Tree, TreeError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// Image indexes nested deeper than this are refused.
+const MAX_NESTING: usize = 4;
 
 /// Failure to read an OCI image.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +54,22 @@ pub enum OciError {
         digest: String,
         source: TreeError,
     },
+    #[error("{image}: layer {digest} unpacks to content with sha256:{actual}, but the image configuration says {expected} (diff_id)")]
+    DiffId {
+        image: String,
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{image}: the lock file pins {locked}, but {reason}; run `berth lock --update RECIPE {container}` to take the image as it is now")]
+    LockedGone {
+        image: String,
+        container: String,
+        locked: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// The parts of an image's configuration berth uses as container defaults.
@@ -53,6 +80,43 @@ pub struct ImageDefaults {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    /// `80/tcp`, ... (informational: containers share the device's network).
+    pub exposed_ports: Vec<String>,
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    /// Not said (docker archives): told by the first bytes.
+    Sniff,
+}
+
+/// A layer blob on the local disk, verified.
+#[derive(Debug, Clone)]
+struct Layer {
+    path: PathBuf,
+    digest: String,
+    compression: Compression,
+}
+
+/// An image found and pinned, its blobs verified on the local disk.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The reference as the recipe wrote it.
+    pub reference: String,
+    /// What the reference stands for now: the digest of the manifest or index
+    /// it names (a docker archive's: its configuration's, the image ID).
+    pub digest: String,
+    /// The linux/amd64 image manifest used (the configuration's digest for a
+    /// docker archive).
+    pub manifest: String,
+    config: ImageConfiguration,
+    layers: Vec<Layer>,
+    // An archive's contents, kept until the layers are unpacked.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 /// An image unpacked into a tree.
@@ -60,68 +124,107 @@ pub struct ImageDefaults {
 pub struct Unpacked {
     pub tree: Tree,
     pub defaults: ImageDefaults,
-    /// Digest (`sha256:…`) of the manifest used.
-    pub manifest_digest: String,
 }
 
-/// Unpacks the image `reference` into a new tree staged in `staging`; `scratch`
-/// is a folder for an archive's contents.
-pub fn unpack(reference: &ImageRef, staging: &Path, scratch: &Path) -> Result<Unpacked, OciError> {
+/// What [`resolve`] reads from.
+#[derive(Debug)]
+pub struct Sources<'a> {
+    pub cache: &'a Cache,
+    pub registries: &'a Registries,
+}
+
+/// Finds and verifies the image `reference` names, for `container`. With `pin`
+/// (a digest from the lock file), the image with that digest is used, whatever
+/// the reference's tag says now.
+pub fn resolve(
+    reference: &ImageRef,
+    pin: Option<&str>,
+    container: &str,
+    sources: &Sources<'_>,
+) -> Result<Resolved, OciError> {
     let image = reference.to_string();
-    let (layout, tag) = match reference {
-        ImageRef::Layout { dir, tag } => (dir.clone(), tag.clone()),
-        ImageRef::Archive { file, tag } => {
-            extract_archive(file, scratch)?;
-            (scratch.to_path_buf(), tag.clone())
+    match reference {
+        ImageRef::Layout { dir, tag } => {
+            let layout = Layout {
+                dir: dir.clone(),
+                image,
+            };
+            layout.resolve(tag.as_deref(), pin, container, None)
         }
-    };
-    let reader = Layout {
-        dir: layout,
-        image: image.clone(),
-    };
-    let index: ImageIndex = reader.json_file(&reader.dir.join("index.json"))?;
-    let descriptor = select(&index, tag.as_deref(), &image)?;
-    let manifest_descriptor = reader.resolve_index(descriptor)?;
-    let manifest: ImageManifest = reader.blob_json(&manifest_descriptor)?;
-    let config: ImageConfiguration = reader.blob_json(manifest.config())?;
-    let mut tree = Tree::new(staging);
-    for layer in manifest.layers() {
-        let path = reader.blob(layer)?;
-        let file = File::open(&path).map_err(|source| OciError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let file = BufReader::new(file);
-        let stream: Box<dyn Read> = match layer.media_type() {
-            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Box::new(file),
-            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
-                Box::new(flate2::read::GzDecoder::new(file))
-            }
-            MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Box::new(
-                zstd::stream::read::Decoder::new(file).map_err(|source| OciError::Io {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
-            MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-                Box::new(flate2::read::GzDecoder::new(file))
-            }
-            other => {
-                return Err(OciError::Unsupported {
-                    image,
-                    what: "layer media type",
-                    value: other.to_string(),
-                })
-            }
-        };
-        tree.unpack_tar(&mut tar::Archive::new(stream), true)
-            .map_err(|source| OciError::Layer {
-                image: image.clone(),
-                digest: layer.digest().to_string(),
-                source,
+        ImageRef::Archive { file, tag } => {
+            let scratch = sources.cache.tempdir().map_err(|e| OciError::Io {
+                path: sources.cache.root().to_path_buf(),
+                source: io::Error::other(e.to_string()),
             })?;
+            extract_archive(file, scratch.path())?;
+            let layout = Layout {
+                dir: scratch.path().to_path_buf(),
+                image,
+            };
+            layout.resolve(tag.as_deref(), pin, container, Some(scratch))
+        }
+        ImageRef::DockerArchive { file } => docker_archive(file, &image, pin, container, sources),
+        ImageRef::Registry(r) => from_registry(r, &image, pin, sources),
     }
-    let defaults = config
+}
+
+/// Unpacks a resolved image into a new tree staged in `staging`, its files
+/// together at most `limit` bytes.
+pub fn unpack(resolved: &Resolved, staging: &Path, limit: u64) -> Result<Unpacked, OciError> {
+    let image = &resolved.reference;
+    let mut tree = Tree::new(staging);
+    tree.set_limit(limit);
+    let diff_ids = resolved.config.rootfs().diff_ids();
+    for (i, layer) in resolved.layers.iter().enumerate() {
+        let io = |source| OciError::Io {
+            path: layer.path.clone(),
+            source,
+        };
+        let mut file = BufReader::new(File::open(&layer.path).map_err(io)?);
+        let compression = match layer.compression {
+            Compression::Sniff => {
+                let head = io::BufRead::fill_buf(&mut file).map_err(io)?;
+                if head.starts_with(&[0x1f, 0x8b]) {
+                    Compression::Gzip
+                } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                    Compression::Zstd
+                } else {
+                    Compression::None
+                }
+            }
+            c => c,
+        };
+        let plain: Box<dyn Read> = match compression {
+            Compression::None | Compression::Sniff => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(io)?),
+        };
+        let mut hashing = HashingReader {
+            inner: plain,
+            hasher: Sha256::new(),
+        };
+        let layer_err = |source| OciError::Layer {
+            image: image.clone(),
+            digest: layer.digest.clone(),
+            source,
+        };
+        tree.unpack_layer(&mut hashing).map_err(layer_err)?;
+        // The tar's end may leave padding unread: the diff_id covers it too.
+        io::copy(&mut hashing, &mut io::sink()).map_err(io)?;
+        let actual = hex::encode(hashing.hasher.finalize());
+        if let Some(expected) = diff_ids.get(i) {
+            if expected.strip_prefix("sha256:") != Some(actual.as_str()) {
+                return Err(OciError::DiffId {
+                    image: image.clone(),
+                    digest: layer.digest.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+    }
+    let defaults = resolved
+        .config
         .config()
         .as_ref()
         .map(|c| ImageDefaults {
@@ -130,13 +233,297 @@ pub fn unpack(reference: &ImageRef, staging: &Path, scratch: &Path) -> Result<Un
             env: c.env().clone().unwrap_or_default(),
             workdir: c.working_dir().clone().filter(|w| !w.is_empty()),
             user: c.user().clone().filter(|u| !u.is_empty()),
+            exposed_ports: {
+                let mut p = c.exposed_ports().clone().unwrap_or_default();
+                p.sort();
+                p
+            },
         })
         .unwrap_or_default();
-    Ok(Unpacked {
-        tree,
-        defaults,
-        manifest_digest: manifest_descriptor.digest().to_string(),
+    Ok(Unpacked { tree, defaults })
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn compression_of(image: &str, media_type: &MediaType) -> Result<Compression, OciError> {
+    Ok(match media_type {
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Compression::Gzip,
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Compression::Zstd,
+        MediaType::Other(t)
+            if t == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                || t == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" =>
+        {
+            Compression::Gzip
+        }
+        MediaType::Other(t) if t == "application/vnd.docker.image.rootfs.diff.tar" => {
+            Compression::None
+        }
+        other => {
+            return Err(OciError::Unsupported {
+                image: image.to_string(),
+                what: "layer media type",
+                value: other.to_string(),
+            })
+        }
     })
+}
+
+fn is_index(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageIndex => true,
+        MediaType::Other(t) => t == "application/vnd.docker.distribution.manifest.list.v2+json",
+        _ => false,
+    }
+}
+
+/// The `mediaType` a manifest or index says it is (an index when it has
+/// `manifests` but no media type).
+fn media_type_of(bytes: &[u8]) -> MediaType {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    match value.get("mediaType").and_then(|m| m.as_str()) {
+        Some(t) => MediaType::from(t),
+        None if value.get("manifests").is_some() => MediaType::ImageIndex,
+        None => MediaType::ImageManifest,
+    }
+}
+
+/// The linux/amd64 entry of an index.
+fn amd64(index: &ImageIndex, image: &str) -> Result<Descriptor, OciError> {
+    index
+        .manifests()
+        .iter()
+        .find(|m| {
+            m.platform()
+                .as_ref()
+                .is_some_and(|p| *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux)
+        })
+        .cloned()
+        .ok_or_else(|| {
+            let platforms: Vec<String> = index
+                .manifests()
+                .iter()
+                .filter_map(|m| m.platform().as_ref())
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                .collect();
+            OciError::Select {
+                image: image.to_string(),
+                reason: format!(
+                    "the image index has no linux/amd64 manifest (it has: {})",
+                    if platforms.is_empty() {
+                        "no platforms".to_string()
+                    } else {
+                        platforms.join(", ")
+                    }
+                ),
+            }
+        })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, OciError> {
+    serde_json::from_slice(bytes).map_err(|e| OciError::Json {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, OciError> {
+    fs::read(path).map_err(|source| OciError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn check_sha256(image: &str, digest: &str) -> Result<String, OciError> {
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        return Err(OciError::Unsupported {
+            image: image.to_string(),
+            what: "digest",
+            value: digest.to_string(),
+        });
+    }
+    Ok(hex.to_string())
+}
+
+fn from_registry(
+    r: &RegistryRef,
+    image: &str,
+    pin: Option<&str>,
+    sources: &Sources<'_>,
+) -> Result<Resolved, OciError> {
+    let registries = sources.registries;
+    let cache = sources.cache;
+    let first = match pin {
+        Some(d) => r.pinned(d),
+        None => r.clone(),
+    };
+    let (mut bytes, digest) = registries.manifest(&first, cache)?;
+    let mut manifest_digest = digest.clone();
+    let here = PathBuf::from(image);
+    for _ in 0..MAX_NESTING {
+        if !is_index(&media_type_of(&bytes)) {
+            break;
+        }
+        let index: ImageIndex = parse_json(&bytes, &here)?;
+        let entry = amd64(&index, image)?;
+        let (b, d) = registries.manifest(&r.pinned(entry.digest().as_ref()), cache)?;
+        bytes = b;
+        manifest_digest = d;
+    }
+    if is_index(&media_type_of(&bytes)) {
+        return Err(OciError::Select {
+            image: image.to_string(),
+            reason: "image indexes nested too deep".into(),
+        });
+    }
+    let manifest: ImageManifest = parse_json(&bytes, &here)?;
+    let config_d = manifest.config();
+    check_sha256(image, config_d.digest().as_ref())?;
+    let config_path = registries.blob(
+        r,
+        config_d.digest().as_ref(),
+        config_d.size(),
+        &format!("config of {}", r.name()),
+        cache,
+    )?;
+    let config: ImageConfiguration = parse_json(&read(&config_path)?, &config_path)?;
+    let mut layers = Vec::new();
+    for (i, l) in manifest.layers().iter().enumerate() {
+        check_sha256(image, l.digest().as_ref())?;
+        let compression = compression_of(image, l.media_type())?;
+        let path = registries.blob(
+            r,
+            l.digest().as_ref(),
+            l.size(),
+            &format!(
+                "layer {}/{} of {}",
+                i + 1,
+                manifest.layers().len(),
+                r.name()
+            ),
+            cache,
+        )?;
+        layers.push(Layer {
+            path,
+            digest: l.digest().to_string(),
+            compression,
+        });
+    }
+    Ok(Resolved {
+        reference: image.to_string(),
+        digest,
+        manifest: manifest_digest,
+        config,
+        layers,
+        _scratch: None,
+    })
+}
+
+struct Layout {
+    dir: PathBuf,
+    image: String,
+}
+
+impl Layout {
+    fn json_file<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<T, OciError> {
+        parse_json(&read(path)?, path)
+    }
+
+    /// The verified path of the blob `digest`.
+    fn blob(&self, digest: &str) -> Result<PathBuf, OciError> {
+        let hex = check_sha256(&self.image, digest)?;
+        let path = self.dir.join("blobs/sha256").join(&hex);
+        let actual = sha256_file(&path).map_err(|source| OciError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if actual != hex {
+            return Err(OciError::Digest {
+                image: self.image.clone(),
+                digest: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    fn resolve(
+        &self,
+        tag: Option<&str>,
+        pin: Option<&str>,
+        container: &str,
+        scratch: Option<tempfile::TempDir>,
+    ) -> Result<Resolved, OciError> {
+        let top = match pin {
+            Some(locked) => {
+                let path = self
+                    .dir
+                    .join("blobs/sha256")
+                    .join(locked.strip_prefix("sha256:").unwrap_or(locked));
+                if !path.is_file() {
+                    return Err(OciError::LockedGone {
+                        image: self.image.clone(),
+                        container: container.to_string(),
+                        locked: locked.to_string(),
+                        reason: "the layout no longer has it".into(),
+                    });
+                }
+                locked.to_string()
+            }
+            None => {
+                let index: ImageIndex = self.json_file(&self.dir.join("index.json"))?;
+                select(&index, tag, &self.image)?.digest().to_string()
+            }
+        };
+        let mut digest = top.clone();
+        let mut bytes = read(&self.blob(&digest)?)?;
+        for _ in 0..MAX_NESTING {
+            if !is_index(&media_type_of(&bytes)) {
+                break;
+            }
+            let index: ImageIndex = parse_json(&bytes, &self.dir)?;
+            digest = amd64(&index, &self.image)?.digest().to_string();
+            bytes = read(&self.blob(&digest)?)?;
+        }
+        if is_index(&media_type_of(&bytes)) {
+            return Err(OciError::Select {
+                image: self.image.clone(),
+                reason: "image indexes nested too deep".into(),
+            });
+        }
+        let manifest: ImageManifest = parse_json(&bytes, &self.dir)?;
+        let config: ImageConfiguration =
+            self.json_file(&self.blob(manifest.config().digest().as_ref())?)?;
+        let mut layers = Vec::new();
+        for l in manifest.layers() {
+            let compression = compression_of(&self.image, l.media_type())?;
+            layers.push(Layer {
+                path: self.blob(l.digest().as_ref())?,
+                digest: l.digest().to_string(),
+                compression,
+            });
+        }
+        Ok(Resolved {
+            reference: self.image.clone(),
+            digest: top,
+            manifest: digest,
+            config,
+            layers,
+            _scratch: scratch,
+        })
+    }
 }
 
 /// Picks the manifest named `tag` (or the only one) from an index.
@@ -175,93 +562,113 @@ fn select<'a>(
     })
 }
 
-struct Layout {
-    dir: PathBuf,
-    image: String,
+/// One image of a docker archive's `manifest.json`.
+#[derive(Debug, serde::Deserialize)]
+struct DockerManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
 }
 
-impl Layout {
-    fn json_file<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Result<T, OciError> {
-        let file = File::open(path).map_err(|source| OciError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_reader(BufReader::new(file)).map_err(|e| OciError::Json {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// The verified path of a blob.
-    fn blob(&self, descriptor: &Descriptor) -> Result<PathBuf, OciError> {
-        let digest = descriptor.digest();
-        let algorithm = digest.algorithm().as_ref().to_string();
-        let hex = digest.digest();
-        if algorithm != "sha256" || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(OciError::Unsupported {
-                image: self.image.clone(),
-                what: "digest",
-                value: digest.to_string(),
-            });
+/// A `docker save` (or `skopeo copy ... docker-archive:`) tarball: its
+/// `manifest.json` names the configuration and the layer tars by path.
+fn docker_archive(
+    file: &Path,
+    image: &str,
+    pin: Option<&str>,
+    container: &str,
+    sources: &Sources<'_>,
+) -> Result<Resolved, OciError> {
+    let scratch = sources.cache.tempdir().map_err(|e| OciError::Io {
+        path: sources.cache.root().to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let dir = scratch.path();
+    extract_archive(file, dir)?;
+    let manifest_path = dir.join("manifest.json");
+    let manifests: Vec<DockerManifest> = parse_json(&read(&manifest_path)?, &manifest_path)?;
+    let one = match manifests.as_slice() {
+        [one] => one,
+        many => {
+            return Err(OciError::Select {
+                image: image.to_string(),
+                reason: format!(
+                    "the archive holds {} images ({}): berth takes archives of exactly one",
+                    many.len(),
+                    many.iter()
+                        .flat_map(|m| m.repo_tags.clone().unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
         }
-        let path = self.dir.join("blobs/sha256").join(hex);
-        let actual = sha256_file(&path).map_err(|source| OciError::Io {
-            path: path.clone(),
-            source,
+    };
+    let member = |name: &str| -> Result<PathBuf, OciError> {
+        let key = normalize(name).ok_or_else(|| OciError::Select {
+            image: image.to_string(),
+            reason: format!("manifest.json names {name:?}, which is not a file"),
         })?;
-        if actual != hex {
-            return Err(OciError::Digest {
-                image: self.image.clone(),
-                digest: digest.to_string(),
-                actual,
+        let path = dir.join(key);
+        if !path.is_file() {
+            return Err(OciError::Select {
+                image: image.to_string(),
+                reason: format!("manifest.json names {name:?}, which the archive lacks"),
             });
         }
         Ok(path)
-    }
-
-    fn blob_json<T: serde::de::DeserializeOwned>(&self, d: &Descriptor) -> Result<T, OciError> {
-        let path = self.blob(d)?;
-        self.json_file(&path)
-    }
-
-    /// Follows nested indexes to the linux/amd64 manifest.
-    fn resolve_index(&self, descriptor: &Descriptor) -> Result<Descriptor, OciError> {
-        let mut current = descriptor.clone();
-        for _ in 0..4 {
-            if *current.media_type() != MediaType::ImageIndex {
-                return Ok(current);
-            }
-            let nested: ImageIndex = self.blob_json(&current)?;
-            current = nested
-                .manifests()
-                .iter()
-                .find(|m| {
-                    m.platform()
-                        .as_ref()
-                        .is_some_and(|p| *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux)
-                })
-                .cloned()
-                .ok_or_else(|| OciError::Select {
-                    image: self.image.clone(),
-                    reason: "the image index has no linux/amd64 manifest".into(),
-                })?;
+    };
+    let config_path = member(&one.config)?;
+    let config_hex = sha256_file(&config_path).map_err(|source| OciError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let digest = format!("sha256:{config_hex}");
+    if let Some(locked) = pin {
+        if locked != digest {
+            return Err(OciError::LockedGone {
+                image: image.to_string(),
+                container: container.to_string(),
+                locked: locked.to_string(),
+                reason: format!("the archive now holds image {digest}"),
+            });
         }
-        Err(OciError::Select {
-            image: self.image.clone(),
-            reason: "image indexes nested too deep".into(),
-        })
     }
+    let config: ImageConfiguration = parse_json(&read(&config_path)?, &config_path)?;
+    let mut layers = Vec::new();
+    for name in &one.layers {
+        let path = member(name)?;
+        let hex = sha256_file(&path).map_err(|source| OciError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        layers.push(Layer {
+            path,
+            digest: format!("sha256:{hex}"),
+            compression: Compression::Sniff,
+        });
+    }
+    Ok(Resolved {
+        reference: image.to_string(),
+        digest: digest.clone(),
+        manifest: digest,
+        config,
+        layers,
+        _scratch: Some(scratch),
+    })
 }
 
-/// Extracts an OCI archive (a tar of a layout) into `dir`: regular files and
-/// folders only, every path confined to `dir`.
+/// Extracts an archive (a tar of an OCI layout, or a docker archive) into `dir`:
+/// regular files and folders only, every path confined to `dir`.
 fn extract_archive(file: &Path, dir: &Path) -> Result<(), OciError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| OciError::Io { path, source }
     };
     let f = File::open(file).map_err(io(file))?;
-    let mut archive = tar::Archive::new(BufReader::new(f));
+    let mut archive = tar::Archive::new(TarGuard::new(BufReader::new(f)));
     for entry in archive.entries().map_err(io(file))? {
         let mut entry = entry.map_err(io(file))?;
         if entry.header().entry_type() != tar::EntryType::Regular {
@@ -277,4 +684,171 @@ fn extract_archive(file: &Path, dir: &Path) -> Result<(), OciError> {
         io::copy(&mut entry, &mut out).map_err(io(&target))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Verbosity;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    /// Writes `bytes` as a blob of the layout `dir`; returns its descriptor.
+    fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        let hex = crate::cache::sha256_bytes(bytes);
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    }
+
+    fn layer(name: &str) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(2);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &b"hi"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    /// A manifest for one image whose only layer holds the file `name`; the
+    /// config's diff_id is `diff_id` or the layer's own.
+    fn image(dir: &Path, name: &str, diff_id: Option<&str>) -> serde_json::Value {
+        let tar = layer(name);
+        let l = blob(
+            dir,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            &zstd::encode_all(&tar[..], 3).unwrap(),
+        );
+        let diff = diff_id.map_or_else(
+            || format!("sha256:{}", crate::cache::sha256_bytes(&tar)),
+            str::to_string,
+        );
+        let config = json!({"architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/x"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}}},
+            "rootfs": {"type": "layers", "diff_ids": [diff]}});
+        let c = blob(
+            dir,
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        );
+        let m = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": c, "layers": [l]});
+        blob(
+            dir,
+            "application/vnd.oci.image.manifest.v1+json",
+            m.to_string().as_bytes(),
+        )
+    }
+
+    fn write_index(dir: &Path, top: serde_json::Value) {
+        let mut top = top;
+        top["annotations"] = json!({REF_NAME: "1.0"});
+        fs::write(
+            dir.join("index.json"),
+            json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+        )
+        .unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    fn resolve_layout(dir: &Path, cache_dir: &Path) -> Result<(Resolved, Unpacked), OciError> {
+        let cache = Cache::open(cache_dir).unwrap();
+        let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
+        let sources = Sources {
+            cache: &cache,
+            registries: &registries,
+        };
+        let reference = ImageRef::Layout {
+            dir: dir.to_path_buf(),
+            tag: Some("1.0".into()),
+        };
+        let resolved = resolve(&reference, None, "c", &sources)?;
+        let staging = cache_dir.join("staging");
+        fs::create_dir_all(&staging).unwrap();
+        let unpacked = unpack(&resolved, &staging, 1 << 30)?;
+        Ok((resolved, unpacked))
+    }
+
+    #[test]
+    fn multi_arch_index_resolves_to_linux_amd64() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let arm = image(&layout, "arm64-file", None);
+        let amd = image(&layout, "amd64-file", None);
+        let mut arm_entry = arm.clone();
+        arm_entry["platform"] = json!({"architecture": "arm64", "os": "linux"});
+        let mut amd_entry = amd.clone();
+        amd_entry["platform"] = json!({"architecture": "amd64", "os": "linux"});
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [arm_entry, amd_entry]});
+        let nested = blob(
+            &layout,
+            "application/vnd.oci.image.index.v1+json",
+            index.to_string().as_bytes(),
+        );
+        write_index(&layout, nested.clone());
+        let (resolved, unpacked) = resolve_layout(&layout, &dir.path().join("cache")).unwrap();
+        assert_eq!(resolved.digest, nested["digest"].as_str().unwrap());
+        assert_eq!(resolved.manifest, amd["digest"].as_str().unwrap());
+        assert!(unpacked.tree.get("amd64-file").is_some());
+        assert!(unpacked.tree.get("arm64-file").is_none());
+        assert_eq!(unpacked.defaults.exposed_ports, ["53/udp", "80/tcp"]);
+
+        // An index without linux/amd64 is refused, naming what it has.
+        let only_arm = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [arm_entry]});
+        let nested = blob(
+            &layout,
+            "application/vnd.oci.image.index.v1+json",
+            only_arm.to_string().as_bytes(),
+        );
+        write_index(&layout, nested);
+        let err = resolve_layout(&layout, &dir.path().join("cache"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no linux/amd64 manifest (it has: linux/arm64)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layer_content_must_match_its_diff_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        write_index(&layout, image(&layout, "f", Some(&wrong)));
+        let err = resolve_layout(&layout, &dir.path().join("cache")).unwrap_err();
+        assert!(matches!(err, OciError::DiffId { .. }), "{err}");
+        assert!(err.to_string().contains("diff_id"), "{err}");
+    }
+
+    #[test]
+    fn docker_archives_of_several_images_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("two.tar");
+        let mut b = tar::Builder::new(File::create(&archive).unwrap());
+        let manifest = br#"[{"Config":"a.json","RepoTags":["a:1"],"Layers":[]},{"Config":"b.json","RepoTags":["b:2"],"Layers":[]}]"#;
+        let mut h = tar::Header::new_ustar();
+        h.set_size(manifest.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "manifest.json", &manifest[..])
+            .unwrap();
+        b.into_inner().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
+        let sources = Sources {
+            cache: &cache,
+            registries: &registries,
+        };
+        let err = resolve(
+            &ImageRef::DockerArchive { file: archive },
+            None,
+            "c",
+            &sources,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("holds 2 images (a:1, b:2)"), "{err}");
+    }
 }

@@ -30,6 +30,10 @@ impl Progress {
         }
     }
 
+    pub fn verbosity(&self) -> Verbosity {
+        self.verbosity
+    }
+
     /// Starts a step (ending the previous one).
     pub fn step(&mut self, name: &str) {
         self.finish();
@@ -65,8 +69,12 @@ impl Progress {
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
             }
-            if self.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal() {
-                eprintln!("✓ {name} ({took:.1}s)");
+            if self.verbosity != Verbosity::Quiet {
+                if std::io::stderr().is_terminal() {
+                    eprintln!("✓ {name} ({took:.1}s)");
+                } else {
+                    eprintln!("    {name}: {took:.1} s");
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_updater::image_config::{
-    StaticIpv4, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
+    LogsConfig, StaticIpv4, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
     DEFAULT_HEALTH_TIMEOUT_CHECK_MS, DEFAULT_HEALTH_TIMEOUT_MS,
 };
 use berth_updater::{HealthCheck, HealthProbe, NetworkConfig, RestartPolicy};
@@ -128,8 +128,21 @@ struct RawRecipe {
     update: Option<RawUpdate>,
     #[serde(default)]
     debug: Option<RawDebug>,
+    #[serde(default)]
+    logs: Option<RawLogs>,
     #[serde(default, rename = "container")]
     containers: Vec<Spanned<RawContainer>>,
+    /// Per-registry settings, keyed by `HOST[:PORT]`.
+    #[serde(default)]
+    registry: BTreeMap<Spanned<String>, RawRegistry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    /// Plain HTTP instead of HTTPS for this registry.
+    #[serde(default)]
+    insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +154,17 @@ struct RawUpdate {
     /// How long a counting slot has to become healthy.
     #[serde(default)]
     health_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogs {
+    /// Size at which a log file is rotated.
+    #[serde(default)]
+    max_size: Option<Spanned<RawSize>>,
+    /// Rotated files kept.
+    #[serde(default)]
+    keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +252,9 @@ struct RawNetwork {
     /// DHCPv4 on the first wired interface; on unless `ipv4` is given.
     #[serde(default)]
     dhcp: Option<Spanned<bool>>,
+    /// Static DNS servers for every container's /etc/resolv.conf.
+    #[serde(default)]
+    dns: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,11 +284,33 @@ struct RawContainer {
     #[serde(default)]
     workdir: Option<Spanned<String>>,
     #[serde(default)]
+    user: Option<Spanned<String>>,
+    #[serde(default)]
     restart: Option<RestartPolicy>,
     #[serde(default)]
     critical: Option<bool>,
     #[serde(default)]
     health: Option<Spanned<RawHealth>>,
+    #[serde(default)]
+    network: Option<Spanned<String>>,
+    #[serde(default)]
+    volumes: Vec<Spanned<String>>,
+    #[serde(default)]
+    writable: Option<bool>,
+    #[serde(default)]
+    memory: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    cpus: Option<Spanned<f64>>,
+    #[serde(default)]
+    pids: Option<Spanned<i64>>,
+    #[serde(default)]
+    cap_add: Vec<Spanned<String>>,
+    #[serde(default)]
+    cap_drop: Vec<Spanned<String>>,
+    #[serde(default)]
+    privileged: Option<bool>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -287,7 +336,37 @@ pub struct BuildPlan {
     pub update: UpdatePlan,
     /// Whether a debug shell runs on the serial console.
     pub console_shell: ConsoleShell,
+    /// Log rotation.
+    pub logs: LogsConfig,
     pub containers: Vec<ContainerPlan>,
+    /// How to reach each registry the recipe names a setting for.
+    pub registries: BTreeMap<String, Transport>,
+}
+
+impl BuildPlan {
+    /// How to reach `registry` (`HOST[:PORT]`): HTTPS unless the recipe says
+    /// `[registry."HOST"] insecure = true`.
+    pub fn transport(&self, registry: &str) -> Transport {
+        self.registries
+            .get(registry)
+            .copied()
+            .unwrap_or(Transport::Https)
+    }
+
+    /// The lock file that goes with this recipe, next to it as Cargo.lock is
+    /// next to Cargo.toml: `web.toml` → `web.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.recipe.with_extension("lock")
+    }
+}
+
+/// How berth talks to a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTPS with certificate checks (the default).
+    Https,
+    /// Plain HTTP, no TLS at all: only when the recipe says `insecure = true`.
+    PlainHttp,
 }
 
 /// The recipe's `[update]` table, checked.
@@ -392,13 +471,59 @@ pub struct ContainerPlan {
     /// Added to (and overriding) the image's environment.
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
+    /// Overrides the image's user (`NAME`, `UID`, `UID:GID`, `NAME:GROUP`).
+    pub user: Option<String>,
     pub restart: RestartPolicy,
     /// The boot assessment waits for this container to be healthy.
     pub critical: bool,
     /// Its health check.
     pub health: Option<HealthCheck>,
+    /// The host's network, or a namespace of its own with only loopback.
+    pub network: ContainerNetwork,
+    /// Named volumes: (volume name, absolute path in the container).
+    pub volumes: Vec<(String, String)>,
+    /// Its root is a writable overlay (wiped on update) instead of read-only.
+    pub writable: bool,
+    /// cgroup v2 limits.
+    pub limits: Limits,
+    /// Capabilities added to, and dropped from, the OCI default set (`CAP_` names).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub privileges: Privileges,
+    /// Containers started before this one.
+    pub depends_on: Vec<String>,
     /// Where the container was declared.
     pub at: Location,
+}
+
+/// A container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerNetwork {
+    /// The host's network namespace (the default).
+    Host,
+    /// A network namespace of its own, with only loopback.
+    None,
+}
+
+/// Whether a container runs confined (the default) or with every capability, no
+/// seccomp filter and the host's devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileges {
+    /// OCI default capabilities (plus `cap_add`), seccomp, masked paths.
+    Confined,
+    /// `privileged = true`.
+    Privileged,
+}
+
+/// A container's cgroup v2 limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// memory.max, in bytes.
+    pub memory: Option<u64>,
+    /// CPU quota in thousandths of a CPU (cpu.max over a 100 ms period).
+    pub millicpus: Option<u64>,
+    /// pids.max.
+    pub pids: Option<i64>,
 }
 
 /// Where a container's root filesystem comes from.
@@ -410,13 +535,89 @@ pub enum RootfsSource {
     Image { reference: ImageRef, at: Location },
 }
 
-/// A reference to an OCI image on the local disk.
+/// A reference to a container image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
     /// `oci:DIR[:TAG]`: an OCI image layout folder.
     Layout { dir: PathBuf, tag: Option<String> },
     /// `oci-archive:FILE[:TAG]`: a tar of an OCI image layout.
     Archive { file: PathBuf, tag: Option<String> },
+    /// `docker-archive:FILE`: what `docker save` writes (one image).
+    DockerArchive { file: PathBuf },
+    /// `REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]`, normalized as Docker does
+    /// (`busybox` is `docker.io/library/busybox:latest`).
+    Registry(RegistryRef),
+}
+
+/// An image in a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRef {
+    /// `HOST[:PORT]` as written (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// `team/app`.
+    pub repository: String,
+    /// The tag, if any (`latest` when neither a tag nor a digest is given).
+    pub tag: Option<String>,
+    /// `sha256:<64 hex>`, if the recipe pins one.
+    pub digest: Option<String>,
+}
+
+impl RegistryRef {
+    /// Parses a registry reference the way Docker and skopeo do (an optional
+    /// `docker://` in front is accepted).
+    pub fn parse(text: &str) -> Result<RegistryRef, String> {
+        let text = text.strip_prefix("docker://").unwrap_or(text);
+        let parsed: oci_spec::distribution::Reference = text
+            .parse()
+            .map_err(|e: oci_spec::distribution::ParseError| e.to_string())?;
+        if let Some(d) = parsed.digest() {
+            let ok = d.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64 && h.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            });
+            if !ok {
+                return Err(format!(
+                    "digest {d:?} is not sha256:<64 lowercase hex digits>"
+                ));
+            }
+        }
+        let tag = match (parsed.tag(), parsed.digest()) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, Some(_)) => None,
+            (None, None) => Some("latest".to_string()),
+        };
+        Ok(RegistryRef {
+            registry: parsed.registry().to_string(),
+            repository: parsed.repository().to_string(),
+            tag,
+            digest: parsed.digest().map(str::to_string),
+        })
+    }
+
+    /// `REGISTRY/REPOSITORY` without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same image pinned to `digest` (the tag is kept for people to read).
+    pub fn pinned(&self, digest: &str) -> RegistryRef {
+        RegistryRef {
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
+    }
+}
+
+impl fmt::Display for RegistryRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name())?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for ImageRef {
@@ -424,6 +625,8 @@ impl fmt::Display for ImageRef {
         let (kind, path, tag) = match self {
             ImageRef::Layout { dir, tag } => ("oci", dir, tag),
             ImageRef::Archive { file, tag } => ("oci-archive", file, tag),
+            ImageRef::DockerArchive { file } => ("docker-archive", file, &None),
+            ImageRef::Registry(r) => return write!(f, "{r}"),
         };
         write!(f, "{kind}:{}", path.display())?;
         if let Some(tag) = tag {
@@ -535,6 +738,25 @@ impl Validator<'_> {
             }
             containers.push(plan);
         }
+        let mut registries = BTreeMap::new();
+        for (host, settings) in raw.registry {
+            if !is_registry_host(host.get_ref()) {
+                return self.err(
+                    &host.span(),
+                    format!(
+                        "registry {:?} is not HOST or HOST:PORT (as it appears in image references, without a scheme or path)",
+                        host.get_ref()
+                    ),
+                );
+            }
+            let transport = match settings.insecure {
+                Some(true) => Transport::PlainHttp,
+                Some(false) | None => Transport::Https,
+            };
+            registries.insert(host.into_inner(), transport);
+        }
+        let containers = self.start_order(containers)?;
+        let logs = self.logs(raw.logs)?;
         Ok(BuildPlan {
             recipe: self.path.to_path_buf(),
             name,
@@ -548,8 +770,82 @@ impl Validator<'_> {
             network,
             update,
             console_shell,
+            logs,
             containers,
+            registries,
         })
+    }
+
+    fn logs(&self, raw: Option<RawLogs>) -> Result<LogsConfig, RecipeError> {
+        let mut logs = LogsConfig::default();
+        let Some(raw) = raw else {
+            return Ok(logs);
+        };
+        if let Some(size) = &raw.max_size {
+            let bytes = match size.get_ref() {
+                RawSize::Bytes(n) => u64::try_from(*n).ok(),
+                RawSize::Text(t) => parse_size(t),
+            };
+            match bytes {
+                Some(bytes) if bytes >= 4096 => logs.max_size = bytes,
+                _ => {
+                    return self.err(
+                        &size.span(),
+                        "logs max_size is a size of at least 4K, like \"1M\"",
+                    )
+                }
+            }
+        }
+        if let Some(keep) = &raw.keep {
+            match u32::try_from(*keep.get_ref()) {
+                Ok(n) if (1..=100).contains(&n) => logs.keep = n,
+                _ => return self.err(&keep.span(), "logs keep is a number of files from 1 to 100"),
+            }
+        }
+        Ok(logs)
+    }
+
+    /// Orders containers so each starts after its `depends_on` (recipe order
+    /// otherwise); refuses unknown names and cycles.
+    fn start_order(
+        &self,
+        containers: Vec<ContainerPlan>,
+    ) -> Result<Vec<ContainerPlan>, RecipeError> {
+        for c in &containers {
+            for dep in &c.depends_on {
+                if *dep == c.name {
+                    return Err(c
+                        .at
+                        .error(format!("container {:?} depends on itself", c.name)));
+                }
+                if !containers.iter().any(|other| other.name == *dep) {
+                    return Err(c.at.error(format!(
+                        "container {:?} depends on {dep:?}, which is not a container of this recipe",
+                        c.name
+                    )));
+                }
+            }
+        }
+        let mut pending = containers;
+        let mut ordered: Vec<ContainerPlan> = Vec::new();
+        while !pending.is_empty() {
+            let ready = pending.iter().position(|c| {
+                c.depends_on
+                    .iter()
+                    .all(|dep| ordered.iter().any(|o| o.name == *dep))
+            });
+            match ready {
+                Some(index) => ordered.push(pending.remove(index)),
+                None => {
+                    let names: Vec<&str> = pending.iter().map(|c| c.name.as_str()).collect();
+                    return Err(pending[0].at.error(format!(
+                        "depends_on forms a cycle between containers {}",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(ordered)
     }
 
     fn update(&self, raw: Option<RawUpdate>) -> Result<UpdatePlan, RecipeError> {
@@ -887,11 +1183,22 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return Ok(NetworkConfig::default());
         };
+        let mut dns = Vec::new();
+        for server in raw.dns.iter().flatten() {
+            let address = server.get_ref().parse::<Ipv4Addr>().map_err(|_| {
+                self.at(&server.span()).error(format!(
+                    "DNS server {:?} is not an IPv4 address",
+                    server.get_ref()
+                ))
+            })?;
+            dns.push(address.to_string());
+        }
         let dhcp = raw.dhcp.as_ref().map(|d| (*d.get_ref(), d.span()));
         let Some(ipv4) = raw.ipv4 else {
             return Ok(NetworkConfig {
                 ipv4: None,
                 dhcp: dhcp.is_none_or(|(on, _)| on),
+                dns,
             });
         };
         if let Some((true, span)) = dhcp {
@@ -950,6 +1257,7 @@ impl Validator<'_> {
                 gateway,
             }),
             dhcp: false,
+            dns,
         })
     }
 
@@ -1025,6 +1333,89 @@ impl Validator<'_> {
             Some(health) => Some(self.health(health, &name)?),
             None => None,
         };
+        let user = match raw.user {
+            Some(u) if !is_user_spec(u.get_ref()) => {
+                return self.err(
+                    &u.span(),
+                    format!(
+                        "user {:?} is not NAME, UID, UID:GID or NAME:GROUP",
+                        u.get_ref()
+                    ),
+                )
+            }
+            Some(u) => Some(u.into_inner()),
+            None => None,
+        };
+        let network = match &raw.network {
+            None => ContainerNetwork::Host,
+            Some(n) => match n.get_ref().as_str() {
+                "host" => ContainerNetwork::Host,
+                "none" => ContainerNetwork::None,
+                other => {
+                    return self.err(
+                        &n.span(),
+                        format!("network {other:?} is not \"host\" or \"none\""),
+                    )
+                }
+            },
+        };
+        let mut volumes: Vec<(String, String)> = Vec::new();
+        for volume in &raw.volumes {
+            let (vol, path) = self.volume(volume)?;
+            if volumes.iter().any(|(_, p)| *p == path) {
+                return self.err(
+                    &volume.span(),
+                    format!("two volumes are mounted on {path:?}"),
+                );
+            }
+            volumes.push((vol, path));
+        }
+        let limits = Limits {
+            memory: match &raw.memory {
+                Some(m) => Some(self.size(m, "memory", 4 * 1024 * 1024)?),
+                None => None,
+            },
+            millicpus: match &raw.cpus {
+                Some(c) => {
+                    let cpus = *c.get_ref();
+                    if !(0.01..=1024.0).contains(&cpus) {
+                        return self.err(
+                            &c.span(),
+                            "cpus is a number of CPUs from 0.01 to 1024, like 0.5",
+                        );
+                    }
+                    // In range: the cast cannot truncate or lose the sign.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Some((cpus * 1000.0).round() as u64)
+                }
+                None => None,
+            },
+            pids: match &raw.pids {
+                Some(p) if *p.get_ref() < 1 => {
+                    return self.err(
+                        &p.span(),
+                        "pids is the most processes the container may have: at least 1",
+                    )
+                }
+                Some(p) => Some(*p.get_ref()),
+                None => None,
+            },
+        };
+        let cap_add = raw
+            .cap_add
+            .iter()
+            .map(|c| self.capability(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cap_drop = raw
+            .cap_drop
+            .iter()
+            .map(|c| self.capability(c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let depends_on = raw
+            .depends_on
+            .iter()
+            .map(|d| self.name(d, "container name"))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ContainerPlan {
             name,
             source,
@@ -1032,11 +1423,67 @@ impl Validator<'_> {
             args: raw.args,
             env,
             workdir,
+            user,
             restart: raw.restart.unwrap_or(RestartPolicy::Never),
             critical: raw.critical.unwrap_or(false),
             health,
+            network,
+            volumes,
+            writable: raw.writable.unwrap_or(false),
+            limits,
+            cap_add,
+            cap_drop,
+            privileges: if raw.privileged.unwrap_or(false) {
+                Privileges::Privileged
+            } else {
+                Privileges::Confined
+            },
+            depends_on,
             at,
         })
+    }
+
+    /// `"NAME:/path"`: a named volume and where the container sees it.
+    fn volume(&self, value: &Spanned<String>) -> Result<(String, String), RecipeError> {
+        let bad = || {
+            self.at(&value.span()).error(format!(
+                "volume {:?} is not NAME:/PATH (a volume name, a colon, an absolute path in the container)",
+                value.get_ref()
+            ))
+        };
+        let (name, path) = value.get_ref().split_once(':').ok_or_else(bad)?;
+        let name = self.name(&Spanned::new(value.span(), name.to_string()), "volume name")?;
+        let clean = path.starts_with('/')
+            && path != "/"
+            && path
+                .split('/')
+                .skip(1)
+                .all(|part| !part.is_empty() && part != "." && part != "..")
+            && !path.contains(['\0', ':', ',']);
+        if !clean {
+            return Err(bad());
+        }
+        Ok((name, path.to_string()))
+    }
+
+    /// A capability name: `NET_ADMIN` or `CAP_NET_ADMIN`, returned as `CAP_NET_ADMIN`.
+    fn capability(&self, value: &Spanned<String>) -> Result<String, RecipeError> {
+        let upper = value.get_ref().to_ascii_uppercase();
+        let name = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        if !CAPABILITIES.contains(&name.as_str()) {
+            return self.err(
+                &value.span(),
+                format!(
+                    "{:?} is not a Linux capability (like \"NET_ADMIN\")",
+                    value.get_ref()
+                ),
+            );
+        }
+        Ok(name)
     }
 
     fn image_ref(&self, value: &Spanned<String>) -> Result<ImageRef, RecipeError> {
@@ -1070,14 +1517,116 @@ impl Validator<'_> {
             let file = self.local_path(&spanned(file), "OCI archive")?;
             return Ok(ImageRef::Archive { file, tag });
         }
-        self.err(
-            &value.span(),
-            format!(
-                "unsupported image reference {s:?}: use \"oci:DIR[:TAG]\" (an OCI image layout folder) or \"oci-archive:FILE[:TAG]\"; registries are not supported yet"
+        if let Some(rest) = s.strip_prefix("docker-archive:") {
+            let file = self.local_path(&spanned(rest.to_string()), "docker archive")?;
+            if !file.is_file() {
+                return self.err(
+                    &value.span(),
+                    format!("docker archive {} is not a file", file.display()),
+                );
+            }
+            return Ok(ImageRef::DockerArchive { file });
+        }
+        const OTHER_TRANSPORTS: &[&str] = &[
+            "dir:",
+            "containers-storage:",
+            "docker-daemon:",
+            "ostree:",
+            "sif:",
+            "oci-dir:",
+        ];
+        if OTHER_TRANSPORTS.iter().any(|t| s.starts_with(t)) {
+            return self.err(
+                &value.span(),
+                format!(
+                    "unsupported image reference {s:?}: use REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\" or \"docker-archive:FILE\""
+                ),
+            );
+        }
+        match RegistryRef::parse(s) {
+            Ok(r) => Ok(ImageRef::Registry(r)),
+            Err(why) => self.err(
+                &value.span(),
+                format!(
+                    "image reference {s:?} is not valid ({why}): use REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST], \"oci:DIR[:TAG]\", \"oci-archive:FILE[:TAG]\" or \"docker-archive:FILE\""
+                ),
             ),
-        )
+        }
     }
 }
+
+/// Whether `text` is `HOST` or `HOST:PORT` as image references spell registries.
+fn is_registry_host(text: &str) -> bool {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && !host.starts_with(['.', '-']);
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    host_ok && port_ok
+}
+
+/// Whether `text` is a container user as OCI image configs write it.
+fn is_user_spec(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    match text.split_once(':') {
+        Some((u, g)) => part(u) && part(g),
+        None => part(text),
+    }
+}
+
+/// Linux capabilities by name (as of 6.1).
+pub const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
 
 /// Parses `64M`, `1G`, `512K`, `2T`, `1GiB`, `1048576` into bytes (binary units).
 pub fn parse_size(text: &str) -> Option<u64> {

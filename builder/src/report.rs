@@ -103,6 +103,10 @@ pub struct PackageInput {
 
 #[derive(Debug, Serialize)]
 pub struct ImageInput {
+    pub container: String,
     pub reference: String,
+    /// What the reference stood for (index or manifest).
+    pub digest: String,
+    /// The linux/amd64 manifest used.
     pub manifest: String,
 }

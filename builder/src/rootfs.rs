@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use berth_updater::image_config::ImageInfo;
 use berth_updater::layout::{
-    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
+    CGROUP_LEAF, CGROUP_PARENT, CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH,
+    INITRAMFS_MODULES_PATH, KEYS_DIR, RESOLV_CONF, VOLUMES_DIR,
 };
 use berth_updater::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -19,9 +20,11 @@ use crate::deb::{self, DebError};
 use crate::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
 };
-use crate::oci::{self, ImageDefaults, OciError};
+use crate::lock::{LockedImage, Pins};
+use crate::oci::{self, ImageDefaults, OciError, Sources};
 use crate::recipe::{
-    BuildPlan, ConsoleShell, ContainerPlan, RecipeError, RootVerity, RootfsSource,
+    BuildPlan, ConsoleShell, ContainerNetwork, ContainerPlan, Limits, Privileges, RecipeError,
+    RootVerity, RootfsSource, CAPABILITIES,
 };
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
@@ -35,6 +38,8 @@ const LIB_DIRS: &[&str] = &[
 ];
 /// The Debian package the debug console shell comes from (one static binary).
 const CONSOLE_SHELL_PACKAGE: &str = "busybox-static";
+/// An image's files may add up to this many times the root partition's size.
+const UNPACK_LIMIT_FACTOR: u64 = 8;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Failure while assembling a tree.
@@ -69,8 +74,8 @@ pub enum RootfsError {
 #[derive(Debug, Default, Clone)]
 pub struct Inputs {
     pub packages: Vec<Fetched>,
-    /// `(reference, manifest digest)` of each OCI image.
-    pub images: Vec<(String, String)>,
+    /// Each container image, pinned.
+    pub images: Vec<LockedImage>,
 }
 
 /// Unpacks packages (with their dependencies) into a new tree.
@@ -80,9 +85,10 @@ fn packages_tree(
     names: &[String],
     with_depends: bool,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
-    for package in apt::resolve(names, with_depends)? {
+    for package in apt::pin(apt::resolve(names, with_depends)?, pins) {
         let fetched = apt::fetch(cache, &package)?;
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
@@ -98,8 +104,9 @@ fn add_crun(
     cache: &Cache,
     staging: &Path,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<(), RootfsError> {
-    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs)?;
+    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs, pins)?;
     let crun = CRUN_PATH.trim_start_matches('/');
     root.copy_from(&scratch, crun)?;
     let mut queue = VecDeque::from([crun.to_string()]);
@@ -159,6 +166,7 @@ fn add_console_shell(
     cache: &Cache,
     staging: &Path,
     inputs: &mut Inputs,
+    pins: &Pins,
 ) -> Result<(), RootfsError> {
     let scratch = packages_tree(
         cache,
@@ -166,6 +174,7 @@ fn add_console_shell(
         &[CONSOLE_SHELL_PACKAGE.to_string()],
         false,
         inputs,
+        pins,
     )?;
     root.add_dir("bin", 0o755);
     root.copy_from(&scratch, "bin/busybox")?;
@@ -218,13 +227,18 @@ pub fn runtime_spec(
         .env
         .iter()
         .for_each(|(k, v)| set(format!("{k}={v}")));
-    let (uid, gid) = match &defaults.user {
-        Some(user) => resolve_user(user, rootfs).ok_or_else(|| {
+    let (uid, gid) = match (&container.user, &defaults.user) {
+        (Some(user), _) => resolve_user(user, rootfs).ok_or_else(|| {
+            fail(format!(
+                "user {user:?} of the recipe is neither numeric nor in the image's /etc/passwd"
+            ))
+        })?,
+        (None, Some(user)) => resolve_user(user, rootfs).ok_or_else(|| {
             fail(format!(
                 "user {user:?} of the image is neither numeric nor in its /etc/passwd"
             ))
         })?,
-        None => (0, 0),
+        (None, None) => (0, 0),
     };
     let cwd = container
         .workdir
@@ -233,7 +247,22 @@ pub fn runtime_spec(
         .unwrap_or_else(|| "/".to_string());
 
     let mut spec = Spec::default();
-    spec.set_hostname(Some(plan.hostname.clone()));
+    // No UTS namespace: containers see the device's host name, which the init
+    // sets at boot (from the recipe, or from the ESP's provisioning file).
+    let _ = &plan.hostname;
+    spec.set_hostname(None);
+    if !defaults.exposed_ports.is_empty() {
+        // The image-spec's name for them in a runtime config: informational,
+        // containers share the device's network.
+        spec.set_annotations(Some(
+            [(
+                "org.opencontainers.image.exposedPorts".to_string(),
+                defaults.exposed_ports.join(","),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+    }
     let mut root = oci_spec::runtime::Root::default();
     root.set_path(PathBuf::from("rootfs"));
     root.set_readonly(Some(true));
@@ -262,19 +291,212 @@ pub fn runtime_spec(
             .map(String::from)
             .to_vec(),
     ));
+    let bind = |source: &str, destination: &str, options: &[&str]| {
+        let mut mount = oci_spec::runtime::Mount::default();
+        mount.set_destination(PathBuf::from(destination));
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(PathBuf::from(source)));
+        mount.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+        mount
+    };
     if let Some(mounts) = spec.mounts_mut() {
         mounts.push(tmp);
+        // The host's DNS configuration (written by the init: static servers or the
+        // DHCP lease's, rewritten in place so the bind mount follows it).
+        if container.network == ContainerNetwork::Host {
+            mounts.push(bind(
+                RESOLV_CONF,
+                "/etc/resolv.conf",
+                &["bind", "ro", "nosuid", "nodev", "noexec"],
+            ));
+        }
+        for (volume, path) in &container.volumes {
+            mounts.push(bind(
+                &format!("{VOLUMES_DIR}/{volume}"),
+                path,
+                &["rbind", "rw", "nosuid", "nodev"],
+            ));
+        }
     }
-    // Host networking for now: no network namespace.
+    if container.writable {
+        // The init mounts an overlay on the bundle's rootfs before the start.
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(false));
+        }
+    }
     let linux = spec
         .linux_mut()
         .as_mut()
         .ok_or_else(|| fail("no linux section".into()))?;
     if let Some(namespaces) = linux.namespaces_mut() {
-        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+        namespaces.retain(|n| {
+            n.typ() != LinuxNamespaceType::Uts
+                && (n.typ() != LinuxNamespaceType::Network
+                    || container.network == ContainerNetwork::None)
+        });
     }
-    linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}", container.name))));
-    Ok(spec)
+    linux.set_cgroups_path(Some(PathBuf::from(format!(
+        "{CGROUP_PARENT}/{}/{CGROUP_LEAF}",
+        container.name
+    ))));
+    if let Some(resources) = resources(&container.limits).map_err(|e| fail(e.to_string()))? {
+        linux.set_resources(Some(resources));
+    }
+    if container.privileges == Privileges::Privileged {
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+    }
+    confine(spec, container).map_err(|e| fail(e.to_string()))
+}
+
+/// The cgroup v2 limits as OCI resources (crun writes memory.max, cpu.max,
+/// pids.max); `None` when the recipe sets none.
+fn resources(
+    limits: &Limits,
+) -> Result<Option<oci_spec::runtime::LinuxResources>, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{
+        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    };
+    if *limits == Limits::default() {
+        return Ok(None);
+    }
+    let mut builder = LinuxResourcesBuilder::default();
+    if let Some(bytes) = limits.memory {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        // No swap on berth devices: memory + swap = memory.
+        builder = builder.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .swap(bytes)
+                .build()?,
+        );
+    }
+    if let Some(millicpus) = limits.millicpus {
+        let quota = i64::try_from(millicpus * 100).unwrap_or(i64::MAX);
+        builder = builder.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(100_000u64)
+                .build()?,
+        );
+    }
+    if let Some(pids) = limits.pids {
+        builder = builder.pids(LinuxPidsBuilder::default().limit(pids).build()?);
+    }
+    Ok(Some(builder.build()?))
+}
+
+/// System calls a confined container may not make (EPERM), after Docker's
+/// default profile, reduced to a deny list: kernel modules, kexec, reboot,
+/// swap, accounting, keyrings, BPF, perf, userfaultfd, handles by inode and
+/// long-obsolete calls. Each group is lifted when the recipe adds the
+/// capability it belongs to.
+const DENIED_SYSCALLS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "acct",
+            "add_key",
+            "bpf",
+            "create_module",
+            "get_kernel_syms",
+            "keyctl",
+            "lookup_dcookie",
+            "nfsservctl",
+            "perf_event_open",
+            "query_module",
+            "request_key",
+            "_sysctl",
+            "sysfs",
+            "uselib",
+            "userfaultfd",
+            "ustat",
+            "vhangup",
+        ],
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "mount",
+            "umount",
+            "umount2",
+            "pivot_root",
+            "unshare",
+            "setns",
+            "name_to_handle_at",
+            "quotactl",
+            "swapon",
+            "swapoff",
+            "fsopen",
+            "fsmount",
+            "fsconfig",
+            "move_mount",
+            "open_tree",
+            "fspick",
+            "mount_setattr",
+        ],
+    ),
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    (
+        "CAP_SYS_MODULE",
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    ("CAP_SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_adjtime"],
+    ),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+];
+
+/// Capabilities (the OCI default set, `cap_add`, minus `cap_drop`; every one when
+/// privileged), no new privileges and the seccomp filter unless privileged.
+fn confine(spec: Spec, container: &ContainerPlan) -> Result<Spec, serde_json::Error> {
+    let mut value = serde_json::to_value(&spec)?;
+    let privileged = container.privileges == Privileges::Privileged;
+    let mut caps: BTreeSet<String> = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        .map(String::from)
+        .into_iter()
+        .collect();
+    if privileged {
+        caps.extend(CAPABILITIES.map(String::from));
+    }
+    caps.extend(container.cap_add.iter().cloned());
+    for drop in &container.cap_drop {
+        caps.remove(drop);
+    }
+    let list = serde_json::Value::from(caps.iter().cloned().collect::<Vec<_>>());
+    if let Some(process) = value.get_mut("process").and_then(|p| p.as_object_mut()) {
+        let sets = [
+            "bounding",
+            "effective",
+            "inheritable",
+            "permitted",
+            "ambient",
+        ];
+        let capabilities: serde_json::Map<String, serde_json::Value> = sets
+            .iter()
+            .map(|set| (set.to_string(), list.clone()))
+            .collect();
+        process.insert("capabilities".into(), capabilities.into());
+        process.insert("noNewPrivileges".into(), (!privileged).into());
+    }
+    if !privileged {
+        let names: Vec<&str> = DENIED_SYSCALLS
+            .iter()
+            .filter(|(cap, _)| cap.is_empty() || !caps.contains(*cap))
+            .flat_map(|(_, names)| names.iter().copied())
+            .collect();
+        let seccomp = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{ "names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
+        });
+        if let Some(linux) = value.get_mut("linux").and_then(|l| l.as_object_mut()) {
+            linux.insert("seccomp".into(), seccomp);
+        }
+    }
+    serde_json::from_value(value)
 }
 
 /// The runtime configuration's bytes. oci-spec keeps capabilities in `HashSet`s,
@@ -333,12 +555,14 @@ fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
 /// Builds the image's root tree.
 pub fn root_tree(
     plan: &BuildPlan,
-    cache: &Cache,
+    sources: &Sources<'_>,
+    pins: &Pins,
     staging: &Path,
     init: &Path,
     update_agent: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<(Tree, Inputs), RootfsError> {
+    let cache = sources.cache;
     let mut inputs = Inputs::default();
     let mut root = Tree::new(staging);
     for dir in [
@@ -366,7 +590,7 @@ pub fn root_tree(
         0o755,
     );
     progress("crun and its libraries");
-    add_crun(&mut root, cache, staging, &mut inputs)?;
+    add_crun(&mut root, cache, staging, &mut inputs, pins)?;
 
     let config = ImageConfig {
         image: ImageInfo {
@@ -374,6 +598,7 @@ pub fn root_tree(
             version: plan.version.to_string(),
             compatible: plan.compatible.clone(),
             hostname: plan.hostname.clone(),
+            epoch: crate::build::epoch(plan),
         },
         network: plan.network.clone(),
         update: UpdateConfig {
@@ -383,6 +608,7 @@ pub fn root_tree(
         debug: DebugConfig {
             console_shell: plan.console_shell == ConsoleShell::Busybox,
         },
+        logs: plan.logs.clone(),
         containers: plan
             .containers
             .iter()
@@ -391,6 +617,8 @@ pub fn root_tree(
                 restart: c.restart,
                 critical: c.critical,
                 health: c.health.clone(),
+                volumes: c.volumes.iter().map(|(volume, _)| volume.clone()).collect(),
+                writable: c.writable,
             })
             .collect(),
     };
@@ -402,7 +630,7 @@ pub fn root_tree(
     }
     if plan.console_shell == ConsoleShell::Busybox {
         progress("busybox for the console shell");
-        add_console_shell(&mut root, cache, staging, &mut inputs)?;
+        add_console_shell(&mut root, cache, staging, &mut inputs, pins)?;
     }
     let os_release = format!(
         "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
@@ -418,7 +646,7 @@ pub fn root_tree(
         let (mut tree, defaults) = match &container.source {
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
-                let tree = packages_tree(cache, staging, &names, true, &mut inputs).map_err(|e| {
+                let tree = packages_tree(cache, staging, &names, true, &mut inputs, pins).map_err(|e| {
                     match e {
                         // Point at the recipe line of the unknown package.
                         RootfsError::Apt(AptError::Unknown { name }) => {
@@ -435,22 +663,45 @@ pub fn root_tree(
                 (tree, ImageDefaults::default())
             }
             RootfsSource::Image { reference, .. } => {
-                let scratch = cache_tempdir(cache)?;
-                let unpacked = oci::unpack(reference, staging, scratch.path())?;
-                inputs
-                    .images
-                    .push((reference.to_string(), unpacked.manifest_digest.clone()));
+                let written = reference.to_string();
+                let pin = pins.image(&container.name, &written);
+                let resolved = oci::resolve(reference, pin, &container.name, sources)?;
+                // The squashfs must fit the root partition; zstd rarely does
+                // better than 1:8 on real images, so more is a mistake or a bomb.
+                let limit = plan.disk.root.saturating_mul(UNPACK_LIMIT_FACTOR);
+                let unpacked = oci::unpack(&resolved, staging, limit)?;
+                inputs.images.push(LockedImage {
+                    container: container.name.clone(),
+                    reference: written,
+                    digest: resolved.digest.clone(),
+                    manifest: resolved.manifest.clone(),
+                });
                 (unpacked.tree, unpacked.defaults)
             }
         };
         // Mount points the runtime needs on a read-only root.
-        for dir in ["proc", "dev", "sys", "tmp"] {
+        let volume_dirs = container
+            .volumes
+            .iter()
+            .map(|(_, path)| path.trim_start_matches('/').to_string());
+        for dir in ["proc", "dev", "sys", "tmp"]
+            .map(String::from)
+            .into_iter()
+            .chain(volume_dirs)
+        {
             if tree
-                .resolve(dir, true)?
+                .resolve(&dir, true)?
                 .is_none_or(|k| tree.get(&k).is_none())
             {
-                tree.add_dir(dir, 0o755);
+                tree.add_dir(&dir, 0o755);
             }
+        }
+        if container.network == ContainerNetwork::Host
+            && tree
+                .resolve("etc/resolv.conf", true)?
+                .is_none_or(|k| tree.get(&k).is_none())
+        {
+            tree.add_bytes("etc/resolv.conf", b"", 0o644)?;
         }
         let spec = runtime_spec(plan, container, &defaults, &tree)?;
         let json = spec_json(&spec).map_err(|e| RootfsError::Spec {
@@ -467,13 +718,6 @@ pub fn root_tree(
         root.graft(&format!("{bundle}/rootfs"), tree);
     }
     Ok((root, inputs))
-}
-
-fn cache_tempdir(cache: &Cache) -> Result<tempfile::TempDir, RootfsError> {
-    cache.tempdir().map_err(|e| RootfsError::Io {
-        path: cache.root().to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root

@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const MAX_SYMLINKS: usize = 40;
 /// Longest path berth accepts from an input (Linux's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// Longest file name (one path component) berth accepts (Linux's NAME_MAX).
+const MAX_NAME: usize = 255;
+/// Largest tar extension header (PAX, GNU long name or link) berth reads: they
+/// are read into memory, so a layer could otherwise ask for gigabytes.
+pub const MAX_EXTENSION: u64 = 1 << 20;
 
 /// Failure while building the tree.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,10 @@ impl Node {
 pub struct Tree {
     nodes: BTreeMap<String, Node>,
     staging: PathBuf,
+    /// Bytes of file content this tree may still stage (`None`: no limit).
+    budget: Option<u64>,
+    /// The limit `budget` started from, for the message.
+    limit: u64,
 }
 
 static STAGED: AtomicU64 = AtomicU64::new(0);
@@ -108,7 +117,16 @@ impl Tree {
         Tree {
             nodes: BTreeMap::new(),
             staging: staging.to_path_buf(),
+            budget: None,
+            limit: 0,
         }
+    }
+
+    /// Limits the file content this tree stages to `bytes` in all (a layer
+    /// that decompresses without end cannot fill the build's disk).
+    pub fn set_limit(&mut self, bytes: u64) {
+        self.budget = Some(bytes);
+        self.limit = bytes;
     }
 
     /// All nodes, parents before children.
@@ -318,7 +336,27 @@ impl Tree {
         let n = STAGED.fetch_add(1, Ordering::Relaxed);
         let path = self.staging.join(format!("{n:08}"));
         let mut file = File::create(&path).map_err(io_err(&path))?;
-        io::copy(reader, &mut file).map_err(io_err(&path))?;
+        match self.budget {
+            None => {
+                io::copy(reader, &mut file).map_err(io_err(&path))?;
+            }
+            Some(left) => {
+                let n = io::copy(&mut reader.take(left.saturating_add(1)), &mut file)
+                    .map_err(io_err(&path))?;
+                if n > left {
+                    drop(file);
+                    let _ = std::fs::remove_file(&path);
+                    return Err(TreeError::Refused {
+                        path: String::new(),
+                        reason: format!(
+                            "the files unpack to more than {} MiB, the limit for one container",
+                            self.limit >> 20
+                        ),
+                    });
+                }
+                self.budget = Some(left - n);
+            }
+        }
         Ok(path)
     }
 
@@ -383,6 +421,12 @@ impl Tree {
         })
     }
 
+    /// Unpacks one container image layer (an uncompressed tar stream): its
+    /// headers checked by [`TarGuard`], whiteouts applied.
+    pub fn unpack_layer<R: Read>(&mut self, layer: R) -> Result<(), TreeError> {
+        self.unpack_tar(&mut tar::Archive::new(TarGuard::new(layer)), true)
+    }
+
     /// Unpacks a tar stream (a package's data or an OCI layer) into the tree.
     /// With `whiteouts`, OCI whiteout files delete what earlier layers put there.
     pub fn unpack_tar<R: Read>(
@@ -398,12 +442,37 @@ impl Tree {
         let mut this_layer: Vec<String> = Vec::new();
         let entries = archive.entries().map_err(io_err(Path::new("tar")))?;
         for entry in entries {
-            let mut entry = entry.map_err(io_err(Path::new("tar")))?;
-            let raw_path = String::from_utf8_lossy(&entry.path_bytes()).to_string();
-            if raw_path.len() > MAX_PATH {
+            let mut entry = entry.map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => refused("tar", e.to_string()),
+                _ => TreeError::Io {
+                    path: PathBuf::from("tar"),
+                    source: e,
+                },
+            })?;
+            let bytes = entry.path_bytes();
+            if bytes.len() > MAX_PATH {
                 return Err(refused(
-                    &raw_path.chars().take(64).collect::<String>(),
-                    format!("path longer than {MAX_PATH} bytes"),
+                    &(String::from_utf8_lossy(&bytes[..64]).to_string() + "…"),
+                    format!("path of {} bytes is longer than {MAX_PATH}", bytes.len()),
+                ));
+            }
+            let raw_path = match std::str::from_utf8(&bytes) {
+                Ok(p) => p.to_string(),
+                Err(_) => {
+                    return Err(refused(
+                        &String::from_utf8_lossy(&bytes),
+                        "path is not UTF-8 (berth keeps paths as text)".into(),
+                    ))
+                }
+            };
+            drop(bytes);
+            if let Some(long) = raw_path.split('/').find(|c| c.len() > MAX_NAME) {
+                return Err(refused(
+                    &(raw_path.chars().take(64).collect::<String>() + "…"),
+                    format!(
+                        "file name of {} bytes is longer than {MAX_NAME}",
+                        long.len()
+                    ),
                 ));
             }
             let name = raw_path.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
@@ -445,13 +514,28 @@ impl Tree {
             let kind = match header.entry_type() {
                 tar::EntryType::Directory => NodeKind::Dir,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    NodeKind::File(self.stage(&mut entry)?)
+                    NodeKind::File(self.stage(&mut entry).map_err(|e| match e {
+                        TreeError::Refused { reason, .. } => refused(&raw_path, reason),
+                        e => e,
+                    })?)
                 }
                 tar::EntryType::Symlink => {
                     let target = entry
                         .link_name_bytes()
                         .map(|b| String::from_utf8_lossy(&b).to_string())
                         .ok_or_else(|| refused(&raw_path, "symlink without a target".into()))?;
+                    if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') {
+                        return Err(refused(
+                            &raw_path,
+                            format!(
+                                "symlink target of {} bytes is empty or too long",
+                                target.len()
+                            ),
+                        ));
+                    }
+                    // Kept as written: it is only ever followed inside the
+                    // container's root (here by `resolve`, on the device by the
+                    // kernel inside the container's mount namespace).
                     NodeKind::Symlink(target)
                 }
                 tar::EntryType::Link => {
@@ -478,6 +562,18 @@ impl Tree {
                     }
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
+                    // The runtime mounts its own /dev over the container's: nodes
+                    // there are dropped. Anywhere else a node would be a way
+                    // around the runtime's device rules: refused.
+                    if key == "dev" || key.starts_with("dev/") {
+                        continue;
+                    }
+                    if whiteouts {
+                        return Err(refused(
+                            &raw_path,
+                            "device node outside /dev: berth refuses device nodes in container images (the runtime provides /dev)".into(),
+                        ));
+                    }
                     let major = header.device_major().ok().flatten().unwrap_or(0);
                     let minor = header.device_minor().ok().flatten().unwrap_or(0);
                     if header.entry_type() == tar::EntryType::Char {
@@ -487,6 +583,9 @@ impl Tree {
                     }
                 }
                 tar::EntryType::Fifo => NodeKind::Fifo,
+                tar::EntryType::GNUSparse => {
+                    return Err(refused(&raw_path, "sparse files are not supported".into()))
+                }
                 // Extended headers are consumed by the tar crate; anything else
                 // (sparse files, unknown types) is refused rather than guessed at.
                 other => {
@@ -508,6 +607,139 @@ impl Tree {
             );
         }
         Ok(())
+    }
+}
+
+/// A reader that checks a tar stream's headers as they go by, before the tar
+/// crate sees them: extension headers (PAX `x`/`g`, GNU `L`/`K`) larger than
+/// [`MAX_EXTENSION`] and GNU sparse entries are refused with an
+/// [`io::ErrorKind::InvalidData`] error, so a hostile layer cannot make the
+/// builder buffer gigabytes of "file name".
+#[derive(Debug)]
+pub struct TarGuard<R> {
+    inner: R,
+    header: Vec<u8>,
+    /// Bytes of the current entry's data and padding still to pass.
+    remaining: u64,
+    /// Content of a PAX header being read, and how much of it is left.
+    pax: Option<(Vec<u8>, u64)>,
+    /// A `size` from the last PAX header: the next entry's real data length.
+    next_size: Option<u64>,
+}
+
+impl<R: Read> TarGuard<R> {
+    pub fn new(inner: R) -> TarGuard<R> {
+        TarGuard {
+            inner,
+            header: Vec::with_capacity(512),
+            remaining: 0,
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    fn refuse(reason: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, reason)
+    }
+
+    fn on_header(&mut self) -> io::Result<()> {
+        let h = std::mem::take(&mut self.header);
+        if h.iter().all(|&b| b == 0) {
+            return Ok(()); // end-of-archive block
+        }
+        let field = &h[124..136];
+        let size = if field[0] & 0x80 != 0 {
+            // Base-256: big-endian, the high bit of the first byte is the marker.
+            let mut n: u64 = u64::from(field[0] & 0x7f);
+            for &b in &field[1..] {
+                n = n
+                    .checked_mul(256)
+                    .and_then(|n| n.checked_add(u64::from(b)))
+                    .ok_or_else(|| Self::refuse("tar entry size overflows".into()))?;
+            }
+            n
+        } else {
+            let text: String = field
+                .iter()
+                .map(|&b| b as char)
+                .filter(|c| !matches!(c, '\0' | ' '))
+                .collect();
+            if text.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(&text, 8)
+                    .map_err(|_| Self::refuse(format!("tar header size {text:?} is not octal")))?
+            }
+        };
+        let kind = h[156];
+        let data = match kind {
+            b'x' | b'g' | b'L' | b'K' => {
+                if size > MAX_EXTENSION {
+                    return Err(Self::refuse(format!(
+                        "tar extension header ({}) of {size} bytes is larger than {MAX_EXTENSION}",
+                        kind as char
+                    )));
+                }
+                if kind == b'x' {
+                    self.pax = Some((Vec::new(), size));
+                }
+                size
+            }
+            b'S' => return Err(Self::refuse("GNU sparse files are not supported".into())),
+            _ => self.next_size.take().unwrap_or(size),
+        };
+        self.remaining = data
+            .checked_add(511)
+            .map(|n| n / 512 * 512)
+            .ok_or_else(|| Self::refuse("tar entry size overflows".into()))?;
+        Ok(())
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let take = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                if let Some((content, left)) = &mut self.pax {
+                    let keep = usize::try_from(*left).unwrap_or(usize::MAX).min(take);
+                    content.extend_from_slice(&bytes[..keep]);
+                    *left -= keep as u64;
+                }
+                self.remaining -= take as u64;
+                bytes = &bytes[take..];
+                if self.remaining == 0 {
+                    if let Some((content, _)) = self.pax.take() {
+                        self.next_size = pax_size(&content);
+                    }
+                }
+            } else {
+                let take = (512 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.header.len() == 512 {
+                    self.on_header()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `size` record of a PAX extended header's content.
+fn pax_size(content: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(content);
+    text.lines().find_map(|record| {
+        let (_, kv) = record.split_once(' ')?;
+        kv.strip_prefix("size=")?.parse().ok()
+    })
+}
+
+impl<R: Read> Read for TarGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n])?;
+        Ok(n)
     }
 }
 
@@ -642,5 +874,326 @@ mod tests {
         assert!(dst.get("lib64/ld.so").is_some());
         assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1").is_some());
         assert!(dst.get("lib/x86_64-linux-gnu/libz.so.1.2").is_some());
+    }
+
+    // -----------------------------------------------------------------------
+    // Hostile layers: each is confined to the tree or refused with a clear
+    // message, and nothing outside the staging folder changes.
+
+    /// Every file and folder under `dir` except `skip`, with contents.
+    fn snapshot(dir: &Path, skip: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+            let e = e.unwrap();
+            if e.path().starts_with(skip) {
+                continue;
+            }
+            let content = if e.file_type().is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push((e.path().to_path_buf(), content));
+        }
+        out
+    }
+
+    fn raw_header(kind: u8, name: &[u8], size: u64) -> [u8; 512] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        let mut bytes = *h.as_bytes();
+        bytes[156] = kind;
+        // Checksum: sum of the header with the checksum field as spaces.
+        bytes[148..156].fill(b' ');
+        let sum: u32 = bytes.iter().map(|&b| u32::from(b)).sum();
+        let text = format!("{sum:06o}\0 ");
+        bytes[148..156].copy_from_slice(text.as_bytes());
+        bytes
+    }
+
+    /// A tar whose GNU long name entry holds `name` (any bytes).
+    fn long_name_tar(name: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&raw_header(b'L', b"././@LongLink", name.len() as u64 + 1));
+        out.extend_from_slice(name);
+        out.push(0);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&raw_header(b'0', b"short", 0));
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    fn pax_tar(records: &[(&str, &[u8])], name: &str, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in records {
+            // "LEN key=value\n" where LEN counts the whole record.
+            let rest = k.len() + v.len() + 3;
+            let mut len = rest + rest.to_string().len();
+            if len.to_string().len() != rest.to_string().len() {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&raw_header(b'x', b"PaxHeaders/x", body.len() as u64));
+        out.extend_from_slice(&body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&raw_header(b'0', name.as_bytes(), data.len() as u64));
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+
+    #[test]
+    fn hostile_layers_are_confined_or_refused() {
+        use tar::EntryType::*;
+        let top = tempfile::tempdir().unwrap();
+        let staging = top.path().join("staging");
+        std::fs::create_dir(&staging).unwrap();
+        let canary = top.path().join("canary");
+        std::fs::write(&canary, b"canary: must not change").unwrap();
+        std::fs::create_dir(top.path().join("outside")).unwrap();
+        let before = snapshot(top.path(), &staging);
+        let canary_abs = canary.to_str().unwrap().to_string();
+        let outside_abs = top.path().join("outside").to_str().unwrap().to_string();
+
+        enum Expect {
+            /// Unpacks, and these keys exist in the tree afterwards.
+            Confined(&'static [&'static str]),
+            /// Refused, the message containing these words.
+            Refused(&'static str),
+        }
+        use Expect::*;
+        let deep = "../".repeat(25);
+        let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
+            (
+                "1 path traversal with ..",
+                tar_of(&[(&format!("{deep}canary"), Regular, "", b"evil")]),
+                Confined(&["canary"]),
+            ),
+            (
+                "2 absolute path to the canary",
+                tar_of(&[(&canary_abs, Regular, "", b"evil")]),
+                Confined(&[]),
+            ),
+            (
+                "3 absolute symlink escape, then a file through it",
+                tar_of(&[
+                    ("out", Symlink, &outside_abs, b""),
+                    ("out/planted", Regular, "", b"evil"),
+                ]),
+                Confined(&["out"]),
+            ),
+            (
+                "4 relative symlink escape, then a file through it",
+                tar_of(&[
+                    ("up", Symlink, &deep, b""),
+                    ("up/canary", Regular, "", b"evil"),
+                ]),
+                Confined(&["canary", "up"]),
+            ),
+            (
+                "5 symlinked parent pointing at the host's staging parent",
+                tar_of(&[
+                    ("a/", Directory, "", b""),
+                    ("a/b", Symlink, "../../../../..", b""),
+                    ("a/b/outside/planted", Regular, "", b"evil"),
+                ]),
+                Confined(&["outside/planted"]),
+            ),
+            (
+                "6 hard link to a file outside",
+                tar_of(&[("h", Link, &canary_abs, b"")]),
+                Refused("hard link to"),
+            ),
+            (
+                "7 hard link through .. to the canary",
+                tar_of(&[("h", Link, &format!("{deep}canary-missing"), b"")]),
+                Refused("which is not a file unpacked before it"),
+            ),
+            (
+                "8 whiteout of ..",
+                tar_of(&[("x/.wh...", Regular, "", b"")]),
+                Refused("whiteout of an invalid name"),
+            ),
+            (
+                "9 whiteout climbing out with ..",
+                tar_of(&[(&format!("{deep}.wh.canary"), Regular, "", b"")]),
+                Confined(&[]),
+            ),
+            (
+                "10 block device outside /dev",
+                tar_of(&[("disk", Block, "", b"")]),
+                Refused("device node outside /dev"),
+            ),
+            (
+                "11 character device in /dev is dropped",
+                tar_of(&[("dev/", Directory, "", b""), ("dev/mem", Char, "", b"")]),
+                Confined(&["dev"]),
+            ),
+            (
+                "12 huge PAX header (2 GiB claimed)",
+                {
+                    let mut t = raw_header(b'x', b"PaxHeaders/huge", 2 << 30).to_vec();
+                    t.extend_from_slice(&[b'a'; 4096]);
+                    t
+                },
+                Refused("tar extension header (x) of 2147483648 bytes"),
+            ),
+            (
+                "13 huge GNU long name header",
+                {
+                    let mut t = raw_header(b'L', b"././@LongLink", 1 << 30).to_vec();
+                    t.extend_from_slice(&[b'a'; 4096]);
+                    t
+                },
+                Refused("tar extension header (L)"),
+            ),
+            (
+                "14 path longer than PATH_MAX",
+                long_name_tar("a/".repeat(3000).as_bytes()),
+                Refused("is longer than 4096"),
+            ),
+            (
+                "15 file name longer than NAME_MAX",
+                long_name_tar("n".repeat(300).as_bytes()),
+                Refused("file name of 300 bytes is longer than 255"),
+            ),
+            (
+                "16 name that is not UTF-8",
+                long_name_tar(b"bad\xff\xfename"),
+                Refused("not UTF-8"),
+            ),
+            (
+                "17 GNU sparse file",
+                {
+                    let mut t = raw_header(b'S', b"sparse", 0).to_vec();
+                    t.extend_from_slice(&[0u8; 1024]);
+                    t
+                },
+                Refused("sparse files are not supported"),
+            ),
+            (
+                "18 symlink loop",
+                tar_of(&[
+                    ("l1", Symlink, "l2", b""),
+                    ("l2", Symlink, "l1", b""),
+                    ("l1/x", Regular, "", b""),
+                ]),
+                Refused("too many levels of symbolic links"),
+            ),
+            (
+                "19 PAX path with .. and an xattr",
+                pax_tar(
+                    &[
+                        ("path", format!("{deep}pax-canary").as_bytes()),
+                        ("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02"),
+                    ],
+                    "ignored",
+                    b"evil",
+                ),
+                Confined(&["pax-canary"]),
+            ),
+        ];
+        assert!(cases.len() >= 12);
+        for (what, bytes, expect) in cases {
+            let mut tree = Tree::new(&staging);
+            let result = tree.unpack_layer(io::Cursor::new(bytes));
+            match (expect, result) {
+                (Confined(keys), Ok(())) => {
+                    for key in keys {
+                        assert!(tree.get(key).is_some(), "{what}: {key} missing: {tree:?}");
+                    }
+                    for (key, _) in tree.nodes() {
+                        assert!(
+                            !key.starts_with('/') && !key.split('/').any(|c| c == ".."),
+                            "{what}: {key}"
+                        );
+                    }
+                }
+                (Refused(words), Err(e)) => {
+                    let text = e.to_string();
+                    assert!(text.contains(words), "{what}: {text:?} lacks {words:?}");
+                }
+                (Confined(_), Err(e)) => panic!("{what}: refused: {e}"),
+                (Refused(words), Ok(())) => {
+                    panic!("{what}: accepted (expected {words:?}): {tree:?}")
+                }
+            }
+            assert_eq!(
+                snapshot(top.path(), &staging),
+                before,
+                "{what}: the host changed"
+            );
+        }
+        assert_eq!(std::fs::read(&canary).unwrap(), b"canary: must not change");
+        // The staging folder holds only opaque, numbered content files.
+        for e in std::fs::read_dir(&staging).unwrap() {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file());
+            let name = e.file_name().into_string().unwrap();
+            assert!(name.chars().all(|c| c.is_ascii_digit()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_layer_past_the_size_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        t.set_limit(1 << 20);
+        let big = vec![0u8; 600 << 10];
+        use tar::EntryType::*;
+        let err = unpack_layer_bytes(
+            &mut t,
+            tar_of(&[("a", Regular, "", &big), ("b", Regular, "", &big)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("b: the files unpack to more than 1 MiB"),
+            "{err}"
+        );
+        // Only the first file's content stayed; the cut one was removed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    fn unpack_layer_bytes(tree: &mut Tree, bytes: Vec<u8>) -> Result<(), TreeError> {
+        tree.unpack_layer(io::Cursor::new(bytes))
+    }
+
+    #[test]
+    fn setuid_bits_and_owners_are_kept_and_pax_sizes_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Tree::new(dir.path());
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o4755);
+        h.set_uid(0);
+        h.set_gid(50);
+        h.set_size(3);
+        b.append_data(&mut h, "usr/bin/su", &b"abc"[..]).unwrap();
+        let mut bytes = b.into_inner().unwrap();
+        // A PAX size that differs from the header's (as for files over 8 GiB).
+        bytes.extend_from_slice(&pax_tar(&[("size", b"5")], "after", b"12345"));
+        let trimmed: Vec<u8> = {
+            // Drop the first archive's end blocks so both parts are one stream.
+            let first = 512 + 512;
+            let mut v = bytes[..first].to_vec();
+            v.extend_from_slice(&bytes[first + 1024..]);
+            v
+        };
+        t.unpack_layer(io::Cursor::new(trimmed)).unwrap();
+        let su = t.get("usr/bin/su").unwrap();
+        assert_eq!((su.mode, su.uid, su.gid), (0o4755, 0, 50));
+        let NodeKind::File(after) = &t.get("after").unwrap().kind else {
+            panic!("after is not a file")
+        };
+        assert_eq!(std::fs::read(after).unwrap(), b"12345");
     }
 }

@@ -67,10 +67,58 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "either `package` or `path`",
         ),
         (
-            "registry image reference",
-            c("[[container]]\nname = \"a\"\nimage = \"docker.io/library/busybox:latest\"\n"),
+            "registry reference with capitals",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/Team/App:1\"\n"),
+            6,
+            "is not valid",
+        ),
+        (
+            "registry reference with a short digest",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/app@sha256:abc\"\n"),
+            6,
+            "is not valid",
+        ),
+        (
+            "image transport berth does not know",
+            c("[[container]]\nname = \"a\"\nimage = \"containers-storage:app\"\n"),
             6,
             "unsupported image reference",
+        ),
+        (
+            "missing docker archive",
+            c("[[container]]\nname = \"a\"\nimage = \"docker-archive:/nonexistent/app.tar\"\n"),
+            6,
+            "docker archive /nonexistent/app.tar does not exist",
+        ),
+        (
+            "docker archive that is a folder",
+            c("[[container]]\nname = \"a\"\nimage = \"docker-archive:/\"\n"),
+            6,
+            "docker archive / is not a file",
+        ),
+        (
+            "registry table named by URL",
+            c("[registry.\"https://registry.example.org\"]\ninsecure = true\n"),
+            4,
+            "is not HOST or HOST:PORT",
+        ),
+        (
+            "insecure is not a boolean",
+            c("[registry.\"localhost:5000\"]\ninsecure = \"yes\"\n"),
+            5,
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "unknown registry setting",
+            c("[registry.\"localhost:5000\"]\ntls = false\n"),
+            5,
+            "unknown field `tls`",
+        ),
+        (
+            "bad container user",
+            c("[[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/app:1\"\nuser = \"web server\"\n"),
+            7,
+            "is not NAME, UID, UID:GID or NAME:GROUP",
         ),
         (
             "missing OCI layout",
@@ -234,6 +282,134 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             5,
             "invalid type",
         ),
+        (
+            "unknown container network",
+            c(&format!("{WEB}network = \"bridge\"\n")),
+            8,
+            "is not \"host\" or \"none\"",
+        ),
+        (
+            "volume without a path",
+            c(&format!("{WEB}volumes = [\"data\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume with a relative path",
+            c(&format!("{WEB}volumes = [\"data:srv\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume path with ..",
+            c(&format!("{WEB}volumes = [\"data:/srv/../etc\"]\n")),
+            8,
+            "is not NAME:/PATH",
+        ),
+        (
+            "volume name in capitals",
+            c(&format!("{WEB}volumes = [\"Data:/srv\"]\n")),
+            8,
+            "volume name \"Data\" is not valid",
+        ),
+        (
+            "two volumes on one path",
+            c(&format!("{WEB}volumes = [\"a:/srv\", \"b:/srv\"]\n")),
+            8,
+            "two volumes are mounted on \"/srv\"",
+        ),
+        (
+            "memory not a size",
+            c(&format!("{WEB}memory = \"64Q\"\n")),
+            8,
+            "memory size is not a size",
+        ),
+        (
+            "memory too small",
+            c(&format!("{WEB}memory = \"1M\"\n")),
+            8,
+            "memory size 1 MiB is too small",
+        ),
+        (
+            "cpus zero",
+            c(&format!("{WEB}cpus = 0.0\n")),
+            8,
+            "cpus is a number of CPUs",
+        ),
+        (
+            "pids zero",
+            c(&format!("{WEB}pids = 0\n")),
+            8,
+            "pids is the most processes",
+        ),
+        (
+            "unknown capability",
+            c(&format!("{WEB}cap_add = [\"FLY\"]\n")),
+            8,
+            "is not a Linux capability",
+        ),
+        (
+            "unknown capability to drop",
+            c(&format!("{WEB}cap_drop = [\"CAP_FLY\"]\n")),
+            8,
+            "is not a Linux capability",
+        ),
+        (
+            "privileged is a boolean",
+            c(&format!("{WEB}privileged = \"yes\"\n")),
+            8,
+            "invalid type",
+        ),
+        (
+            "unknown container key",
+            c(&format!("{WEB}memory_limit = \"64M\"\n")),
+            8,
+            "unknown field `memory_limit`",
+        ),
+        (
+            "depends on an unknown container",
+            c(&format!("{WEB}depends_on = [\"db\"]\n")),
+            5,
+            "depends on \"db\", which is not a container",
+        ),
+        (
+            "depends on itself",
+            c(&format!("{WEB}depends_on = [\"web\"]\n")),
+            5,
+            "depends on itself",
+        ),
+        (
+            "depends_on cycle",
+            c(&format!(
+                "{WEB}depends_on = [\"db\"]\n[[container]]\nname = \"db\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\ndepends_on = [\"web\"]\n"
+            )),
+            5,
+            "depends_on forms a cycle between containers web, db",
+        ),
+        (
+            "log size too small",
+            c("[logs]\nmax_size = \"1K\"\n"),
+            5,
+            "logs max_size is a size of at least 4K",
+        ),
+        (
+            "no rotated logs kept",
+            c("[logs]\nkeep = 0\n"),
+            5,
+            "logs keep is a number of files from 1 to 100",
+        ),
+        (
+            "unknown logs key",
+            c("[logs]\nrotate = true\n"),
+            5,
+            "unknown field `rotate`",
+        ),
+        (
+            "DNS server not an address",
+            c("[network]\ndns = [\"dns.example\"]\n"),
+            5,
+            "DNS server \"dns.example\" is not an IPv4 address",
+        ),
     ]
 }
 
@@ -349,6 +525,44 @@ fn broken_recipes_name_line_and_reason() {
 }
 
 #[test]
+fn image_references_and_registries() {
+    let recipe = format!(
+        "{HEAD}[registry.\"127.0.0.1:5000\"]\ninsecure = true\n\n\
+         [[container]]\nname = \"a\"\nimage = \"127.0.0.1:5000/team/app:1.4\"\nuser = \"1000:1000\"\n\n\
+         [[container]]\nname = \"b\"\nimage = \"busybox\"\n\n\
+         [[container]]\nname = \"c\"\nimage = \"docker://ghcr.io/team/app@sha256:{}\"\n",
+        "0".repeat(64)
+    );
+    let plan = parse(Path::new("r.toml"), &recipe).unwrap();
+    use berth_builder::recipe::{ImageRef, RootfsSource, Transport};
+    let refs: Vec<String> = plan
+        .containers
+        .iter()
+        .map(|c| match &c.source {
+            RootfsSource::Image {
+                reference: ImageRef::Registry(r),
+                ..
+            } => r.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            "127.0.0.1:5000/team/app:1.4".to_string(),
+            "docker.io/library/busybox:latest".to_string(),
+            format!("ghcr.io/team/app@sha256:{}", "0".repeat(64)),
+        ]
+    );
+    assert_eq!(plan.transport("127.0.0.1:5000"), Transport::PlainHttp);
+    // Only the registries the recipe names get plain HTTP; loopback included.
+    assert_eq!(plan.transport("localhost:5000"), Transport::Https);
+    assert_eq!(plan.transport("docker.io"), Transport::Https);
+    assert_eq!(plan.containers[0].user.as_deref(), Some("1000:1000"));
+    assert_eq!(plan.lock_path(), Path::new("r.lock"));
+}
+
+#[test]
 fn example_recipes_are_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
     let mut n = 0;
@@ -374,6 +588,38 @@ fn dhcp_is_the_default_network() {
     ));
     assert!(!fixed.dhcp);
     assert!(fixed.ipv4.is_some());
+}
+
+#[test]
+fn container_runtime_fields() {
+    use berth_builder::recipe::{ContainerNetwork, Limits, Privileges};
+    let text = format!(
+        "{HEAD}[network]\ndns = [\"1.1.1.1\"]\n{WEB}network = \"none\"\nvolumes = [\"web-data:/srv\"]\nwritable = true\nmemory = \"64M\"\ncpus = 0.5\npids = 100\ncap_add = [\"net_admin\"]\ncap_drop = [\"CAP_KILL\"]\nprivileged = true\ndepends_on = [\"db\"]\n[[container]]\nname = \"db\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/busybox\"]\n"
+    );
+    let plan = parse(Path::new("r.toml"), &text).unwrap();
+    assert_eq!(plan.network.dns, ["1.1.1.1"]);
+    // depends_on puts db first.
+    let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["db", "web"]);
+    let web = &plan.containers[1];
+    assert_eq!(web.network, ContainerNetwork::None);
+    assert_eq!(web.volumes, [("web-data".to_string(), "/srv".to_string())]);
+    assert!(web.writable);
+    assert_eq!(
+        web.limits,
+        Limits {
+            memory: Some(64 << 20),
+            millicpus: Some(500),
+            pids: Some(100),
+        }
+    );
+    assert_eq!(web.cap_add, ["CAP_NET_ADMIN"]);
+    assert_eq!(web.cap_drop, ["CAP_KILL"]);
+    assert_eq!(web.privileges, Privileges::Privileged);
+    let db = &plan.containers[0];
+    assert_eq!(db.network, ContainerNetwork::Host);
+    assert_eq!(db.privileges, Privileges::Confined);
+    assert_eq!(db.limits, Limits::default());
 }
 
 #[test]

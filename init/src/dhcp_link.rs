@@ -3,7 +3,7 @@
 //! interface ioctls of [`crate::net`] plus `/run/berth/resolv.conf`.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use crate::dhcp::{Action, Client, Destination, Lease, CLIENT_PORT, SERVER_PORT};
 use crate::net::{self, Ipv4Setup};
 
 /// Where the DNS servers of the lease are written.
-pub const RESOLV_CONF: &str = "/run/berth/resolv.conf";
+pub use berth_updater::layout::RESOLV_CONF;
 
 /// A DHCP client running on one interface.
 #[derive(Debug)]
@@ -23,12 +23,19 @@ pub struct DhcpLink {
     client: Client,
     /// The lease configured on the interface.
     applied: Option<Lease>,
+    /// Whether the lease's DNS servers go to resolv.conf (not when the recipe or
+    /// the provisioning file set static ones).
+    write_dns: bool,
 }
 
 impl DhcpLink {
-    /// Picks the first wired interface, brings it up and opens the client socket.
-    pub fn start(sys: &Path, hostname: &str, timeout: Duration) -> Result<DhcpLink, String> {
-        let interface = net::first_wired_interface(sys, timeout).map_err(|e| e.to_string())?;
+    /// Brings `interface` up and opens the client socket on it.
+    pub fn start(
+        sys: &Path,
+        interface: String,
+        hostname: &str,
+        write_dns: bool,
+    ) -> Result<DhcpLink, String> {
         let mac = net::mac_address(sys, &interface)
             .ok_or_else(|| format!("{interface} has no Ethernet address"))?;
         net::link_up(&interface).map_err(|e| e.to_string())?;
@@ -43,6 +50,7 @@ impl DhcpLink {
             socket,
             client: Client::new(mac, seed, Some(hostname.to_string())),
             applied: None,
+            write_dns,
         })
     }
 
@@ -185,29 +193,80 @@ impl DhcpLink {
                     .unwrap_or_default()
             );
         }
-        if let Err(err) = write_resolv_conf(Path::new(RESOLV_CONF), &lease.dns) {
-            log!("dhcp: writing {RESOLV_CONF}: {err}");
+        if self.write_dns {
+            let text = resolv_conf(
+                &format!("from the DHCP lease of {}", self.interface),
+                &lease.dns,
+            );
+            if let Err(err) = write_resolv_conf(Path::new(RESOLV_CONF), &text) {
+                log!("dhcp: writing {RESOLV_CONF}: {err}");
+            }
         }
         self.applied = Some(lease);
     }
 }
 
 /// UDP on 0.0.0.0:68, broadcast allowed, bound to `interface` so broadcasts go
-/// out (and replies come in) there even before it has an address.
+/// out (and replies come in) there even before it has an address. The device is
+/// bound before the port, with `SO_REUSEADDR`, so every wired interface can
+/// have a client of its own on port 68.
 fn open_socket(interface: &str) -> std::io::Result<UdpSocket> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT))?;
-    socket.set_broadcast(true)?;
-    socket.set_nonblocking(true)?;
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let socket = unsafe { UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
     let name = interface.as_bytes();
-    // SAFETY: the socket is open; the option value is `name`, valid for its length
-    // for the duration of the call.
+    let options: [(libc::c_int, *const libc::c_void, usize); 3] = [
+        (
+            libc::SO_REUSEADDR,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        ),
+        (
+            libc::SO_BROADCAST,
+            std::ptr::addr_of!(one).cast(),
+            std::mem::size_of::<libc::c_int>(),
+        ),
+        (libc::SO_BINDTODEVICE, name.as_ptr().cast(), name.len()),
+    ];
+    for (option, value, len) in options {
+        // SAFETY: the socket is open; `value` points to `len` readable bytes
+        // (`one` or `name`) that live through the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                value,
+                libc::socklen_t::try_from(len).unwrap_or(0),
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let address = libc::sockaddr_in {
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2),
+        sin_port: CLIENT_PORT.to_be(),
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `address` is a valid sockaddr_in of the given length.
     let rc = unsafe {
-        libc::setsockopt(
+        libc::bind(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            libc::socklen_t::try_from(name.len()).unwrap_or(0),
+            std::ptr::addr_of!(address).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(0),
         )
     };
     if rc < 0 {
@@ -216,19 +275,19 @@ fn open_socket(interface: &str) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// `nameserver` lines, written to a temporary file and renamed into place.
-fn write_resolv_conf(path: &Path, servers: &[Ipv4Addr]) -> std::io::Result<()> {
+/// Writes resolv.conf in place (one write into the same file, not a rename):
+/// containers bind-mount this very file, and a rename would leave them the old
+/// one.
+pub fn write_resolv_conf(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let text = resolv_conf(servers);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(path, text)
 }
 
-fn resolv_conf(servers: &[Ipv4Addr]) -> String {
-    let mut text = String::from("# written by berth-init from the DHCP lease\n");
+/// `nameserver` lines under a comment saying where they come from.
+pub fn resolv_conf(source: &str, servers: &[Ipv4Addr]) -> String {
+    let mut text = format!("# written by berth-init {source}\n");
     for server in servers {
         text.push_str(&format!("nameserver {server}\n"));
     }
@@ -241,15 +300,23 @@ mod tests {
 
     #[test]
     fn resolv_conf_lists_the_servers() {
-        let text = resolv_conf(&[Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)]);
+        let text = resolv_conf(
+            "from the DHCP lease of eth0",
+            &[Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)],
+        );
         assert!(
             text.ends_with("nameserver 10.0.2.3\nnameserver 1.1.1.1\n"),
             "{text}"
         );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth/resolv.conf");
-        write_resolv_conf(&path, &[Ipv4Addr::new(10, 0, 2, 3)]).unwrap();
+        write_resolv_conf(&path, "# none\n").unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        write_resolv_conf(&path, &text).unwrap();
         let written = std::fs::read_to_string(&path).unwrap();
         assert!(written.contains("nameserver 10.0.2.3\n"));
+        // Rewritten in place: a bind mount of the file sees the new servers.
+        let after = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert_eq!(inode, after);
     }
 }

@@ -124,6 +124,22 @@ pub fn clear_ipv4(interface: &str) -> Result<(), NetError> {
     Socket::new()?.set_address(interface, SIOCSIFADDR, "SIOCSIFADDR", Ipv4Addr::UNSPECIFIED)
 }
 
+/// Every wired interface (all but loopback), `eth0` first, then by name. Waits
+/// up to `timeout` for the first to appear.
+pub fn wired_interfaces(sys: &Path, timeout: Duration) -> Result<Vec<String>, NetError> {
+    let first = first_wired_interface(sys, timeout)?;
+    let mut names: Vec<String> = std::fs::read_dir(sys.join("class/net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name != "lo" && *name != first && name.len() < libc::IFNAMSIZ)
+        .collect();
+    names.sort();
+    names.insert(0, first);
+    Ok(names)
+}
+
 /// The wired interface to run DHCP on: `eth0` when there is one, else the first
 /// other than loopback, by name. Waits up to `timeout` for one to appear.
 pub fn first_wired_interface(sys: &Path, timeout: Duration) -> Result<String, NetError> {
@@ -388,6 +404,10 @@ mod tests {
         assert_eq!(
             first_wired_interface(dir.path(), Duration::ZERO).unwrap(),
             "eth0"
+        );
+        assert_eq!(
+            wired_interfaces(dir.path(), Duration::ZERO).unwrap(),
+            ["eth0", "enp0s3", "ens4"]
         );
         std::fs::write(net.join("eth0/address"), "52:54:00:12:34:56\n").unwrap();
         assert_eq!(

@@ -127,6 +127,7 @@ pub fn finish(action: PowerAction) -> ! {
     sync();
     crate::mounts::unmount_all();
     sync();
+    crate::watchdog::stop();
     log!("{}", action.final_line());
     power(action)
 }

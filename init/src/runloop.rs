@@ -20,10 +20,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::assess::{self, Assessment, Decision};
+use crate::containers::{self, WritableRoot};
 use crate::dhcp_link::DhcpLink;
 use crate::health::{self, Health, Probes, Transition};
 use crate::input;
-use crate::logfile::{self, LogFile};
+use crate::kmsg::Kmsg;
+use crate::logfile::{self, LogFile, Rotation};
 use crate::output::{self, LineSplitter};
 use crate::power::{self, PowerAction};
 use crate::shell::{self, Shell};
@@ -62,10 +64,11 @@ enum Pipe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Signals,
-    Dhcp,
+    Dhcp(usize),
     Button(usize),
     Output(usize, Pipe),
     Probes,
+    Kmsg,
 }
 
 /// One pipe of a running container and the line it is in the middle of.
@@ -110,7 +113,7 @@ pub struct AssessmentInput {
 /// if there is one; assesses the boot when `assessment` is given.
 pub fn run(
     config: &ImageConfig,
-    dhcp: Option<DhcpLink>,
+    dhcp: Vec<DhcpLink>,
     assessment: Option<AssessmentInput>,
 ) -> Result<std::convert::Infallible, LoopError> {
     let mut event_loop = EventLoop::new(config, dhcp, assessment)?;
@@ -123,7 +126,7 @@ struct EventLoop {
     io: Vec<ContainerIo>,
     signals: SignalFd,
     buttons: Vec<Option<File>>,
-    dhcp: Option<DhcpLink>,
+    dhcp: Vec<DhcpLink>,
     shutdown: Option<Shutdown>,
     /// Per container: its health check state, if it has a check.
     health: Vec<Option<Health>>,
@@ -136,12 +139,22 @@ struct EventLoop {
     version: String,
     health_timeout: Duration,
     shell: Option<Shell>,
+    /// Per container: its named volumes and whether its root is writable.
+    storage: Vec<(Vec<String>, bool)>,
+    /// Per container: its cgroup's OOM kill count when it last started.
+    oom_kills: Vec<u64>,
+    /// When the watchdog is next petted (none: no watchdog).
+    watchdog: Option<Instant>,
+    /// Log file rotation.
+    rotation: Rotation,
+    /// The kernel's ring buffer, copied to kernel.log.
+    kmsg: Option<Kmsg>,
 }
 
 impl EventLoop {
     fn new(
         config: &ImageConfig,
-        dhcp: Option<DhcpLink>,
+        dhcp: Vec<DhcpLink>,
         assessment_input: Option<AssessmentInput>,
     ) -> Result<EventLoop, LoopError> {
         block_signals()?;
@@ -200,6 +213,21 @@ impl EventLoop {
             shell: config.debug.console_shell.then_some(Shell::Waiting {
                 until: Instant::now(),
             }),
+            storage: config
+                .containers
+                .iter()
+                .map(|c| (c.volumes.clone(), c.writable))
+                .collect(),
+            oom_kills: vec![0; config.containers.len()],
+            watchdog: crate::watchdog::start(Instant::now()),
+            rotation: rotation(config),
+            kmsg: match Kmsg::open(Path::new(logfile::LOG_DIR), rotation(config)) {
+                Ok(kmsg) => Some(kmsg),
+                Err(err) => {
+                    log!("/dev/kmsg: {err}; the kernel log is only on the console");
+                    None
+                }
+            },
         })
     }
 
@@ -218,8 +246,11 @@ impl EventLoop {
                     Instant::now(),
                 );
             }
-            if let Some(dhcp) = self.dhcp.as_mut() {
+            for dhcp in &mut self.dhcp {
                 dhcp.on_timer(now);
+            }
+            if self.watchdog.is_some_and(|due| due <= now) {
+                self.watchdog = crate::watchdog::pet(now);
             }
             self.shell_due(now);
             if self.shutdown.is_none() {
@@ -238,10 +269,14 @@ impl EventLoop {
                 }
             }
             let wakeup = match self.shutdown {
-                Some(shutdown) => Some(shutdown.deadline),
+                Some(shutdown) => Some(
+                    self.watchdog
+                        .map_or(shutdown.deadline, |due| due.min(shutdown.deadline)),
+                ),
                 None => [
                     self.supervisor.next_wakeup(),
-                    self.dhcp.as_ref().and_then(DhcpLink::next_wakeup),
+                    self.dhcp.iter().filter_map(DhcpLink::next_wakeup).min(),
+                    self.watchdog,
                     self.health
                         .iter()
                         .flatten()
@@ -262,13 +297,18 @@ impl EventLoop {
             for (source, flags) in self.wait(wakeup) {
                 match source {
                     Source::Signals => self.handle_signals(),
-                    Source::Dhcp => {
-                        if let Some(dhcp) = self.dhcp.as_mut() {
+                    Source::Dhcp(index) => {
+                        if let Some(dhcp) = self.dhcp.get_mut(index) {
                             dhcp.on_readable(Instant::now());
                         }
                     }
                     Source::Button(index) => self.handle_button(index),
                     Source::Probes => self.network_probes_done(),
+                    Source::Kmsg => {
+                        if let Some(kmsg) = self.kmsg.as_mut() {
+                            kmsg.drain();
+                        }
+                    }
                     Source::Output(index, pipe) => {
                         if flags
                             .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
@@ -286,8 +326,8 @@ impl EventLoop {
     fn wait(&self, wakeup: Option<Instant>) -> Vec<(Source, PollFlags)> {
         let mut sources = vec![Source::Signals];
         let mut fds: Vec<BorrowedFd<'_>> = vec![self.signals.as_fd()];
-        if let Some(dhcp) = &self.dhcp {
-            sources.push(Source::Dhcp);
+        for (index, dhcp) in self.dhcp.iter().enumerate() {
+            sources.push(Source::Dhcp(index));
             fds.push(dhcp.fd());
         }
         for (index, button) in self.buttons.iter().enumerate() {
@@ -299,6 +339,10 @@ impl EventLoop {
         if let Some(probes) = &self.probes {
             sources.push(Source::Probes);
             fds.push(probes.fd());
+        }
+        if let Some(kmsg) = &self.kmsg {
+            sources.push(Source::Kmsg);
+            fds.push(kmsg.fd());
         }
         for (index, io) in self.io.iter().enumerate() {
             for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&io.streams) {
@@ -443,6 +487,17 @@ impl EventLoop {
         self.pump(index, Pipe::Stderr, true);
         let name = self.name(index);
         log!("container {name} {status}");
+        let before = self.oom_kills.get(index).copied().unwrap_or(0);
+        if let Some(now) = containers::oom_kills(&name) {
+            if now > before {
+                log!(
+                    "container {name} was killed by the kernel's OOM killer (memory limit reached)"
+                );
+            }
+            if let Some(count) = self.oom_kills.get_mut(index) {
+                *count = now;
+            }
+        }
         if let Some(Some(health)) = self.health.get_mut(index) {
             health.stopped();
         }
@@ -532,6 +587,7 @@ impl EventLoop {
         if Path::new(CRUN_STATE_DIR).join(&name).exists() {
             run_helper(&["delete", "--force", &name]);
         }
+        self.prepare(index, &name);
         log!("starting container {name}");
         let now = Instant::now();
         match spawn_container(&name) {
@@ -542,7 +598,7 @@ impl EventLoop {
                     io.log = Some(LogFile::open(
                         Path::new(logfile::LOG_DIR),
                         &name,
-                        logfile::ROTATE_AT,
+                        self.rotation,
                     ));
                 }
                 // The benchmark's "first container running" milestone.
@@ -559,6 +615,37 @@ impl EventLoop {
                 log!("container {name} could not be started: {err}");
                 let after = self.supervisor.start_failed(index, now);
                 self.log_after_exit(index, &name, after);
+            }
+        }
+    }
+
+    /// Its cgroup parent, volume folders and writable root; each failure is
+    /// logged and the start goes on (the runtime reports what is missing).
+    fn prepare(&mut self, index: usize, name: &str) {
+        if let Err(err) = containers::cgroup(name) {
+            log!("container {name}: {err}");
+        }
+        if let Some(count) = containers::oom_kills(name) {
+            if let Some(slot) = self.oom_kills.get_mut(index) {
+                *slot = count;
+            }
+        }
+        let Some((volumes, writable)) = self.storage.get(index) else {
+            return;
+        };
+        if let Err(err) = containers::volumes(volumes) {
+            log!("container {name}: {err}");
+        }
+        if *writable {
+            match containers::writable_root(name, &self.version) {
+                Ok(WritableRoot::Fresh {
+                    previous: Some(previous),
+                }) => log!(
+                    "container {name}: writable layer of {previous} wiped (image is now {})",
+                    self.version
+                ),
+                Ok(_) => {}
+                Err(err) => log!("container {name}: writable root: {err}"),
             }
         }
     }
@@ -813,6 +900,14 @@ impl EventLoop {
             };
             log!("container {} {state}", container.name);
         }
+    }
+}
+
+/// The recipe's log rotation.
+pub fn rotation(config: &ImageConfig) -> Rotation {
+    Rotation {
+        max_size: config.logs.max_size.max(4096),
+        keep: config.logs.keep.max(1),
     }
 }
 

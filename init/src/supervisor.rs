@@ -316,6 +316,8 @@ mod tests {
                 restart: *policy,
                 critical: false,
                 health: None,
+                volumes: Vec::new(),
+                writable: false,
             })
             .collect();
         Supervisor::new(&configs)

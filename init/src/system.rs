@@ -58,7 +58,7 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
     crate::runloop::block_signals()?;
     api_filesystems();
     crate::console::ensure();
-    let config = load_config(Path::new(layout::IMAGE_CONFIG_PATH))?;
+    let mut config = load_config(Path::new(layout::IMAGE_CONFIG_PATH))?;
     log!(
         "{} {} (slot {})",
         config.image.name,
@@ -66,16 +66,39 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         slot_name()
     );
     filesystems();
+    crate::logfile::open_init_log(
+        Path::new(crate::logfile::LOG_DIR),
+        crate::runloop::rotation(&config),
+    );
+    crate::rtc::set_clock_from_rtc(config.image.epoch);
+    quiet_console();
+    // The ESP first: its provisioning file may change the host name and network.
+    let assessment = mount_esp();
+    let provision = crate::provision::load(
+        Path::new(crate::provision::ESP_FILE),
+        Path::new(crate::provision::SAVED_FILE),
+    );
+    provision.apply(&mut config);
     if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
     let dhcp = network(&config);
-    let assessment = mount_esp();
     if config.debug.console_shell {
         log!("debug shell on the console (development image)");
     }
     log!("system ready in {} ms", start.elapsed().as_millis());
     Ok(crate::runloop::run(&config, dhcp, assessment)?)
+}
+
+/// From here on the kernel prints only errors and worse on the console (console
+/// log level 4); everything is still in /var/log/berth/kernel.log. A console
+/// flooded with OOM reports and stack dumps (a container at its memory limit,
+/// restarted in a loop) drowns the lines that matter and was seen to starve
+/// the serial console's input under emulation.
+fn quiet_console() {
+    if let Err(err) = std::fs::write("/proc/sys/kernel/printk", "4") {
+        log!("setting the kernel's console log level: {err}");
+    }
 }
 
 /// The ESP, read-write on /efi, for the boot assessment (and the device agent).
@@ -171,7 +194,8 @@ fn filesystems() {
         }
     }
     mount_var();
-    for dir in [crate::logfile::LOG_DIR, "/run/crun"] {
+    crate::containers::delegate_controllers();
+    for dir in [crate::logfile::LOG_DIR, "/run/crun", "/run/berth"] {
         if let Err(err) = std::fs::create_dir_all(dir) {
             log!("creating {dir}: {err}");
         }
@@ -184,6 +208,15 @@ fn mount_var() {
     let var = Path::new("/var");
     match data_partition() {
         Ok(device) => {
+            match crate::grow::grow_partition(Path::new(&device)) {
+                Ok(Some(grown)) => log!(
+                    "data partition {device} grown from {} MiB to {} MiB",
+                    grown.old_bytes() >> 20,
+                    grown.new_bytes() >> 20
+                ),
+                Ok(None) => {}
+                Err(err) => log!("growing data partition {device}: {err}"),
+            }
             match mounts::mount_on_dir(
                 &device,
                 var,
@@ -193,6 +226,15 @@ fn mount_var() {
             ) {
                 Ok(()) => {
                     log!("mounted data partition {device} on /var");
+                    match crate::grow::grow_filesystem(Path::new(&device), var) {
+                        Ok(Some((old, new))) => log!(
+                            "data file system grown online from {} MiB to {} MiB",
+                            old >> 20,
+                            new >> 20
+                        ),
+                        Ok(None) => {}
+                        Err(err) => log!("growing the data file system: {err}"),
+                    }
                     return;
                 }
                 Err(err) => log!("{err}"),
@@ -226,20 +268,38 @@ fn data_partition() -> Result<String, String> {
     .map_err(|err| format!("data partition: {err}"))
 }
 
-/// Loopback, then the static address or DHCP; the DHCP client is returned for
-/// the event loop to keep (renewals, or the first lease if it came late).
-fn network(config: &ImageConfig) -> Option<DhcpLink> {
+/// Loopback, resolv.conf, then the static address or DHCP on every wired
+/// interface; the DHCP clients are returned for the event loop to keep
+/// (renewals, or the first lease if it came late).
+fn network(config: &ImageConfig) -> Vec<DhcpLink> {
     if let Err(err) = net::loopback_up() {
         log!("loopback: {err}");
     }
+    let dns: Vec<std::net::Ipv4Addr> = config
+        .network
+        .dns
+        .iter()
+        .filter_map(|server| server.parse().ok())
+        .collect();
+    let text = if dns.is_empty() {
+        crate::dhcp_link::resolv_conf("(no DNS servers yet)", &[])
+    } else {
+        crate::dhcp_link::resolv_conf("from the static configuration", &dns)
+    };
+    if let Err(err) = crate::dhcp_link::write_resolv_conf(Path::new(layout::RESOLV_CONF), &text) {
+        log!("writing {}: {err}", layout::RESOLV_CONF);
+    }
     let Some(ipv4) = &config.network.ipv4 else {
-        return config.network.dhcp.then(|| dhcp(config)).flatten();
+        if !config.network.dhcp {
+            return Vec::new();
+        }
+        return dhcp(config, dns.is_empty());
     };
     let setup = match Ipv4Setup::from_config(ipv4) {
         Ok(setup) => setup,
         Err(err) => {
             log!("{err}");
-            return None;
+            return Vec::new();
         }
     };
     match net::configure_ipv4(&setup, Path::new("/sys"), INTERFACE_TIMEOUT) {
@@ -255,26 +315,49 @@ fn network(config: &ImageConfig) -> Option<DhcpLink> {
         ),
         Err(err) => log!("network: {err}"),
     }
-    None
+    // The other wired interfaces: up, without an address.
+    for interface in net::wired_interfaces(Path::new("/sys"), Duration::ZERO).unwrap_or_default() {
+        if interface != setup.interface {
+            if let Err(err) = net::link_up(&interface) {
+                log!("network: {err}");
+            }
+        }
+    }
+    Vec::new()
 }
 
-fn dhcp(config: &ImageConfig) -> Option<DhcpLink> {
-    let mut link =
-        match DhcpLink::start(Path::new("/sys"), &config.image.hostname, INTERFACE_TIMEOUT) {
-            Ok(link) => link,
-            Err(err) => {
-                log!("dhcp: {err}");
-                return None;
-            }
-        };
-    if !link.acquire(DHCP_TIMEOUT) {
-        log!(
-            "dhcp: no lease for {} after {} s; starting the containers, still trying",
-            link.interface(),
-            DHCP_TIMEOUT.as_secs()
-        );
+fn dhcp(config: &ImageConfig, write_dns: bool) -> Vec<DhcpLink> {
+    let interfaces = match net::wired_interfaces(Path::new("/sys"), INTERFACE_TIMEOUT) {
+        Ok(interfaces) => interfaces,
+        Err(err) => {
+            log!("dhcp: {err}");
+            return Vec::new();
+        }
+    };
+    let mut links = Vec::new();
+    for interface in interfaces {
+        match DhcpLink::start(
+            Path::new("/sys"),
+            interface.clone(),
+            &config.image.hostname,
+            write_dns,
+        ) {
+            Ok(link) => links.push(link),
+            Err(err) => log!("dhcp: {interface}: {err}"),
+        }
     }
-    Some(link)
+    let deadline = Instant::now() + DHCP_TIMEOUT;
+    for link in &mut links {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !link.acquire(left) {
+            log!(
+                "dhcp: no lease for {} after {} s; starting the containers, still trying",
+                link.interface(),
+                DHCP_TIMEOUT.as_secs()
+            );
+        }
+    }
+    links
 }
 
 #[cfg(test)]

@@ -175,6 +175,9 @@ pub struct VmConfig {
     pub cpus: u32,
     pub ports: Vec<PortForward>,
     pub boot: BootMode,
+    /// An Intel 6300ESB watchdog device (`-device i6300esb`): the guest's
+    /// `/dev/watchdog` when its kernel has the driver.
+    pub watchdog: bool,
     /// Appended to the command line as they are.
     pub extra_args: Vec<OsString>,
 }
@@ -195,6 +198,7 @@ impl VmConfig {
             cpus: DEFAULT_CPUS,
             ports: Vec::new(),
             boot: BootMode::Uefi(Firmware::default()),
+            watchdog: false,
             extra_args: Vec::new(),
         })
     }
@@ -304,6 +308,9 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
     }
     push(&[&"-netdev", &netdev]);
     push(&[&"-device", &"virtio-net-pci,netdev=net0"]);
+    if config.watchdog {
+        push(&[&"-device", &"i6300esb"]);
+    }
     args.extend(config.extra_args.iter().cloned());
     args
 }
@@ -335,8 +342,23 @@ mod tests {
             cpus: DEFAULT_CPUS,
             ports: Vec::new(),
             boot,
+            watchdog: false,
             extra_args: Vec::new(),
         }
+    }
+
+    #[test]
+    fn watchdog_device_when_asked() {
+        let mut config = config(BootMode::Uefi(Firmware::default()));
+        let without = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        assert!(!without.iter().any(|a| a == "i6300esb"));
+        config.watchdog = true;
+        let with = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        let at = with
+            .iter()
+            .position(|a| a == "i6300esb")
+            .expect("the device");
+        assert_eq!(with[at - 1], "-device");
     }
 
     fn runtime(accel: Accel) -> Runtime {

@@ -18,6 +18,8 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod images;
+
 use berth_qemu::{extract_direct_boot, BootMode, DiskWrites, PortForward, Vm, VmConfig, VmOptions};
 use fs4::FileExt;
 use regex::Regex;
@@ -279,6 +281,8 @@ pub struct BootOptions {
     /// of a throwaway overlay: for tests that check the disk after the VM is gone.
     /// Boot a copy of a built image, never the shared one.
     pub persist: bool,
+    /// Add QEMU's i6300esb watchdog device.
+    pub watchdog: bool,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -342,6 +346,7 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
         DiskWrites::Discard
     };
     config.ports = opts.ports.clone();
+    config.watchdog = opts.watchdog;
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }
@@ -433,7 +438,8 @@ fn status_is_ok(response: &str) -> bool {
         == Some("200")
 }
 
-fn http_get_once(port: u16, path: &str) -> Result<String, String> {
+/// One plain `GET path` on `127.0.0.1:port` (HTTP/1.0): the whole response.
+pub fn http_get_once(port: u16, path: &str) -> Result<String, String> {
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
         .map_err(|err| format!("connect: {err}"))?;

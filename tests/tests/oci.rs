@@ -8,73 +8,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use berth_tests::images::{self, busybox_layer, Compression, ImageSpec};
 use berth_tests::{
     binaries, boot, build_image, extract_partition as extract, literal, run_tool as run,
     BootOptions, BOOT_TIMEOUT,
 };
-use flate2::write::GzEncoder;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// The tag the written layout's only manifest carries.
 const TAG: &str = "1.0";
 /// The image's command, after its `["/bin/sh", "-c"]` entrypoint.
 const IMAGE_CMD: &str = "echo Hello from an OCI image; echo env=$GREETING";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Stores `bytes` as a blob of the layout at `dir` and returns its descriptor.
-fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Value {
-    let hex = sha256_hex(bytes);
-    let path = dir.join("blobs/sha256").join(&hex);
-    fs::write(&path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-    json!({
-        "mediaType": media_type,
-        "digest": format!("sha256:{hex}"),
-        "size": bytes.len(),
-    })
-}
-
-/// The uncompressed layer: `bin/`, `bin/busybox` (the host's static one, 0755)
-/// and `bin/sh -> busybox`.
-fn layer_tar() -> Vec<u8> {
-    let busybox = fs::read("/bin/busybox").expect("reading the host's static /bin/busybox");
-    let mut tar = tar::Builder::new(Vec::new());
-
-    let mut dir = tar::Header::new_ustar();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_uid(0);
-    dir.set_gid(0);
-    dir.set_mtime(1_700_000_000);
-    dir.set_size(0);
-    tar.append_data(&mut dir, "bin/", std::io::empty())
-        .expect("tar: bin/");
-
-    let mut file = tar::Header::new_ustar();
-    file.set_entry_type(tar::EntryType::Regular);
-    file.set_mode(0o755);
-    file.set_uid(0);
-    file.set_gid(0);
-    file.set_mtime(1_700_000_000);
-    file.set_size(busybox.len() as u64);
-    tar.append_data(&mut file, "bin/busybox", busybox.as_slice())
-        .expect("tar: bin/busybox");
-
-    let mut link = tar::Header::new_ustar();
-    link.set_entry_type(tar::EntryType::Symlink);
-    link.set_mode(0o777);
-    link.set_uid(0);
-    link.set_gid(0);
-    link.set_mtime(1_700_000_000);
-    link.set_size(0);
-    tar.append_link(&mut link, "bin/sh", "busybox")
-        .expect("tar: bin/sh");
-
-    tar.into_inner().expect("finishing the layer tar")
-}
 
 /// Paths of what [`write_layout`] wrote that tests tamper with.
 struct Layout {
@@ -82,71 +26,21 @@ struct Layout {
     layer_blob: PathBuf,
 }
 
-/// Writes an OCI image layout into `dir` (which must exist): one linux/amd64
-/// manifest tagged [`TAG`], one gzip layer, and a config with an entrypoint, a
-/// command and an environment.
+/// Writes an OCI image layout into `dir`: one linux/amd64 manifest tagged
+/// [`TAG`], one gzip layer with the host's static busybox, and a config with an
+/// entrypoint, a command and an environment.
 fn write_layout(dir: &Path) -> Layout {
-    fs::create_dir_all(dir.join("blobs/sha256")).expect("creating blobs/sha256");
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("writing oci-layout");
-
-    let tar = layer_tar();
-    let diff_id = format!("sha256:{}", sha256_hex(&tar));
-    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).expect("gzip");
-    let gz = gz.finish().expect("gzip");
-    let layer = write_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gz);
-
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": "2023-11-14T22:13:20Z",
-        "config": {
+    let spec = ImageSpec {
+        layers: vec![(busybox_layer(&[]), Compression::Gzip)],
+        config: json!({
             "Entrypoint": ["/bin/sh", "-c"],
             "Cmd": [IMAGE_CMD],
             "Env": ["PATH=/bin", "GREETING=from-image"],
-        },
-        "rootfs": {
-            "type": "layers",
-            "diff_ids": [diff_id],
-        },
-    });
-    let config = write_blob(
-        dir,
-        "application/vnd.oci.image.config.v1+json",
-        &serde_json::to_vec(&config).expect("config JSON"),
-    );
-
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [layer.clone()],
-    });
-    let mut manifest = write_blob(
-        dir,
-        "application/vnd.oci.image.manifest.v1+json",
-        &serde_json::to_vec(&manifest).expect("manifest JSON"),
-    );
-    manifest["annotations"] = json!({ "org.opencontainers.image.ref.name": TAG });
-
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [manifest],
-    });
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec_pretty(&index).expect("index JSON"),
-    )
-    .expect("writing index.json");
-
-    let layer_hex = layer["digest"]
-        .as_str()
-        .and_then(|d| d.strip_prefix("sha256:"))
-        .expect("layer digest");
+        }),
+    };
+    let written = images::write_layout(dir, &spec, TAG);
     Layout {
-        layer_blob: dir.join("blobs/sha256").join(layer_hex),
+        layer_blob: written.layers[0].1.clone(),
     }
 }
 

@@ -17,6 +17,9 @@ pub struct ImageConfig {
     /// Development switches (all off by default).
     #[serde(default)]
     pub debug: DebugConfig,
+    /// Log file rotation.
+    #[serde(default)]
+    pub logs: LogsConfig,
     /// Containers in start order.
     #[serde(default, rename = "container")]
     pub containers: Vec<ContainerConfig>,
@@ -30,6 +33,14 @@ pub struct ImageInfo {
     pub version: String,
     pub compatible: String,
     pub hostname: String,
+    /// The build's fixed timestamp (seconds since 1970; 0 when the build had
+    /// none): the init never lets the clock start before it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// How the init configures the network.
@@ -43,6 +54,10 @@ pub struct NetworkConfig {
     /// DHCPv4 (the default) or stays down, leaving only loopback.
     #[serde(default = "yes")]
     pub dhcp: bool,
+    /// Static DNS servers (dotted quads) for `/run/berth/resolv.conf`; when set,
+    /// they win over the servers a DHCP lease offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -51,6 +66,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             ipv4: None,
             dhcp: true,
+            dns: Vec::new(),
         }
     }
 }
@@ -99,6 +115,40 @@ impl Default for UpdateConfig {
     }
 }
 
+/// Size cap and rotated files of each log under /var/log/berth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsConfig {
+    /// A log is rotated when it reaches this many bytes (default 1 MiB).
+    #[serde(default = "default_log_max_size")]
+    pub max_size: u64,
+    /// Rotated files kept: `<name>.log.1` … `<name>.log.<keep>` (default 1).
+    #[serde(default = "default_log_keep")]
+    pub keep: u32,
+}
+
+/// Default of [`LogsConfig::max_size`]: 1 MiB.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 1024 * 1024;
+/// Default of [`LogsConfig::keep`].
+pub const DEFAULT_LOG_KEEP: u32 = 1;
+
+fn default_log_max_size() -> u64 {
+    DEFAULT_LOG_MAX_SIZE
+}
+
+fn default_log_keep() -> u32 {
+    DEFAULT_LOG_KEEP
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_size: DEFAULT_LOG_MAX_SIZE,
+            keep: DEFAULT_LOG_KEEP,
+        }
+    }
+}
+
 /// Development switches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +171,15 @@ pub struct ContainerConfig {
     /// Its health check, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Named volumes it mounts: the init creates
+    /// `/var/lib/berth/volumes/<name>` for each before the start (the bind mounts
+    /// themselves are in the bundle's `config.json`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Its root is an overlay whose upper layer lives on the data partition
+    /// (`/var/lib/berth/containers/<name>/`), wiped when the image version changes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub writable: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -230,6 +289,7 @@ mod tests {
                 version: "1.0.0".into(),
                 compatible: "web".into(),
                 hostname: "web".into(),
+                epoch: 1_700_000_000,
             },
             network: NetworkConfig {
                 ipv4: Some(StaticIpv4 {
@@ -239,12 +299,17 @@ mod tests {
                     gateway: Some("10.0.2.2".into()),
                 }),
                 dhcp: false,
+                dns: vec!["10.0.2.3".into()],
             },
             update: UpdateConfig {
                 health_timeout_ms: 20_000,
             },
             debug: DebugConfig {
                 console_shell: true,
+            },
+            logs: LogsConfig {
+                max_size: 65536,
+                keep: 3,
             },
             containers: vec![
                 ContainerConfig {
@@ -261,6 +326,8 @@ mod tests {
                         retries: 2,
                         start_period_ms: 0,
                     }),
+                    volumes: vec!["web-data".into()],
+                    writable: true,
                 },
                 ContainerConfig {
                     name: "worker".into(),
@@ -275,6 +342,8 @@ mod tests {
                         retries: 3,
                         start_period_ms: 10_000,
                     }),
+                    volumes: Vec::new(),
+                    writable: false,
                 },
             ],
         };
@@ -308,8 +377,12 @@ mod tests {
         let config = ImageConfig::parse(text).unwrap();
         assert_eq!(config.update.health_timeout_ms, 120_000);
         assert!(!config.debug.console_shell);
+        assert_eq!(config.logs, LogsConfig::default());
         assert!(!config.containers[0].critical);
         assert_eq!(config.containers[0].health, None);
+        assert!(config.containers[0].volumes.is_empty());
+        assert!(!config.containers[0].writable);
+        assert!(config.network.dns.is_empty());
     }
 
     #[test]

@@ -30,6 +30,18 @@ pub const IMAGE_CONFIG_PATH: &str = "/etc/berth/image.toml";
 /// (`<name>/config.json` and `<name>/rootfs/`).
 pub const CONTAINERS_DIR: &str = "/usr/lib/berth/containers";
 /// The OCI runtime inside the root filesystem.
+/// Named volumes: `<VOLUMES_DIR>/<volume>`, on the data partition.
+pub const VOLUMES_DIR: &str = "/var/lib/berth/volumes";
+/// Per-container state on the data partition (a writable root's overlay layers).
+pub const CONTAINER_STATE_DIR: &str = "/var/lib/berth/containers";
+/// The DNS configuration every host-network container sees as /etc/resolv.conf.
+pub const RESOLV_CONF: &str = "/run/berth/resolv.conf";
+/// The cgroup (below the cgroup2 root) of container `<name>` is
+/// `<CGROUP_PARENT>/<name>/<CGROUP_LEAF>`: the init reads the middle one's
+/// `memory.events`, which outlives the runtime's leaf.
+pub const CGROUP_PARENT: &str = "/berth";
+pub const CGROUP_LEAF: &str = "ctr";
+/// Path of `/usr/bin/crun` in the root.
 pub const CRUN_PATH: &str = "/usr/bin/crun";
 /// Present only in the initramfs: the modules to load, one path per line, in order.
 /// Its presence is what tells the init it runs as the early stage.

@@ -1,0 +1,398 @@
+//! First-boot provisioning, a small Ignition: `berth/provision.toml` on the ESP
+//! (mounted on /efi) sets per-device values over the recipe's defaults:
+//!
+//! ```toml
+//! hostname = "edge-17"
+//! [network]
+//! ipv4 = { interface = "eth0", address = "192.168.1.17/24", gateway = "192.168.1.1" }
+//! dns = ["192.168.1.1"]
+//! [env]
+//! SITE = "north"
+//! [update]
+//! repository = "https://updates.example/edge"
+//! ```
+//!
+//! The file is read leniently, field by field: a field that is not valid is
+//! logged and ignored, the others apply; a file that is not TOML at all is
+//! logged and ignored. What was accepted is kept on the data partition
+//! (`/var/lib/berth/provision.toml`) and used on later boots when the ESP has no
+//! file (a provisioning stick removed, an ESP rewritten by an update).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use berth_updater::image_config::StaticIpv4;
+use berth_updater::ImageConfig;
+
+/// Where the file is on the mounted ESP.
+pub const ESP_FILE: &str = "/efi/berth/provision.toml";
+/// Where the accepted settings are kept.
+pub const SAVED_FILE: &str = "/var/lib/berth/provision.toml";
+
+/// The accepted settings (each `None`/empty when absent or invalid).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provision {
+    pub hostname: Option<String>,
+    pub ipv4: Option<StaticIpv4>,
+    pub dhcp: Option<bool>,
+    pub dns: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub update_repository: Option<String>,
+}
+
+/// Parses the file's text: the settings that are valid, and one message per
+/// field that is not.
+pub fn parse(text: &str) -> (Provision, Vec<String>) {
+    let mut out = Provision::default();
+    let mut problems = Vec::new();
+    let table = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(err) => {
+            let first = err
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            return (out, vec![format!("not TOML, ignored: {first}")]);
+        }
+    };
+    for (key, value) in &table {
+        match key.as_str() {
+            "hostname" => match value.as_str().filter(|h| valid_hostname(h)) {
+                Some(hostname) => out.hostname = Some(hostname.to_string()),
+                None => problems.push(format!("hostname {value} is not a host name")),
+            },
+            "network" => match value.as_table() {
+                Some(network) => parse_network(network, &mut out, &mut problems),
+                None => problems.push("network is not a table".into()),
+            },
+            "env" => match value.as_table() {
+                Some(env) => {
+                    for (name, value) in env {
+                        let ok_name =
+                            !name.is_empty() && !name.contains(['=', '\0']) && name != "PATH";
+                        match value.as_str() {
+                            Some(text) if ok_name && !text.contains('\0') => {
+                                out.env.insert(name.clone(), text.to_string());
+                            }
+                            _ => problems.push(format!("env.{name} is not NAME = \"text\"")),
+                        }
+                    }
+                }
+                None => problems.push("env is not a table".into()),
+            },
+            "update" => match value.as_table() {
+                Some(update) => {
+                    for (key, value) in update {
+                        match (key.as_str(), value.as_str()) {
+                            ("repository", Some(url))
+                                if url.starts_with("https://") || url.starts_with("http://") =>
+                            {
+                                out.update_repository = Some(url.to_string());
+                            }
+                            ("repository", _) => problems
+                                .push(format!("update.repository {value} is not an http(s) URL")),
+                            (other, _) => problems.push(format!("update.{other} is not a setting")),
+                        }
+                    }
+                }
+                None => problems.push("update is not a table".into()),
+            },
+            other => problems.push(format!("{other} is not a setting")),
+        }
+    }
+    (out, problems)
+}
+
+fn parse_network(network: &toml::Table, out: &mut Provision, problems: &mut Vec<String>) {
+    for (key, value) in network {
+        match key.as_str() {
+            "dhcp" => match value.as_bool() {
+                Some(on) => out.dhcp = Some(on),
+                None => problems.push(format!("network.dhcp {value} is not true or false")),
+            },
+            "dns" => {
+                let servers: Option<Vec<String>> = value.as_array().and_then(|list| {
+                    list.iter()
+                        .map(|v| v.as_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
+                        .collect()
+                });
+                match servers {
+                    Some(servers) => out.dns = Some(servers),
+                    None => problems.push(format!("network.dns {value} is not a list of IPv4 addresses")),
+                }
+            }
+            "ipv4" => match value.as_table().and_then(static_ipv4) {
+                Some(ipv4) => out.ipv4 = Some(ipv4),
+                None => problems.push(format!(
+                    "network.ipv4 {value} is not {{ address = \"A.B.C.D/N\", gateway = \"A.B.C.D\", interface = \"eth0\" }}"
+                )),
+            },
+            other => problems.push(format!("network.{other} is not a setting")),
+        }
+    }
+}
+
+fn static_ipv4(table: &toml::Table) -> Option<StaticIpv4> {
+    if table
+        .keys()
+        .any(|k| !["address", "gateway", "interface"].contains(&k.as_str()))
+    {
+        return None;
+    }
+    let (address, prefix) = table.get("address")?.as_str()?.split_once('/')?;
+    let address: Ipv4Addr = address.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let gateway = match table.get("gateway") {
+        Some(g) => Some(g.as_str()?.parse::<Ipv4Addr>().ok()?.to_string()),
+        None => None,
+    };
+    let interface = match table.get("interface") {
+        Some(i) => {
+            let name = i.as_str()?;
+            let ok = !name.is_empty()
+                && name.len() < 16
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            ok.then(|| name.to_string())?
+        }
+        None => "eth0".to_string(),
+    };
+    Some(StaticIpv4 {
+        interface,
+        address: address.to_string(),
+        prefix,
+        gateway,
+    })
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+impl Provision {
+    /// Whether nothing was set.
+    pub fn is_empty(&self) -> bool {
+        *self == Provision::default()
+    }
+
+    /// Applies the settings over the image's configuration. A static address
+    /// turns DHCP off; `dhcp = true` drops the recipe's static address.
+    pub fn apply(&self, config: &mut ImageConfig) {
+        if let Some(hostname) = &self.hostname {
+            config.image.hostname = hostname.clone();
+        }
+        if let Some(ipv4) = &self.ipv4 {
+            config.network.ipv4 = Some(ipv4.clone());
+            config.network.dhcp = false;
+        }
+        if let Some(dhcp) = self.dhcp {
+            config.network.dhcp = dhcp;
+            if dhcp && self.ipv4.is_none() {
+                config.network.ipv4 = None;
+            }
+        }
+        if let Some(dns) = &self.dns {
+            config.network.dns = dns.clone();
+        }
+    }
+
+    /// The settings as a provisioning file (what is kept on the data partition).
+    pub fn render(&self) -> String {
+        let mut root = toml::Table::new();
+        if let Some(hostname) = &self.hostname {
+            root.insert("hostname".into(), hostname.clone().into());
+        }
+        let mut network = toml::Table::new();
+        if let Some(ipv4) = &self.ipv4 {
+            let mut table = toml::Table::new();
+            table.insert("interface".into(), ipv4.interface.clone().into());
+            table.insert(
+                "address".into(),
+                format!("{}/{}", ipv4.address, ipv4.prefix).into(),
+            );
+            if let Some(gateway) = &ipv4.gateway {
+                table.insert("gateway".into(), gateway.clone().into());
+            }
+            network.insert("ipv4".into(), table.into());
+        }
+        if let Some(dhcp) = self.dhcp {
+            network.insert("dhcp".into(), dhcp.into());
+        }
+        if let Some(dns) = &self.dns {
+            network.insert("dns".into(), dns.clone().into());
+        }
+        if !network.is_empty() {
+            root.insert("network".into(), network.into());
+        }
+        if !self.env.is_empty() {
+            let env: toml::Table = self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), toml::Value::from(v.clone())))
+                .collect();
+            root.insert("env".into(), env.into());
+        }
+        if let Some(url) = &self.update_repository {
+            let mut update = toml::Table::new();
+            update.insert("repository".into(), url.clone().into());
+            root.insert("update".into(), update.into());
+        }
+        format!("# applied by berth-init from the ESP's berth/provision.toml\n{root}")
+    }
+}
+
+/// Reads the ESP's file (else the saved one), logs what is wrong with it, keeps
+/// what was accepted on the data partition and returns it.
+pub fn load(esp_file: &Path, saved_file: &Path) -> Provision {
+    let (text, from_esp) = match std::fs::read_to_string(esp_file) {
+        Ok(text) => (text, true),
+        Err(_) => match std::fs::read_to_string(saved_file) {
+            Ok(text) => (text, false),
+            Err(_) => return Provision::default(),
+        },
+    };
+    let source = if from_esp { esp_file } else { saved_file };
+    let (provision, problems) = parse(&text);
+    for problem in &problems {
+        log!("provisioning {}: {problem}", source.display());
+    }
+    if from_esp {
+        if let Some(dir) = saved_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(err) = std::fs::write(saved_file, provision.render()) {
+            log!("keeping provisioning in {}: {err}", saved_file.display());
+        }
+    }
+    if !provision.is_empty() {
+        log!("provisioning from {} applied", source.display());
+    }
+    provision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+hostname = "edge-17"
+[network]
+ipv4 = { interface = "eth1", address = "192.168.1.17/24", gateway = "192.168.1.1" }
+dns = ["192.168.1.1", "9.9.9.9"]
+[env]
+SITE = "north"
+[update]
+repository = "https://updates.example/edge"
+"#;
+
+    fn config() -> ImageConfig {
+        ImageConfig::parse("[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n")
+            .unwrap()
+    }
+
+    #[test]
+    fn parses_every_field() {
+        let (p, problems) = parse(FULL);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(p.hostname.as_deref(), Some("edge-17"));
+        let ipv4 = p.ipv4.clone().unwrap();
+        assert_eq!(
+            (ipv4.interface.as_str(), ipv4.address.as_str(), ipv4.prefix),
+            ("eth1", "192.168.1.17", 24)
+        );
+        assert_eq!(ipv4.gateway.as_deref(), Some("192.168.1.1"));
+        assert_eq!(
+            p.dns.as_deref(),
+            Some(&["192.168.1.1".to_string(), "9.9.9.9".to_string()][..])
+        );
+        assert_eq!(p.env.get("SITE").map(String::as_str), Some("north"));
+        assert_eq!(
+            p.update_repository.as_deref(),
+            Some("https://updates.example/edge")
+        );
+        // What is kept on the data partition reads back the same.
+        let (again, problems) = parse(&p.render());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn invalid_fields_are_reported_and_skipped_one_by_one() {
+        let text = r#"
+hostname = "not a host name!"
+color = "blue"
+[network]
+dhcp = "yes"
+dns = ["192.168.1.1", "dns.example"]
+ipv4 = { address = "10.0.0.5" }
+[env]
+GOOD = "1"
+BAD = 2
+[update]
+repository = "ftp://x"
+channel = "beta"
+"#;
+        let (p, problems) = parse(text);
+        assert_eq!(p.env.get("GOOD").map(String::as_str), Some("1"));
+        assert_eq!(p.env.len(), 1);
+        assert_eq!(p.hostname, None);
+        assert_eq!(p.dhcp, None);
+        assert_eq!(p.dns, None);
+        assert_eq!(p.ipv4, None);
+        assert_eq!(p.update_repository, None);
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(problems
+            .iter()
+            .any(|m| m.contains("color is not a setting")));
+        assert!(problems.iter().any(|m| m.contains("update.channel")));
+    }
+
+    #[test]
+    fn not_toml_is_ignored_whole() {
+        let (p, problems) = parse("hostname = \n[[[");
+        assert!(p.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("not TOML"), "{problems:?}");
+    }
+
+    #[test]
+    fn applies_over_the_recipe() {
+        let mut c = config();
+        let (p, _) = parse(FULL);
+        p.apply(&mut c);
+        assert_eq!(c.image.hostname, "edge-17");
+        assert!(!c.network.dhcp);
+        assert_eq!(c.network.ipv4.unwrap().interface, "eth1");
+        assert_eq!(c.network.dns.len(), 2);
+
+        let mut c = config();
+        let (p, _) = parse("hostname = \"b\"\n");
+        p.apply(&mut c);
+        assert_eq!(c.image.hostname, "b");
+        assert!(c.network.dhcp);
+    }
+
+    #[test]
+    fn loads_the_esp_file_keeps_it_and_falls_back_to_the_kept_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path().join("efi/berth/provision.toml");
+        let saved = dir.path().join("var/lib/berth/provision.toml");
+        assert!(load(&esp, &saved).is_empty());
+        std::fs::create_dir_all(esp.parent().unwrap()).unwrap();
+        std::fs::write(&esp, "hostname = \"edge-1\"\nbogus = 1\n").unwrap();
+        assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
+        std::fs::remove_file(&esp).unwrap();
+        assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
+    }
+}
