@@ -79,6 +79,10 @@ enum Command {
         /// The berth-init binary (default: next to berth).
         #[arg(long)]
         init: Option<PathBuf>,
+        /// The berth-update binary (default: next to berth); locking assembles
+        /// the root tree, which holds it.
+        #[arg(long)]
+        update_agent: Option<PathBuf>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -471,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             update,
             cache,
             init,
+            update_agent,
             quiet,
         } => {
             let verbosity = if quiet {
@@ -484,7 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out_dir: PathBuf::from("."),
                 cache_dir: cache_root(cache)?,
                 init,
-                update_agent: None,
+                update_agent,
                 lock_mode: if update {
                     LockMode::Update(names)
                 } else {
