@@ -53,6 +53,13 @@ enum Bench {
     /// Cold and warm build time of a recipe with a ~50 MB image pulled from a
     /// registry on loopback (Debian's docker-registry, started here).
     RegistryBuild,
+    /// Update install throughput against dd onto the same slot (part of `all`);
+    /// prints where the first install's time went.
+    Update {
+        /// Installs (and as many dds).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
         /// Seconds to let the system settle after the containers started.
@@ -92,6 +99,11 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::VerityBoot { boots, uefi } => berth_bench::verity_boot::run(boots, uefi),
         Bench::RegistryBuild => berth_bench::registry_build::run(),
+        Bench::Update { runs } => {
+            let u = berth_bench::update::run(runs)?;
+            println!("{u:#?}");
+            Ok(())
+        }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
     }
 }

@@ -171,6 +171,21 @@ pub fn run(runs: usize) -> anyhow::Result<Update> {
         .context("no size of the root-b partition")?;
     let mib = payload_bytes.div_ceil(1 << 20).min((sectors * 512) >> 20);
     u.dd_bytes = mib << 20;
+    // One untimed install with the guest's clock on every line of its output,
+    // to show where an install's time goes.
+    let steps = vm.shell(
+        "read s _ < /proc/uptime; berth-update install /var/tmp/u.bundle 2>&1 | while read l; do read t _ < /proc/uptime; echo \"@@s $s $t $l\"; done",
+    )?;
+    for line in steps.iter().filter_map(|l| l.trim().strip_prefix("@@s ")) {
+        let mut parts = line.splitn(3, ' ');
+        if let (Some(Ok(start)), Some(Ok(at)), Some(text)) = (
+            parts.next().map(str::parse::<f64>),
+            parts.next().map(str::parse::<f64>),
+            parts.next(),
+        ) {
+            eprintln!("berth-bench: install step at {:6.2} s: {text}", at - start);
+        }
+    }
     for i in 0..runs {
         let install = timed(&mut vm, "berth-update install /var/tmp/u.bundle")
             .with_context(|| format!("install {}", i + 1))?;

@@ -261,6 +261,9 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
     };
     push(&[&"-nodefaults", &"-machine", &MACHINE]);
     push(&[&"-accel", &runtime.accel.as_str()]);
+    if let Some(model) = runtime.accel.cpu_model() {
+        push(&[&"-cpu", &model]);
+    }
     push(&[&"-m", &config.memory_mib.to_string()]);
     push(&[&"-smp", &config.cpus.to_string()]);
     push(&[&"-display", &"none", &"-vga", &"none"]);
@@ -345,6 +348,19 @@ mod tests {
             watchdog: false,
             extra_args: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_host_cpu_under_kvm_and_the_default_model_under_tcg() {
+        let config = config(BootMode::Uefi(Firmware::default()));
+        let kvm = strings(qemu_args(&config, &runtime(Accel::Kvm)));
+        let at = kvm
+            .iter()
+            .position(|a| a == "-cpu")
+            .expect("-cpu under KVM");
+        assert_eq!(kvm[at + 1], "host");
+        let tcg = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        assert!(!tcg.iter().any(|a| a == "-cpu"), "{tcg:?}");
     }
 
     #[test]
@@ -447,6 +463,8 @@ mod tests {
             "q35",
             "-accel",
             "kvm",
+            "-cpu",
+            "host",
             "-m",
             "1024",
             "-smp",

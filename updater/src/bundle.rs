@@ -16,11 +16,10 @@
 //! bundle cannot make the device allocate without bound.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -42,6 +41,11 @@ pub const TAR_BLOCK: u64 = 512;
 /// front, so this bounds the memory a hostile payload can claim. The levels
 /// `berth bundle` uses need at most 8 MiB.
 pub const MAX_ZSTD_WINDOW: u64 = 32 * 1024 * 1024;
+/// log2 of [`MAX_ZSTD_WINDOW`], the decoder's own limit (the frame header is
+/// checked first, for a clearer error).
+const MAX_ZSTD_WINDOW_LOG: u32 = 25;
+/// Read-ahead between a payload member and the zstd decoder.
+const DECODER_BUFFER: usize = 128 * 1024;
 /// Zero bytes tolerated after the end-of-archive marker (a tar record's padding).
 const MAX_TRAILING_ZEROS: u64 = 20 * TAR_BLOCK;
 
@@ -765,6 +769,9 @@ pub struct BundleReader<R: Read> {
     signature_key_id: String,
     trusted_comment: String,
     verified: bool,
+    /// Whether each payload's stored (compressed) bytes are hashed and checked
+    /// against `stored_sha256`, besides the decompressed bytes against `sha256`.
+    stored_digests: bool,
     /// Index of the next payload in the manifest.
     next: usize,
 }
@@ -865,8 +872,19 @@ impl<R: Read> BundleReader<R> {
             signature_key_id: signature.key_id,
             trusted_comment: signature.trusted_comment,
             verified,
+            stored_digests: true,
             next: 0,
         })
+    }
+
+    /// Stops checking the payloads' `stored_sha256` (the digest of their
+    /// compressed bytes); `sha256`, over what they decompress to, is still
+    /// checked. For installing: the stored digest only catches changed bits the
+    /// decoder ignores, which cannot change what is written, and hashing the
+    /// compressed stream too costs a device a second sha256 pass.
+    pub fn without_stored_digests(mut self) -> Self {
+        self.stored_digests = false;
+        self
     }
 
     /// The validated manifest.
@@ -941,17 +959,23 @@ impl<R: Read> BundleReader<R> {
             name: info.file.clone(),
             size: info.stored_size,
             remaining: info.stored_size,
-            hasher: Sha256::new(),
+            hasher: self.stored_digests.then(Sha256::new),
             failure: Arc::clone(&failure),
         };
         let mut member = member;
         let head = zstd_frame_header(&mut member)?;
-        let decoder = StreamingDecoder::new(io::Cursor::new(head).chain(member)).map_err(|e| {
-            take_failure(&failure).unwrap_or(BundleError::Payload {
-                file: info.file.clone(),
-                reason: format!("not zstd-compressed data: {e}"),
+        let input = BufReader::with_capacity(DECODER_BUFFER, io::Cursor::new(head).chain(member));
+        let decoder = zstd::stream::read::Decoder::with_buffer(input)
+            .and_then(|mut decoder| {
+                decoder.window_log_max(MAX_ZSTD_WINDOW_LOG)?;
+                Ok(decoder.single_frame())
             })
-        })?;
+            .map_err(|e| {
+                take_failure(&failure).unwrap_or(BundleError::Payload {
+                    file: info.file.clone(),
+                    reason: format!("not zstd-compressed data: {e}"),
+                })
+            })?;
         Ok(Some(PayloadReader {
             info,
             decoder,
@@ -1017,7 +1041,8 @@ struct MemberReader<'a, R> {
     name: String,
     size: u64,
     remaining: u64,
-    hasher: Sha256,
+    /// None when stored digests are not checked.
+    hasher: Option<Sha256>,
     failure: Failure,
 }
 
@@ -1051,7 +1076,9 @@ impl<R: Read> Read for MemberReader<'_, R> {
         }
         self.archive.offset += n as u64;
         self.remaining -= n as u64;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -1118,6 +1145,13 @@ fn zstd_frame_header<R: Read>(member: &mut MemberReader<'_, R>) -> Result<Vec<u8
     Ok(head)
 }
 
+/// The zstd decoder (libzstd) over a payload member, after its frame header was
+/// read to check it.
+type PayloadDecoder<'a, R> = zstd::stream::read::Decoder<
+    'static,
+    BufReader<io::Chain<io::Cursor<Vec<u8>>, MemberReader<'a, R>>>,
+>;
+
 /// One payload, decompressed as it is read (`impl Read`), hashed on the way.
 ///
 /// Reading fails (with an `io::Error` wrapping a [`BundleError`], see
@@ -1126,7 +1160,7 @@ fn zstd_frame_header<R: Read>(member: &mut MemberReader<'_, R>) -> Result<Vec<u8
 /// checks the size and digest once everything was read.
 pub struct PayloadReader<'a, R: Read> {
     info: PayloadInfo,
-    decoder: StreamingDecoder<io::Chain<io::Cursor<Vec<u8>>, MemberReader<'a, R>>, FrameDecoder>,
+    decoder: PayloadDecoder<'a, R>,
     failure: Failure,
     hasher: Sha256,
     produced: u64,
@@ -1220,14 +1254,17 @@ impl<R: Read> PayloadReader<'_, R> {
             }
         }
         let actual = hex::encode(self.hasher.finalize_reset());
-        let (_, mut member) = self.decoder.into_inner().into_inner();
-        if member.remaining != 0 {
+        // The decoder stops at the end of its frame: whatever is left, read
+        // ahead or not, follows the compressed data inside the member.
+        let input = self.decoder.finish();
+        let buffered = input.buffer().len() as u64;
+        let (head, mut member) = input.into_inner().into_inner();
+        let unread_head = head.get_ref().len() as u64 - head.position();
+        let left = member.remaining + buffered + unread_head;
+        if left != 0 {
             return Err(BundleError::Payload {
                 file: member.name.clone(),
-                reason: format!(
-                    "{} bytes of the member follow the end of its compressed data",
-                    member.remaining
-                ),
+                reason: format!("{left} bytes of the member follow the end of its compressed data"),
             });
         }
         if actual != self.info.sha256 {
@@ -1237,13 +1274,15 @@ impl<R: Read> PayloadReader<'_, R> {
                 actual,
             });
         }
-        let stored = hex::encode(member.hasher.finalize_reset());
-        if stored != self.info.stored_sha256 {
-            return Err(BundleError::StoredHashMismatch {
-                file: self.info.file.clone(),
-                expected: self.info.stored_sha256.clone(),
-                actual: stored,
-            });
+        if let Some(hasher) = member.hasher.take() {
+            let stored = hex::encode(hasher.finalize());
+            if stored != self.info.stored_sha256 {
+                return Err(BundleError::StoredHashMismatch {
+                    file: self.info.file.clone(),
+                    expected: self.info.stored_sha256.clone(),
+                    actual: stored,
+                });
+            }
         }
         member.archive.padding(&member.name, member.size)?;
         member.archive.open_payload = None;

@@ -8,7 +8,7 @@
 //! 2. make the target slot unbootable (remove its boot entries);
 //! 3. stream each payload to its place — the root filesystem onto the target
 //!    partition, kernel and initramfs onto the ESP — hashing while writing;
-//!    fsync; read the slot back and check it against the signed hash;
+//!    fsync; read the slot back and check it is what was written;
 //! 4. the commit point: one atomic rename creates the target's boot entry with a
 //!    boot counter and a boot-order rank above every other entry.
 //!
@@ -21,7 +21,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::Xxh3;
 
 use super::system::System;
 use crate::bundle::{BundleError, BundleReader, Manifest, PayloadKind, TrustedKeys};
@@ -57,12 +57,12 @@ pub enum InstallError {
     Entries(#[from] EntriesError),
     #[error("{0}")]
     State(#[from] StateError),
-    #[error("{what} on {path} reads back wrong after writing (sha256 {got}, expected {expected}): the storage did not keep what was written")]
+    #[error("{what} on {path} reads back wrong after writing (xxh3 {got:016x}, written {expected:016x}): the storage did not keep what was written")]
     ReadBack {
         what: String,
         path: PathBuf,
-        expected: String,
-        got: String,
+        expected: u64,
+        got: u64,
     },
 }
 
@@ -251,7 +251,9 @@ fn run<R: Read>(
     if keys.is_empty() {
         return Err(InstallError::NoKeys(system.keys_dir.clone()));
     }
-    let mut bundle = BundleReader::open(source, &keys)?;
+    // The payloads' signed sha256 is checked as they stream; their stored
+    // (compressed) digest adds nothing to what is written, only a hash pass.
+    let mut bundle = BundleReader::open(source, &keys)?.without_stored_digests();
     let manifest = bundle.manifest().clone();
     version.clone_from(&manifest.version);
     observer.step(&format!(
@@ -289,9 +291,14 @@ fn run<R: Read>(
         match info.kind {
             PayloadKind::Rootfs => {
                 let node = &system.slot(target).node;
-                write_slot(node, &mut payload, info.size, observer)?;
+                let digest = write_slot(node, &mut payload, info.size, observer)?;
                 payload.finish()?;
-                read_back("root filesystem", node, info.size, &info.sha256)?;
+                observer.step(&format!(
+                    "root filesystem written to {}: it matches the signed sha256; synced",
+                    node.display()
+                ));
+                read_back("root filesystem", node, info.size, digest)?;
+                observer.step("root filesystem read back: the storage kept it");
                 observer.checkpoint(Checkpoint::RootfsWritten);
                 written.push(PayloadKind::Rootfs);
             }
@@ -301,10 +308,18 @@ fn run<R: Read>(
                     _ => target.initramfs_path(),
                 };
                 let path = system.esp.join(relative);
-                write_esp_file(&path, &mut payload, info.kind, info.size, observer)?;
+                let digest = write_esp_file(&path, &mut payload, info.kind, info.size, observer)?;
                 payload.finish()?;
                 commit_esp_file(&path)?;
-                read_back(&info.file, &path, info.size, &info.sha256)?;
+                observer.step(&format!(
+                    "{} written: it matches the signed sha256; synced",
+                    path.display()
+                ));
+                read_back(&info.file, &path, info.size, digest)?;
+                observer.step(&format!(
+                    "{} read back: the storage kept it",
+                    path.display()
+                ));
                 observer.checkpoint(if info.kind == PayloadKind::Kernel {
                     Checkpoint::KernelWritten
                 } else {
@@ -435,12 +450,14 @@ fn check(
     Ok(())
 }
 
+/// Streams the root filesystem onto the partition and fsyncs it; the xxh3 of
+/// the bytes written, for [`read_back`].
 fn write_slot(
     node: &Path,
     payload: &mut dyn Read,
     size: u64,
     observer: &mut dyn Observer,
-) -> Result<(), InstallError> {
+) -> Result<u64, InstallError> {
     let mut device = OpenOptions::new()
         .write(true)
         .open(node)
@@ -448,6 +465,7 @@ fn write_slot(
     let mut marks = [10u8, 50, 90].into_iter().peekable();
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
+    let mut digest = Xxh3::new();
     loop {
         let n = read_full(payload, &mut buf).map_err(InstallError::io("read payload for", node))?;
         if n == 0 {
@@ -456,6 +474,7 @@ fn write_slot(
         device
             .write_all(&buf[..n])
             .map_err(InstallError::io("write", node))?;
+        digest.update(&buf[..n]);
         done += n as u64;
         observer.progress("root filesystem", done, size);
         while let Some(&mark) = marks.peek() {
@@ -467,7 +486,8 @@ fn write_slot(
             }
         }
     }
-    device.sync_all().map_err(InstallError::io("fsync", node))
+    device.sync_all().map_err(InstallError::io("fsync", node))?;
+    Ok(digest.digest())
 }
 
 fn write_esp_file(
@@ -476,7 +496,7 @@ fn write_esp_file(
     kind: PayloadKind,
     size: u64,
     observer: &mut dyn Observer,
-) -> Result<(), InstallError> {
+) -> Result<u64, InstallError> {
     let temp = temp_path(path);
     let mut file = File::create(&temp).map_err(InstallError::io("create", &temp))?;
     let what = if kind == PayloadKind::Kernel {
@@ -487,6 +507,7 @@ fn write_esp_file(
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     let mut half_reported = kind != PayloadKind::Kernel;
+    let mut digest = Xxh3::new();
     loop {
         let n = read_full(payload, &mut buf).map_err(InstallError::io("read payload for", path))?;
         if n == 0 {
@@ -494,6 +515,7 @@ fn write_esp_file(
         }
         file.write_all(&buf[..n])
             .map_err(InstallError::io("write", &temp))?;
+        digest.update(&buf[..n]);
         done += n as u64;
         observer.progress(what, done, size);
         if !half_reported && done * 2 >= size {
@@ -502,7 +524,8 @@ fn write_esp_file(
             half_reported = true;
         }
     }
-    file.sync_all().map_err(InstallError::io("fsync", &temp))
+    file.sync_all().map_err(InstallError::io("fsync", &temp))?;
+    Ok(digest.digest())
 }
 
 /// Renames `path.tmp` over `path` and makes the rename durable.
@@ -522,13 +545,14 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 /// Reads `size` bytes of `path` back from the storage (its cached pages dropped
-/// first) and checks their sha256.
-fn read_back(what: &str, path: &Path, size: u64, expected: &str) -> Result<(), InstallError> {
+/// first) and checks their xxh3 against `written`, the xxh3 of what was written
+/// (which was checked against the signed sha256 on its way).
+fn read_back(what: &str, path: &Path, size: u64, written: u64) -> Result<(), InstallError> {
     let mut file = File::open(path).map_err(InstallError::io("open", path))?;
     drop_cache(&file);
     file.seek(SeekFrom::Start(0))
         .map_err(InstallError::io("seek", path))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Xxh3::new();
     let mut left = size;
     let mut buf = vec![0u8; CHUNK];
     while left > 0 {
@@ -538,12 +562,12 @@ fn read_back(what: &str, path: &Path, size: u64, expected: &str) -> Result<(), I
         hasher.update(&buf[..want]);
         left -= want as u64;
     }
-    let got = hex::encode(hasher.finalize());
-    if !got.eq_ignore_ascii_case(expected) {
+    let got = hasher.digest();
+    if got != written {
         return Err(InstallError::ReadBack {
             what: what.to_string(),
             path: path.to_path_buf(),
-            expected: expected.to_string(),
+            expected: written,
             got,
         });
     }
