@@ -134,6 +134,56 @@ impl Results {
         s
     }
 
+    /// Why a missed goal was missed, from this run's own breakdowns, and what
+    /// would close it. Empty when nothing was missed.
+    pub fn misses(&self) -> String {
+        let mut s = String::new();
+        let median = |r: &[Milestones], f: fn(&Milestones) -> Option<f64>| {
+            sum(r, f).map_or(f64::NAN, |x| x.median)
+        };
+        if let Some(hello) = self.find("hello", BootPath::Direct) {
+            let r = &hello.runs;
+            if sum(r, Milestones::ratio).is_some_and(|x| x.median > GOAL_RATIO) {
+                let _ = writeln!(
+                    s,
+                    "- **PID 1 → first container ≤ {GOAL_RATIO} × kernel boot.** For hello (direct), PID 1 → first container takes {:.2} s against the kernel's {:.2} s. The init's own timers split it: {:.2} s loading the initramfs's modules and waiting for the root partition to appear, {:.2} s reading the whole root once through dm-verity before mounting it, {:.2} s in the main stage (data partition, ESP, provisioning, DHCP lease) and {:.2} s for the switch to the root and starting crun. A {GOAL_RATIO} share leaves {:.2} s. What would close it: a kernel with the virtio, squashfs and dm-verity drivers built in (berth uses Debian's cloud kernel, whose drivers are modules; loading them is most of the first part); loading only the drivers of the hardware present (matching modaliases) instead of every listed one; starting containers that do not need the network before the lease; checking the root block by block as it is read (dm-verity does that anyway) instead of one full pass before the mount, which keeps a tampered root from running anything but moves the refusal of a corrupt block from the boot to its first read.",
+                    median(r, Milestones::pid1_to_container),
+                    median(r, |m| m.pid1),
+                    median(r, |m| m.modules_and_root),
+                    median(r, |m| m.verity),
+                    median(r, |m| m.system_ready),
+                    median(r, Milestones::rest),
+                    median(r, |m| m.pid1) * GOAL_RATIO,
+                );
+            }
+        }
+        if let Some(u) = &self.update {
+            if let (Some(i), Some(d), Some(h)) = (
+                Summary::of(&u.install),
+                Summary::of(&u.dd),
+                Summary::of(&u.sha256sum),
+            ) {
+                let dd = u.dd_bytes as f64 / 1e6 / d.median;
+                let install = u.payload_bytes as f64 / 1e6 / i.median;
+                let hash = u.bundle_bytes as f64 / 1e6 / h.median;
+                if install / dd < GOAL_INSTALL_VS_DD {
+                    let _ = writeln!(
+                        s,
+                        "- **Install ≥ {GOAL_INSTALL_VS_DD} × dd.** The install must decompress every byte, check it against the signed sha256 and read the slot back; dd only writes zeros. Under {} the guest's CPU is emulated while its disk writes go at the host's speed: in this VM busybox's sha256sum hashes {hash:.1} MB/s, dd writes {dd:.1} MB/s. So even an installer that did nothing but hash the payload once would reach {:.2} × dd here; berth-update reaches {:.2} × dd ({install:.1} MB/s). What would close it: KVM (real devices and CI runners with it run the CPU at native speed, where hashing and libzstd run at several hundred MB/s, above most storage); a kernel payload stored uncompressed (the kernel is about two thirds of the payload and zstd saves only a fifth of it, but every byte of it is decompressed on the device; the step timings printed by `berth-bench update` show where an install's time goes); SHA extensions, which QEMU's default CPU model lacks.",
+                        self.accel,
+                        hash / dd,
+                        install / dd,
+                    );
+                }
+            }
+        }
+        if s.is_empty() {
+            s
+        } else {
+            format!("## Goals missed, why, and what would close them\n\n{s}\n")
+        }
+    }
+
     /// The whole report.
     pub fn markdown(&self) -> String {
         let mut s = String::new();
@@ -149,6 +199,7 @@ impl Results {
             self.load
         );
         let _ = writeln!(s, "## Headline\n\n{}", self.headline());
+        let _ = write!(s, "{}", self.misses());
 
         let _ = writeln!(
             s,
@@ -187,6 +238,26 @@ impl Results {
             Err(why) => {
                 let _ = writeln!(s, "\nBaseline not run: {why}");
             }
+        }
+        let _ = writeln!(
+            s,
+            "\n### Where PID 1 → first container goes (the init's own timers)\n"
+        );
+        let _ = writeln!(s, "| image | path | PID 1 → first container | modules loaded, root partition found | dm-verity read of the whole root | main stage ready (mounts, data, ESP, network) | the rest (switch to the root, exec, spawning crun) |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for series in &self.series {
+            let r = &series.runs;
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                series.name,
+                series.path.label(),
+                Shown(sum(r, Milestones::pid1_to_container), 2, " s"),
+                Shown(sum(r, |m| m.modules_and_root), 2, " s"),
+                Shown(sum(r, |m| m.verity), 2, " s"),
+                Shown(sum(r, |m| m.system_ready), 2, " s"),
+                Shown(sum(r, Milestones::rest), 2, " s"),
+            );
         }
         let _ = writeln!(s, "\n\"Container output\" is the first line the container prints (`Hello from berth!`); the web recipe's httpd prints nothing at start, so its rows stop at \"container started\".\n");
 

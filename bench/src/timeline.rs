@@ -35,6 +35,14 @@ pub struct Milestones {
     pub container_output: Option<f64>,
     /// QEMU start → the container's first output line, host clock.
     pub qemu_to_output: Option<f64>,
+    /// The init's own timers (seconds), which split PID 1 → first container:
+    /// early stage start → modules loaded and the root partition found,
+    pub modules_and_root: Option<f64>,
+    /// → dm-verity's read of the whole root (absent without verity),
+    pub verity: Option<f64>,
+    /// and the main stage's start → ready to start containers (mounts, data
+    /// partition, ESP, provisioning, network).
+    pub system_ready: Option<f64>,
 }
 
 impl Milestones {
@@ -53,6 +61,36 @@ impl Milestones {
     pub fn ratio(&self) -> Option<f64> {
         Some(self.pid1_to_container()? / self.pid1?)
     }
+
+    /// What PID 1 → first container spends outside the init's timers: the
+    /// switch to the root, the main stage's exec, and spawning the runtime.
+    pub fn rest(&self) -> Option<f64> {
+        let timed = self.modules_and_root? + self.verity.unwrap_or(0.0) + self.system_ready?;
+        Some(self.pid1_to_container()? - timed)
+    }
+}
+
+/// The init's timer lines: (regex with the milliseconds as group 1, setter).
+type Timer = (Regex, fn(&mut Milestones, f64));
+
+fn timers() -> &'static [Timer] {
+    static RE: OnceLock<Vec<Timer>> = OnceLock::new();
+    RE.get_or_init(|| {
+        let re = |text: &str| Regex::new(text).expect("valid regex");
+        vec![
+            (
+                re(r"berth-init: loaded \d+ modules, root \S+ found after (\d+) ms"),
+                |m, s| m.modules_and_root = Some(s),
+            ),
+            (
+                re(r"berth-init: verified root \(\d+ blocks\) in (\d+) ms"),
+                |m, s| m.verity = Some(s),
+            ),
+            (re(r"berth-init: system ready in (\d+) ms"), |m, s| {
+                m.system_ready = Some(s)
+            }),
+        ]
+    })
 }
 
 fn printk() -> &'static Regex {
@@ -91,6 +129,14 @@ pub fn milestones(lines: &[Line], output: Option<&str>) -> Milestones {
                 m.container_started = c[1].parse::<f64>().ok().map(|ms| ms / 1000.0);
             }
         }
+        for (re, set) in timers() {
+            if let Some(ms) = re
+                .captures(&line.text)
+                .and_then(|c| c[1].parse::<f64>().ok())
+            {
+                set(&mut m, ms / 1000.0);
+            }
+        }
         if m.qemu_to_output.is_none() && output.is_some_and(|o| line.text.contains(o)) {
             m.qemu_to_output = Some(line.host_s);
         }
@@ -125,6 +171,11 @@ mod tests {
             line(3.0, "[    0.000000] Linux version 6.1.0"),
             line(3.1, "[    0.900000] console [ttyS0] enabled"),
             line(4.2, "[    2.000000] Run /init as init process"),
+            line(
+                4.4,
+                "berth-init: loaded 25 modules, root /dev/vda2 found after 200 ms",
+            ),
+            line(4.5, "berth-init: verified root (1352 blocks) in 50 ms"),
             line(4.9, "berth-init: system ready in 300 ms"),
             line(
                 5.0,
@@ -142,6 +193,10 @@ mod tests {
         assert!(near(m.qemu_to_output, 5.6));
         assert!(near(m.container_output, 3.4));
         assert!(near(m.pid1_to_output(), 1.4));
+        assert!(near(m.modules_and_root, 0.2));
+        assert!(near(m.verity, 0.05));
+        assert!(near(m.system_ready, 0.3));
+        assert!(near(m.rest(), 0.2));
     }
 
     #[test]
