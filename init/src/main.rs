@@ -16,6 +16,7 @@ mod containers;
 mod dhcp;
 mod dhcp_link;
 mod early;
+mod envmerge;
 mod esp;
 mod grow;
 mod health;

@@ -956,13 +956,17 @@ fn bundle(name: &str) -> PathBuf {
     Path::new(layout::CONTAINERS_DIR).join(name)
 }
 
-/// Starts `crun run --bundle <bundle> <name>` with stdin from /dev/null and its
-/// output into two pipes. Returns the runtime's pid and the pipes' read ends.
+/// Starts `crun run --bundle <bundle> [--config <merged copy>] <name>` with
+/// stdin from /dev/null and its output into two pipes. Returns the runtime's
+/// pid and the pipes' read ends.
 fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
-    let mut child = Command::new(layout::CRUN_PATH)
-        .arg("run")
-        .arg("--bundle")
-        .arg(bundle(name))
+    let mut command = Command::new(layout::CRUN_PATH);
+    command.arg("run").arg("--bundle").arg(bundle(name));
+    // The provisioned environment is in a copy of the bundle's configuration.
+    if let Some(config) = crate::envmerge::config_path(name) {
+        command.arg("--config").arg(config);
+    }
+    let mut child = command
         .arg(name)
         .env_clear()
         .env("PATH", PATH)

@@ -79,6 +79,8 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         Path::new(crate::provision::SAVED_FILE),
     );
     provision.apply(&mut config);
+    let names: Vec<&str> = config.containers.iter().map(|c| c.name.as_str()).collect();
+    crate::envmerge::prepare(&names, &provision.env);
     if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
