@@ -32,6 +32,7 @@ mod provision;
 mod rtc;
 mod runloop;
 mod shell;
+mod sntp;
 mod supervisor;
 mod system;
 mod verity;

@@ -85,6 +85,8 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
     let dhcp = network(&config);
+    // In its own thread: the containers do not wait for the clock.
+    crate::sntp::start(provision.ntp_servers());
     if config.debug.console_shell {
         log!("debug shell on the console (development image)");
     }
