@@ -1,14 +1,17 @@
 //! The provisioning file's `[env]` in every container's process environment.
 //!
-//! A bundle's `config.json` is on the read-only root, so the init writes a copy
-//! with the merged environment to `/run/berth/config/<name>.json` at boot and
-//! starts the container with `crun run --config <copy>` (crun resolves the
-//! relative `root.path` against the bundle folder, which stays the same).
+//! A bundle's `config.json` is on the read-only root, so the init makes a
+//! bundle of its own at boot, `/run/berth/bundles/<name>/config.json`: the
+//! original with the merged environment and `root.path` made absolute (the
+//! root stays the image's `/usr/lib/berth/containers/<name>/rootfs`). The
+//! container is started from that bundle, so `crun exec` (health checks, the
+//! debug shell), which reads `config.json` from the container's bundle, gets
+//! the same environment as the container's process.
 //!
 //! Provisioning is device-specific configuration, so it wins over the bundle's
 //! environment (the image's and the recipe's) for the same name: each override
-//! is logged once per boot. Only `process.env` is touched; the rest of the
-//! file is copied byte for byte, found by a small JSON scanner (the init does
+//! is logged once per boot. Only `process.env` and `root.path` are touched;
+//! the rest of the file is copied byte for byte, found by a small JSON scanner (the init does
 //! not carry a JSON library for one field).
 
 use std::collections::BTreeMap;
@@ -17,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use berth_updater::layout;
 
-/// Where the merged copies of the runtime configurations are written.
-pub const CONFIG_DIR: &str = "/run/berth/config";
+/// Where the bundles with the merged configurations are made.
+pub const BUNDLES_DIR: &str = "/run/berth/bundles";
 
 /// Why a container's configuration could not get the provisioned environment.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +33,8 @@ pub enum EnvError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The configuration is not JSON with a `process` object.
+    /// The configuration is not JSON with a `process` object and a
+    /// `root.path`.
     #[error("{path}: {reason} at byte {at}")]
     Json {
         path: PathBuf,
@@ -69,51 +73,62 @@ pub fn merge(base: &[String], extra: &BTreeMap<String, String>) -> (Vec<String>,
 /// A JSON syntax problem: what and where.
 type Syntax = (&'static str, usize);
 
-/// `config.json` with its `process.env` merged with `extra`, and the names
-/// that were overridden.
+/// `config.json` with its `process.env` merged with `extra` and a relative
+/// `root.path` made absolute under `bundle` (the original bundle folder), and
+/// the names that were overridden.
 pub fn rewrite(
     json: &str,
     extra: &BTreeMap<String, String>,
+    bundle: &Path,
 ) -> Result<(String, Vec<String>), Syntax> {
-    let found = find_env(json.as_bytes())?;
-    let (base, splice) = match found {
-        EnvSpot::List { range, entries } => (entries, range),
+    let spots = find_spots(json.as_bytes())?;
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    let overridden = match spots.env {
+        EnvSpot::List { range, entries } => {
+            let (env, overridden) = merge(&entries, extra);
+            edits.push((range, render(&env)));
+            overridden
+        }
         EnvSpot::Missing { after_brace, empty } => {
             let (env, _) = merge(&[], extra);
             let sep = if empty { "" } else { "," };
             let text = format!("\"env\":{}{sep}", render(&env));
-            let mut out = json.to_string();
-            out.insert_str(after_brace, &text);
-            return Ok((out, Vec::new()));
+            edits.push((after_brace..after_brace, text));
+            Vec::new()
         }
     };
-    let (env, overridden) = merge(&base, extra);
-    let mut out = String::with_capacity(json.len() + 64);
-    out.push_str(&json[..splice.start]);
-    out.push_str(&render(&env));
-    out.push_str(&json[splice.end..]);
+    let (range, path) = spots.root_path;
+    if !path.starts_with('/') {
+        let absolute = bundle.join(&path).display().to_string();
+        edits.push((range, quote(&absolute)));
+    }
+    // From the end, so the earlier ranges stay valid.
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut out = json.to_string();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
     Ok((out, overridden))
 }
 
 /// A JSON array of strings.
 fn render(list: &[String]) -> String {
-    let mut out = String::from("[");
-    for (i, item) in list.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    let items: Vec<String> = list.iter().map(|item| quote(item)).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// A JSON string.
+fn quote(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
         }
-        out.push('"');
-        for c in item.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
     }
-    out.push(']');
+    out.push('"');
     out
 }
 
@@ -127,43 +142,68 @@ enum EnvSpot {
     Missing { after_brace: usize, empty: bool },
 }
 
-fn find_env(bytes: &[u8]) -> Result<EnvSpot, Syntax> {
+/// Where the two edited values are.
+struct Spots {
+    env: EnvSpot,
+    /// The range of `root.path`'s string (quotes included) and its value.
+    root_path: (Range<usize>, String),
+}
+
+fn find_spots(bytes: &[u8]) -> Result<Spots, Syntax> {
     let mut s = Scanner { bytes, pos: 0 };
-    let mut spot = None;
-    s.object(|s, key| {
-        if key != "process" {
-            return s.skip_value();
+    let mut env = None;
+    let mut root_path = None;
+    s.object(|s, key| match key {
+        "process" => {
+            env = Some(process_env(s)?);
+            Ok(())
         }
-        s.ws();
-        let after_brace = s.pos + 1;
-        let mut keys = 0;
-        s.object(|s, key| {
-            keys += 1;
-            if key != "env" {
+        "root" => s.object(|s, key| {
+            if key != "path" {
                 return s.skip_value();
             }
             s.ws();
             let start = s.pos;
-            let mut entries = Vec::new();
-            s.array(|s| {
-                entries.push(s.string()?);
-                Ok(())
-            })?;
-            spot = Some(EnvSpot::List {
-                range: start..s.pos,
-                entries: std::mem::take(&mut entries),
-            });
+            let path = s.string()?;
+            root_path = Some((start..s.pos, path));
+            Ok(())
+        }),
+        _ => s.skip_value(),
+    })?;
+    Ok(Spots {
+        env: env.ok_or(("no process object", 0))?,
+        root_path: root_path.ok_or(("no root.path", 0))?,
+    })
+}
+
+/// Finds `env` in the `process` object at the scanner.
+fn process_env(s: &mut Scanner<'_>) -> Result<EnvSpot, Syntax> {
+    s.ws();
+    let after_brace = s.pos + 1;
+    let mut keys = 0;
+    let mut spot = None;
+    s.object(|s, key| {
+        keys += 1;
+        if key != "env" {
+            return s.skip_value();
+        }
+        s.ws();
+        let start = s.pos;
+        let mut entries = Vec::new();
+        s.array(|s| {
+            entries.push(s.string()?);
             Ok(())
         })?;
-        if spot.is_none() {
-            spot = Some(EnvSpot::Missing {
-                after_brace,
-                empty: keys == 0,
-            });
-        }
+        spot = Some(EnvSpot::List {
+            range: start..s.pos,
+            entries: std::mem::take(&mut entries),
+        });
         Ok(())
     })?;
-    spot.ok_or(("no process object", 0))
+    Ok(spot.unwrap_or(EnvSpot::Missing {
+        after_brace,
+        empty: keys == 0,
+    }))
 }
 
 /// Just enough JSON to find one value: strings are decoded, everything else
@@ -338,30 +378,28 @@ impl Scanner<'_> {
     }
 }
 
-/// The merged copy of container `name`'s configuration, when [`prepare`]
-/// wrote one.
-pub fn config_path(name: &str) -> Option<PathBuf> {
-    let path = Path::new(CONFIG_DIR).join(format!("{name}.json"));
-    path.exists().then_some(path)
+/// The bundle folder of container `name`: the one [`prepare`] made, else
+/// the image's.
+pub fn bundle(name: &str) -> PathBuf {
+    let made = Path::new(BUNDLES_DIR).join(name);
+    if made.join("config.json").exists() {
+        made
+    } else {
+        Path::new(layout::CONTAINERS_DIR).join(name)
+    }
 }
 
-/// Writes the merged configuration of every container (nothing when `extra` is
-/// empty) and logs each override; a container whose file fails keeps its
-/// bundle's configuration, and the failure is logged.
+/// Makes the bundle with the merged configuration of every container (nothing
+/// when `extra` is empty) and logs each override; a container whose bundle
+/// fails keeps the image's, and the failure is logged.
 pub fn prepare(names: &[&str], extra: &BTreeMap<String, String>) {
     if extra.is_empty() {
         return;
     }
-    if let Err(err) = std::fs::create_dir_all(CONFIG_DIR) {
-        log!("creating {CONFIG_DIR}: {err}");
-        return;
-    }
     for name in names {
-        let from = Path::new(layout::CONTAINERS_DIR)
-            .join(name)
-            .join("config.json");
-        let to = Path::new(CONFIG_DIR).join(format!("{name}.json"));
-        match prepare_one(&from, &to, extra) {
+        let image_bundle = Path::new(layout::CONTAINERS_DIR).join(name);
+        let made = Path::new(BUNDLES_DIR).join(name);
+        match prepare_one(&image_bundle, &made, extra) {
             Ok(overridden) => {
                 for var in overridden {
                     log!("container {name}: provisioned {var} overrides the image's value");
@@ -372,24 +410,33 @@ pub fn prepare(names: &[&str], extra: &BTreeMap<String, String>) {
     }
 }
 
+/// Writes `<to>/config.json` from `<from>/config.json`.
 fn prepare_one(
     from: &Path,
     to: &Path,
     extra: &BTreeMap<String, String>,
 ) -> Result<Vec<String>, EnvError> {
-    let json = std::fs::read_to_string(from).map_err(|source| EnvError::Io {
+    let source = from.join("config.json");
+    let json = std::fs::read_to_string(&source).map_err(|source_err| EnvError::Io {
         what: "reading",
-        path: from.to_path_buf(),
+        path: source.clone(),
+        source: source_err,
+    })?;
+    let (merged, overridden) =
+        rewrite(&json, extra, from).map_err(|(reason, at)| EnvError::Json {
+            path: source.clone(),
+            reason,
+            at,
+        })?;
+    std::fs::create_dir_all(to).map_err(|source| EnvError::Io {
+        what: "creating",
+        path: to.to_path_buf(),
         source,
     })?;
-    let (merged, overridden) = rewrite(&json, extra).map_err(|(reason, at)| EnvError::Json {
-        path: from.to_path_buf(),
-        reason,
-        at,
-    })?;
-    std::fs::write(to, merged).map_err(|source| EnvError::Io {
+    let target = to.join("config.json");
+    std::fs::write(&target, merged).map_err(|source| EnvError::Io {
         what: "writing",
-        path: to.to_path_buf(),
+        path: target,
         source,
     })?;
     Ok(overridden)
@@ -442,22 +489,33 @@ mod tests {
 }"#;
 
     #[test]
-    fn rewrites_only_process_env() {
-        let (out, overridden) =
-            rewrite(CONFIG, &extra(&[("SITE", "north"), ("NEW", "x\"y\n")])).unwrap();
+    fn rewrites_only_process_env_and_the_root_path() {
+        let bundle = Path::new("/usr/lib/berth/containers/web");
+        let (out, overridden) = rewrite(
+            CONFIG,
+            &extra(&[("SITE", "north"), ("NEW", "x\"y\n")]),
+            bundle,
+        )
+        .unwrap();
         assert_eq!(overridden, strings(&["SITE"]));
-        let env_start = CONFIG.find("\"env\": [").unwrap() + 7;
-        let env_end = CONFIG[env_start..].find(']').unwrap() + env_start + 1;
-        assert_eq!(out[..env_start], CONFIG[..env_start]);
-        assert!(out.ends_with(&CONFIG[env_end..]));
-        assert!(
-            out.contains(
-                r#""env": ["PATH=/usr/bin:/bin","SITE=north","QUOTE=a\"b\\cé","NEW=x\"y\u000a"]"#
-            ),
-            "{out}"
-        );
+        let expected = CONFIG
+            .replace(
+                r#""env": [
+      "PATH=/usr/bin:/bin",
+      "SITE=recipe",
+      "QUOTE=a\"b\\c\u00e9"
+    ]"#,
+                r#""env": ["PATH=/usr/bin:/bin","SITE=north","QUOTE=a\"b\\cé","NEW=x\"y\u000a"]"#,
+            )
+            .replace(
+                r#""path": "rootfs""#,
+                r#""path": "/usr/lib/berth/containers/web/rootfs""#,
+            );
+        assert_ne!(expected, CONFIG);
+        assert_eq!(out, expected);
         // What was written reads back as the merged list.
-        let EnvSpot::List { entries, .. } = find_env(out.as_bytes()).unwrap() else {
+        let spots = find_spots(out.as_bytes()).unwrap();
+        let EnvSpot::List { entries, .. } = spots.env else {
             panic!("no env in {out}");
         };
         assert_eq!(
@@ -469,30 +527,56 @@ mod tests {
                 "NEW=x\"y\n"
             ])
         );
+        assert_eq!(spots.root_path.1, "/usr/lib/berth/containers/web/rootfs");
+        // An absolute root path stays.
+        let (again, _) = rewrite(&out, &extra(&[("SITE", "south")]), Path::new("/x")).unwrap();
+        assert!(again.contains(r#""path": "/usr/lib/berth/containers/web/rootfs""#));
     }
 
     #[test]
     fn adds_env_when_the_process_has_none() {
-        let (out, _) = rewrite(r#"{"process": {"cwd": "/"}}"#, &extra(&[("A", "1")])).unwrap();
-        assert_eq!(out, r#"{"process": {"env":["A=1"],"cwd": "/"}}"#);
-        let (out, _) = rewrite(r#"{"process": {}}"#, &extra(&[("A", "1")])).unwrap();
-        assert_eq!(out, r#"{"process": {"env":["A=1"]}}"#);
+        let root = r#""root": {"path": "/r"}"#;
+        let e = extra(&[("A", "1")]);
+        let (out, _) = rewrite(
+            &format!(r#"{{"process": {{"cwd": "/"}}, {root}}}"#),
+            &e,
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            format!(r#"{{"process": {{"env":["A=1"],"cwd": "/"}}, {root}}}"#)
+        );
+        let (out, _) = rewrite(
+            &format!(r#"{{"process": {{}}, {root}}}"#),
+            &e,
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(out, format!(r#"{{"process": {{"env":["A=1"]}}, {root}}}"#));
     }
 
     #[test]
     fn refuses_what_is_not_a_runtime_configuration() {
         let e = extra(&[("A", "1")]);
-        assert!(rewrite("", &e).is_err());
-        assert!(rewrite(r#"{"root": {}}"#, &e).is_err());
-        assert!(rewrite(r#"{"process": {"env": ["A=1", 2]}}"#, &e).is_err());
-        assert!(rewrite(r#"{"process": {"env": ["unterminated]}}"#, &e).is_err());
+        let b = Path::new("/b");
+        assert!(rewrite("", &e, b).is_err());
+        assert!(rewrite(r#"{"root": {"path": "r"}}"#, &e, b).is_err());
+        assert!(rewrite(r#"{"process": {}}"#, &e, b).is_err());
+        assert!(rewrite(
+            r#"{"process": {"env": ["A=1", 2]}, "root": {"path": "r"}}"#,
+            &e,
+            b
+        )
+        .is_err());
+        assert!(rewrite(r#"{"process": {"env": ["unterminated]}}"#, &e, b).is_err());
     }
 
     #[test]
-    fn copies_the_bundle_configuration_with_the_merged_env() {
+    fn makes_a_bundle_with_the_merged_configuration() {
         let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("config.json");
-        let to = dir.path().join("web.json");
+        let from = dir.path().join("image/web");
+        let to = dir.path().join("run/web");
         assert!(matches!(
             prepare_one(&from, &to, &extra(&[("A", "1")])),
             Err(EnvError::Io {
@@ -500,11 +584,17 @@ mod tests {
                 ..
             })
         ));
-        std::fs::write(&from, CONFIG).unwrap();
+        std::fs::create_dir_all(&from).unwrap();
+        std::fs::write(from.join("config.json"), CONFIG).unwrap();
         assert_eq!(
             prepare_one(&from, &to, &extra(&[("SITE", "n")])).unwrap(),
             strings(&["SITE"])
         );
-        assert!(std::fs::read_to_string(&to).unwrap().contains("\"SITE=n\""));
+        let made = std::fs::read_to_string(to.join("config.json")).unwrap();
+        assert!(made.contains("\"SITE=n\""), "{made}");
+        assert!(
+            made.contains(&format!("\"path\": \"{}/rootfs\"", from.display())),
+            "{made}"
+        );
     }
 }

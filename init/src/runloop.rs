@@ -951,22 +951,15 @@ fn open_power_buttons() -> Vec<Option<File>> {
         .collect()
 }
 
-/// The bundle folder of container `name`.
-fn bundle(name: &str) -> PathBuf {
-    Path::new(layout::CONTAINERS_DIR).join(name)
-}
-
-/// Starts `crun run --bundle <bundle> [--config <merged copy>] <name>` with
-/// stdin from /dev/null and its output into two pipes. Returns the runtime's
-/// pid and the pipes' read ends.
+/// Starts `crun run --bundle <bundle> <name>` (the bundle with the
+/// provisioned environment when there is one) with stdin from /dev/null and
+/// its output into two pipes. Returns the runtime's pid and the pipes' read
+/// ends.
 fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
-    let mut command = Command::new(layout::CRUN_PATH);
-    command.arg("run").arg("--bundle").arg(bundle(name));
-    // The provisioned environment is in a copy of the bundle's configuration.
-    if let Some(config) = crate::envmerge::config_path(name) {
-        command.arg("--config").arg(config);
-    }
-    let mut child = command
+    let mut child = Command::new(layout::CRUN_PATH)
+        .arg("run")
+        .arg("--bundle")
+        .arg(crate::envmerge::bundle(name))
         .arg(name)
         .env_clear()
         .env("PATH", PATH)
@@ -1075,7 +1068,7 @@ mod tests {
     #[test]
     fn bundles_live_under_the_containers_folder() {
         assert_eq!(
-            bundle("web"),
+            crate::envmerge::bundle("web"),
             PathBuf::from("/usr/lib/berth/containers/web")
         );
     }
