@@ -10,9 +10,9 @@
 //!
 //! Provisioning is device-specific configuration, so it wins over the bundle's
 //! environment (the image's and the recipe's) for the same name: each override
-//! is logged once per boot. Only `process.env` and `root.path` are touched;
-//! the rest of the file is copied byte for byte, found by a small JSON scanner (the init does
-//! not carry a JSON library for one field).
+//! is logged once per boot. Only `process.env` and `root.path` are touched,
+//! found by a small JSON scanner (the init carries no JSON library for two
+//! fields); the rest of the file is copied byte for byte.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -26,7 +26,7 @@ pub const BUNDLES_DIR: &str = "/run/berth/bundles";
 /// Why a container's configuration could not get the provisioned environment.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
-    /// The bundle's configuration could not be read, or the copy written.
+    /// The image's configuration could not be read, or the new bundle made.
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
