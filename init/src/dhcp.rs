@@ -40,6 +40,7 @@ const OPT_SUBNET_MASK: u8 = 1;
 const OPT_ROUTER: u8 = 3;
 const OPT_DNS: u8 = 6;
 const OPT_HOSTNAME: u8 = 12;
+const OPT_NTP: u8 = 42;
 const OPT_REQUESTED_IP: u8 = 50;
 const OPT_LEASE_TIME: u8 = 51;
 const OPT_MESSAGE_TYPE: u8 = 53;
@@ -98,6 +99,8 @@ pub struct Lease {
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// NTP servers (option 42).
+    pub ntp: Vec<Ipv4Addr>,
     /// The server that granted it (option 54).
     pub server: Ipv4Addr,
     /// `None` for an infinite lease.
@@ -415,10 +418,11 @@ impl Client {
         }
         m.extend_from_slice(&[
             OPT_PARAMETERS,
-            6,
+            7,
             OPT_SUBNET_MASK,
             OPT_ROUTER,
             OPT_DNS,
+            OPT_NTP,
             OPT_LEASE_TIME,
             OPT_RENEWAL_TIME,
             OPT_REBINDING_TIME,
@@ -468,6 +472,7 @@ struct Reply {
     subnet_mask: Option<Ipv4Addr>,
     router: Option<Ipv4Addr>,
     dns: Vec<Ipv4Addr>,
+    ntp: Vec<Ipv4Addr>,
     lease_time: Option<u32>,
     t1: Option<u32>,
     t2: Option<u32>,
@@ -494,6 +499,7 @@ impl Reply {
             subnet_mask: None,
             router: None,
             dns: Vec::new(),
+            ntp: Vec::new(),
             lease_time: None,
             t1: None,
             t2: None,
@@ -520,12 +526,8 @@ impl Reply {
                 OPT_SERVER_ID => reply.server_id = ipv4(value),
                 OPT_SUBNET_MASK => reply.subnet_mask = ipv4(value),
                 OPT_ROUTER => reply.router = ipv4(value),
-                OPT_DNS => {
-                    reply.dns = value
-                        .chunks_exact(4)
-                        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
-                        .collect();
-                }
+                OPT_DNS => reply.dns = addresses(value),
+                OPT_NTP => reply.ntp = addresses(value),
                 OPT_LEASE_TIME => reply.lease_time = seconds(value),
                 OPT_RENEWAL_TIME => reply.t1 = seconds(value),
                 OPT_REBINDING_TIME => reply.t2 = seconds(value),
@@ -578,6 +580,7 @@ impl Reply {
             prefix,
             router: self.router,
             dns: self.dns.clone(),
+            ntp: self.ntp.clone(),
             server,
             lease_time,
             t1,
@@ -585,6 +588,14 @@ impl Reply {
             acquired,
         })
     }
+}
+
+/// A list of IPv4 addresses (4 bytes each).
+fn addresses(value: &[u8]) -> Vec<Ipv4Addr> {
+    value
+        .chunks_exact(4)
+        .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -645,6 +656,7 @@ mod tests {
                 (OPT_SUBNET_MASK, &[255, 255, 255, 0]),
                 (OPT_ROUTER, &SERVER.octets()),
                 (OPT_DNS, &[10, 0, 2, 3, 1, 1, 1, 1]),
+                (OPT_NTP, &[10, 0, 2, 4]),
                 (OPT_LEASE_TIME, &86400u32.to_be_bytes()),
             ],
         )
@@ -725,7 +737,10 @@ mod tests {
         assert_eq!(&m[28..34], &MAC);
         assert_eq!(option(m, OPT_MESSAGE_TYPE), Some(vec![1]));
         assert_eq!(option(m, OPT_HOSTNAME), Some(b"web".to_vec()));
-        assert_eq!(option(m, OPT_PARAMETERS), Some(vec![1, 3, 6, 51, 58, 59]));
+        assert_eq!(
+            option(m, OPT_PARAMETERS),
+            Some(vec![1, 3, 6, 42, 51, 58, 59])
+        );
         assert_eq!(client.next_wakeup(), Some(t0 + Duration::from_secs(4)));
     }
 
@@ -832,6 +847,7 @@ mod tests {
             lease.dns,
             [Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(1, 1, 1, 1)]
         );
+        assert_eq!(lease.ntp, [Ipv4Addr::new(10, 0, 2, 4)]);
         assert_eq!(lease.server, SERVER);
         assert_eq!(lease.lease_time, Some(Duration::from_secs(86400)));
         // T1 and T2 default to 0.5 and 0.875 of the lease.

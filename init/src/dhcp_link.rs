@@ -66,6 +66,11 @@ impl DhcpLink {
         &self.interface
     }
 
+    /// The NTP servers of the lease on the interface (option 42).
+    pub fn ntp_servers(&self) -> &[std::net::Ipv4Addr] {
+        self.applied.as_ref().map_or(&[], |lease| &lease.ntp)
+    }
+
     /// When [`DhcpLink::on_timer`] has work next.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.client.next_wakeup()

@@ -8,6 +8,8 @@
 //! dns = ["192.168.1.1"]
 //! [env]
 //! SITE = "north"
+//! [time]
+//! ntp = ["192.168.1.1"]
 //! [update]
 //! repository = "https://updates.example/edge"
 //! ```
@@ -38,6 +40,8 @@ pub struct Provision {
     pub dhcp: Option<bool>,
     pub dns: Option<Vec<String>>,
     pub env: BTreeMap<String, String>,
+    /// SNTP servers (IPv4 addresses).
+    pub ntp: Vec<String>,
     pub update_repository: Option<String>,
 }
 
@@ -83,6 +87,19 @@ pub fn parse(text: &str) -> (Provision, Vec<String>) {
                 }
                 None => problems.push("env is not a table".into()),
             },
+            "time" => match value.as_table() {
+                Some(time) => {
+                    for (key, value) in time {
+                        match (key.as_str(), ipv4_list(value)) {
+                            ("ntp", Some(servers)) => out.ntp = servers,
+                            ("ntp", None) => problems
+                                .push(format!("time.ntp {value} is not a list of IPv4 addresses")),
+                            (other, _) => problems.push(format!("time.{other} is not a setting")),
+                        }
+                    }
+                }
+                None => problems.push("time is not a table".into()),
+            },
             "update" => match value.as_table() {
                 Some(update) => {
                     for (key, value) in update {
@@ -114,12 +131,7 @@ fn parse_network(network: &toml::Table, out: &mut Provision, problems: &mut Vec<
                 None => problems.push(format!("network.dhcp {value} is not true or false")),
             },
             "dns" => {
-                let servers: Option<Vec<String>> = value.as_array().and_then(|list| {
-                    list.iter()
-                        .map(|v| v.as_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
-                        .collect()
-                });
-                match servers {
+                match ipv4_list(value) {
                     Some(servers) => out.dns = Some(servers),
                     None => problems.push(format!("network.dns {value} is not a list of IPv4 addresses")),
                 }
@@ -133,6 +145,15 @@ fn parse_network(network: &toml::Table, out: &mut Provision, problems: &mut Vec<
             other => problems.push(format!("network.{other} is not a setting")),
         }
     }
+}
+
+/// A list of IPv4 addresses, as their text.
+fn ipv4_list(value: &toml::Value) -> Option<Vec<String>> {
+    value.as_array().and_then(|list| {
+        list.iter()
+            .map(|v| v.as_str()?.parse::<Ipv4Addr>().ok().map(|a| a.to_string()))
+            .collect()
+    })
 }
 
 fn static_ipv4(table: &toml::Table) -> Option<StaticIpv4> {
@@ -207,6 +228,11 @@ impl Provision {
         }
     }
 
+    /// The SNTP servers.
+    pub fn ntp_servers(&self) -> Vec<Ipv4Addr> {
+        self.ntp.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
     /// The settings as a provisioning file (what is kept on the data partition).
     pub fn render(&self) -> String {
         let mut root = toml::Table::new();
@@ -242,6 +268,11 @@ impl Provision {
                 .map(|(k, v)| (k.clone(), toml::Value::from(v.clone())))
                 .collect();
             root.insert("env".into(), env.into());
+        }
+        if !self.ntp.is_empty() {
+            let mut time = toml::Table::new();
+            time.insert("ntp".into(), self.ntp.clone().into());
+            root.insert("time".into(), time.into());
         }
         if let Some(url) = &self.update_repository {
             let mut update = toml::Table::new();
@@ -292,6 +323,8 @@ ipv4 = { interface = "eth1", address = "192.168.1.17/24", gateway = "192.168.1.1
 dns = ["192.168.1.1", "9.9.9.9"]
 [env]
 SITE = "north"
+[time]
+ntp = ["10.0.2.2"]
 [update]
 repository = "https://updates.example/edge"
 "#;
@@ -317,6 +350,7 @@ repository = "https://updates.example/edge"
             Some(&["192.168.1.1".to_string(), "9.9.9.9".to_string()][..])
         );
         assert_eq!(p.env.get("SITE").map(String::as_str), Some("north"));
+        assert_eq!(p.ntp_servers(), [Ipv4Addr::new(10, 0, 2, 2)]);
         assert_eq!(
             p.update_repository.as_deref(),
             Some("https://updates.example/edge")
@@ -339,6 +373,9 @@ ipv4 = { address = "10.0.0.5" }
 [env]
 GOOD = "1"
 BAD = 2
+[time]
+ntp = ["pool.example"]
+zone = "UTC"
 [update]
 repository = "ftp://x"
 channel = "beta"
@@ -351,7 +388,8 @@ channel = "beta"
         assert_eq!(p.dns, None);
         assert_eq!(p.ipv4, None);
         assert_eq!(p.update_repository, None);
-        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(p.ntp.is_empty());
+        assert_eq!(problems.len(), 10, "{problems:#?}");
         assert!(problems
             .iter()
             .any(|m| m.contains("color is not a setting")));

@@ -70,10 +70,14 @@ pub fn decide(system: u64, rtc: Option<u64>, epoch: u64) -> Option<u64> {
     (target != system).then_some(target)
 }
 
-fn set_clock(secs: u64) -> std::io::Result<()> {
+/// Sets the system clock (`CLOCK_REALTIME`) to `since_epoch` after 1970.
+pub fn set_clock(since_epoch: Duration) -> std::io::Result<()> {
     let ts = libc::timespec {
-        tv_sec: secs.try_into().map_err(std::io::Error::other)?,
-        tv_nsec: 0,
+        tv_sec: since_epoch
+            .as_secs()
+            .try_into()
+            .map_err(std::io::Error::other)?,
+        tv_nsec: since_epoch.subsec_nanos().into(),
     };
     // SAFETY: `ts` is a valid timespec for the call.
     if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
@@ -96,7 +100,7 @@ pub fn set_clock_from_rtc(epoch: u64) {
     };
     if let Some(target) = decide(system, rtc, epoch) {
         let when = crate::logfile::timestamp(UNIX_EPOCH + Duration::from_secs(target));
-        match set_clock(target) {
+        match set_clock(Duration::from_secs(target)) {
             Ok(()) => log!("clock set to {when}"),
             Err(err) => log!("setting the clock to {when}: {err}"),
         }

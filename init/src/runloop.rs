@@ -951,18 +951,15 @@ fn open_power_buttons() -> Vec<Option<File>> {
         .collect()
 }
 
-/// The bundle folder of container `name`.
-fn bundle(name: &str) -> PathBuf {
-    Path::new(layout::CONTAINERS_DIR).join(name)
-}
-
-/// Starts `crun run --bundle <bundle> <name>` with stdin from /dev/null and its
-/// output into two pipes. Returns the runtime's pid and the pipes' read ends.
+/// Starts `crun run --bundle <bundle> <name>` (the bundle with the
+/// provisioned environment when there is one) with stdin from /dev/null and
+/// its output into two pipes. Returns the runtime's pid and the pipes' read
+/// ends.
 fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
     let mut child = Command::new(layout::CRUN_PATH)
         .arg("run")
         .arg("--bundle")
-        .arg(bundle(name))
+        .arg(crate::envmerge::bundle(name))
         .arg(name)
         .env_clear()
         .env("PATH", PATH)
@@ -1071,7 +1068,7 @@ mod tests {
     #[test]
     fn bundles_live_under_the_containers_folder() {
         assert_eq!(
-            bundle("web"),
+            crate::envmerge::bundle("web"),
             PathBuf::from("/usr/lib/berth/containers/web")
         );
     }

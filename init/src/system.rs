@@ -79,15 +79,34 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         Path::new(crate::provision::SAVED_FILE),
     );
     provision.apply(&mut config);
+    let names: Vec<&str> = config.containers.iter().map(|c| c.name.as_str()).collect();
+    crate::envmerge::prepare(&names, &provision.env);
     if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
     let dhcp = network(&config);
+    // In its own thread: the containers do not wait for the clock.
+    crate::sntp::start(ntp_servers(provision.ntp_servers(), &dhcp));
     if config.debug.console_shell {
         log!("debug shell on the console (development image)");
     }
     log!("system ready in {} ms", start.elapsed().as_millis());
     Ok(crate::runloop::run(&config, dhcp, assessment)?)
+}
+
+/// The SNTP servers: the provisioning file's, else those of the DHCP leases
+/// held by now (option 42), without repeats.
+fn ntp_servers(provisioned: Vec<std::net::Ipv4Addr>, dhcp: &[DhcpLink]) -> Vec<std::net::Ipv4Addr> {
+    if !provisioned.is_empty() {
+        return provisioned;
+    }
+    let mut servers = Vec::new();
+    for server in dhcp.iter().flat_map(DhcpLink::ntp_servers) {
+        if !servers.contains(server) {
+            servers.push(*server);
+        }
+    }
+    servers
 }
 
 /// From here on the kernel prints only errors and worse on the console (console

@@ -178,6 +178,9 @@ pub struct VmConfig {
     /// An Intel 6300ESB watchdog device (`-device i6300esb`): the guest's
     /// `/dev/watchdog` when its kernel has the driver.
     pub watchdog: bool,
+    /// More virtio NICs after the first, each on its own user-mode network
+    /// (no forwarded ports): the guest sees `eth1`, `eth2`, … .
+    pub extra_nics: u32,
     /// Appended to the command line as they are.
     pub extra_args: Vec<OsString>,
 }
@@ -199,6 +202,7 @@ impl VmConfig {
             ports: Vec::new(),
             boot: BootMode::Uefi(Firmware::default()),
             watchdog: false,
+            extra_nics: 0,
             extra_args: Vec::new(),
         })
     }
@@ -311,6 +315,10 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
     }
     push(&[&"-netdev", &netdev]);
     push(&[&"-device", &"virtio-net-pci,netdev=net0"]);
+    for nic in 1..=config.extra_nics {
+        push(&[&"-netdev", &format!("user,id=net{nic}")]);
+        push(&[&"-device", &format!("virtio-net-pci,netdev=net{nic}")]);
+    }
     if config.watchdog {
         push(&[&"-device", &"i6300esb"]);
     }
@@ -346,6 +354,7 @@ mod tests {
             ports: Vec::new(),
             boot,
             watchdog: false,
+            extra_nics: 0,
             extra_args: Vec::new(),
         }
     }
@@ -375,6 +384,27 @@ mod tests {
             .position(|a| a == "i6300esb")
             .expect("the device");
         assert_eq!(with[at - 1], "-device");
+    }
+
+    #[test]
+    fn extra_nics_each_on_their_own_user_network() {
+        let mut config = config(BootMode::Uefi(Firmware::default()));
+        config.extra_nics = 2;
+        let args = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        let devices: Vec<&str> = args
+            .windows(2)
+            .filter(|w| w[0] == "-device" && w[1].starts_with("virtio-net-pci"))
+            .map(|w| w[1].as_str())
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-net-pci,netdev=net0",
+                "virtio-net-pci,netdev=net1",
+                "virtio-net-pci,netdev=net2"
+            ]
+        );
+        assert!(args.iter().any(|a| a == "user,id=net2"));
     }
 
     fn runtime(accel: Accel) -> Runtime {

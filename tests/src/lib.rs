@@ -18,7 +18,12 @@ use std::process::Command;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+pub mod dns;
 pub mod images;
+pub mod sntp;
+
+pub use dns::DnsServer;
+pub use sntp::SntpServer;
 
 use berth_qemu::{extract_direct_boot, BootMode, DiskWrites, PortForward, Vm, VmConfig, VmOptions};
 use fs4::FileExt;
@@ -283,6 +288,8 @@ pub struct BootOptions {
     pub persist: bool,
     /// Add QEMU's i6300esb watchdog device.
     pub watchdog: bool,
+    /// NICs after the first, each on its own user-mode network (`eth1`, …).
+    pub extra_nics: u32,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -347,6 +354,7 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     };
     config.ports = opts.ports.clone();
     config.watchdog = opts.watchdog;
+    config.extra_nics = opts.extra_nics;
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }
@@ -394,6 +402,21 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
 /// A regex matching `text` literally.
 pub fn literal(text: &str) -> Regex {
     Regex::new(&regex::escape(text)).expect("an escaped literal is a valid regex")
+}
+
+/// Waits until each of `texts` was on the console, in any order (lines that
+/// come in no fixed order: a late DHCP lease, a container's output around a
+/// health check); panics after [`BOOT_TIMEOUT`] for one of them.
+pub fn expect_all(vm: &TestVm, texts: &[&str]) {
+    let patterns: Vec<Regex> = texts.iter().map(|t| literal(t)).collect();
+    let mut waiting: Vec<usize> = (0..texts.len()).collect();
+    while !waiting.is_empty() {
+        let open: Vec<&Regex> = waiting.iter().map(|&i| &patterns[i]).collect();
+        let (index, _) = vm
+            .expect_any(&open, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e} (log: {})", vm.log().display()));
+        waiting.remove(index);
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

@@ -9,18 +9,25 @@
 //!   and the init stays up;
 //! - a named volume and a writable root survive a reboot; the data partition of
 //!   a disk image enlarged before the first boot is grown with its file system;
-//! - a provisioning file on the ESP sets the host name containers see;
+//! - a provisioning file on the ESP sets the host name containers see, adds to
+//!   their environment (over the recipe's value) and sets a DNS server: a
+//!   small DNS server in the test resolves a made-up name that a container
+//!   fetches a file from;
+//! - SNTP: the provisioned server (a small one in the test, answering 2031)
+//!   sets the clock containers see;
+//! - two NICs: both get a DHCP lease;
 //! - logs: stamped, rotated at the recipe's cap, kept across reboots, with the
 //!   kernel's ring buffer; the watchdog is armed and stopped on poweroff.
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use berth_tests::{
-    boot, build_image, extract_partition, literal, run_tool, write_esp_file, BootOptions,
-    FileServer, TestVm, BOOT_TIMEOUT,
+    boot, build_image, expect_all, extract_partition, literal, run_tool, write_esp_file,
+    BootOptions, DnsServer, FileServer, SntpServer, TestVm, BOOT_TIMEOUT,
 };
 use regex::Regex;
 
@@ -88,6 +95,8 @@ fn network_dns_limits_and_isolation() {
     expect(&vm, "berth-init: starting container db");
     expect(&vm, "berth-init: starting container web");
     expect(&vm, "[db] db: 1 boots, hostname system");
+    // Without provisioning, the recipe's environment.
+    expect(&vm, "[db] db: site recipe");
     // Only loopback in a container with network = "none".
     assert_eq!(
         shell(
@@ -199,19 +208,33 @@ fn network_dns_limits_and_isolation() {
     power_off(vm);
 }
 
+/// The made-up name the test's DNS server answers (with the host, 10.0.2.2).
+const FILES_NAME: &str = "files.berth.test";
+/// What the test's SNTP server says the time is: 2031-01-01T00:00:00Z.
+const SNTP_TIME: u64 = 1_924_992_000;
+
 #[test]
-fn volumes_survive_a_reboot_and_the_data_partition_grows() {
+fn provisioning_dns_by_name_volumes_and_two_nics_across_reboots() {
     let built = build_image(RECIPE);
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join(built.file_name().unwrap());
     fs::copy(&built, &image).unwrap();
     let before = data_partition_bytes(&image);
-    // A provisioning file on the ESP: one valid field, one unknown.
+    // A provisioning file on the ESP: valid fields and an unknown one. The DNS
+    // server is the host (10.0.2.2:53 in the guest is 127.0.0.1:53 here).
     write_esp_file(
         &image,
         "berth/provision.toml",
-        "hostname = \"edge-17\"\ncolor = \"blue\"\n",
+        "hostname = \"edge-17\"\ncolor = \"blue\"\n\
+         [network]\ndns = [\"10.0.2.2\"]\n\
+         [env]\nSITE = \"north\"\nZONE = \"z1\"\n\
+         [time]\nntp = [\"10.0.2.2\"]\n",
     );
+    let files = tempfile::tempdir().unwrap();
+    fs::write(files.path().join("hello.txt"), "hello by name\n").unwrap();
+    let server = FileServer::start(files.path());
+    let _dns = DnsServer::start(53, &[(FILES_NAME, Ipv4Addr::new(10, 0, 2, 2))]);
+    let _sntp = SntpServer::start(123, SNTP_TIME);
     run_tool(
         Command::new("qemu-img")
             .args(["resize", "-q", "-f", "raw"])
@@ -221,7 +244,7 @@ fn volumes_survive_a_reboot_and_the_data_partition_grows() {
 
     // QEMU's i6300esb too (the cloud kernel has no driver for it: the
     // recipe's softdog is the /dev/watchdog the init pets).
-    let vm = boot(
+    let mut vm = boot(
         &image,
         BootOptions {
             watchdog: true,
@@ -239,12 +262,75 @@ fn volumes_survive_a_reboot_and_the_data_partition_grows() {
         &vm,
         "berth-init: provisioning from /efi/berth/provision.toml applied",
     );
-    expect(&vm, "[db] db: 1 boots, hostname edge-17");
-    expect(&vm, "[db] db: root is writable");
+    expect(
+        &vm,
+        "berth-init: container db: provisioned SITE overrides the image's value",
+    );
+    // The SNTP thread's line comes in no fixed order with the containers'.
+    expect_all(
+        &vm,
+        &[
+            "berth-init: sntp: clock stepped by",
+            "[db] db: 1 boots, hostname edge-17",
+            "[db] db: site north",
+            "[db] db: root is writable",
+        ],
+    );
+    // A provisioned variable the recipe does not have is added, and `crun
+    // exec` sees it too.
+    assert_eq!(
+        shell(
+            &mut vm,
+            "crun exec web /bin/busybox env </dev/null | grep -qx ZONE=z1"
+        ),
+        0
+    );
+    // DNS by name: the provisioned server, asked through the container's
+    // resolv.conf by its C library, answers the made-up name.
+    assert_eq!(
+        shell(
+            &mut vm,
+            "crun exec web /bin/busybox grep -qx 'nameserver 10.0.2.2' /etc/resolv.conf </dev/null"
+        ),
+        0
+    );
+    let url = format!("http://{FILES_NAME}:{}/hello.txt", server.port);
+    assert_eq!(
+        shell(
+            &mut vm,
+            &format!(
+                "test \"$(crun exec web /bin/busybox wget -q -O - {url} </dev/null)\" = 'hello by name'"
+            )
+        ),
+        0
+    );
+    // SNTP: the containers see the server's 2031.
+    assert_eq!(
+        shell(
+            &mut vm,
+            "test \"$(crun exec web /bin/busybox date -u +%Y </dev/null)\" = 2031"
+        ),
+        0
+    );
     power_off(vm);
 
-    let mut vm = boot(&image, direct(true));
-    expect(&vm, "[db] db: 2 boots, hostname edge-17");
+    // Two NICs, each on its own user-mode network: both get a lease.
+    let mut vm = boot(
+        &image,
+        BootOptions {
+            extra_nics: 1,
+            ..direct(true)
+        },
+    );
+    // In any order: a late lease comes after the containers started.
+    expect_all(
+        &vm,
+        &[
+            "berth-init: dhcp: eth0 bound to 10.0.2.15/24",
+            "berth-init: dhcp: eth1 bound to 10.0.2.15/24",
+            "[db] db: 2 boots, hostname edge-17",
+        ],
+    );
     expect(&vm, "[db] db: root file kept");
     // The first boot's log lines are still on the data partition.
     assert_eq!(

@@ -1,8 +1,9 @@
 //! A/B updates end to end, on the full UEFI path (OVMF + systemd-boot 252 boot
 //! counting): install over HTTP and from a file, the health gate blessing a good
 //! release, a bad release rolled back by the boot counter on its own, a manual
-//! rollback, refusals before any write, and power cuts at every checkpoint of an
-//! install.
+//! rollback, refusals before any write, power cuts at every checkpoint of an
+//! install, and a container's named volume kept across an update and a
+//! rollback while its writable root is wiped.
 //!
 //! The tests drive the device through its debug shell on the serial console
 //! (`[debug] console_shell = true`), as a developer would, and serve bundles from
@@ -16,8 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, esp_state, literal, run_tool, BootOptions, FileServer,
-    TestVm, BOOT_TIMEOUT,
+    binaries, boot, build_image, e2e_dir, esp_state, expect_all, literal, run_tool, BootOptions,
+    FileServer, TestVm, BOOT_TIMEOUT,
 };
 use berth_updater::layout::Slot;
 use regex::Regex;
@@ -134,6 +135,11 @@ fn fixture() -> &'static Fixture {
 }
 
 fn recipe_text(version: &str, compatible: &str, healthy: bool, key: &Path) -> String {
+    let store = if healthy {
+        STORE.replace("VERSION", version)
+    } else {
+        String::new()
+    };
     let (health, timeout) = if healthy {
         ("{ http = \"http://127.0.0.1:80/\" }", "120s")
     } else {
@@ -162,10 +168,28 @@ command = ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /tmp/www && echo '
 restart = "always"
 critical = true
 health = {health}
-"#,
+{store}"#,
         key = key.display()
     )
 }
+
+/// A container that reports what it finds in its named volume and its writable
+/// root, then appends its release to both (in the healthy releases only: the
+/// bad one stays as it was, so its image is not rebuilt).
+const STORE: &str = r#"
+[[container]]
+name = "store"
+packages = ["busybox-static"]
+command = ["/bin/busybox", "sh", "-c", """
+echo store: volume has $(/bin/busybox cat /data/releases 2>/dev/null), root has $(/bin/busybox cat /root-mark 2>/dev/null).
+echo VERSION >> /data/releases
+echo VERSION >> /root-mark
+exec /bin/busybox sleep 100000
+"""]
+restart = "always"
+volumes = ["store-data:/data"]
+writable = true
+"#;
 
 fn write_if_changed(path: &Path, text: &str) {
     if fs::read_to_string(path).ok().as_deref() != Some(text) {
@@ -348,6 +372,7 @@ fn update_over_http_is_blessed_and_rolled_back_by_hand() {
     let disk = device(&fx.images.v100, "update-http");
     let mut vm = start(&disk, "update_over_http");
     running(&vm, "1.0.0", "a");
+    expect(&vm, "[store] store: volume has , root has .");
 
     let url = fx.server.guest_url("1.1.0.bundle");
     assert_eq!(shell(&mut vm, &format!("berth-update install {url}")), 0);
@@ -359,7 +384,15 @@ fn update_over_http_is_blessed_and_rolled_back_by_hand() {
 
     vm.send_line("kill -INT 1").expect("typing");
     running(&vm, "1.1.0", "b");
-    expect(&vm, "slot b (1.1.0) is healthy: marked good");
+    // The volume kept what 1.0.0 wrote; the writable root is 1.1.0's own.
+    expect_all(
+        &vm,
+        &[
+            "berth-init: container store: writable layer of 1.0.0 wiped (image is now 1.1.0)",
+            "[store] store: volume has 1.0.0, root has .",
+            "slot b (1.1.0) is healthy: marked good",
+        ],
+    );
     let blessed = status(&mut vm);
     assert_eq!(blessed["booted"], "b", "{blessed:#}");
     let b = slot_status(&blessed, "b");
@@ -381,6 +414,8 @@ fn update_over_http_is_blessed_and_rolled_back_by_hand() {
         "berth-update: rolled back: slot a (1.0.0) boots next instead of slot b (1.1.0)",
     );
     running(&vm, "1.0.0", "a");
+    // Back on 1.0.0: both releases' lines in the volume, a fresh root again.
+    expect(&vm, "[store] store: volume has 1.0.0 1.1.0, root has .");
     let back = status(&mut vm);
     assert_eq!(back["booted"], "a", "{back:#}");
     assert_eq!(back["next"], "a", "{back:#}");

@@ -1,0 +1,309 @@
+//! A small SNTP client (RFC 4330): one 48-byte request over UDP to each
+//! configured server in turn until one gives a sane answer, then the clock is
+//! stepped when it is off by more than [`STEP_THRESHOLD`] (no slewing: the
+//! device wants the right date for its logs and TLS, not a smooth clock).
+//!
+//! It runs once per boot in a thread of its own, after the network is up, so
+//! it never delays the containers; each server gets [`TRIES`] requests of
+//! [`TIMEOUT`] each.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The NTP port.
+pub const PORT: u16 = 123;
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const UNIX_OFFSET: u64 = 2_208_988_800;
+/// How long one request waits for its answer.
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Requests per server.
+const TRIES: u32 = 3;
+/// The pause after a failed request.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// Smaller offsets are left alone.
+pub const STEP_THRESHOLD: Duration = Duration::from_secs(1);
+
+/// Why a server's answer was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum SntpError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Fewer than 48 bytes.
+    #[error("answer of {0} bytes")]
+    Short(usize),
+    /// Not a server answer (mode 4).
+    #[error("answer in mode {0}, not 4 (server)")]
+    Mode(u8),
+    /// Stratum 0 (kiss-o'-death) or 16+ (unsynchronized).
+    #[error("server at stratum {0}")]
+    Stratum(u8),
+    /// Leap indicator 3: the server's clock is not synchronized.
+    #[error("server clock not synchronized (leap indicator 3)")]
+    Unsynchronized,
+    /// A transmit time of zero.
+    #[error("answer without a transmit time")]
+    NoTransmitTime,
+    /// The originate time is not our request's transmit time (a stale or
+    /// forged answer).
+    #[error("answer does not echo the request's time")]
+    Origin,
+    /// The clock is before 1970 or the time does not fit.
+    #[error("time out of range")]
+    Range,
+}
+
+/// A 64-bit NTP timestamp (32.32 fixed point seconds since 1900).
+pub type Timestamp = u64;
+
+/// `time` as an NTP timestamp.
+pub fn to_ntp(time: SystemTime) -> Result<Timestamp, SntpError> {
+    let since = time
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| SntpError::Range)?;
+    let secs = since.as_secs() + UNIX_OFFSET;
+    let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    // Seconds wrap every 136 years (era 1 starts in 2036), as on the wire.
+    Ok((secs << 32) | frac)
+}
+
+/// Nanoseconds since 1970 of an NTP timestamp. Seconds with the top bit clear
+/// are taken as era 1 (2036 and later), as RFC 4330 suggests.
+pub fn to_unix_nanos(ts: Timestamp) -> i128 {
+    let mut secs = i128::from(ts >> 32);
+    if secs < 0x8000_0000 {
+        secs += 1 << 32;
+    }
+    let frac = i128::from(ts & 0xffff_ffff);
+    (secs - i128::from(UNIX_OFFSET)) * 1_000_000_000 + ((frac * 1_000_000_000) >> 32)
+}
+
+/// A client request: version 4, mode 3, our time as the transmit timestamp
+/// (the server echoes it as the originate timestamp).
+pub fn request(transmit: Timestamp) -> [u8; 48] {
+    let mut packet = [0u8; 48];
+    packet[0] = (4 << 3) | 3;
+    packet[40..48].copy_from_slice(&transmit.to_be_bytes());
+    packet
+}
+
+/// The times of a valid answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub stratum: u8,
+    /// When the server received the request.
+    pub receive: Timestamp,
+    /// When the server sent the answer.
+    pub transmit: Timestamp,
+}
+
+/// Checks an answer to the request sent with `sent` as its transmit time.
+pub fn parse(packet: &[u8], sent: Timestamp) -> Result<Answer, SntpError> {
+    if packet.len() < 48 {
+        return Err(SntpError::Short(packet.len()));
+    }
+    let field = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&packet[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    let mode = packet[0] & 7;
+    if mode != 4 {
+        return Err(SntpError::Mode(mode));
+    }
+    if packet[0] >> 6 == 3 {
+        return Err(SntpError::Unsynchronized);
+    }
+    let stratum = packet[1];
+    if !(1..=15).contains(&stratum) {
+        return Err(SntpError::Stratum(stratum));
+    }
+    if field(24) != sent {
+        return Err(SntpError::Origin);
+    }
+    let transmit = field(40);
+    if transmit == 0 {
+        return Err(SntpError::NoTransmitTime);
+    }
+    Ok(Answer {
+        stratum,
+        receive: field(32),
+        transmit,
+    })
+}
+
+/// The clock's offset from the server, in nanoseconds (positive: the clock is
+/// behind): ((T2 - T1) + (T3 - T4)) / 2.
+pub fn offset_nanos(sent: Timestamp, answer: &Answer, received: Timestamp) -> i128 {
+    let (t1, t4) = (to_unix_nanos(sent), to_unix_nanos(received));
+    let (t2, t3) = (
+        to_unix_nanos(answer.receive),
+        to_unix_nanos(answer.transmit),
+    );
+    ((t2 - t1) + (t3 - t4)) / 2
+}
+
+/// Asks `server` once; the offset and the server's stratum.
+fn query(server: Ipv4Addr) -> Result<(i128, u8), SntpError> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    let to = SocketAddr::V4(SocketAddrV4::new(server, PORT));
+    let sent = to_ntp(SystemTime::now())?;
+    socket.send_to(&request(sent), to)?;
+    let mut buf = [0u8; 128];
+    loop {
+        // A timeout ends the loop with an error; answers from elsewhere are
+        // skipped.
+        let (len, from) = socket.recv_from(&mut buf)?;
+        let received = to_ntp(SystemTime::now())?;
+        if from != to {
+            continue;
+        }
+        let answer = parse(&buf[..len], sent)?;
+        return Ok((offset_nanos(sent, &answer, received), answer.stratum));
+    }
+}
+
+/// Asks the servers in turn and steps the clock from the first sane answer.
+pub fn sync(servers: &[Ipv4Addr]) {
+    for server in servers {
+        for _ in 0..TRIES {
+            match query(*server) {
+                Ok((offset, stratum)) => {
+                    step(*server, offset, stratum);
+                    return;
+                }
+                Err(err) => {
+                    log!("sntp: {server}: {err}");
+                    // A send refused at once (no lease yet) waits too.
+                    std::thread::sleep(RETRY_PAUSE);
+                }
+            }
+        }
+    }
+    log!("sntp: no server answered; the clock stays as it is");
+}
+
+fn step(server: Ipv4Addr, offset: i128, stratum: u8) {
+    let millis = offset / 1_000_000;
+    if offset.unsigned_abs() < STEP_THRESHOLD.as_nanos() {
+        log!("sntp: clock within {millis} ms of {server} (stratum {stratum})");
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let target = i128::try_from(now).unwrap_or(0) + offset;
+    let Some(target) = u64::try_from(target / 1_000_000_000)
+        .ok()
+        .zip(u32::try_from(target.rem_euclid(1_000_000_000)).ok())
+        .map(|(secs, nanos)| Duration::new(secs, nanos))
+    else {
+        log!("sntp: {server} gives a time before 1970: ignored");
+        return;
+    };
+    let when = crate::logfile::timestamp(UNIX_EPOCH + target);
+    match crate::rtc::set_clock(target) {
+        Ok(()) => {
+            log!("sntp: clock stepped by {millis} ms to {when} from {server} (stratum {stratum})")
+        }
+        Err(err) => log!("sntp: setting the clock to {when}: {err}"),
+    }
+}
+
+/// Runs [`sync`] in a thread of its own (nothing when there are no servers).
+pub fn start(servers: Vec<Ipv4Addr>) {
+    if servers.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sntp".into())
+        .spawn(move || sync(&servers));
+    if let Err(err) = spawned {
+        log!("sntp: starting its thread: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(sent: Timestamp, receive: Timestamp, transmit: Timestamp) -> [u8; 48] {
+        let mut p = [0u8; 48];
+        p[0] = (4 << 3) | 4;
+        p[1] = 2;
+        p[24..32].copy_from_slice(&sent.to_be_bytes());
+        p[32..40].copy_from_slice(&receive.to_be_bytes());
+        p[40..48].copy_from_slice(&transmit.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn timestamps_round_trip_and_cross_2036() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);
+        let ntp = to_ntp(t).unwrap();
+        assert_eq!(ntp >> 32, 1_700_000_000 + UNIX_OFFSET);
+        assert_eq!(ntp & 0xffff_ffff, 1 << 31);
+        assert_eq!(to_unix_nanos(ntp), 1_700_000_000_500_000_000);
+        // 2040-01-01 is in era 1: its seconds wrapped on the wire.
+        let t = UNIX_EPOCH + Duration::from_secs(2_208_988_800);
+        assert_eq!(
+            to_unix_nanos(to_ntp(t).unwrap()),
+            2_208_988_800 * 1_000_000_000
+        );
+        assert!(to_ntp(UNIX_EPOCH - Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn requests_are_version_4_client_mode_with_our_time() {
+        let p = request(0x0102_0304_0506_0708);
+        assert_eq!(p[0], 0x23);
+        assert_eq!(&p[40..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(p[1..40].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn sane_answers_pass_and_others_are_refused() {
+        let sent = 100 << 32;
+        let good = answer(sent, 200 << 32, 201 << 32);
+        let a = parse(&good, sent).unwrap();
+        assert_eq!(
+            (a.stratum, a.receive, a.transmit),
+            (2, 200 << 32, 201 << 32)
+        );
+
+        assert!(matches!(
+            parse(&good[..47], sent),
+            Err(SntpError::Short(47))
+        ));
+        assert!(matches!(parse(&good, sent + 1), Err(SntpError::Origin)));
+        let mut p = good;
+        p[0] = (4 << 3) | 3;
+        assert!(matches!(parse(&p, sent), Err(SntpError::Mode(3))));
+        let mut p = good;
+        p[0] |= 3 << 6;
+        assert!(matches!(parse(&p, sent), Err(SntpError::Unsynchronized)));
+        for stratum in [0, 16] {
+            let mut p = good;
+            p[1] = stratum;
+            assert!(matches!(parse(&p, sent), Err(SntpError::Stratum(s)) if s == stratum));
+        }
+        let p = answer(sent, 200 << 32, 0);
+        assert!(matches!(parse(&p, sent), Err(SntpError::NoTransmitTime)));
+    }
+
+    #[test]
+    fn offset_is_the_mean_of_both_legs() {
+        let secs = |s: u64| (s + UNIX_OFFSET) << 32;
+        // Sent at 1000, the server got it at 5000 and answered at 5001, back at
+        // 1003 by our clock: 1 s each way, our clock 3999 s behind.
+        let a = Answer {
+            stratum: 1,
+            receive: secs(5000),
+            transmit: secs(5001),
+        };
+        assert_eq!(
+            offset_nanos(secs(1000), &a, secs(1003)),
+            3999 * 1_000_000_000
+        );
+    }
+}
