@@ -13,6 +13,9 @@ pub struct Times {
     pub name: String,
     pub cold: Vec<f64>,
     pub warm: Vec<f64>,
+    /// The builder's own step times of the warm builds (`    step: 1.2 s` on
+    /// its stderr), in the order it ran them.
+    pub warm_steps: Vec<(String, Vec<f64>)>,
 }
 
 /// The host's berth cache, as the builder finds it.
@@ -42,6 +45,7 @@ pub fn run(recipes: &[(String, PathBuf)], runs: usize) -> anyhow::Result<Vec<Tim
             name: name.clone(),
             cold: Vec::new(),
             warm: Vec::new(),
+            warm_steps: Vec::new(),
         })
         .collect();
     for i in 0..runs {
@@ -54,8 +58,14 @@ pub fn run(recipes: &[(String, PathBuf)], runs: usize) -> anyhow::Result<Vec<Tim
             // Outside the timing: only the downloads survive into a cold build.
             copy_tree(&blobs, &cache.join("blobs"))?;
             let out = scratch.path().join("out");
-            let cold = build(berth, recipe, &cache, &out)?;
-            let warm = build(berth, recipe, &cache, &out)?;
+            let (cold, _) = build(berth, recipe, &cache, &out)?;
+            let (warm, steps) = build(berth, recipe, &cache, &out)?;
+            for (step, secs) in steps {
+                match times.warm_steps.iter_mut().find(|(s, _)| *s == step) {
+                    Some((_, all)) => all.push(secs),
+                    None => times.warm_steps.push((step, vec![secs])),
+                }
+            }
             eprintln!(
                 "berth-bench: build {name} {}: cold {cold:.1} s, warm {warm:.1} s",
                 i + 1
@@ -79,14 +89,19 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(berth: &Path, recipe: &Path, cache: &Path, out: &Path) -> anyhow::Result<f64> {
+/// One build: its wall time and the builder's step times.
+fn build(
+    berth: &Path,
+    recipe: &Path,
+    cache: &Path,
+    out: &Path,
+) -> anyhow::Result<(f64, Vec<(String, f64)>)> {
     let start = Instant::now();
     let output = Command::new(berth)
         .arg("build")
         .arg(recipe)
         .arg("--out")
         .arg(out)
-        .arg("--quiet")
         .env("BERTH_CACHE", cache)
         .current_dir(berth_tests::workspace_root())
         .output()?;
@@ -98,5 +113,33 @@ fn build(berth: &Path, recipe: &Path, cache: &Path, out: &Path) -> anyhow::Resul
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(secs)
+    Ok((secs, steps(&String::from_utf8_lossy(&output.stderr))))
+}
+
+/// The builder's step times from its plain (not a terminal) progress output:
+/// `    root filesystem tree: 5.3 s`.
+fn steps(stderr: &str) -> Vec<(String, f64)> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let line = line.strip_prefix("    ")?;
+            let (name, took) = line.rsplit_once(": ")?;
+            Some((name.to_string(), took.strip_suffix(" s")?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_builders_step_times() {
+        let err = "==> recipe\n    recipe: 0.0 s\n==> root filesystem tree\n    root filesystem tree: 5.3 s\nregistries: 0 requests, 0 B fetched\n    note: not a time\n";
+        assert_eq!(
+            super::steps(err),
+            vec![
+                ("recipe".to_string(), 0.0),
+                ("root filesystem tree".to_string(), 5.3)
+            ]
+        );
+    }
 }
