@@ -803,7 +803,8 @@ pub fn to_raw(image: &Path, raw: &Path) {
 }
 
 /// A static HTTP/1.0 file server on 127.0.0.1 (the guest reaches it at
-/// 10.0.2.2 through QEMU's user networking), serving the files of one folder;
+/// 10.0.2.2 through QEMU's user networking), serving the files of one folder
+/// and its subfolders;
 /// stops when dropped.
 #[derive(Debug)]
 pub struct FileServer {
@@ -868,9 +869,13 @@ fn serve_one(mut stream: TcpStream, dir: &Path) {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or("");
     let name = path.trim_start_matches('/');
-    let file = (!name.is_empty() && !name.contains(['/', '\\']) && name != "..")
-        .then(|| File::open(dir.join(name)).ok())
-        .flatten();
+    // Subfolders (an update repository's bundles/) but nothing that leaves `dir`.
+    let safe = !name.is_empty()
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    let file = safe.then(|| File::open(dir.join(name)).ok()).flatten();
     match file {
         Some(mut file) => {
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
