@@ -149,11 +149,12 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     let mut added = Vec::new();
     let mut unchanged = Vec::new();
     for bundle in &options.bundles {
-        let entry = add_bundle(bundle, &bundles_dir, &keys)?;
+        let (copy, entry) = copy_and_verify(bundle, &bundles_dir, &keys)?;
         match entries
             .iter()
             .find(|e| e.compatible == entry.compatible && e.version == entry.version)
         {
+            // The copy is dropped (removed): the listed file is the same bytes.
             Some(listed) if listed.sha256 == entry.sha256 => unchanged.push(entry),
             Some(listed) => {
                 return Err(PublishError::VersionTaken {
@@ -164,6 +165,7 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
                 })
             }
             None => {
+                persist(copy, &repo.join(&entry.path))?;
                 entries.push(entry.clone());
                 added.push(entry);
             }
@@ -183,7 +185,6 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     let signature = key.sign(&json, &channel::trusted_comment(&index));
     write_atomic(&index_path, &json)?;
     write_atomic(&signature_path, signature.as_bytes())?;
-    sync_dir(repo)?;
     Ok(Published {
         index_path,
         signature_path,
@@ -242,13 +243,13 @@ fn existing_entries(
     Ok(verified.index.bundles)
 }
 
-/// Copies one bundle into `bundles_dir` (hashing it), verifies the copy and
-/// renames it to `<sha256>.bundle`.
-fn add_bundle(
+/// Copies one bundle into a temporary file in `bundles_dir` (hashing it) and
+/// verifies the copy; [`persist`] then names it `<sha256>.bundle`.
+fn copy_and_verify(
     bundle: &Path,
     bundles_dir: &Path,
     keys: &TrustedKeys,
-) -> Result<IndexEntry, PublishError> {
+) -> Result<(tempfile::NamedTempFile, IndexEntry), PublishError> {
     let source = File::open(bundle).map_err(io_err(bundle))?;
     let mut temp = tempfile::Builder::new()
         .prefix(".berth-publish-")
@@ -257,7 +258,6 @@ fn add_bundle(
     let mut reader = Hashing::new(io::BufReader::with_capacity(1 << 20, source));
     io::copy(&mut reader, temp.as_file_mut()).map_err(io_err(bundle))?;
     let (_, sha256, size) = reader.digest();
-    temp.as_file().sync_all().map_err(io_err(temp.path()))?;
     let inspection = inspect(temp.path(), Some(keys), PayloadCheck::Stream).map_err(|e| {
         PublishError::BadBundle {
             path: bundle.to_path_buf(),
@@ -273,47 +273,44 @@ fn add_bundle(
             })
         }
     };
-    let relative = format!("{BUNDLES_DIR}/{sha256}.bundle");
-    let target = bundles_dir.join(format!("{sha256}.bundle"));
-    // A bundle is public, like the image it was made from.
-    temp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(io_err(&target))?;
-    temp.persist(&target).map_err(|e| PublishError::Io {
-        path: target.clone(),
-        source: e.error,
-    })?;
-    sync_dir(bundles_dir)?;
-    Ok(IndexEntry {
+    let entry = IndexEntry {
         name: manifest.name,
         compatible: manifest.compatible,
         version: manifest.version,
         min_version: manifest.min_version,
-        path: relative,
+        path: format!("{BUNDLES_DIR}/{sha256}.bundle"),
         size,
         sha256,
-    })
+    };
+    Ok((temp, entry))
 }
 
-/// Temporary file in the same folder, fsync, mode 0644, rename over `path`.
+/// A verified copy to its place: fsync, mode 0644 (a bundle is public, like the
+/// image it was made from), rename, fsync of the folder.
+fn persist(copy: tempfile::NamedTempFile, target: &Path) -> Result<(), PublishError> {
+    copy.as_file()
+        .sync_all()
+        .and_then(|()| {
+            copy.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+        })
+        .map_err(io_err(target))?;
+    copy.persist(target).map_err(|e| PublishError::Io {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(target.parent().unwrap_or(Path::new(".")))
+}
+
+/// Temporary file in the same folder, then [`persist`] over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".berth-publish-")
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
-    temp.write_all(bytes)
-        .and_then(|()| temp.as_file().sync_all())
-        .and_then(|()| {
-            temp.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-        })
-        .map_err(io_err(path))?;
-    temp.persist(path).map_err(|e| PublishError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    Ok(())
+    temp.write_all(bytes).map_err(io_err(path))?;
+    persist(temp, path)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PublishError> {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use berth_updater::clock::civil_from_days;
+use berth_updater::clock::utc_datetime;
 
 /// Folder of the log files.
 pub const LOG_DIR: &str = "/var/log/berth";
@@ -143,15 +143,11 @@ pub fn timestamp(time: std::time::SystemTime) -> String {
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = since.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    // Whole seconds as RFC 3339 (`…SSZ`), then the milliseconds before the `Z`.
+    let seconds = utc_datetime(since.as_secs());
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
+        "{}.{:03}Z",
+        seconds.trim_end_matches('Z'),
         since.subsec_millis()
     )
 }

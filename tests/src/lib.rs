@@ -396,6 +396,22 @@ pub fn literal(text: &str) -> Regex {
     Regex::new(&regex::escape(text)).expect("an escaped literal is a valid regex")
 }
 
+/// Types `command` into an image's debug shell (`[debug] console_shell = true`)
+/// and returns its exit code, which the shell prints after a marker the typed
+/// line itself does not contain.
+pub fn shell(vm: &mut TestVm, command: &str) -> i32 {
+    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
+        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
+    let marker = Regex::new(r"@@rc=\d+").expect("a valid regex");
+    let line = vm
+        .expect(&marker, BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    line.rsplit('=')
+        .next()
+        .and_then(|code| code.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no exit code in {line:?}"))
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0")

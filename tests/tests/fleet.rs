@@ -11,10 +11,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, literal, run_tool, write_esp_file, BootOptions,
+    binaries, boot, build_image, e2e_dir, literal, run_tool, shell, write_esp_file, BootOptions,
     FileServer, TestVm, BOOT_TIMEOUT,
 };
-use regex::Regex;
 
 const NAME: &str = "fleetdemo";
 
@@ -217,19 +216,6 @@ fn running(vm: &TestVm, version: &str, slot: &str) {
     expect(vm, "starting container web");
 }
 
-/// Types `command` into the debug shell and returns its exit code.
-fn shell(vm: &mut TestVm, command: &str) -> i32 {
-    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
-        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
-    let line = vm
-        .expect(&Regex::new(r"@@rc=\d+").expect("regex"), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
-    line.rsplit('=')
-        .next()
-        .and_then(|code| code.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no exit code in {line:?}"))
-}
-
 #[test]
 fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
     let fx = fixture();
@@ -269,7 +255,7 @@ fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
     assert_eq!(
         shell(&mut vm, "berth-update check"),
         0,
-        "check sees no update"
+        "check found no update"
     );
     let tail = vm.tail().join("\n");
     assert!(

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, esp_state, literal, run_tool, BootOptions, FileServer,
-    TestVm, BOOT_TIMEOUT,
+    binaries, boot, build_image, e2e_dir, esp_state, literal, run_tool, shell, BootOptions,
+    FileServer, TestVm, BOOT_TIMEOUT,
 };
 use berth_updater::layout::Slot;
 use regex::Regex;
@@ -261,20 +261,6 @@ fn running(vm: &TestVm, version: &str, slot: &str) {
     expect(vm, &format!("berth-init: {NAME} {version} (slot {slot})"));
     expect(vm, "debug shell on the console");
     expect(vm, "starting container web");
-}
-
-/// Types `command` into the debug shell and returns its exit code (the shell
-/// prints it after a marker the typed line itself does not contain).
-fn shell(vm: &mut TestVm, command: &str) -> i32 {
-    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
-        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
-    let line = expect_re(vm, r"@@rc=\d+");
-    let code = line
-        .rsplit('=')
-        .next()
-        .and_then(|code| code.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no exit code in {line:?}"));
-    code
 }
 
 /// Runs `berth-update status --json` in the shell and parses what it prints.
