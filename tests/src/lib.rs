@@ -396,6 +396,33 @@ pub fn literal(text: &str) -> Regex {
     Regex::new(&regex::escape(text)).expect("an escaped literal is a valid regex")
 }
 
+/// Runs the host CLI (`berth ARGS`); panics with its output when it fails.
+pub fn berth_cli(args: &[&std::ffi::OsStr]) -> String {
+    let mut command = Command::new(&binaries().berth);
+    command.args(args);
+    run_tool(&mut command)
+}
+
+/// A release key pair `BASE.pub` + `BASE.key`, generated unless it exists.
+pub fn release_key(base: &Path) {
+    if !base.with_extension("key").exists() {
+        berth_cli(&["key".as_ref(), "generate".as_ref(), base.as_os_str()]);
+    }
+}
+
+/// `berth bundle IMAGE --key KEY_BASE.key --out OUT`; returns `out`.
+pub fn make_bundle(image: &Path, key_base: &Path, out: PathBuf) -> PathBuf {
+    berth_cli(&[
+        "bundle".as_ref(),
+        image.as_os_str(),
+        "--key".as_ref(),
+        key_base.with_extension("key").as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    out
+}
+
 /// Types `command` into an image's debug shell (`[debug] console_shell = true`)
 /// and returns its exit code, which the shell prints after a marker the typed
 /// line itself does not contain.

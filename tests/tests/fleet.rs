@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, literal, run_tool, shell, write_esp_file, BootOptions,
-    FileServer, TestVm, BOOT_TIMEOUT,
+    binaries, boot, build_image, e2e_dir, literal, make_bundle, release_key, run_tool, shell,
+    write_esp_file, BootOptions, FileServer, TestVm, BOOT_TIMEOUT,
 };
 
 const NAME: &str = "fleetdemo";
@@ -38,11 +38,8 @@ fn fixture() -> &'static Fixture {
         }
         let release = keys.join("release");
         let other = keys.join("other");
-        for key in [&release, &other] {
-            if !key.with_extension("key").exists() {
-                berth(&["key", "generate"], &[key.as_os_str()]);
-            }
-        }
+        release_key(&release);
+        release_key(&other);
         let image = |version: &str| {
             let recipe = recipes.join(format!("{NAME}-{version}.toml"));
             let text = recipe_text(version, &release.with_extension("pub"));
@@ -53,23 +50,9 @@ fn fixture() -> &'static Fixture {
         };
         let v100 = image("1.0.0");
         let v110 = image("1.1.0");
-        let bundle = |image: &Path, name: &str| {
-            let out = bundles.join(name);
-            berth(
-                &["bundle"],
-                &[
-                    image.as_os_str(),
-                    "--key".as_ref(),
-                    release.with_extension("key").as_os_str(),
-                    "--out".as_ref(),
-                    out.as_os_str(),
-                ],
-            );
-            out
-        };
         Fixture {
-            bundle100: bundle(&v100, "1.0.0.bundle"),
-            bundle110: bundle(&v110, "1.1.0.bundle"),
+            bundle100: make_bundle(&v100, &release, bundles.join("1.0.0.bundle")),
+            bundle110: make_bundle(&v110, &release, bundles.join("1.1.0.bundle")),
             dir,
             release,
             other,
@@ -104,13 +87,6 @@ health = {{ http = "http://127.0.0.1:80/" }}
 "#,
         key = key.display()
     )
-}
-
-/// Runs the host CLI; panics with its output when it fails.
-fn berth(args: &[&str], more: &[&std::ffi::OsStr]) -> String {
-    let mut command = Command::new(&binaries().berth);
-    command.args(args).args(more);
-    run_tool(&mut command)
 }
 
 /// `berth publish BUNDLES --repo REPO --key KEY` with `SOURCE_DATE_EPOCH`.
