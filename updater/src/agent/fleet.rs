@@ -40,26 +40,16 @@ pub enum FleetError {
     Https(String),
     #[error("{0}: not an update repository (an http:// URL or a folder)")]
     Scheme(String),
-    #[error("fetching {url}: {source}")]
-    Fetch {
-        url: String,
-        #[source]
-        source: SourceError,
-    },
-    #[error("reading {url}: {source}")]
-    Read {
-        url: String,
-        #[source]
-        source: io::Error,
-    },
+    // These carry their cause as a plain field, not as `source`: their message
+    // already includes it, and the agent prints the whole error chain.
+    #[error("fetching {url}: {error}")]
+    Fetch { url: String, error: SourceError },
+    #[error("reading {url}: {error}")]
+    Read { url: String, error: io::Error },
     #[error("{url} is larger than the {limit} bytes allowed")]
     TooLarge { url: String, limit: u64 },
-    #[error("{url}: {source}")]
-    Index {
-        url: String,
-        #[source]
-        source: ChannelError,
-    },
+    #[error("{url}: {error}")]
+    Index { url: String, error: ChannelError },
     #[error(
         "no trusted keys in {0}: this image was built without [update] keys and accepts no update"
     )]
@@ -175,17 +165,17 @@ pub struct CheckReport {
 
 /// Reads a small repository file, refusing more than `limit` bytes.
 fn fetch_small(url: &str, limit: u64) -> Result<Vec<u8>, FleetError> {
-    let reader = source::open(url).map_err(|source| FleetError::Fetch {
+    let reader = source::open(url).map_err(|error| FleetError::Fetch {
         url: url.to_string(),
-        source,
+        error,
     })?;
     let mut bytes = Vec::new();
     reader
         .take(limit + 1)
         .read_to_end(&mut bytes)
-        .map_err(|source| FleetError::Read {
+        .map_err(|error| FleetError::Read {
             url: url.to_string(),
-            source,
+            error,
         })?;
     if bytes.len() as u64 > limit {
         return Err(FleetError::TooLarge {
@@ -217,9 +207,9 @@ fn fetch_index(
                 std::thread::sleep(std::time::Duration::from_secs(2));
             }
             other => {
-                return other.map_err(|source| FleetError::Index {
+                return other.map_err(|error| FleetError::Index {
                     url: index_url,
-                    source,
+                    error,
                 })
             }
         }
@@ -318,9 +308,9 @@ pub fn update(
         "channel {channel} offers {} {}: installing {url}",
         entry.compatible, entry.version
     ));
-    let reader = source::open(&url).map_err(|source| FleetError::Fetch {
+    let reader = source::open(&url).map_err(|error| FleetError::Fetch {
         url: url.clone(),
-        source,
+        error,
     })?;
     let reader = MatchIndex::new(reader, &entry);
     let installed = install(system, reader, &url, options, observer)?;
