@@ -207,11 +207,14 @@ fn artifact(path: &Path) -> Result<Artifact, BuildError> {
 /// The fixed timestamp of a build: `SOURCE_DATE_EPOCH`, else the recipe's
 /// `[image] epoch`, else 0.
 pub fn epoch(plan: &BuildPlan) -> u64 {
+    source_date_epoch().or(plan.epoch).unwrap_or(0)
+}
+
+/// `SOURCE_DATE_EPOCH` (unix seconds), when set to a number.
+pub fn source_date_epoch() -> Option<u64> {
     std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .or(plan.epoch)
-        .unwrap_or(0)
 }
 
 /// Everything up to the root tree: the recipe read, sources fetched and

@@ -240,14 +240,14 @@ fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
 }
 
 /// Passes bytes through and hashes them.
-struct Hashing<T> {
+pub(crate) struct Hashing<T> {
     inner: T,
     hasher: Sha256,
     count: u64,
 }
 
 impl<T> Hashing<T> {
-    fn new(inner: T) -> Hashing<T> {
+    pub(crate) fn new(inner: T) -> Hashing<T> {
         Hashing {
             inner,
             hasher: Sha256::new(),
@@ -255,7 +255,8 @@ impl<T> Hashing<T> {
         }
     }
 
-    fn digest(self) -> (T, String, u64) {
+    /// The inner reader or writer, the sha256 (hex) and the byte count.
+    pub(crate) fn digest(self) -> (T, String, u64) {
         (self.inner, hex::encode(self.hasher.finalize()), self.count)
     }
 }

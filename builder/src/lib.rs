@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lock;
 pub mod oci;
 pub mod progress;
+pub mod publish;
 pub mod recipe;
 pub mod registry;
 pub mod report;

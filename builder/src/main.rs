@@ -10,8 +10,10 @@ use berth_builder::cache::Cache;
 use berth_builder::keys::{self, Overwrite};
 use berth_builder::lock::LockMode;
 use berth_builder::progress::{Progress, Verbosity};
+use berth_builder::publish::{self, PublishOptions};
 use berth_builder::reproducible::{self, Reproducibility};
 use berth_updater::bundle::TrustedKeys;
+use berth_updater::channel::ChannelName;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -135,6 +137,29 @@ enum Command {
     },
     /// Make a signed update bundle from a built image, or inspect one.
     Bundle(BundleArgs),
+    /// Add signed bundles to a static update repository and re-sign its channel
+    /// index (REPO/CHANNEL.json and REPO/CHANNEL.json.minisig).
+    Publish {
+        /// The bundles to add (each is verified with the key's public half).
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+        /// The repository folder (created when missing); serve it with any web server.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The secret key to sign the index with (the bundles' release key).
+        #[arg(long, value_name = "SECRET")]
+        key: PathBuf,
+        /// The channel whose index is written.
+        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        channel: String,
+        /// How long devices accept the index: 30d, 12h, 90m, 3600s. Publish
+        /// again (with or without new bundles) before it runs out.
+        #[arg(long, default_value = berth_builder::publish::DEFAULT_LIFETIME)]
+        expires: String,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -599,5 +624,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle(args) => run_bundle(args),
+        Command::Publish {
+            bundles,
+            repo,
+            key,
+            channel,
+            expires,
+            quiet,
+        } => {
+            let options = PublishOptions {
+                bundles,
+                repo: repo.clone(),
+                key,
+                channel: ChannelName::new(&channel)?,
+                lifetime: publish::parse_lifetime(&expires)?,
+                now: publish::publish_time(),
+            };
+            let published = publish::publish(&options)
+                .with_context(|| format!("publishing into {}", repo.display()))?;
+            if !quiet {
+                for e in &published.added {
+                    eprintln!(
+                        "added {} {} ({}) as {}",
+                        e.compatible, e.version, e.name, e.path
+                    );
+                }
+                for e in &published.unchanged {
+                    eprintln!(
+                        "{} {} was already published as {}",
+                        e.compatible, e.version, e.path
+                    );
+                }
+                eprintln!(
+                    "wrote {} ({} bundles, expires {}) and its signature by {}",
+                    published.index_path.display(),
+                    published.index.bundles.len(),
+                    berth_updater::clock::utc_datetime(published.index.expires),
+                    published.key_id
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

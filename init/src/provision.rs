@@ -28,9 +28,10 @@ use berth_updater::image_config::StaticIpv4;
 use berth_updater::ImageConfig;
 
 /// Where the file is on the mounted ESP.
-pub const ESP_FILE: &str = "/efi/berth/provision.toml";
-/// Where the accepted settings are kept.
-pub const SAVED_FILE: &str = "/var/lib/berth/provision.toml";
+pub const ESP_FILE: &str = berth_updater::layout::PROVISION_ESP_FILE;
+/// Where the accepted settings are kept (the device agent reads the update
+/// repository from there).
+pub const SAVED_FILE: &str = berth_updater::layout::PROVISION_SAVED_FILE;
 
 /// The accepted settings (each `None`/empty when absent or invalid).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

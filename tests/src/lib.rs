@@ -419,6 +419,49 @@ pub fn expect_all(vm: &TestVm, texts: &[&str]) {
     }
 }
 
+/// Runs the host CLI (`berth ARGS`); panics with its output when it fails.
+pub fn berth_cli(args: &[&std::ffi::OsStr]) -> String {
+    let mut command = Command::new(&binaries().berth);
+    command.args(args);
+    run_tool(&mut command)
+}
+
+/// A release key pair `BASE.pub` + `BASE.key`, generated unless it exists.
+pub fn release_key(base: &Path) {
+    if !base.with_extension("key").exists() {
+        berth_cli(&["key".as_ref(), "generate".as_ref(), base.as_os_str()]);
+    }
+}
+
+/// `berth bundle IMAGE --key KEY_BASE.key --out OUT`; returns `out`.
+pub fn make_bundle(image: &Path, key_base: &Path, out: PathBuf) -> PathBuf {
+    berth_cli(&[
+        "bundle".as_ref(),
+        image.as_os_str(),
+        "--key".as_ref(),
+        key_base.with_extension("key").as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    out
+}
+
+/// Types `command` into an image's debug shell (`[debug] console_shell = true`)
+/// and returns its exit code, which the shell prints after a marker the typed
+/// line itself does not contain.
+pub fn shell(vm: &mut TestVm, command: &str) -> i32 {
+    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
+        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
+    let marker = Regex::new(r"@@rc=\d+").expect("a valid regex");
+    let line = vm
+        .expect(&marker, BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    line.rsplit('=')
+        .next()
+        .and_then(|code| code.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no exit code in {line:?}"))
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -826,7 +869,8 @@ pub fn to_raw(image: &Path, raw: &Path) {
 }
 
 /// A static HTTP/1.0 file server on 127.0.0.1 (the guest reaches it at
-/// 10.0.2.2 through QEMU's user networking), serving the files of one folder;
+/// 10.0.2.2 through QEMU's user networking), serving the files of one folder
+/// and its subfolders;
 /// stops when dropped.
 #[derive(Debug)]
 pub struct FileServer {
@@ -891,9 +935,13 @@ fn serve_one(mut stream: TcpStream, dir: &Path) {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or("");
     let name = path.trim_start_matches('/');
-    let file = (!name.is_empty() && !name.contains(['/', '\\']) && name != "..")
-        .then(|| File::open(dir.join(name)).ok())
-        .flatten();
+    // Subfolders (an update repository's bundles/) but nothing that leaves `dir`.
+    let safe = !name.is_empty()
+        && !name.contains('\\')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    let file = safe.then(|| File::open(dir.join(name)).ok()).flatten();
     match file {
         Some(mut file) => {
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);

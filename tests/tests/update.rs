@@ -17,8 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, esp_state, expect_all, literal, run_tool, BootOptions,
-    FileServer, TestVm, BOOT_TIMEOUT,
+    boot, build_image, e2e_dir, esp_state, expect_all, literal, make_bundle, release_key, run_tool,
+    shell, BootOptions, FileServer, TestVm, BOOT_TIMEOUT,
 };
 use berth_updater::layout::Slot;
 use regex::Regex;
@@ -54,11 +54,8 @@ fn fixture() -> &'static Fixture {
         }
         let release = keys.join("release");
         let other = keys.join("other");
-        for key in [&release, &other] {
-            if !key.with_extension("key").exists() {
-                berth(&["key", "generate"], &[key.as_os_str()]);
-            }
-        }
+        release_key(&release);
+        release_key(&other);
         let pubkey = release.with_extension("pub");
         let image = |version: &str, compatible: &str, healthy: bool| {
             let recipe = recipes.join(format!("{compatible}-{version}.toml"));
@@ -72,20 +69,8 @@ fn fixture() -> &'static Fixture {
         };
         let other_board = image("1.3.0", "other-board", true);
 
-        let bundle = |image: &Path, key: &Path, name: &str| {
-            let out = bundles.join(name);
-            berth(
-                &["bundle"],
-                &[
-                    image.as_os_str(),
-                    "--key".as_ref(),
-                    key.with_extension("key").as_os_str(),
-                    "--out".as_ref(),
-                    out.as_os_str(),
-                ],
-            );
-            out
-        };
+        let bundle =
+            |image: &Path, key: &Path, name: &str| make_bundle(image, key, bundles.join(name));
         bundle(&images.v110, &release, "1.1.0.bundle");
         let bad = bundle(&images.v120_bad, &release, "1.2.0.bundle");
         bundle(&images.v100, &release, "older.bundle");
@@ -197,13 +182,6 @@ fn write_if_changed(path: &Path, text: &str) {
     }
 }
 
-/// Runs the host CLI; panics with its output when it fails.
-fn berth(args: &[&str], more: &[&std::ffi::OsStr]) {
-    let mut command = Command::new(&binaries().berth);
-    command.args(args).args(more);
-    run_tool(&mut command);
-}
-
 #[derive(Debug)]
 struct Member {
     name: String,
@@ -285,20 +263,6 @@ fn running(vm: &TestVm, version: &str, slot: &str) {
     expect(vm, &format!("berth-init: {NAME} {version} (slot {slot})"));
     expect(vm, "debug shell on the console");
     expect(vm, "starting container web");
-}
-
-/// Types `command` into the debug shell and returns its exit code (the shell
-/// prints it after a marker the typed line itself does not contain).
-fn shell(vm: &mut TestVm, command: &str) -> i32 {
-    vm.send_line(&format!("{command}; echo @@rc\"\"=$?"))
-        .unwrap_or_else(|err| panic!("typing into the console: {err}"));
-    let line = expect_re(vm, r"@@rc=\d+");
-    let code = line
-        .rsplit('=')
-        .next()
-        .and_then(|code| code.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no exit code in {line:?}"));
-    code
 }
 
 /// Runs `berth-update status --json` in the shell and parses what it prints.

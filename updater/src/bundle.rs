@@ -545,6 +545,47 @@ impl TrustedKeys {
     pub fn key_ids(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.id.clone()).collect()
     }
+
+    /// Checks a minisign signature file (`signature`, pre-hashed `ED`) over the
+    /// exact bytes of `data` with one of these keys. Returns the signing key's id
+    /// and the signature's trusted comment (both covered by the signature).
+    /// The errors are [`BundleError::BadSignatureFormat`],
+    /// [`BundleError::UntrustedKey`] and [`BundleError::SignatureMismatch`].
+    pub fn verify(&self, data: &[u8], signature: &[u8]) -> Result<Verified, BundleError> {
+        let signature = parse_signature(signature)?;
+        self.verify_parsed(data, &signature)?;
+        Ok(Verified {
+            key_id: signature.key_id,
+            trusted_comment: signature.trusted_comment,
+        })
+    }
+
+    fn verify_parsed(&self, data: &[u8], signature: &ParsedSignature) -> Result<(), BundleError> {
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == signature.key_id)
+            .ok_or_else(|| BundleError::UntrustedKey {
+                key_id: signature.key_id.clone(),
+                trusted: if self.is_empty() {
+                    "no trusted keys are installed".into()
+                } else {
+                    format!("trusted: {}", self.key_ids().join(", "))
+                },
+            })?;
+        key.key
+            .verify(data, &signature.signature, false)
+            .map_err(|_| BundleError::SignatureMismatch)
+    }
+}
+
+/// What a good signature said (see [`TrustedKeys::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signing key's id (16 uppercase hex digits).
+    pub key_id: String,
+    /// The signature's trusted comment.
+    pub trusted_comment: String,
 }
 
 /// A parsed minisign signature file.
@@ -846,21 +887,7 @@ impl<R: Read> BundleReader<R> {
         let verified = match check {
             Check::Unverified => false,
             Check::Signature(keys) => {
-                let key = keys
-                    .keys
-                    .iter()
-                    .find(|k| k.id == signature.key_id)
-                    .ok_or_else(|| BundleError::UntrustedKey {
-                        key_id: signature.key_id.clone(),
-                        trusted: if keys.is_empty() {
-                            "no trusted keys are installed".into()
-                        } else {
-                            format!("trusted: {}", keys.key_ids().join(", "))
-                        },
-                    })?;
-                key.key
-                    .verify(&manifest_bytes, &signature.signature, false)
-                    .map_err(|_| BundleError::SignatureMismatch)?;
+                keys.verify_parsed(&manifest_bytes, &signature)?;
                 true
             }
         };

@@ -58,6 +58,11 @@ pub const UPDATE_AGENT_PATH: &str = "/usr/bin/berth-update";
 /// Where the outcome of the last install, boot assessment and rollback is kept
 /// (on the data partition, so it survives slot switches).
 pub const UPDATE_STATE_PATH: &str = "/var/lib/berth/update/state.toml";
+/// The per-device provisioning file on the mounted ESP (read by the init).
+pub const PROVISION_ESP_FILE: &str = "/efi/berth/provision.toml";
+/// Where the init keeps the provisioning settings it accepted (on the data
+/// partition); the device agent reads `[update] repository` from it.
+pub const PROVISION_SAVED_FILE: &str = "/var/lib/berth/provision.toml";
 /// Architecture name in bundle manifests (the Discoverable Partitions
 /// Specification's spelling).
 pub const ARCHITECTURE: &str = "x86-64";

@@ -12,6 +12,9 @@ pub mod agent;
 pub mod blockdev;
 #[cfg(feature = "bundle")]
 pub mod bundle;
+#[cfg(feature = "bundle")]
+pub mod channel;
+pub mod clock;
 pub mod entries;
 pub mod gpt;
 pub mod image_config;

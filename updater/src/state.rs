@@ -43,6 +43,35 @@ pub struct UpdateState {
     /// The last manual rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackRecord>,
+    /// The last look at the update repository (`berth-update check` or `update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckRecord>,
+}
+
+/// What the last look at the update repository found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckOutcome {
+    /// The channel offers a newer bundle for this device.
+    UpdateAvailable,
+    /// Nothing newer for this device.
+    UpToDate,
+    /// The index could not be fetched or was refused; `reason` says why.
+    Failed,
+}
+
+/// The last repository check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub repository: String,
+    pub channel: String,
+    pub outcome: CheckOutcome,
+    /// The version offered, when an update is available.
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub reason: String,
+    pub at: u64,
 }
 
 /// How an install ended.

@@ -9,8 +9,8 @@ use super::system::System;
 use crate::entries::{self, EntriesError, EspState};
 use crate::layout::Slot;
 use crate::state::{
-    now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, InstallRecord,
-    RollbackRecord, StateError, UpdateState,
+    now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, CheckRecord,
+    InstallRecord, RollbackRecord, StateError, UpdateState,
 };
 
 /// Why a status, rollback or mark-good failed.
@@ -57,6 +57,8 @@ pub struct Status {
     pub install: Option<InstallRecord>,
     pub assessment: Option<Assessment>,
     pub rollback: Option<RollbackRecord>,
+    /// The last look at the update repository.
+    pub check: Option<CheckRecord>,
 }
 
 /// Reads the ESP and the state file.
@@ -90,6 +92,7 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
         install: state.install,
         assessment: state.assessment,
         rollback: state.rollback,
+        check: state.check,
     })
 }
 
@@ -159,6 +162,21 @@ impl Status {
                 out,
                 "last rollback: from slot {} ({}) to slot {} ({})",
                 rollback.from, rollback.from_version, rollback.to, rollback.to_version
+            );
+        }
+        if let Some(check) = &self.check {
+            let _ = writeln!(
+                out,
+                "last check: {} channel {}: {:?}{}{}",
+                check.repository,
+                check.channel,
+                check.outcome,
+                if check.version.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", check.version)
+                },
+                suffix(&check.reason)
             );
         }
         out

@@ -1,5 +1,6 @@
 //! `berth-update`: the device agent. Installs signed bundles onto the inactive
-//! slot, reports both slots, rolls back, marks the booted slot good.
+//! slot (from a file, a URL or the update repository), reports both slots,
+//! rolls back, marks the booted slot good.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -7,7 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use berth_updater::agent::{self, Checkpoint, InstallOptions, Observer, System};
+use berth_updater::agent::{
+    self, CheckReport, Checkpoint, InstallOptions, Observer, System, UpdateOutcome,
+};
+use berth_updater::channel::ChannelName;
 
 /// Environment variable naming an install checkpoint at which the agent stops
 /// and waits forever, so a test can cut the power there. A fault-injection hook
@@ -55,11 +59,44 @@ enum Command {
     },
     /// Mark the booted slot good (blessed: it boots with no counting from now on).
     MarkGood,
+    /// Ask the update repository whether a newer bundle is published for this
+    /// device. Exit code: 0 an update is available, 2 up to date, 1 error.
+    Check {
+        /// The repository (http:// URL or folder); default: the provisioned one
+        /// ([update] repository in the ESP's berth/provision.toml).
+        #[arg(long, value_name = "URL")]
+        repo: Option<String>,
+        /// The channel to follow.
+        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        channel: String,
+        /// Machine-readable output (`update_available`, `version`, `bundle_url`, …).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the update repository and install the newest bundle it offers for
+    /// this device. Exit code: 0 installed or already up to date, 1 error.
+    Update {
+        /// The repository (http:// URL or folder); default: the provisioned one.
+        #[arg(long, value_name = "URL")]
+        repo: Option<String>,
+        /// The channel to follow.
+        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        channel: String,
+        /// Boot tries the new slot gets before the boot loader gives up on it.
+        #[arg(long, default_value_t = agent::install::DEFAULT_TRIES)]
+        tries: u32,
+        /// Reboot into the new slot once installed.
+        #[arg(long)]
+        reboot: bool,
+    },
 }
+
+/// `check`'s exit code when nothing newer is published.
+const UP_TO_DATE: u8 = 2;
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("berth-update: {err:#}");
             ExitCode::FAILURE
@@ -67,7 +104,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     let system = System::discover().context("describing the running system")?;
     match cli.command {
         Command::Install {
@@ -116,8 +153,69 @@ fn run(cli: Cli) -> Result<()> {
                 system.booted, system.image.version
             );
         }
+        Command::Check {
+            repo,
+            channel,
+            json,
+        } => {
+            let repo = agent::fleet::device_repository(repo.as_deref())?;
+            let channel = ChannelName::new(&channel)?;
+            let report = agent::check(&system, &repo, &channel)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_check(&report);
+            }
+            if !report.update_available {
+                return Ok(ExitCode::from(UP_TO_DATE));
+            }
+        }
+        Command::Update {
+            repo,
+            channel,
+            tries,
+            reboot,
+        } => {
+            let repo = agent::fleet::device_repository(repo.as_deref())?;
+            let channel = ChannelName::new(&channel)?;
+            let options = InstallOptions {
+                allow_downgrade: false,
+                tries,
+            };
+            let mut observer = Output::new();
+            match agent::update(&system, &repo, &channel, &options, &mut observer)? {
+                UpdateOutcome::UpToDate(report) => print_check(&report),
+                UpdateOutcome::Installed(_, installed) => {
+                    println!(
+                        "berth-update: installed {} into slot {}; it boots next ({} tries)",
+                        installed.version, installed.slot, options.tries
+                    );
+                    if reboot {
+                        request_reboot()?;
+                    }
+                }
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`'s answer for a person.
+fn print_check(report: &CheckReport) {
+    match (&report.version, &report.bundle_url) {
+        (Some(version), Some(url)) => println!(
+            "berth-update: update available: {version} (running {}) at {url}",
+            report.running
+        ),
+        _ => println!(
+            "berth-update: up to date: channel {} of {} offers nothing newer than {}",
+            report.channel, report.repository, report.running
+        ),
+    }
+    println!(
+        "berth-update: index signed by {}, generated {}, expires {}",
+        report.signed_by, report.index_generated, report.index_expires
+    );
 }
 
 /// Asks PID 1 (berth-init) for an orderly reboot: SIGINT.

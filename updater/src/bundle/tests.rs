@@ -70,11 +70,11 @@ impl Key {
         self.pair.pk.to_box().unwrap().into_string()
     }
 
-    fn trusted(&self) -> TrustedKeys {
+    pub(crate) fn trusted(&self) -> TrustedKeys {
         TrustedKeys::parse(&self.public_text()).unwrap()
     }
 
-    fn sign(&self, data: &[u8]) -> String {
+    pub(crate) fn sign(&self, data: &[u8]) -> String {
         minisign::sign(
             Some(&self.pair.pk),
             &self.pair.sk,

@@ -1,0 +1,336 @@
+//! `berth publish`: signed bundles into a static update repository, and the
+//! repository's signed, expiring channel index (format: `berth_updater::channel`).
+//!
+//! ```text
+//! REPO/bundles/<sha256>.bundle   each bundle, named by the sha256 of the file
+//! REPO/<channel>.json            the channel index
+//! REPO/<channel>.json.minisig    its minisign signature, by the release key
+//! ```
+//!
+//! Every bundle is copied into the repository first and the copy is verified
+//! (signature with the key's public half, every payload streamed and hashed), so
+//! what is listed is exactly what was checked. An existing index is kept and
+//! added to — but only after its own signature verified with the same key: berth
+//! never re-signs an index someone else changed.
+//!
+//! Write order: bundles (new names, never overwritten), then the index, then its
+//! signature, each through a temporary file, fsync and rename. A client reading
+//! in between can see a new index with the old signature (or the reverse): the
+//! signature then fails to verify, the client refuses the pair and retries, and
+//! nothing is installed from it. A publisher that stops between the two renames
+//! leaves such a pair until it is run again.
+//!
+//! The index's `generated` time is `SOURCE_DATE_EPOCH` when set, else the clock:
+//! the same bundles, key and time give the same bytes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use berth_updater::bundle::TrustedKeys;
+use berth_updater::channel::{
+    self, verify_index, ChannelError, ChannelIndex, ChannelName, Expiry, IndexEntry, BUNDLES_DIR,
+    INDEX_FORMAT,
+};
+
+use crate::bundle::{inspect, Hashing, PayloadCheck};
+use crate::keys::{KeyError, SecretKey};
+
+/// How long an index stays valid unless told otherwise.
+pub const DEFAULT_LIFETIME: &str = "30d";
+
+/// Failure publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Channel(#[from] ChannelError),
+    #[error("the secret key's public half: {0}")]
+    PublicKey(#[source] berth_updater::bundle::BundleError),
+    #[error("{path}: refused, the bundle does not verify with the key's public half: {reason}")]
+    BadBundle { path: PathBuf, reason: String },
+    #[error("{index}: the repository's index does not verify with this key ({source}); refusing to add to it and re-sign it")]
+    ExistingIndex {
+        index: PathBuf,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("{0} exists without its signature {0}.minisig: restore it, or remove the index to start the channel afresh")]
+    UnsignedIndex(PathBuf),
+    #[error("the index lists {path} ({size} bytes), but the repository has {found}")]
+    MissingBundle {
+        path: String,
+        size: u64,
+        found: String,
+    },
+    #[error("{compatible} {version} is already published as {existing} with other content than {path}: versions are immutable, bump the version")]
+    VersionTaken {
+        compatible: String,
+        version: String,
+        existing: String,
+        path: PathBuf,
+    },
+    #[error("--expires {0:?} is not a duration like 30d, 12h, 90m or 3600s")]
+    Lifetime(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `berth publish` is asked to do.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// The bundles to add.
+    pub bundles: Vec<PathBuf>,
+    /// The repository folder (created when missing).
+    pub repo: PathBuf,
+    /// The unencrypted minisign secret key (the release key).
+    pub key: PathBuf,
+    pub channel: ChannelName,
+    /// Seconds from `generated` to `expires`.
+    pub lifetime: u64,
+    /// The index's `generated` time, unix seconds (see [`publish_time`]).
+    pub now: u64,
+}
+
+/// What a publish did.
+#[derive(Debug)]
+pub struct Published {
+    pub index_path: PathBuf,
+    pub signature_path: PathBuf,
+    pub index: ChannelIndex,
+    /// Entries this run added.
+    pub added: Vec<IndexEntry>,
+    /// Bundles given that were already listed with the same content.
+    pub unchanged: Vec<IndexEntry>,
+    pub key_id: String,
+}
+
+/// The index's `generated` time: `SOURCE_DATE_EPOCH` when set, else now.
+pub fn publish_time() -> u64 {
+    crate::build::source_date_epoch().unwrap_or_else(berth_updater::state::now)
+}
+
+/// Parses an index lifetime: a whole number followed by `d`, `h`, `m` or `s`.
+pub fn parse_lifetime(text: &str) -> Result<u64, PublishError> {
+    let bad = || PublishError::Lifetime(text.to_string());
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "d" => number.checked_mul(86_400),
+        "h" => number.checked_mul(3600),
+        "m" => number.checked_mul(60),
+        "s" => Some(number),
+        _ => None,
+    };
+    seconds.filter(|s| *s > 0).ok_or_else(bad)
+}
+
+/// Adds `options.bundles` to the repository and rewrites the channel index and
+/// its signature.
+pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
+    let key = SecretKey::load(&options.key)?;
+    let keys = TrustedKeys::parse(&key.public_key_text()).map_err(PublishError::PublicKey)?;
+    let repo = &options.repo;
+    let bundles_dir = repo.join(BUNDLES_DIR);
+    fs::create_dir_all(&bundles_dir).map_err(io_err(&bundles_dir))?;
+    let index_path = repo.join(options.channel.index_file());
+    let signature_path = repo.join(options.channel.signature_file());
+
+    let mut entries = existing_entries(repo, &index_path, &signature_path, &keys, options)?;
+    let mut added = Vec::new();
+    let mut unchanged = Vec::new();
+    for bundle in &options.bundles {
+        let (copy, entry) = copy_and_verify(bundle, &bundles_dir, &keys)?;
+        match entries
+            .iter()
+            .find(|e| e.compatible == entry.compatible && e.version == entry.version)
+        {
+            // The copy is dropped (removed): the listed file is the same bytes.
+            Some(listed) if listed.sha256 == entry.sha256 => unchanged.push(entry),
+            Some(listed) => {
+                return Err(PublishError::VersionTaken {
+                    compatible: entry.compatible,
+                    version: entry.version,
+                    existing: listed.path.clone(),
+                    path: bundle.clone(),
+                })
+            }
+            None => {
+                persist(copy, &repo.join(&entry.path))?;
+                entries.push(entry.clone());
+                added.push(entry);
+            }
+        }
+    }
+
+    let mut index = ChannelIndex {
+        format: INDEX_FORMAT,
+        channel: options.channel.to_string(),
+        generated: options.now,
+        expires: options.now.saturating_add(options.lifetime),
+        bundles: entries,
+    };
+    index.sort();
+    index.validate()?;
+    let json = index.to_json();
+    let signature = key.sign(&json, &channel::trusted_comment(&index));
+    write_atomic(&index_path, &json)?;
+    write_atomic(&signature_path, signature.as_bytes())?;
+    Ok(Published {
+        index_path,
+        signature_path,
+        index,
+        added,
+        unchanged,
+        key_id: key.key_id(),
+    })
+}
+
+/// The entries of the repository's current index, after checking its
+/// signature with the publishing key and that each listed bundle is there.
+fn existing_entries(
+    repo: &Path,
+    index_path: &Path,
+    signature_path: &Path,
+    keys: &TrustedKeys,
+    options: &PublishOptions,
+) -> Result<Vec<IndexEntry>, PublishError> {
+    let index = match fs::read(index_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(index_path)(e)),
+    };
+    let signature = match fs::read(signature_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(PublishError::UnsignedIndex(index_path.to_path_buf()))
+        }
+        Err(e) => return Err(io_err(signature_path)(e)),
+    };
+    let verified = verify_index(
+        &index,
+        &signature,
+        keys,
+        &options.channel,
+        Expiry::IgnoreForRepublishing,
+    )
+    .map_err(|source| PublishError::ExistingIndex {
+        index: index_path.to_path_buf(),
+        source,
+    })?;
+    for entry in &verified.index.bundles {
+        let path = repo.join(&entry.path);
+        let found = match fs::metadata(&path) {
+            Ok(m) if m.len() == entry.size => continue,
+            Ok(m) => format!("{} bytes there", m.len()),
+            Err(e) => e.to_string(),
+        };
+        return Err(PublishError::MissingBundle {
+            path: entry.path.clone(),
+            size: entry.size,
+            found,
+        });
+    }
+    Ok(verified.index.bundles)
+}
+
+/// Copies one bundle into a temporary file in `bundles_dir` (hashing it) and
+/// verifies the copy; [`persist`] then names it `<sha256>.bundle`.
+fn copy_and_verify(
+    bundle: &Path,
+    bundles_dir: &Path,
+    keys: &TrustedKeys,
+) -> Result<(tempfile::NamedTempFile, IndexEntry), PublishError> {
+    let source = File::open(bundle).map_err(io_err(bundle))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".berth-publish-")
+        .tempfile_in(bundles_dir)
+        .map_err(io_err(bundles_dir))?;
+    let mut reader = Hashing::new(io::BufReader::with_capacity(1 << 20, source));
+    io::copy(&mut reader, temp.as_file_mut()).map_err(io_err(bundle))?;
+    let (_, sha256, size) = reader.digest();
+    let inspection = inspect(temp.path(), Some(keys), PayloadCheck::Stream).map_err(|e| {
+        PublishError::BadBundle {
+            path: bundle.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    let manifest = match (inspection.error, inspection.manifest) {
+        (None, Some(manifest)) => manifest,
+        (error, _) => {
+            return Err(PublishError::BadBundle {
+                path: bundle.to_path_buf(),
+                reason: error.unwrap_or_else(|| "no manifest".into()),
+            })
+        }
+    };
+    let entry = IndexEntry {
+        name: manifest.name,
+        compatible: manifest.compatible,
+        version: manifest.version,
+        min_version: manifest.min_version,
+        path: format!("{BUNDLES_DIR}/{sha256}.bundle"),
+        size,
+        sha256,
+    };
+    Ok((temp, entry))
+}
+
+/// A verified copy to its place: fsync, mode 0644 (a bundle is public, like the
+/// image it was made from), rename, fsync of the folder.
+fn persist(copy: tempfile::NamedTempFile, target: &Path) -> Result<(), PublishError> {
+    copy.as_file()
+        .sync_all()
+        .and_then(|()| {
+            copy.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+        })
+        .map_err(io_err(target))?;
+    copy.persist(target).map_err(|e| PublishError::Io {
+        path: target.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(target.parent().unwrap_or(Path::new(".")))
+}
+
+/// Temporary file in the same folder, then [`persist`] over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".berth-publish-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    temp.write_all(bytes).map_err(io_err(path))?;
+    persist(temp, path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PublishError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_lifetime("12h").unwrap(), 12 * 3600);
+        assert_eq!(parse_lifetime("90m").unwrap(), 5400);
+        assert_eq!(parse_lifetime("3600s").unwrap(), 3600);
+        for bad in ["", "d", "0d", "30", "1w", "-1d", "1.5d"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad:?}");
+        }
+    }
+}

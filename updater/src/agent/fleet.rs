@@ -1,0 +1,483 @@
+//! `berth-update check` and `berth-update update`: the device's side of the
+//! update repository (see [`crate::channel`]).
+//!
+//! The repository is `--repo` when given, else `[update] repository` from the
+//! provisioning settings the init kept on the data partition
+//! ([`PROVISION_SAVED_FILE`]). `check` fetches the channel's signature and index,
+//! verifies them against the image's trust anchors (signature, channel, expiry)
+//! and picks the newest bundle for this device; `update` then installs it through
+//! the ordinary install path, which verifies the bundle's own signature and
+//! refuses downgrades again. While the bundle streams in, its size and sha256
+//! are compared with the index's, and a mismatch stops the install before its
+//! commit point.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::install::{install, InstallError, InstallOptions, Installed, Observer};
+use super::source::{self, SourceError};
+use super::system::System;
+use crate::bundle::{BundleError, TrustedKeys};
+use crate::channel::{
+    self, verify_index, ChannelError, ChannelName, Expiry, IndexEntry, Running, VerifiedIndex,
+    MAX_INDEX_SIGNATURE_SIZE, MAX_INDEX_SIZE,
+};
+use crate::clock::utc_datetime;
+use crate::layout::PROVISION_SAVED_FILE;
+use crate::state::{now, CheckOutcome, CheckRecord, StateError, UpdateState};
+
+/// Why a check or update did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("no update repository: pass --repo http://HOST/PATH, or provision one ([update] repository in the ESP's berth/provision.toml, kept by the init in {0})")]
+    NoRepository(PathBuf),
+    #[error("{path}: {message}")]
+    Provision { path: PathBuf, message: String },
+    #[error("{0}: https:// repositories are not supported yet (berth-update is a static binary without TLS); serve the repository over http:// — the index and the bundles are signed, so the transport need not be trusted")]
+    Https(String),
+    #[error("{0}: not an update repository (an http:// URL or a folder)")]
+    Scheme(String),
+    // These carry their cause as a plain field, not as `source`: their message
+    // already includes it, and the agent prints the whole error chain.
+    #[error("fetching {url}: {error}")]
+    Fetch { url: String, error: SourceError },
+    #[error("reading {url}: {error}")]
+    Read { url: String, error: io::Error },
+    #[error("{url} is larger than the {limit} bytes allowed")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: {error}")]
+    Index { url: String, error: ChannelError },
+    #[error(
+        "no trusted keys in {0}: this image was built without [update] keys and accepts no update"
+    )]
+    NoKeys(PathBuf),
+    #[error("{0}")]
+    Keys(#[from] BundleError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Install(#[from] InstallError),
+}
+
+/// Where the repository is: a base URL (`http://…`, no trailing slash) or a
+/// folder (a repository copied onto the device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository(String);
+
+impl Repository {
+    /// Checks a repository location: `http://…` or a path. `https://` is refused
+    /// with the reason.
+    pub fn parse(text: &str) -> Result<Repository, FleetError> {
+        let text = text.trim();
+        if text.starts_with("https://") {
+            return Err(FleetError::Https(text.to_string()));
+        }
+        if text.is_empty() || (text.contains("://") && !text.starts_with("http://")) {
+            return Err(FleetError::Scheme(text.to_string()));
+        }
+        Ok(Repository(text.trim_end_matches('/').to_string()))
+    }
+
+    /// The location of a file of the repository.
+    pub fn file(&self, relative: &str) -> String {
+        channel::join(&self.0, relative)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The part of the kept provisioning file the agent reads.
+#[derive(Debug, Default, Deserialize)]
+struct Provisioned {
+    #[serde(default)]
+    update: ProvisionedUpdate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ProvisionedUpdate {
+    repository: Option<String>,
+}
+
+/// `[update] repository` of the provisioning file the init kept, if any.
+pub fn provisioned_repository(saved: &Path) -> Result<Option<String>, FleetError> {
+    let text = match std::fs::read_to_string(saved) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(FleetError::Provision {
+                path: saved.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    let parsed: Provisioned = toml::from_str(&text).map_err(|e| FleetError::Provision {
+        path: saved.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    Ok(parsed.update.repository)
+}
+
+/// The repository to use: `given` (`--repo`), else the provisioned one from
+/// `saved` (normally [`PROVISION_SAVED_FILE`]).
+pub fn resolve_repository(given: Option<&str>, saved: &Path) -> Result<Repository, FleetError> {
+    match given {
+        Some(text) => Repository::parse(text),
+        None => match provisioned_repository(saved)? {
+            Some(text) => Repository::parse(&text),
+            None => Err(FleetError::NoRepository(saved.to_path_buf())),
+        },
+    }
+}
+
+/// [`resolve_repository`] with the init's kept provisioning file.
+pub fn device_repository(given: Option<&str>) -> Result<Repository, FleetError> {
+    resolve_repository(given, Path::new(PROVISION_SAVED_FILE))
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// A newer bundle for this device is listed.
+    pub update_available: bool,
+    pub repository: String,
+    pub channel: String,
+    /// The running version.
+    pub running: String,
+    /// The version offered.
+    pub version: Option<String>,
+    /// Where the offered bundle is.
+    pub bundle_url: Option<String>,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    /// The index's times, RFC 3339 UTC.
+    pub index_generated: String,
+    pub index_expires: String,
+    /// Key id of the index's signature.
+    pub signed_by: String,
+    #[serde(skip)]
+    entry: Option<IndexEntry>,
+}
+
+/// Reads a small repository file, refusing more than `limit` bytes.
+fn fetch_small(url: &str, limit: u64) -> Result<Vec<u8>, FleetError> {
+    let reader = source::open(url).map_err(|error| FleetError::Fetch {
+        url: url.to_string(),
+        error,
+    })?;
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| FleetError::Read {
+            url: url.to_string(),
+            error,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(FleetError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Fetches and verifies the channel's index. The signature is fetched first;
+/// when the pair does not match (the repository may have been republished in
+/// between) both are fetched once more before giving up.
+fn fetch_index(
+    repo: &Repository,
+    channel: &ChannelName,
+    keys: &TrustedKeys,
+    now: u64,
+) -> Result<VerifiedIndex, FleetError> {
+    let index_url = repo.file(&channel.index_file());
+    let signature_url = repo.file(&channel.signature_file());
+    let mut retried = false;
+    loop {
+        let signature = fetch_small(&signature_url, MAX_INDEX_SIGNATURE_SIZE)?;
+        let index = fetch_small(&index_url, MAX_INDEX_SIZE)?;
+        match verify_index(&index, &signature, keys, channel, Expiry::Enforce { now }) {
+            Err(ChannelError::SignatureMismatch) if !retried => {
+                retried = true;
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            other => {
+                return other.map_err(|error| FleetError::Index {
+                    url: index_url,
+                    error,
+                })
+            }
+        }
+    }
+}
+
+/// Looks at the repository: the newest bundle for this device, if any. Records
+/// the outcome in the state file.
+pub fn check(
+    system: &System,
+    repo: &Repository,
+    channel: &ChannelName,
+) -> Result<CheckReport, FleetError> {
+    let result = check_unrecorded(system, repo, channel, now());
+    let (outcome, version, reason) = match &result {
+        Ok(r) if r.update_available => (
+            CheckOutcome::UpdateAvailable,
+            r.version.clone().unwrap_or_default(),
+            String::new(),
+        ),
+        Ok(_) => (CheckOutcome::UpToDate, String::new(), String::new()),
+        Err(e) => (CheckOutcome::Failed, String::new(), e.to_string()),
+    };
+    let recorded = UpdateState::update(&system.state_path, |state| {
+        state.check = Some(CheckRecord {
+            repository: repo.as_str().to_string(),
+            channel: channel.to_string(),
+            outcome,
+            version,
+            reason,
+            at: now(),
+        })
+    });
+    let report = result?;
+    recorded?;
+    Ok(report)
+}
+
+fn check_unrecorded(
+    system: &System,
+    repo: &Repository,
+    channel: &ChannelName,
+    now: u64,
+) -> Result<CheckReport, FleetError> {
+    let keys = TrustedKeys::load_dir(&system.keys_dir)?;
+    if keys.is_empty() {
+        return Err(FleetError::NoKeys(system.keys_dir.clone()));
+    }
+    let verified = fetch_index(repo, channel, &keys, now)?;
+    let entry = verified
+        .index
+        .pick(Running {
+            compatible: &system.image.compatible,
+            version: &system.image.version,
+        })
+        .cloned();
+    Ok(CheckReport {
+        update_available: entry.is_some(),
+        repository: repo.as_str().to_string(),
+        channel: channel.to_string(),
+        running: system.image.version.clone(),
+        version: entry.as_ref().map(|e| e.version.clone()),
+        bundle_url: entry.as_ref().map(|e| repo.file(&e.path)),
+        size: entry.as_ref().map(|e| e.size),
+        sha256: entry.as_ref().map(|e| e.sha256.clone()),
+        index_generated: utc_datetime(verified.index.generated),
+        index_expires: utc_datetime(verified.index.expires),
+        signed_by: verified.signature.key_id,
+        entry,
+    })
+}
+
+/// What `update` did.
+#[derive(Debug)]
+pub enum UpdateOutcome {
+    /// Nothing newer in the channel.
+    UpToDate(CheckReport),
+    /// The picked bundle is installed and boots next.
+    Installed(CheckReport, Installed),
+}
+
+/// Checks, then installs the picked bundle (streamed; its size and sha256 are
+/// checked against the index on the way).
+pub fn update(
+    system: &System,
+    repo: &Repository,
+    channel: &ChannelName,
+    options: &InstallOptions,
+    observer: &mut dyn Observer,
+) -> Result<UpdateOutcome, FleetError> {
+    let report = check(system, repo, channel)?;
+    let (Some(entry), Some(url)) = (report.entry.clone(), report.bundle_url.clone()) else {
+        return Ok(UpdateOutcome::UpToDate(report));
+    };
+    observer.step(&format!(
+        "channel {channel} offers {} {}: installing {url}",
+        entry.compatible, entry.version
+    ));
+    let reader = source::open(&url).map_err(|error| FleetError::Fetch {
+        url: url.clone(),
+        error,
+    })?;
+    let reader = MatchIndex::new(reader, &entry);
+    let installed = install(system, reader, &url, options, observer)?;
+    Ok(UpdateOutcome::Installed(report, installed))
+}
+
+/// Passes a bundle through, and fails the read that reaches its end (or passes
+/// its size) when it is not the file the index lists. The bundle reader reads to
+/// the end of the archive before the install's commit point, so a mismatch stops
+/// the install with the target slot still unbootable.
+struct MatchIndex<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+    size: u64,
+    sha256: String,
+}
+
+impl<R: Read> MatchIndex<R> {
+    fn new(inner: R, entry: &IndexEntry) -> MatchIndex<R> {
+        MatchIndex {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            size: entry.size,
+            sha256: entry.sha256.clone(),
+        }
+    }
+
+    fn mismatch(message: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+impl<R: Read> Read for MatchIndex<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            if self.read != self.size {
+                return Err(Self::mismatch(format!(
+                    "the bundle ends after {} bytes, the channel index lists {}",
+                    self.read, self.size
+                )));
+            }
+            let actual = hex::encode(self.hasher.clone().finalize());
+            if actual != self.sha256 {
+                return Err(Self::mismatch(format!(
+                    "the bundle's sha256 is {actual}, the channel index lists {}",
+                    self.sha256
+                )));
+            }
+            return Ok(0);
+        }
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(Self::mismatch(format!(
+                "the bundle is longer than the {} bytes the channel index lists",
+                self.size
+            )));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repositories_are_http_or_folders() {
+        assert_eq!(
+            Repository::parse("http://10.0.2.2:8080/repo/")
+                .unwrap()
+                .file("stable.json"),
+            "http://10.0.2.2:8080/repo/stable.json"
+        );
+        assert_eq!(
+            Repository::parse("/var/tmp/repo")
+                .unwrap()
+                .file("stable.json"),
+            "/var/tmp/repo/stable.json"
+        );
+        let err = Repository::parse("https://updates.example/edge").unwrap_err();
+        assert!(matches!(err, FleetError::Https(_)), "{err}");
+        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(matches!(
+            Repository::parse("ftp://x/y").unwrap_err(),
+            FleetError::Scheme(_)
+        ));
+    }
+
+    #[test]
+    fn the_repository_comes_from_the_flag_else_the_kept_provisioning() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("provision.toml");
+        let err = resolve_repository(None, &saved).unwrap_err();
+        assert!(matches!(err, FleetError::NoRepository(_)), "{err}");
+        assert!(err.to_string().contains("--repo"), "{err}");
+        // What the init writes.
+        std::fs::write(
+            &saved,
+            "# applied by berth-init\nhostname = \"edge-1\"\n[update]\nrepository = \"http://10.0.2.2:81/repo\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_repository(None, &saved).unwrap().as_str(),
+            "http://10.0.2.2:81/repo"
+        );
+        assert_eq!(
+            resolve_repository(Some("http://other/r"), &saved)
+                .unwrap()
+                .as_str(),
+            "http://other/r"
+        );
+        std::fs::write(
+            &saved,
+            "[update]\nrepository = \"https://updates.example/edge\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            resolve_repository(None, &saved).unwrap_err(),
+            FleetError::Https(_)
+        ));
+        std::fs::write(&saved, "hostname = \"edge-1\"\n").unwrap();
+        assert!(matches!(
+            resolve_repository(None, &saved).unwrap_err(),
+            FleetError::NoRepository(_)
+        ));
+    }
+
+    fn entry_for(bytes: &[u8]) -> IndexEntry {
+        IndexEntry {
+            name: "hello".into(),
+            compatible: "hello".into(),
+            version: "1.1.0".into(),
+            min_version: None,
+            path: "bundles/x.bundle".into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        }
+    }
+
+    #[test]
+    fn a_bundle_must_be_the_file_the_index_lists() {
+        let data = vec![7u8; 5000];
+        let entry = entry_for(&data);
+        let mut out = Vec::new();
+        MatchIndex::new(data.as_slice(), &entry)
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+
+        let mut changed = data.clone();
+        changed[100] ^= 1;
+        let err = MatchIndex::new(changed.as_slice(), &entry)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("sha256"), "{err}");
+        let err = MatchIndex::new(&data[..4000], &entry)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("ends after 4000 bytes"), "{err}");
+        let longer = [data.as_slice(), b"x"].concat();
+        let err = MatchIndex::new(longer.as_slice(), &entry)
+            .read_to_end(&mut Vec::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+}
