@@ -266,6 +266,10 @@ fn running(vm: &TestVm, version: &str, slot: &str) {
 }
 
 /// Runs `berth-update status --json` in the shell and parses what it prints.
+///
+/// The console is shared: the init's and the containers' log lines (`[store] …`,
+/// `berth-init: …`) can land between the JSON's lines. Pretty JSON lines start
+/// with a brace or an indent, log lines never do, so only those are kept.
 fn status(vm: &mut TestVm) -> serde_json::Value {
     vm.send_line("echo @@json\"\"-begin; berth-update status --json; echo @@json\"\"-end")
         .unwrap_or_else(|err| panic!("typing into the console: {err}"));
@@ -278,6 +282,9 @@ fn status(vm: &mut TestVm) -> serde_json::Value {
             .unwrap_or_else(|err| panic!("{err}"));
         if line.trim() == "@@json-end" {
             break;
+        }
+        if !line.starts_with(['{', '}', ' ']) {
+            continue;
         }
         text.push_str(&line);
         text.push('\n');
