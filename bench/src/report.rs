@@ -212,7 +212,7 @@ impl Results {
                 .collect();
             let _ = writeln!(
                 s,
-                "- **Rebuild with nothing changed ≤ {GOAL_WARM_BUILD} s.** A second build of the same recipe does everything the first did except downloading: berth keeps downloaded packages and image layers, not built results. The builder's own step times for a rebuild of {} (medians): {}. What would close it: a build key over everything that goes into the image (recipe, lock file, package and layer digests, kernel, the init and update agent binaries, the builder's version), with `berth build` keeping the image when the key is unchanged, as make or mkosi's incremental mode do; below that, caching the unpacked package trees and the initramfs by their inputs, and hashing only the disk's written extents for the report.",
+                "- **Rebuild with nothing changed ≤ {GOAL_WARM_BUILD} s.** A second build of the same recipe keeps the downloads, apt's package cache and the compressed initramfs, but still unpacks every package and layer, writes the squashfs and the disk, and hashes the whole disk (holes included) for the report. The builder's own step times for a rebuild of {} (medians): {}. What would close it: a build key over everything that goes into the image (recipe, lock file, package and layer digests, kernel, the init and update agent binaries, the builder's version), with `berth build` keeping the image when the key is unchanged, as make or mkosi's incremental mode do; below that, caching the unpacked trees by their inputs.",
                 t.name,
                 steps.join(", ")
             );

@@ -63,13 +63,13 @@ pub struct Fetched {
 
 /// Looks up the candidate versions of `names`. Names apt does not know are absent
 /// from the answer.
-pub fn show(names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
+pub fn show(cache: &Cache, names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
     let mut out = BTreeMap::new();
     if names.is_empty() {
         return Ok(out);
     }
     // apt-cache exits 100 when any name is unknown but still prints the others.
-    let text = apt_cache(&["show", "--no-all-versions", "-q=2"], names)?;
+    let text = apt_cache(cache, &["show", "--no-all-versions", "-q=2"], names)?;
     for stanza in text.split("\n\n") {
         let fields = parse_stanza(stanza);
         let Some(name) = fields.get("Package") else {
@@ -100,10 +100,34 @@ pub fn show(names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
     Ok(out)
 }
 
+/// apt's binary package cache, kept in berth's cache folder.
+///
+/// apt-cache rebuilds its package cache from the package lists unless it can keep
+/// one: a second or so each call, and a build makes several. Container images
+/// (Debian's own among them, so most CI runners) switch the system-wide cache off,
+/// so berth names its own; apt checks it against the lists and rebuilds it after an
+/// `apt-get update`, and writes it by atomic rename, so builds can share it.
+fn pkgcache_options(cache: &Cache) -> [String; 4] {
+    let dir = cache.root().join("apt");
+    [
+        "-o".to_string(),
+        format!(
+            "Dir::Cache::pkgcache={}",
+            dir.join("pkgcache.bin").display()
+        ),
+        "-o".to_string(),
+        format!(
+            "Dir::Cache::srcpkgcache={}",
+            dir.join("srcpkgcache.bin").display()
+        ),
+    ]
+}
+
 /// Runs `apt-cache` in the C locale and returns its standard output (its exit
 /// status is not an error: it fails for unknown names but still answers the rest).
-fn apt_cache(args: &[&str], names: &[String]) -> Result<String, AptError> {
+fn apt_cache(cache: &Cache, args: &[&str], names: &[String]) -> Result<String, AptError> {
     let output = Command::new("apt-cache")
+        .args(pkgcache_options(cache))
         .args(args)
         .args(names)
         .env("LC_ALL", "C")
@@ -159,9 +183,13 @@ pub fn parse_depends(value: &str) -> Vec<Vec<String>> {
 
 /// Resolves `roots` and, if `with_depends`, everything they depend on, recursively.
 /// Returns packages sorted by name.
-pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, AptError> {
+pub fn resolve(
+    cache: &Cache,
+    roots: &[String],
+    with_depends: bool,
+) -> Result<Vec<Package>, AptError> {
     let mut found: BTreeMap<String, Package> = BTreeMap::new();
-    let known = show(roots)?;
+    let known = show(cache, roots)?;
     for root in roots {
         if !known.contains_key(root) {
             return Err(AptError::Unknown { name: root.clone() });
@@ -186,7 +214,7 @@ pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, Apt
             .filter(|n| !asked.contains(*n) && !found.contains_key(*n))
             .cloned()
             .collect();
-        let answers = show(&wanted)?;
+        let answers = show(cache, &wanted)?;
         asked.extend(wanted);
         for group in depends {
             if group.iter().any(|n| found.contains_key(n)) {
@@ -200,7 +228,7 @@ pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, Apt
                     if group.iter().any(|n| queue.iter().any(|q| &q.name == n)) {
                         continue;
                     }
-                    let provided = show_provider(&group)?;
+                    let provided = show_provider(cache, &group)?;
                     match provided {
                         Some(p) => queue.push_back(p),
                         None => {
@@ -218,9 +246,9 @@ pub fn resolve(roots: &[String], with_depends: bool) -> Result<Vec<Package>, Apt
 }
 
 /// For a virtual package, the first real package apt lists as providing it.
-fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
+fn show_provider(cache: &Cache, group: &[String]) -> Result<Option<Package>, AptError> {
     for name in group {
-        let text = apt_cache(&["showpkg"], std::slice::from_ref(name))?;
+        let text = apt_cache(cache, &["showpkg"], std::slice::from_ref(name))?;
         let providers = text
             .split("Reverse Provides:")
             .nth(1)
@@ -228,7 +256,7 @@ fn show_provider(group: &[String]) -> Result<Option<Package>, AptError> {
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect::<Vec<_>>();
-        if let Some(p) = show(&providers)?.into_values().next() {
+        if let Some(p) = show(cache, &providers)?.into_values().next() {
             return Ok(Some(p));
         }
     }
@@ -262,6 +290,7 @@ pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
     }
     let dir = cache.tempdir()?;
     let output = Command::new("apt-get")
+        .args(pkgcache_options(cache))
         .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
         .arg(format!("{}={}", package.name, package.version))
         .current_dir(dir.path())
@@ -304,6 +333,29 @@ pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_keeps_its_package_cache_in_berths_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let pkgcache = dir.path().join("apt/pkgcache.bin");
+        let names = [
+            "busybox-static".to_string(),
+            "no-such-package-x".to_string(),
+        ];
+        let first = show(&cache, &names).unwrap();
+        assert!(
+            pkgcache.is_file(),
+            "apt-cache wrote no {}",
+            pkgcache.display()
+        );
+        let built = pkgcache.metadata().unwrap().modified().unwrap();
+        // The second call reads the cache apt built, and answers the same.
+        assert_eq!(show(&cache, &names).unwrap(), first);
+        assert_eq!(pkgcache.metadata().unwrap().modified().unwrap(), built);
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["busybox-static"]);
+        assert_eq!(first["busybox-static"].sha256.len(), 64);
+    }
 
     #[test]
     fn depends_are_split_into_alternatives() {

@@ -82,6 +82,10 @@ pub struct BuildOptions {
     pub update_agent: Option<PathBuf>,
     /// How the recipe's lock file is used.
     pub lock_mode: LockMode,
+    /// Make every built part anew, taking nothing built from the cache (downloads
+    /// still come from it): `--check-reproducible` sets it, so both of its builds
+    /// really compress their own initramfs.
+    pub fresh: bool,
 }
 
 /// A static binary of berth's that goes into every image.
@@ -235,6 +239,7 @@ struct Prepared {
     lock_written: bool,
     lock_changes: String,
     fetched: Fetched,
+    cache: Cache,
     _cache: crate::cache::CacheLock,
 }
 
@@ -369,6 +374,7 @@ fn prepare(
         lock_written,
         lock_changes,
         fetched,
+        cache,
         _cache: cache_lock,
     })
 }
@@ -404,6 +410,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         lock_path,
         lock_written,
         fetched,
+        cache,
         _cache,
         ..
     } = prepare(options, progress, &options.out_dir)?;
@@ -414,7 +421,12 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     progress.step("initramfs");
     let initramfs_tree = rootfs::initramfs_tree(&plan, &kernel, &staging, &init)?;
     let initramfs_path = work.path().join("initramfs.img");
-    initramfs::write(&initramfs_tree, &initramfs_path, mtime)?;
+    initramfs::write(
+        &initramfs_tree,
+        &initramfs_path,
+        mtime,
+        (!options.fresh).then_some(&cache),
+    )?;
 
     progress.step("squashfs root");
     // The slot's content: the squashfs, then (with verity) its hash tree.

@@ -8,6 +8,9 @@
 //! then finds the blob in the cache). Interrupted downloads stay in
 //! `<root>/partial/<hex>` and are resumed. `<root>/notes/<hex>` says what a blob
 //! is, for `berth cache ls`; a blob's mtime is when a build last used it.
+//! `<root>/extracted` holds what was derived from blobs or built once (kernel
+//! packages unpacked, compressed initramfs images), `<root>/apt` apt's own
+//! binary package cache.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -86,6 +89,7 @@ impl Cache {
             "partial",
             "locks",
             "notes",
+            "apt",
         ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -242,6 +246,28 @@ impl Cache {
             pruned.blobs += 1;
             pruned.bytes += entry.size;
         }
+        // Compressed initramfs images are keyed by their content, not by a blob:
+        // they go by the time a build last used them (the mtime of the file).
+        let extracted = self.root.join("extracted");
+        for entry in fs::read_dir(&extracted)
+            .map_err(io_err(&extracted))?
+            .flatten()
+        {
+            let name = entry.file_name();
+            if !name
+                .to_string_lossy()
+                .starts_with(crate::initramfs::CACHE_PREFIX)
+            {
+                continue;
+            }
+            let used = fs::metadata(entry.path().join("initramfs.img"))
+                .and_then(|m| m.modified())
+                .ok();
+            if cutoff.is_some_and(|c| used.is_some_and(|u| u >= c)) {
+                continue;
+            }
+            let _ = fs::remove_dir_all(entry.path());
+        }
         for sub in ["partial", "tmp", "locks"] {
             let dir = self.root.join(sub);
             for entry in fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
@@ -320,21 +346,74 @@ impl Cache {
         }
         Ok(target)
     }
+
+    /// Removes a folder of derived data (found damaged), so `derived` fills it anew.
+    pub fn remove_derived(&self, key: &str) -> Result<(), CacheError> {
+        let target = self.root.join("extracted").join(key);
+        match fs::remove_dir_all(&target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&target)(e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// sha256 of a file, lowercase hex.
+///
+/// Holes of a sparse file (a disk image is mostly holes) are hashed as the zeros
+/// they read as, without reading them: the first read of a hole makes the kernel
+/// allocate and clear page-cache pages, which cost more than the hashing itself.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use rustix::fs::SeekFrom as Seek;
     let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
+    let mut pos = 0u64;
+    while pos < len {
+        // Where the next data is: ENXIO means none (holes to the end); a
+        // filesystem without SEEK_DATA answers with an error, and everything is
+        // read as data.
+        let data = match rustix::fs::seek(&file, Seek::Data(pos)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len,
+            Err(_) => pos,
+        };
+        hash_zeros(&mut hasher, data - pos);
+        if data == len {
             break;
         }
-        hasher.update(&buf[..n]);
+        let hole = rustix::fs::seek(&file, Seek::Hole(data))
+            .map_or(len, |h| h.min(len))
+            .max(data + 1);
+        io::Seek::seek(&mut file, io::SeekFrom::Start(data))?;
+        let mut left = hole - data;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was hashed",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        pos = hole;
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Feeds `count` zero bytes to `hasher`.
+fn hash_zeros(hasher: &mut Sha256, mut count: u64) {
+    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+    while count > 0 {
+        let n = ZEROS
+            .len()
+            .min(usize::try_from(count).unwrap_or(usize::MAX));
+        hasher.update(&ZEROS[..n]);
+        count -= n as u64;
+    }
 }
 
 /// sha256 of bytes, lowercase hex.
@@ -384,6 +463,41 @@ impl<W: Write> Write for HashingWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_files_hash_like_sha256sum() {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // Holes at the start, between data and at the end, data not on a block
+        // boundary, and a file of only a hole.
+        let sparse = dir.path().join("sparse");
+        let f = File::create(&sparse).unwrap();
+        f.write_all_at(b"first data", 3 << 20).unwrap();
+        f.write_all_at(&[7u8; 100_000], (5 << 20) + 123).unwrap();
+        f.set_len(9 << 20).unwrap();
+        let hole = dir.path().join("hole");
+        File::create(&hole).unwrap().set_len(1 << 20).unwrap();
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        for path in [&sparse, &hole, &empty] {
+            let out = std::process::Command::new("sha256sum")
+                .arg(path)
+                .output()
+                .unwrap();
+            let expected = String::from_utf8(out.stdout).unwrap();
+            let expected = expected.split_whitespace().next().unwrap();
+            assert_eq!(sha256_file(path).unwrap(), expected, "{}", path.display());
+        }
+        assert!(
+            sparse.metadata().unwrap().len() > 9 * sparse_allocated(&sparse),
+            "the test file should be sparse"
+        );
+    }
+
+    fn sparse_allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        path.metadata().unwrap().blocks() * 512
+    }
 
     #[test]
     fn insert_checks_digest_and_get_detects_corruption() {

@@ -91,7 +91,7 @@ pub fn from_package(
     name: &str,
     pins: &crate::lock::Pins,
 ) -> Result<Kernel, KernelError> {
-    let mut package = apt::resolve(&[name.to_string()], false)?
+    let mut package = apt::resolve(cache, &[name.to_string()], false)?
         .pop()
         .ok_or_else(|| AptError::Unknown {
             name: name.to_string(),
@@ -106,7 +106,7 @@ pub fn from_package(
             .ok_or_else(|| KernelError::NotKernel {
                 package: name.to_string(),
             })?;
-        package = apt::resolve(&[target], false)?
+        package = apt::resolve(cache, &[target], false)?
             .pop()
             .ok_or_else(|| KernelError::NotKernel {
                 package: name.to_string(),

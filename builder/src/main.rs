@@ -469,6 +469,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     LockMode::Use
                 },
+                fresh: false,
             };
             if check_reproducible {
                 let result = reproducible::check(&options, &mut progress)
@@ -520,6 +521,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     LockMode::Use
                 },
+                fresh: false,
             };
             let locked = berth_builder::build::lock(&options, &mut progress)
                 .with_context(|| format!("locking {}", recipe.display()))?;

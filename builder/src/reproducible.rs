@@ -104,6 +104,7 @@ pub fn check(
         let built = build(
             &BuildOptions {
                 out_dir: folder.clone(),
+                fresh: true,
                 ..options.clone()
             },
             progress,

@@ -88,7 +88,7 @@ fn packages_tree(
     pins: &Pins,
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
-    for package in apt::pin(apt::resolve(names, with_depends)?, pins) {
+    for package in apt::pin(apt::resolve(cache, names, with_depends)?, pins) {
         let fetched = apt::fetch(cache, &package)?;
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
