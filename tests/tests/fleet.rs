@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, build_image, e2e_dir, literal, make_bundle, release_key, run_tool, shell,
-    write_esp_file, BootOptions, FileServer, TestVm, BOOT_TIMEOUT,
+    binaries, boot, literal, make_bundle, run_tool, shell, write_esp_file, BootOptions, FileServer,
+    ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 
 const NAME: &str = "fleetdemo";
@@ -29,34 +29,20 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = e2e_dir().join("fleet");
-        let recipes = dir.join("recipes");
-        let keys = dir.join("keys");
-        let bundles = dir.join("bundles");
-        for d in [&recipes, &keys, &bundles] {
-            fs::create_dir_all(d).unwrap_or_else(|err| panic!("{}: {err}", d.display()));
-        }
-        let release = keys.join("release");
-        let other = keys.join("other");
-        release_key(&release);
-        release_key(&other);
+        let ws = ReleaseWorkspace::new("fleet");
         let image = |version: &str| {
-            let recipe = recipes.join(format!("{NAME}-{version}.toml"));
-            let text = recipe_text(version, &release.with_extension("pub"));
-            if fs::read_to_string(&recipe).ok().as_deref() != Some(text.as_str()) {
-                fs::write(&recipe, text).unwrap_or_else(|e| panic!("{}: {e}", recipe.display()));
-            }
-            build_image(&recipe)
+            let text = recipe_text(version, &ws.release.with_extension("pub"));
+            ws.build(&format!("{NAME}-{version}.toml"), &text)
         };
         let v100 = image("1.0.0");
         let v110 = image("1.1.0");
         Fixture {
-            bundle100: make_bundle(&v100, &release, bundles.join("1.0.0.bundle")),
-            bundle110: make_bundle(&v110, &release, bundles.join("1.1.0.bundle")),
-            dir,
-            release,
-            other,
+            bundle100: make_bundle(&v100, &ws.release, ws.bundles.join("1.0.0.bundle")),
+            bundle110: make_bundle(&v110, &ws.release, ws.bundles.join("1.1.0.bundle")),
             v100,
+            dir: ws.dir,
+            release: ws.release,
+            other: ws.other,
         }
     })
 }

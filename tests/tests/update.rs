@@ -17,8 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    boot, build_image, e2e_dir, esp_state, expect_all, literal, make_bundle, release_key, run_tool,
-    shell, BootOptions, FileServer, TestVm, BOOT_TIMEOUT,
+    boot, esp_state, expect_all, literal, make_bundle, run_tool, shell, BootOptions, FileServer,
+    ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 use berth_updater::layout::Slot;
 use regex::Regex;
@@ -45,22 +45,12 @@ struct Images {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let dir = e2e_dir().join("update");
-        let recipes = dir.join("recipes");
-        let keys = dir.join("keys");
-        let bundles = dir.join("bundles");
-        for d in [&recipes, &keys, &bundles] {
-            fs::create_dir_all(d).unwrap_or_else(|err| panic!("{}: {err}", d.display()));
-        }
-        let release = keys.join("release");
-        let other = keys.join("other");
-        release_key(&release);
-        release_key(&other);
+        let ws = ReleaseWorkspace::new("update");
+        let (release, other, bundles) = (&ws.release, &ws.other, &ws.bundles);
         let pubkey = release.with_extension("pub");
         let image = |version: &str, compatible: &str, healthy: bool| {
-            let recipe = recipes.join(format!("{compatible}-{version}.toml"));
-            write_if_changed(&recipe, &recipe_text(version, compatible, healthy, &pubkey));
-            build_image(&recipe)
+            let text = recipe_text(version, compatible, healthy, &pubkey);
+            ws.build(&format!("{compatible}-{version}.toml"), &text)
         };
         let images = Images {
             v100: image("1.0.0", NAME, true),
@@ -71,11 +61,11 @@ fn fixture() -> &'static Fixture {
 
         let bundle =
             |image: &Path, key: &Path, name: &str| make_bundle(image, key, bundles.join(name));
-        bundle(&images.v110, &release, "1.1.0.bundle");
-        let bad = bundle(&images.v120_bad, &release, "1.2.0.bundle");
-        bundle(&images.v100, &release, "older.bundle");
-        bundle(&other_board, &release, "other-compatible.bundle");
-        bundle(&images.v120_bad, &other, "other-key.bundle");
+        bundle(&images.v110, release, "1.1.0.bundle");
+        let bad = bundle(&images.v120_bad, release, "1.2.0.bundle");
+        bundle(&images.v100, release, "older.bundle");
+        bundle(&other_board, release, "other-compatible.bundle");
+        bundle(&images.v120_bad, other, "other-key.bundle");
         let bytes = fs::read(&bad).expect("reading the 1.2.0 bundle");
         let members = tar_members(&bytes);
         let member = |name: &str| {
@@ -110,9 +100,9 @@ fn fixture() -> &'static Fixture {
         tampered("truncated-payload.bundle", &|b| {
             b.truncate(rootfs.offset + rootfs.size / 2)
         });
-        let server = FileServer::start(&bundles);
+        let server = FileServer::start(bundles);
         Fixture {
-            dir,
+            dir: ws.dir.clone(),
             images,
             server,
         }
@@ -175,12 +165,6 @@ restart = "always"
 volumes = ["store-data:/data"]
 writable = true
 "#;
-
-fn write_if_changed(path: &Path, text: &str) {
-    if fs::read_to_string(path).ok().as_deref() != Some(text) {
-        fs::write(path, text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-    }
-}
 
 #[derive(Debug)]
 struct Member {
