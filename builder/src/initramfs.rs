@@ -50,7 +50,14 @@ pub fn write(
         fs::write(out, compress(&cpio).map_err(err(out))?).map_err(err(out))?;
         return File::open(out).and_then(|f| f.sync_all()).map_err(err(out));
     };
-    let key = format!("{CACHE_PREFIX}{}-zstd{LEVEL}", sha256_bytes(&cpio));
+    // The key names what decides the compressed bytes: the cpio, the level and
+    // the zstd library (another version may compress differently, and a cache
+    // from an older berth must not give an image a fresh machine would not).
+    let key = format!(
+        "{CACHE_PREFIX}{}-zstd{}-{LEVEL}",
+        sha256_bytes(&cpio),
+        zstd::zstd_safe::version_number()
+    );
     let compress = |dir: &Path| -> Result<(), InitramfsError> {
         let file = dir.join("initramfs.img");
         fs::write(&file, compress(&cpio).map_err(err(&file))?).map_err(err(&file))
