@@ -21,6 +21,27 @@ pub fn write_console(bytes: &[u8]) {
     let _ = std::io::stderr().lock().write_all(bytes);
 }
 
+/// Waits, up to `limit`, until the console's tty has sent what it holds.
+///
+/// Killing the debug shell hangs up the console's tty (the shell leads its
+/// session there), and a hangup throws away the output still queued in the
+/// serial driver: the lines just logged would never reach anyone. So the init
+/// lets the queue drain first. Bounded, because a console held by flow control
+/// must not stop a shutdown.
+pub fn drain_console(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one c_int through the pointer, which is valid
+        // and writable for the call; fd 2 is only read by the ioctl.
+        let rc = unsafe { libc::ioctl(2, libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued <= 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Milliseconds since the kernel started, on `CLOCK_BOOTTIME` (the clock of the
 /// kernel's own printk timestamps, give or take the few ms before timekeeping
 /// starts), so the init's milestones line up with the kernel's on one time axis.

@@ -33,6 +33,10 @@ use crate::supervisor::{AfterExit, ExitStatus, State, Supervisor};
 
 /// How long containers get between `crun kill … TERM` and `crun kill … KILL`.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// How long a shutdown waits for the console to send its queued lines before it
+/// kills the debug shell (see [`crate::log::drain_console`]). Enough for a few
+/// KiB at 115200 baud.
+const CONSOLE_DRAIN: Duration = Duration::from_millis(500);
 /// How long killed containers get to be reaped (and logged) before the final steps.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long one `crun kill`/`crun delete` may take.
@@ -657,6 +661,8 @@ impl EventLoop {
         }
         log!("{why}");
         if let Some(pid) = self.shell.and_then(Shell::pid) {
+            // The shell's death hangs up the console: let the lines above out first.
+            crate::log::drain_console(CONSOLE_DRAIN);
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         if self.shell.is_some() {
