@@ -45,7 +45,7 @@ pub fn measure(image: &Path) -> anyhow::Result<Sizes> {
 /// `bytes_used` from the squashfs superblock at the start of root-a.
 fn squashfs_bytes(image: &Path) -> anyhow::Result<u64> {
     let mut file = File::open(image)?;
-    let parts = berth_updater::gpt::read_partitions(&mut file)?;
+    let parts = berth_format::gpt::read_partitions(&mut file)?;
     let part = parts
         .iter()
         .find(|p| p.label == "root-a")

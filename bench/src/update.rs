@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use berth_bundle::BundleReader;
 use berth_tests::{binaries, build_image, e2e_dir, literal, FileServer, BOOT_TIMEOUT};
-use berth_updater::bundle::BundleReader;
 
 use crate::vmrun::{boot_image, BootPath};
 

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_updater::layout::{self, BootEntry, Slot};
+use berth_format::layout::{self, BootEntry, Slot};
 
 use crate::cache::{sha256_file, Cache, CacheError};
 use crate::disk::{self, DiskError, DiskIds, DiskInput};
@@ -114,7 +114,8 @@ pub const UPDATE_AGENT: ImageBinary = ImageBinary {
     name: "berth-update",
     env: "BERTH_UPDATE_AGENT",
     flag: "--update-agent",
-    build: "cargo build --release -p berth-updater --features agent --bin berth-update --target x86_64-unknown-linux-musl",
+    build:
+        "cargo build --release -p berth-agent --bin berth-update --target x86_64-unknown-linux-musl",
 };
 
 /// What a build produced.

@@ -4,7 +4,7 @@
 //! Everything comes from the image itself: the GPT, slot A's boot entry, kernel
 //! and initramfs on the ESP, the slot content of root-a (squashfs, padding and
 //! verity hash tree) and `/etc/berth/image.toml` inside the squashfs. The bundle
-//! format is `berth_updater::bundle`'s; this module writes it with fixed tar
+//! format is `berth_bundle`'s; this module writes it with fixed tar
 //! metadata and single-threaded zstd, so the same image and key give the same
 //! bytes.
 
@@ -13,14 +13,14 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use berth_updater::bundle::{
+use berth_bundle::{
     self as format, BundleReader, Manifest, PayloadInfo, PayloadKind, TrustedKeys, BUNDLE_FORMAT,
     MANIFEST_MEMBER, SIGNATURE_MEMBER,
 };
-use berth_updater::gpt::{self, GptPartition};
-use berth_updater::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
-use berth_updater::window::Window;
-use berth_updater::ImageConfig;
+use berth_format::gpt::{self, GptPartition};
+use berth_format::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
+use berth_format::window::Window;
+use berth_format::ImageConfig;
 use sha2::{Digest, Sha256};
 
 use crate::keys::{KeyError, SecretKey};
@@ -134,7 +134,7 @@ fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
         .filter_map(Result::ok)
         .map(|e| e.file_name())
         .filter(|n| {
-            berth_updater::entries::parse_slot_file_name(n).is_some_and(|(s, _)| s == Slot::A)
+            berth_format::entries::parse_slot_file_name(n).is_some_and(|(s, _)| s == Slot::A)
         })
         .collect();
     names.sort();

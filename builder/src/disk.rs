@@ -7,8 +7,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth_updater::layout::{self, BootEntry, Slot};
-use berth_updater::window::Window;
+use berth_format::layout::{self, BootEntry, Slot};
+use berth_format::window::Window;
 use uuid::Uuid;
 
 use crate::recipe::DiskSizes;

@@ -169,7 +169,7 @@ impl SecretKey {
 
     /// The key id, minisign style: 16 uppercase hex digits.
     pub fn key_id(&self) -> String {
-        berth_updater::bundle::key_id(self.keynum)
+        berth_bundle::key_id(self.keynum)
     }
 
     /// The public key file's text (`PATH.pub`).
@@ -286,7 +286,7 @@ pub fn generate(base: &Path, overwrite: Overwrite) -> Result<Generated, KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_updater::bundle::TrustedKeys;
+    use berth_bundle::TrustedKeys;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -12,8 +12,8 @@ use berth_builder::lock::LockMode;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::publish::{self, PublishOptions};
 use berth_builder::reproducible::{self, Reproducibility};
-use berth_updater::bundle::TrustedKeys;
-use berth_updater::channel::ChannelName;
+use berth_bundle::channel::ChannelName;
+use berth_bundle::TrustedKeys;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -150,7 +150,7 @@ enum Command {
         #[arg(long, value_name = "SECRET")]
         key: PathBuf,
         /// The channel whose index is written.
-        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        #[arg(long, default_value = berth_bundle::channel::DEFAULT_CHANNEL)]
         channel: String,
         /// How long devices accept the index: 30d, 12h, 90m, 3600s. Publish
         /// again (with or without new bundles) before it runs out.
@@ -278,7 +278,7 @@ fn check_disk_image(image: &std::path::Path) -> anyhow::Result<()> {
     if &magic == b"QFI\xfb" {
         return Ok(());
     }
-    berth_updater::gpt::read_partitions(&mut file).map_err(|e| {
+    berth_format::gpt::read_partitions(&mut file).map_err(|e| {
         anyhow::anyhow!(
             "{} is not a disk image berth can boot ({e}); build one with `berth build RECIPE`",
             image.display()
@@ -661,7 +661,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "wrote {} ({} bundles, expires {}) and its signature by {}",
                     published.index_path.display(),
                     published.index.bundles.len(),
-                    berth_updater::clock::utc_datetime(published.index.expires),
+                    berth_format::clock::utc_datetime(published.index.expires),
                     published.key_id
                 );
             }

@@ -1,5 +1,5 @@
 //! `berth publish`: signed bundles into a static update repository, and the
-//! repository's signed, expiring channel index (format: `berth_updater::channel`).
+//! repository's signed, expiring channel index (format: `berth_bundle::channel`).
 //!
 //! ```text
 //! REPO/bundles/<sha256>.bundle   each bundle, named by the sha256 of the file
@@ -28,11 +28,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use berth_updater::bundle::TrustedKeys;
-use berth_updater::channel::{
+use berth_bundle::channel::{
     self, verify_index, ChannelError, ChannelIndex, ChannelName, Expiry, IndexEntry, BUNDLES_DIR,
     INDEX_FORMAT,
 };
+use berth_bundle::TrustedKeys;
 
 use crate::bundle::{inspect, Hashing, PayloadCheck};
 use crate::keys::{KeyError, SecretKey};
@@ -50,7 +50,7 @@ pub enum PublishError {
     #[error("{0}")]
     Channel(#[from] ChannelError),
     #[error("the secret key's public half: {0}")]
-    PublicKey(#[source] berth_updater::bundle::BundleError),
+    PublicKey(#[source] berth_bundle::BundleError),
     #[error("{path}: refused, the bundle does not verify with the key's public half: {reason}")]
     BadBundle { path: PathBuf, reason: String },
     #[error("{index}: the repository's index does not verify with this key ({source}); refusing to add to it and re-sign it")]
@@ -116,7 +116,7 @@ pub struct Published {
 
 /// The index's `generated` time: `SOURCE_DATE_EPOCH` when set, else now.
 pub fn publish_time() -> u64 {
-    crate::build::source_date_epoch().unwrap_or_else(berth_updater::state::now)
+    crate::build::source_date_epoch().unwrap_or_else(berth_format::state::now)
 }
 
 /// Parses an index lifetime: a whole number followed by `d`, `h`, `m` or `s`.

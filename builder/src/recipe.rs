@@ -11,11 +11,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_updater::image_config::{
+use berth_format::image_config::{
     LogsConfig, StaticIpv4, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
     DEFAULT_HEALTH_TIMEOUT_CHECK_MS, DEFAULT_HEALTH_TIMEOUT_MS,
 };
-use berth_updater::{HealthCheck, HealthProbe, NetworkConfig, RestartPolicy};
+use berth_format::{HealthCheck, HealthProbe, NetworkConfig, RestartPolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -1702,9 +1702,9 @@ pub fn parse_local_http_url(url: &str) -> Result<(u16, String), String> {
 /// agent trusts keys with.
 pub fn check_minisign_public_key(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
-    match berth_updater::bundle::TrustedKeys::parse(text) {
+    match berth_bundle::TrustedKeys::parse(text) {
         Ok(_) => Ok(()),
-        Err(berth_updater::bundle::BundleError::BadKey { reason, .. }) => Err(reason),
+        Err(berth_bundle::BundleError::BadKey { reason, .. }) => Err(reason),
         Err(other) => Err(other.to_string()),
     }
 }

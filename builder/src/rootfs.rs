@@ -6,12 +6,12 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_updater::image_config::ImageInfo;
-use berth_updater::layout::{
+use berth_format::image_config::ImageInfo;
+use berth_format::layout::{
     CGROUP_LEAF, CGROUP_PARENT, CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH,
     INITRAMFS_MODULES_PATH, KEYS_DIR, RESOLV_CONF, VOLUMES_DIR,
 };
-use berth_updater::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
+use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::apt::{self, AptError, Fetched};
@@ -585,7 +585,7 @@ pub fn root_tree(
     root.add_dir("tmp", 0o1777);
     root.add_host_file("sbin/init", init, 0o755);
     root.add_host_file(
-        berth_updater::layout::UPDATE_AGENT_PATH.trim_start_matches('/'),
+        berth_format::layout::UPDATE_AGENT_PATH.trim_start_matches('/'),
         update_agent,
         0o755,
     );

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use berth_updater::layout::{VerityParams, VERITY_BLOCK_SIZE};
+use berth_format::layout::{VerityParams, VERITY_BLOCK_SIZE};
 use sha2::{Digest, Sha256};
 
 /// Bytes of a block (data and hash), as a `usize` for buffers.

@@ -465,7 +465,7 @@ fn health_and_debug_defaults() {
     let health = web.health.clone().unwrap();
     assert_eq!(
         health.probe,
-        berth_updater::HealthProbe::Http {
+        berth_format::HealthProbe::Http {
             port: 8080,
             path: "/ok".into()
         }

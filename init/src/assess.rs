@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_updater::entries::{self, Counter, EspState};
-use berth_updater::layout::UPDATE_STATE_PATH;
-use berth_updater::state::{self, AssessmentOutcome, AssessmentRecord, UpdateState};
-use berth_updater::Slot;
+use berth_format::entries::{self, Counter, EspState};
+use berth_format::layout::UPDATE_STATE_PATH;
+use berth_format::state::{self, AssessmentOutcome, AssessmentRecord, UpdateState};
+use berth_format::Slot;
 
 /// What the assessment does now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use berth_updater::KernelCmdline;
+use berth_format::KernelCmdline;
 
 /// Where the kernel publishes its command line.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -59,7 +59,7 @@ fn looks_like_uuid(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_updater::Slot;
+    use berth_format::Slot;
 
     const LINE: &str = "BOOT_IMAGE=/berth/a/vmlinuz root=PARTUUID=0FC63DAF-8483-4772-8E79-3D69D8477DE4 ro \
         berth.slot=a berth.data=PARTUUID=4d21b016-b534-45c2-a9fb-5c16e091fd2d console=ttyS0 panic=5 quiet\n";

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_updater::layout::{CGROUP_PARENT, CONTAINERS_DIR, CONTAINER_STATE_DIR, VOLUMES_DIR};
+use berth_format::layout::{CGROUP_PARENT, CONTAINERS_DIR, CONTAINER_STATE_DIR, VOLUMES_DIR};
 use nix::mount::MsFlags;
 
 use crate::mounts;

@@ -13,7 +13,7 @@ use crate::dhcp::{Action, Client, Destination, Lease, CLIENT_PORT, SERVER_PORT};
 use crate::net::{self, Ipv4Setup};
 
 /// Where the DNS servers of the lease are written.
-pub use berth_updater::layout::RESOLV_CONF;
+pub use berth_format::layout::RESOLV_CONF;
 
 /// A DHCP client running on one interface.
 #[derive(Debug)]

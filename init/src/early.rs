@@ -10,8 +10,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_updater::layout;
-use berth_updater::{KernelCmdline, Slot};
+use berth_format::layout;
+use berth_format::{KernelCmdline, Slot};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
@@ -20,7 +20,7 @@ use nix::unistd::{chdir, chroot, execv};
 use crate::cmdline::{self, CmdlineError};
 use crate::mounts::{self, MountError};
 use crate::verity::{self, SetupError, VerifyError};
-use berth_updater::blockdev::{self, BlockError, Roots};
+use berth_format::blockdev::{self, BlockError, Roots};
 
 /// Where the root file system is mounted before the switch.
 pub const SYSROOT: &str = "/sysroot";

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use berth_updater::layout;
+use berth_format::layout;
 
 /// Where the bundles with the merged configurations are made.
 pub const BUNDLES_DIR: &str = "/run/berth/bundles";

@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_updater::entries::{Counter, EspState};
-use berth_updater::layout::{ESP_LABEL, ESP_MOUNT};
-use berth_updater::Slot;
+use berth_format::entries::{Counter, EspState};
+use berth_format::layout::{ESP_LABEL, ESP_MOUNT};
+use berth_format::Slot;
 use nix::mount::{umount2, MntFlags, MsFlags};
 
 use crate::cmdline;
 use crate::mounts;
-use berth_updater::blockdev::{self, Roots};
+use berth_format::blockdev::{self, Roots};
 
 /// vfat options: the code pages the initramfs has modules for (not the kernel's
 /// defaults, which may name one it lacks), and `flush`, so every file is written

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(grown.new_last_lba, 30719);
         let image = cursor.into_inner();
         // The updater's reader accepts the new table and sees the new end.
-        let parts = berth_updater::gpt::read_partitions(&mut Cursor::new(image.clone())).unwrap();
+        let parts = berth_format::gpt::read_partitions(&mut Cursor::new(image.clone())).unwrap();
         let data = parts.iter().find(|p| p.number == 2).unwrap();
         assert_eq!(data.size_bytes(512), (30719 + 1 - 4096) * 512);
         // Backup header at the last sector, CRC valid, pointing back at LBA 1.

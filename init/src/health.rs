@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_updater::{layout, HealthCheck, HealthProbe};
+use berth_format::{layout, HealthCheck, HealthProbe};
 use nix::fcntl::OFlag;
 
 /// The first check of a started container runs after this (or after the check

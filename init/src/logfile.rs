@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use berth_updater::clock::utc_datetime;
+use berth_format::clock::utc_datetime;
 
 /// Folder of the log files.
 pub const LOG_DIR: &str = "/var/log/berth";

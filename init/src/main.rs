@@ -40,7 +40,7 @@ mod watchdog;
 
 use std::path::Path;
 
-use berth_updater::layout::INITRAMFS_MODULES_PATH;
+use berth_format::layout::INITRAMFS_MODULES_PATH;
 
 const USAGE: &str = "\
 berth-init: the init (PID 1) of a berth image.

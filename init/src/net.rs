@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_updater::image_config::StaticIpv4;
+use berth_format::image_config::StaticIpv4;
 
 // Request numbers from linux/sockios.h, typed for libc's ioctl on both glibc
 // (unsigned long) and musl (int).

@@ -171,7 +171,7 @@ mod tests {
     #[test]
     fn refused_slots_reboot_only_while_the_counter_leads_elsewhere() {
         use crate::esp::Counting;
-        use berth_updater::entries::Counter;
+        use berth_format::entries::Counter;
         let counting = |left, done, other_can_boot| {
             Some(Counting {
                 counter: Some(Counter { left, done }),

@@ -24,14 +24,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use berth_updater::image_config::StaticIpv4;
-use berth_updater::ImageConfig;
+use berth_format::image_config::StaticIpv4;
+use berth_format::ImageConfig;
 
 /// Where the file is on the mounted ESP.
-pub const ESP_FILE: &str = berth_updater::layout::PROVISION_ESP_FILE;
+pub const ESP_FILE: &str = berth_format::layout::PROVISION_ESP_FILE;
 /// Where the accepted settings are kept (the device agent reads the update
 /// repository from there).
-pub const SAVED_FILE: &str = berth_updater::layout::PROVISION_SAVED_FILE;
+pub const SAVED_FILE: &str = berth_format::layout::PROVISION_SAVED_FILE;
 
 /// The accepted settings (each `None`/empty when absent or invalid).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use berth_updater::{ContainerConfig, RestartPolicy};
+use berth_format::{ContainerConfig, RestartPolicy};
 
 /// First delay before restarting a container that stopped.
 pub const INITIAL_DELAY: Duration = Duration::from_millis(500);

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_updater::{layout, ImageConfig};
+use berth_format::{layout, ImageConfig};
 use nix::mount::MsFlags;
 
 use crate::cmdline;
@@ -12,7 +12,7 @@ use crate::dhcp_link::DhcpLink;
 use crate::mounts;
 use crate::net::{self, Ipv4Setup};
 use crate::runloop::AssessmentInput;
-use berth_updater::blockdev::{self, Roots};
+use berth_format::blockdev::{self, Roots};
 
 /// How long to wait for the data partition (on the same disk as the root, so it is
 /// normally there already).
@@ -36,7 +36,7 @@ pub enum SystemError {
     #[error("{path}: {source}")]
     Config {
         path: String,
-        source: berth_updater::image_config::ImageConfigError,
+        source: berth_format::image_config::ImageConfigError,
     },
     #[error(transparent)]
     Loop(#[from] crate::runloop::LoopError),

@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_updater::layout::{VerityParams, VERITY_BLOCK_SIZE};
+use berth_format::layout::{VerityParams, VERITY_BLOCK_SIZE};
 use nix::errno::Errno;
 use nix::sys::stat::{major, makedev, minor, mknod, Mode, SFlag};
 
@@ -506,7 +506,7 @@ fn wait_for_node(
     (major, minor): (u64, u64),
 ) -> Result<PathBuf, SetupError> {
     let sys_dir = sys.join(format!("{major}:{minor}"));
-    let node = berth_updater::blockdev::device_node(&sys_dir, dev, &format!("dm-{minor}"));
+    let node = berth_format::blockdev::device_node(&sys_dir, dev, &format!("dm-{minor}"));
     let start = Instant::now();
     while start.elapsed() < NODE_TIMEOUT {
         if is_block_device(&node) {

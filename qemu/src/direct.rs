@@ -5,10 +5,10 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use berth_updater::entries::{self, EntryFile, ENTRIES_DIR};
-use berth_updater::gpt;
-use berth_updater::layout::ESP_LABEL;
-use berth_updater::window::Window;
+use berth_format::entries::{self, EntryFile, ENTRIES_DIR};
+use berth_format::gpt;
+use berth_format::layout::ESP_LABEL;
+use berth_format::window::Window;
 
 use crate::command::{CommandError, DirectBoot, DiskFormat};
 

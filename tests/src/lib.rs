@@ -80,25 +80,14 @@ pub fn binaries() -> &'static Binaries {
     static BINARIES: OnceLock<Binaries> = OnceLock::new();
     BINARIES.get_or_init(|| {
         cargo_build(&["build", "--release", "-p", "berth-builder"]);
+        // The device binaries, static: berth-init and berth-update (the agent).
         cargo_build(&[
             "build",
             "--release",
             "-p",
             "berth-init",
-            "--target",
-            INIT_TARGET,
-        ]);
-        // On its own: built together, feature unification would put the agent's
-        // code into the init.
-        cargo_build(&[
-            "build",
-            "--release",
             "-p",
-            "berth-updater",
-            "--features",
-            "agent",
-            "--bin",
-            "berth-update",
+            "berth-agent",
             "--target",
             INIT_TARGET,
         ]);
@@ -576,7 +565,7 @@ pub fn http_get_once(port: u16, path: &str) -> Result<String, String> {
 /// Copies a partition of `image` into its own file.
 pub fn extract_partition(image: &Path, label: &str, out: &Path) {
     let mut disk = File::open(image).unwrap();
-    let parts = berth_updater::gpt::read_partitions(&mut disk).unwrap();
+    let parts = berth_format::gpt::read_partitions(&mut disk).unwrap();
     let part = parts
         .iter()
         .find(|p| p.label == label)
@@ -687,10 +676,10 @@ fn open_esp(image: &Path) -> fatfs::FileSystem<PartitionStream> {
         .write(true)
         .open(image)
         .unwrap_or_else(|e| panic!("opening {}: {e}", image.display()));
-    let parts = berth_updater::gpt::read_partitions(&mut file).unwrap();
+    let parts = berth_format::gpt::read_partitions(&mut file).unwrap();
     let esp = parts
         .iter()
-        .find(|p| p.label == berth_updater::layout::ESP_LABEL)
+        .find(|p| p.label == berth_format::layout::ESP_LABEL)
         .unwrap_or_else(|| panic!("no ESP in {parts:?}"));
     let stream = PartitionStream {
         file,
@@ -742,7 +731,7 @@ pub fn read_esp_file(image: &Path, path: &str) -> String {
 /// The boot entries of a disk image's ESP as systemd-boot would see them, read
 /// offline: the entries and the slots' kernels are copied into a scratch folder
 /// (kernels as empty files: only their presence counts).
-pub fn esp_state(image: &Path) -> berth_updater::entries::EspState {
+pub fn esp_state(image: &Path) -> berth_format::entries::EspState {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp folder: {e}"));
     let entries = dir.path().join("loader/entries");
     fs::create_dir_all(&entries).unwrap_or_else(|e| panic!("{}: {e}", entries.display()));
@@ -751,7 +740,7 @@ pub fn esp_state(image: &Path) -> berth_updater::entries::EspState {
         fs::write(entries.join(&name), text).unwrap_or_else(|e| panic!("copying {name}: {e}"));
     }
     let esp = open_esp(image);
-    for slot in berth_updater::Slot::ALL {
+    for slot in berth_format::Slot::ALL {
         let kernel = slot.kernel_path();
         if esp.root_dir().open_file(&kernel).is_ok() {
             let copy = dir.path().join(&kernel);
@@ -760,7 +749,7 @@ pub fn esp_state(image: &Path) -> berth_updater::entries::EspState {
                 .unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
         }
     }
-    berth_updater::entries::EspState::read(dir.path())
+    berth_format::entries::EspState::read(dir.path())
         .unwrap_or_else(|e| panic!("reading the ESP entries of {}: {e}", image.display()))
 }
 

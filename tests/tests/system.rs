@@ -367,7 +367,7 @@ fn provisioning_dns_by_name_volumes_and_two_nics_across_reboots() {
 
 fn data_partition_bytes(image: &Path) -> u64 {
     let mut file = fs::File::open(image).unwrap();
-    let parts = berth_updater::gpt::read_partitions(&mut file).unwrap();
+    let parts = berth_format::gpt::read_partitions(&mut file).unwrap();
     parts
         .iter()
         .find(|p| p.label == "data")

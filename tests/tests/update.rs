@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use berth_format::layout::Slot;
 use berth_tests::{
     boot, esp_state, expect_all, literal, make_bundle, run_tool, shell, BootOptions, FileServer,
     ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
-use berth_updater::layout::Slot;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 
@@ -287,7 +287,7 @@ fn slot_status<'a>(status: &'a serde_json::Value, slot: &str) -> &'a serde_json:
 /// The bytes of the partition labelled `label` in a raw disk image.
 fn partition_range(disk: &Path, label: &str) -> (u64, u64) {
     let mut file = fs::File::open(disk).expect("opening the disk");
-    let parts = berth_updater::gpt::read_partitions(&mut file).expect("reading the GPT");
+    let parts = berth_format::gpt::read_partitions(&mut file).expect("reading the GPT");
     let part = parts
         .iter()
         .find(|p| p.label == label)

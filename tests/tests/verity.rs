@@ -9,9 +9,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
+use berth_format::layout::VerityParams;
+use berth_format::KernelCmdline;
 use berth_tests::{build_image, extract_partition, run_tool};
-use berth_updater::layout::VerityParams;
-use berth_updater::KernelCmdline;
 
 /// The verity parameters on the slot A entry's command line.
 fn entry_verity(image: &Path, dir: &Path) -> (VerityParams, berth_qemu::DirectBoot) {

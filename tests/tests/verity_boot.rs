@@ -7,8 +7,8 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use berth_format::gpt::read_partitions;
 use berth_tests::{boot, build_image, literal, BootOptions, BOOT_TIMEOUT};
-use berth_updater::gpt::read_partitions;
 use regex::Regex;
 
 #[test]

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::blockdev::{self, Roots};
-use crate::image_config::ImageConfig;
-use crate::layout::{
+use berth_format::blockdev::{self, Roots};
+use berth_format::image_config::ImageConfig;
+use berth_format::layout::{
     KernelCmdline, Slot, DATA_LABEL, ESP_MOUNT, IMAGE_CONFIG_PATH, KEYS_DIR, UPDATE_STATE_PATH,
 };
 
@@ -177,13 +177,19 @@ fn read(path: &Path) -> Result<String, SystemError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blockdev::fake;
+    use berth_format::blockdev::fake;
+
+    fn fake_tree() -> (tempfile::TempDir, Roots) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = fake::tree_in(dir.path(), true);
+        (dir, roots)
+    }
 
     const IMAGE: &str = "[image]\nname = \"hello\"\nversion = \"1.0.0\"\ncompatible = \"hello\"\nhostname = \"hello\"\n";
 
     #[test]
     fn discovers_slots_from_the_command_line_and_the_gpt() {
-        let (dir, roots) = fake::tree();
+        let (dir, roots) = fake_tree();
         let esp = dir.path().join("efi");
         std::fs::create_dir_all(esp.join("loader")).unwrap();
         let cmdline = format!(
@@ -210,7 +216,7 @@ mod tests {
 
     #[test]
     fn missing_pieces_are_named() {
-        let (dir, roots) = fake::tree();
+        let (dir, roots) = fake_tree();
         let esp = dir.path().join("efi");
         let keys = Path::new("/k");
         let state = Path::new("/s");

@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::system::System;
-use crate::bundle::{BundleError, BundleReader, Manifest, PayloadKind, TrustedKeys};
-use crate::entries::{self, version_cmp, EntriesError, EspState};
-use crate::layout::{BootEntry, Slot, VerityParams, ARCHITECTURE};
-use crate::state::{now, InstallOutcome, InstallRecord, StateError, UpdateState};
+use berth_bundle::{BundleError, BundleReader, Manifest, PayloadKind, TrustedKeys};
+use berth_format::entries::{self, version_cmp, EntriesError, EspState};
+use berth_format::layout::{BootEntry, Slot, VerityParams, ARCHITECTURE};
+use berth_format::state::{now, InstallOutcome, InstallRecord, StateError, UpdateState};
 
 /// Tries a freshly installed slot gets before systemd-boot gives up on it.
 pub const DEFAULT_TRIES: u32 = 3;
@@ -624,9 +624,9 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::status::tests::{put_slot, scratch_system};
-    use crate::bundle::tests::{make, make_with, Key, Made};
-    use crate::state::InstallOutcome;
+    use crate::status::tests::{put_slot, scratch_system};
+    use berth_bundle::testkit::{make, make_with, Key, Made};
+    use berth_format::state::InstallOutcome;
     use std::collections::BTreeMap;
 
     /// Records what an install reported.
@@ -792,7 +792,7 @@ mod tests {
         }
         // A flipped bit in the manifest breaks the signature.
         let mut flipped = make(&key);
-        let (at, len) = flipped.member(crate::bundle::MANIFEST_MEMBER);
+        let (at, len) = flipped.member(berth_bundle::MANIFEST_MEMBER);
         flipped.bytes[at + len / 2] ^= 0x02;
         let err = install_bytes(&system, &flipped).0.unwrap_err().to_string();
         assert!(err.contains("signature does not verify"), "{err}");

@@ -20,14 +20,14 @@ use sha2::{Digest, Sha256};
 use super::install::{install, InstallError, InstallOptions, Installed, Observer};
 use super::source::{self, SourceError};
 use super::system::System;
-use crate::bundle::{BundleError, TrustedKeys};
-use crate::channel::{
+use berth_bundle::channel::{
     self, verify_index, ChannelError, ChannelName, Expiry, IndexEntry, Running, VerifiedIndex,
     MAX_INDEX_SIGNATURE_SIZE, MAX_INDEX_SIZE,
 };
-use crate::clock::utc_datetime;
-use crate::layout::PROVISION_SAVED_FILE;
-use crate::state::{now, CheckOutcome, CheckRecord, StateError, UpdateState};
+use berth_bundle::{BundleError, TrustedKeys};
+use berth_format::clock::utc_datetime;
+use berth_format::layout::PROVISION_SAVED_FILE;
+use berth_format::state::{now, CheckOutcome, CheckRecord, StateError, UpdateState};
 
 /// Why a check or update did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use berth_updater::agent::{
-    self, CheckReport, Checkpoint, InstallOptions, Observer, System, UpdateOutcome,
+use berth_agent::{
+    self as agent, CheckReport, Checkpoint, InstallOptions, Observer, System, UpdateOutcome,
 };
-use berth_updater::channel::ChannelName;
+use berth_bundle::channel::ChannelName;
 
 /// Environment variable naming an install checkpoint at which the agent stops
 /// and waits forever, so a test can cut the power there. A fault-injection hook
@@ -67,7 +67,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         repo: Option<String>,
         /// The channel to follow.
-        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        #[arg(long, default_value = berth_bundle::channel::DEFAULT_CHANNEL)]
         channel: String,
         /// Machine-readable output (`update_available`, `version`, `bundle_url`, …).
         #[arg(long)]
@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         repo: Option<String>,
         /// The channel to follow.
-        #[arg(long, default_value = berth_updater::channel::DEFAULT_CHANNEL)]
+        #[arg(long, default_value = berth_bundle::channel::DEFAULT_CHANNEL)]
         channel: String,
         /// Boot tries the new slot gets before the boot loader gives up on it.
         #[arg(long, default_value_t = agent::install::DEFAULT_TRIES)]

@@ -14,6 +14,12 @@
 //! hashed as it streams, and every member name, size and header checksum is
 //! checked. Sizes of the manifest and signature members are capped, so a hostile
 //! bundle cannot make the device allocate without bound.
+//!
+//! [`channel`] holds the signed channel index of an update repository.
+
+pub mod channel;
+#[doc(hidden)]
+pub mod testkit;
 
 use std::fmt;
 use std::io::{self, BufReader, Read};
@@ -23,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::layout::{VerityParams, VERITY_BLOCK_SIZE};
+use berth_format::layout::{VerityParams, VERITY_BLOCK_SIZE};
 
 /// Version of the bundle format this crate reads and writes.
 pub const BUNDLE_FORMAT: u32 = 1;
@@ -231,7 +237,7 @@ pub struct Manifest {
     pub compatible: String,
     /// Image version (semantic versioning).
     pub version: String,
-    /// [`crate::layout::ARCHITECTURE`].
+    /// [`berth_format::layout::ARCHITECTURE`].
     pub architecture: String,
     /// Lowest running version this bundle may update from.
     pub min_version: Option<String>,
@@ -1324,4 +1330,4 @@ impl<R: Read> Read for PayloadReader<'_, R> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -251,10 +251,10 @@ fn read_trimmed(path: &Path) -> Option<String> {
         .map(|text| text.trim().to_string())
 }
 
-/// Test support: a fake sysfs + /dev tree with a real GPT disk image, shared by
-/// the tests of this crate's users.
-#[cfg(test)]
-pub(crate) mod fake {
+/// Test kit: a fake sysfs + /dev tree with a real GPT disk image, for the tests of
+/// this crate and of its users (the agent). Needs `sgdisk`; panics on failure.
+#[doc(hidden)]
+pub mod fake {
     use super::*;
     use std::fs;
     use std::process::Command;
@@ -263,18 +263,13 @@ pub(crate) mod fake {
     pub const ROOT_B_UUID: &str = "3a5e3f43-6c1b-4d2e-9a57-0d9e8f1c2b3b";
     pub const DATA_UUID: &str = "7b6a5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d";
 
-    /// `vda` is a real file with a GPT made by sgdisk (esp, root-a, root-b, data;
-    /// partition nodes are regular files), `vdb` has no GPT, `loop0` is skipped.
-    pub fn tree() -> (tempfile::TempDir, Roots) {
-        tree_with_nodes(true)
-    }
-
-    /// [`tree`], with or without the partitions' device nodes (as before
-    /// devtmpfs created them).
-    pub fn tree_with_nodes(with_partition_nodes: bool) -> (tempfile::TempDir, Roots) {
-        let dir = tempfile::tempdir().unwrap();
-        let sys = dir.path().join("sys");
-        let dev = dir.path().join("dev");
+    /// The tree inside `dir`: `vda` is a real file with a GPT made by sgdisk (esp,
+    /// root-a, root-b, data; partition nodes are regular files unless
+    /// `with_partition_nodes` is false, as before devtmpfs created them), `vdb` has
+    /// no GPT, `loop0` is skipped.
+    pub fn tree_in(dir: &Path, with_partition_nodes: bool) -> Roots {
+        let sys = dir.join("sys");
+        let dev = dir.join("dev");
         fs::create_dir_all(&dev).unwrap();
         let disk = dev.join("vda");
         File::create(&disk)
@@ -309,13 +304,23 @@ pub(crate) mod fake {
         fs::create_dir_all(sys.join("block/vdb")).unwrap();
         fs::write(dev.join("vdb"), vec![0u8; 64 * 1024]).unwrap();
         fs::create_dir_all(sys.join("block/loop0")).unwrap();
-        (dir, Roots { sys, dev })
+        Roots { sys, dev }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::fake::*;
+
+    fn tree() -> (tempfile::TempDir, Roots) {
+        tree_with_nodes(true)
+    }
+
+    fn tree_with_nodes(with_partition_nodes: bool) -> (tempfile::TempDir, Roots) {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = tree_in(dir.path(), with_partition_nodes);
+        (dir, roots)
+    }
     use super::*;
 
     #[test]

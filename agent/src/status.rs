@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::system::System;
-use crate::entries::{self, EntriesError, EspState};
-use crate::layout::Slot;
-use crate::state::{
+use berth_format::entries::{self, EntriesError, EspState};
+use berth_format::layout::Slot;
+use berth_format::state::{
     now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, CheckRecord,
     InstallRecord, RollbackRecord, StateError, UpdateState,
 };
@@ -251,9 +251,9 @@ pub fn mark_good(system: &System) -> Result<(), StatusError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::agent::system::{RunningImage, SlotDevice};
-    use crate::layout::BootEntry;
-    use crate::state::AssessmentOutcome;
+    use crate::system::{RunningImage, SlotDevice};
+    use berth_format::layout::BootEntry;
+    use berth_format::state::AssessmentOutcome;
     use std::path::Path;
 
     /// A device in a folder: ESP (`esp/`), slot "partitions" as files, a state

@@ -21,16 +21,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{is_semver, BundleError, TrustedKeys, Verified};
-use crate::clock::utc_datetime;
-use crate::entries::version_cmp;
+use crate::{is_semver, BundleError, TrustedKeys, Verified};
+use berth_format::clock::utc_datetime;
+use berth_format::entries::version_cmp;
 
 /// Version of the index format this crate reads and writes.
 pub const INDEX_FORMAT: u32 = 1;
 /// Largest index accepted: a device reads it into memory.
 pub const MAX_INDEX_SIZE: u64 = 1024 * 1024;
 /// Largest index signature accepted.
-pub const MAX_INDEX_SIGNATURE_SIZE: u64 = crate::bundle::MAX_SIGNATURE_SIZE;
+pub const MAX_INDEX_SIGNATURE_SIZE: u64 = crate::MAX_SIGNATURE_SIZE;
 /// The channel a device follows unless told otherwise.
 pub const DEFAULT_CHANNEL: &str = "stable";
 /// Folder of the bundles inside a repository.
@@ -386,7 +386,7 @@ pub fn join(base: &str, relative: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::tests::Key;
+    use crate::testkit::Key;
 
     const NOW: u64 = 1_700_000_000;
 
