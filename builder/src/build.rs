@@ -59,8 +59,12 @@ pub enum BuildError {
     },
     #[error("qemu-img convert to qcow2 failed (install qemu-utils): {0}")]
     Qcow2(String),
-    #[error("{path} is not a static binary: {name} runs without any shared library in the image; build it for x86_64-unknown-linux-musl")]
-    NotStatic { path: PathBuf, name: &'static str },
+    #[error("{path} is not a static binary: {name} runs without any shared library in the image; build it with `{build}`")]
+    NotStatic {
+        path: PathBuf,
+        name: &'static str,
+        build: &'static str,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
@@ -105,17 +109,15 @@ pub const INIT: ImageBinary = ImageBinary {
     name: "berth-init",
     env: "BERTH_INIT",
     flag: "--init",
-    build: "cargo build --release -p berth-init --target x86_64-unknown-linux-musl",
+    build: "cargo build --release -p berth-init -p berth-agent --target x86_64-unknown-linux-musl",
 };
 
-/// The device agent. Built on its own: in one cargo invocation with berth-init,
-/// feature unification would put the agent's code into the init too.
+/// The device agent.
 pub const UPDATE_AGENT: ImageBinary = ImageBinary {
     name: "berth-update",
     env: "BERTH_UPDATE_AGENT",
     flag: "--update-agent",
-    build:
-        "cargo build --release -p berth-agent --bin berth-update --target x86_64-unknown-linux-musl",
+    build: "cargo build --release -p berth-init -p berth-agent --target x86_64-unknown-linux-musl",
 };
 
 /// What a build produced.
@@ -147,32 +149,54 @@ pub struct Locked {
     pub fetched: Fetched,
 }
 
-/// Finds one of berth's image binaries: its environment variable, then next to
-/// the running executable, then in the cargo target folder it was built in.
+/// Finds one of berth's image binaries: the path its environment variable names
+/// (taken as given), else the first *static* one of: next to the running
+/// executable, then the musl target folders of the cargo target folder it was
+/// built in. A dynamic one on the way is passed over, because
+/// `cargo build --release --workspace` puts a host build of berth-init next to
+/// `berth`, which could never run in an image.
 pub fn find_binary(binary: ImageBinary) -> Result<PathBuf, BuildError> {
-    let mut candidates = Vec::new();
     if let Some(p) = std::env::var_os(binary.env) {
-        candidates.push(PathBuf::from(p));
+        return image_binary(Some(Path::new(&p)), binary);
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join(binary.name));
-            for up in [dir.parent(), dir.parent().and_then(Path::parent)]
-                .into_iter()
-                .flatten()
-            {
-                candidates.push(
-                    up.join("x86_64-unknown-linux-musl/release")
-                        .join(binary.name),
-                );
+    let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    first_static(&candidates(dir, binary.name), binary)
+}
+
+/// Where a binary is looked for when `berth` runs from `dir`: `dir` itself, then
+/// the musl release folder one and two levels up (`target/release/berth` and
+/// `target/<triple>/release/berth` both find `target/x86_64-unknown-linux-musl/release`).
+fn candidates(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = vec![dir.join(name)];
+    for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+        .into_iter()
+        .flatten()
+    {
+        found.push(up.join("x86_64-unknown-linux-musl/release").join(name));
+    }
+    found
+}
+
+/// The first of `candidates` that exists and is static.
+fn first_static(candidates: &[PathBuf], binary: ImageBinary) -> Result<PathBuf, BuildError> {
+    let mut dynamic = None;
+    for path in candidates.iter().filter(|p| p.is_file()) {
+        match image_binary(Some(path), binary) {
+            Ok(path) => return Ok(path),
+            Err(BuildError::NotStatic { .. }) => {
+                dynamic.get_or_insert(path);
             }
+            Err(other) => return Err(other),
         }
     }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| BuildError::NoBinary {
+    Err(match dynamic {
+        Some(path) => BuildError::NotStatic {
+            path: path.clone(),
+            name: binary.name,
+            build: binary.build,
+        },
+        None => BuildError::NoBinary {
             name: binary.name,
             build: binary.build,
             flag: binary.flag,
@@ -181,19 +205,21 @@ pub fn find_binary(binary: ImageBinary) -> Result<PathBuf, BuildError> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-        })
+        },
+    })
 }
 
 /// The given path or the found one, checked to be a static binary.
 fn image_binary(given: Option<&Path>, binary: ImageBinary) -> Result<PathBuf, BuildError> {
     let path = match given {
         Some(p) => p.to_path_buf(),
-        None => find_binary(binary)?,
+        None => return find_binary(binary),
     };
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let not_static = || BuildError::NotStatic {
         path: path.clone(),
         name: binary.name,
+        build: binary.build,
     };
     let elf = goblin::elf::Elf::parse(&bytes).map_err(|_| not_static())?;
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
@@ -601,4 +627,79 @@ pub fn convert_qcow2(image: &Path) -> Result<PathBuf, BuildError> {
     }
     fs::rename(&tmp, &out).map_err(io_err(&out))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies a host program to `to`, creating its folder.
+    fn put(from: &str, to: &Path) {
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(from, to).unwrap();
+    }
+
+    // busybox-static (scripts/install-deps) is a static ELF, /bin/true a dynamic one.
+    const STATIC_ELF: &str = "/bin/busybox";
+    const DYNAMIC_ELF: &str = "/bin/true";
+
+    #[test]
+    fn a_host_build_next_to_berth_is_passed_over_for_the_musl_one() {
+        // What `cargo build --release --workspace` leaves: a dynamic berth-init
+        // next to berth, the static one in the musl target folder.
+        let target = tempfile::tempdir().unwrap();
+        let release = target.path().join("release");
+        let musl = target
+            .path()
+            .join("x86_64-unknown-linux-musl/release/berth-init");
+        put(DYNAMIC_ELF, &release.join("berth-init"));
+        put(STATIC_ELF, &musl);
+        let found = first_static(&candidates(&release, INIT.name), INIT).unwrap();
+        assert_eq!(found, musl);
+    }
+
+    #[test]
+    fn a_static_binary_next_to_berth_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        put(STATIC_ELF, &release.join("berth-init"));
+        put(
+            STATIC_ELF,
+            &dir.path()
+                .join("x86_64-unknown-linux-musl/release/berth-init"),
+        );
+        let found = first_static(&candidates(&release, INIT.name), INIT).unwrap();
+        assert_eq!(found, release.join("berth-init"));
+    }
+
+    #[test]
+    fn only_dynamic_builds_are_refused_with_the_command_that_makes_a_static_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        put(DYNAMIC_ELF, &release.join("berth-update"));
+        let err = first_static(&candidates(&release, UPDATE_AGENT.name), UPDATE_AGENT).unwrap_err();
+        assert!(matches!(err, BuildError::NotStatic { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("release/berth-update is not a static binary"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--target x86_64-unknown-linux-musl"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_looked() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        let err = first_static(&candidates(&release, INIT.name), INIT).unwrap_err();
+        assert!(matches!(err, BuildError::NoBinary { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("x86_64-unknown-linux-musl/release/berth-init"),
+            "{err}"
+        );
+    }
 }
