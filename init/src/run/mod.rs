@@ -2,6 +2,23 @@
 //! button and every container's output pipes, with a timeout for the next pending
 //! restart or the end of the shutdown grace period. Decisions come from
 //! [`Supervisor`]; this module does the I/O around them.
+//!
+//! The loop starts each container in turn ([`containers`] prepares its host side,
+//! the [`supervisor`] decides when), prints and logs its [`output`], runs its
+//! [`health`] checks, [`assess`]es a boot on trial, pets the [`watchdog`], copies
+//! the kernel log ([`kmsg`]), keeps the debug [`shell`] alive and watches the
+//! power button ([`input`]) and signals until a shutdown, whose last steps are
+//! [`crate::shared::power`]'s.
+
+mod assess;
+pub mod containers;
+mod health;
+mod input;
+mod kmsg;
+mod output;
+mod shell;
+mod supervisor;
+pub mod watchdog;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -19,17 +36,16 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::assess::{self, Assessment, Decision};
-use crate::containers::{self, WritableRoot};
-use crate::dhcp_link::DhcpLink;
-use crate::health::{self, Health, Probes, Transition};
-use crate::input;
-use crate::kmsg::Kmsg;
-use crate::logfile::{self, LogFile, Rotation};
-use crate::output::{self, LineSplitter};
-use crate::power::{self, PowerAction};
-use crate::shell::{self, Shell};
-use crate::supervisor::{AfterExit, ExitStatus, State, Supervisor};
+use crate::net::dhcp_link::DhcpLink;
+use crate::run::assess::{Assessment, Decision};
+use crate::run::containers::WritableRoot;
+use crate::run::health::{Health, Probes, Transition};
+use crate::run::kmsg::Kmsg;
+use crate::run::output::LineSplitter;
+use crate::run::shell::Shell;
+use crate::run::supervisor::{AfterExit, ExitStatus, State, Supervisor};
+use crate::shared::logfile::{self, LogFile, Rotation};
+use crate::shared::power::{self, PowerAction};
 
 /// How long containers get between `crun kill … TERM` and `crun kill … KILL`.
 pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -223,7 +239,7 @@ impl EventLoop {
                 .map(|c| (c.volumes.clone(), c.writable))
                 .collect(),
             oom_kills: vec![0; config.containers.len()],
-            watchdog: crate::watchdog::start(Instant::now()),
+            watchdog: crate::run::watchdog::start(Instant::now()),
             rotation: rotation(config),
             kmsg: match Kmsg::open(Path::new(logfile::LOG_DIR), rotation(config)) {
                 Ok(kmsg) => Some(kmsg),
@@ -254,7 +270,7 @@ impl EventLoop {
                 dhcp.on_timer(now);
             }
             if self.watchdog.is_some_and(|due| due <= now) {
-                self.watchdog = crate::watchdog::pet(now);
+                self.watchdog = crate::run::watchdog::pet(now);
             }
             self.shell_due(now);
             if self.shutdown.is_none() {
@@ -965,7 +981,7 @@ fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
     let mut child = Command::new(layout::CRUN_PATH)
         .arg("run")
         .arg("--bundle")
-        .arg(crate::envmerge::bundle(name))
+        .arg(crate::system::envmerge::bundle(name))
         .arg(name)
         .env_clear()
         .env("PATH", PATH)
@@ -1074,7 +1090,7 @@ mod tests {
     #[test]
     fn bundles_live_under_the_containers_folder() {
         assert_eq!(
-            crate::envmerge::bundle("web"),
+            crate::system::envmerge::bundle("web"),
             PathBuf::from("/usr/lib/berth/containers/web")
         );
     }
