@@ -98,12 +98,29 @@ struct Stream {
     lines: LineSplitter,
 }
 
-/// The I/O side of one container.
+/// What the loop keeps for one container, beside the [`Supervisor`]'s state
+/// machine: one value per container, so its parts cannot get out of step.
+/// `EventLoop::containers` and the supervisor are both built from the recipe's
+/// containers, in its order, and never change length: an index means the same
+/// container in both.
 #[derive(Debug)]
-struct ContainerIo {
+struct Managed {
+    /// Its name in the recipe, also its id for crun.
     name: String,
+    /// Its stdout and stderr while it runs.
     streams: [Option<Stream>; 2],
+    /// Its log file, opened at its first start.
     log: Option<LogFile>,
+    /// Its health check state, if it has a check.
+    health: Option<Health>,
+    /// Whether the boot assessment waits for it.
+    critical: bool,
+    /// Its named volumes.
+    volumes: Vec<String>,
+    /// Whether its root is writable.
+    writable: bool,
+    /// Its cgroup's OOM kill count when it last started.
+    oom_kills: u64,
 }
 
 /// A shutdown in progress.
@@ -143,15 +160,12 @@ pub fn run(
 #[derive(Debug)]
 struct EventLoop {
     supervisor: Supervisor,
-    io: Vec<ContainerIo>,
+    /// Per container, in the supervisor's order.
+    containers: Vec<Managed>,
     signals: SignalFd,
     buttons: Vec<Option<File>>,
     dhcp: Vec<DhcpLink>,
     shutdown: Option<Shutdown>,
-    /// Per container: its health check state, if it has a check.
-    health: Vec<Option<Health>>,
-    /// Per container: whether the boot assessment waits for it.
-    critical: Vec<bool>,
     probes: Option<Probes>,
     /// To begin once the containers were started.
     assessment_input: Option<AssessmentInput>,
@@ -159,10 +173,6 @@ struct EventLoop {
     version: String,
     health_timeout: Duration,
     shell: Option<Shell>,
-    /// Per container: its named volumes and whether its root is writable.
-    storage: Vec<(Vec<String>, bool)>,
-    /// Per container: its cgroup's OOM kill count when it last started.
-    oom_kills: Vec<u64>,
     /// When the watchdog is next petted (none: no watchdog).
     watchdog: Option<Instant>,
     /// Log file rotation.
@@ -196,25 +206,24 @@ impl EventLoop {
         }
         Ok(EventLoop {
             supervisor: Supervisor::new(&config.containers),
-            io: config
+            containers: config
                 .containers
                 .iter()
-                .map(|container| ContainerIo {
+                .map(|container| Managed {
                     name: container.name.clone(),
                     streams: [None, None],
                     log: None,
+                    health: container.health.clone().map(Health::new),
+                    critical: container.critical,
+                    volumes: container.volumes.clone(),
+                    writable: container.writable,
+                    oom_kills: 0,
                 })
                 .collect(),
             signals,
             buttons: open_power_buttons(),
             dhcp,
             shutdown: None,
-            health: config
-                .containers
-                .iter()
-                .map(|container| container.health.clone().map(Health::new))
-                .collect(),
-            critical: config.containers.iter().map(|c| c.critical).collect(),
             probes: if config.containers.iter().any(|c| c.health.is_some()) {
                 match Probes::new() {
                     Ok(probes) => Some(probes),
@@ -233,12 +242,6 @@ impl EventLoop {
             shell: config.debug.console_shell.then_some(Shell::Waiting {
                 until: Instant::now(),
             }),
-            storage: config
-                .containers
-                .iter()
-                .map(|c| (c.volumes.clone(), c.writable))
-                .collect(),
-            oom_kills: vec![0; config.containers.len()],
             watchdog: crate::run::watchdog::start(Instant::now()),
             rotation: rotation(config),
             kmsg: match Kmsg::open(Path::new(logfile::LOG_DIR), rotation(config)) {
@@ -297,9 +300,9 @@ impl EventLoop {
                     self.supervisor.next_wakeup(),
                     self.dhcp.iter().filter_map(DhcpLink::next_wakeup).min(),
                     self.watchdog,
-                    self.health
+                    self.containers
                         .iter()
-                        .flatten()
+                        .filter_map(|managed| managed.health.as_ref())
                         .filter_map(Health::next_due)
                         .min(),
                     self.probes.as_ref().and_then(Probes::next_deadline),
@@ -364,8 +367,11 @@ impl EventLoop {
             sources.push(Source::Kmsg);
             fds.push(kmsg.fd());
         }
-        for (index, io) in self.io.iter().enumerate() {
-            for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&io.streams) {
+        for (index, managed) in self.containers.iter().enumerate() {
+            for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr]
+                .into_iter()
+                .zip(&managed.streams)
+            {
                 if let Some(stream) = stream {
                     sources.push(Source::Output(index, pipe));
                     fds.push(stream.pipe.as_fd());
@@ -483,8 +489,9 @@ impl EventLoop {
                 let result = match status {
                     _ if probe.timed_out => Err(format!(
                         "check timed out after {} ms",
-                        self.health[probe.index]
-                            .as_ref()
+                        self.containers
+                            .get(probe.index)
+                            .and_then(|managed| managed.health.as_ref())
                             .map_or(0, |h| h.timeout().as_millis())
                     )),
                     ExitStatus::Code(0) => Ok(()),
@@ -507,18 +514,19 @@ impl EventLoop {
         self.pump(index, Pipe::Stderr, true);
         let name = self.name(index);
         log!("container {name} {status}");
-        let before = self.oom_kills.get(index).copied().unwrap_or(0);
+        let mut managed = self.containers.get_mut(index);
+        let before = managed.as_ref().map_or(0, |managed| managed.oom_kills);
         if let Some(now) = containers::oom_kills(&name) {
             if now > before {
                 log!(
                     "container {name} was killed by the kernel's OOM killer (memory limit reached)"
                 );
             }
-            if let Some(count) = self.oom_kills.get_mut(index) {
-                *count = now;
+            if let Some(managed) = managed.as_mut() {
+                managed.oom_kills = now;
             }
         }
-        if let Some(Some(health)) = self.health.get_mut(index) {
+        if let Some(health) = managed.and_then(|managed| managed.health.as_mut()) {
             health.stopped();
         }
         let after = self.supervisor.exited(index, status, Instant::now());
@@ -542,19 +550,21 @@ impl EventLoop {
     }
 
     fn name(&self, index: usize) -> String {
-        self.io
+        self.containers
             .get(index)
-            .map_or_else(String::new, |io| io.name.clone())
+            .map_or_else(String::new, |managed| managed.name.clone())
     }
 
     /// Reads what a container's pipe holds and prints it line by line. At end of
     /// stream, or when `closing` (the container ended), the pipe is closed after
     /// the last partial line.
     fn pump(&mut self, index: usize, pipe: Pipe, closing: bool) {
-        let Some(io) = self.io.get_mut(index) else {
+        let Some(managed) = self.containers.get_mut(index) else {
             return;
         };
-        let ContainerIo { name, streams, log } = io;
+        let Managed {
+            name, streams, log, ..
+        } = managed;
         let Some(stream) = streams[pipe as usize].as_mut() else {
             return;
         };
@@ -598,10 +608,10 @@ impl EventLoop {
     }
 
     fn start(&mut self, index: usize) {
-        let Some(io) = self.io.get_mut(index) else {
+        let Some(managed) = self.containers.get(index) else {
             return;
         };
-        let name = io.name.clone();
+        let name = managed.name.clone();
         // A runtime killed before it cleaned up leaves its state behind, and
         // `crun run` refuses an existing id.
         if Path::new(CRUN_STATE_DIR).join(&name).exists() {
@@ -612,14 +622,16 @@ impl EventLoop {
         let now = Instant::now();
         match spawn_container(&name) {
             Ok((pid, stdout, stderr)) => {
-                let io = &mut self.io[index];
-                io.streams = [stream(stdout), stream(stderr)];
-                if io.log.is_none() {
-                    io.log = Some(LogFile::open(
-                        Path::new(logfile::LOG_DIR),
-                        &name,
-                        self.rotation,
-                    ));
+                let streams = [stream(stdout), stream(stderr)];
+                if let Some(managed) = self.containers.get_mut(index) {
+                    managed.streams = streams;
+                    if managed.log.is_none() {
+                        managed.log = Some(LogFile::open(
+                            Path::new(logfile::LOG_DIR),
+                            &name,
+                            self.rotation,
+                        ));
+                    }
                 }
                 // The benchmark's "first container running" milestone.
                 log!(
@@ -627,7 +639,11 @@ impl EventLoop {
                     crate::log::since_boot_ms()
                 );
                 self.supervisor.started(index, pid, now);
-                if let Some(Some(health)) = self.health.get_mut(index) {
+                if let Some(health) = self
+                    .containers
+                    .get_mut(index)
+                    .and_then(|managed| managed.health.as_mut())
+                {
                     health.started(now);
                 }
             }
@@ -645,18 +661,16 @@ impl EventLoop {
         if let Err(err) = containers::cgroup(name) {
             log!("container {name}: {err}");
         }
-        if let Some(count) = containers::oom_kills(name) {
-            if let Some(slot) = self.oom_kills.get_mut(index) {
-                *slot = count;
-            }
-        }
-        let Some((volumes, writable)) = self.storage.get(index) else {
+        let Some(managed) = self.containers.get_mut(index) else {
             return;
         };
-        if let Err(err) = containers::volumes(volumes) {
+        if let Some(count) = containers::oom_kills(name) {
+            managed.oom_kills = count;
+        }
+        if let Err(err) = containers::volumes(&managed.volumes) {
             log!("container {name}: {err}");
         }
-        if *writable {
+        if managed.writable {
             match containers::writable_root(name, &self.version) {
                 Ok(WritableRoot::Fresh {
                     previous: Some(previous),
@@ -701,8 +715,8 @@ impl EventLoop {
             return;
         };
         let mut failed = Vec::new();
-        for index in 0..self.health.len() {
-            let Some(Some(health)) = self.health.get_mut(index) else {
+        for (index, managed) in self.containers.iter_mut().enumerate() {
+            let Some(health) = managed.health.as_mut() else {
                 continue;
             };
             if !health.is_due(now) {
@@ -757,7 +771,11 @@ impl EventLoop {
             return;
         }
         let name = container.name.clone();
-        let Some(Some(health)) = self.health.get_mut(index) else {
+        let Some(health) = self
+            .containers
+            .get_mut(index)
+            .and_then(|managed| managed.health.as_mut())
+        else {
             return;
         };
         match health.check_ended(Instant::now(), result) {
@@ -777,8 +795,12 @@ impl EventLoop {
     /// each is running and its health check passed (without a check: it has run
     /// for a moment). Without: every container was started.
     fn unhealthy_reason(&self, now: Instant) -> Option<String> {
-        let critical: Vec<usize> = (0..self.critical.len())
-            .filter(|&index| self.critical[index])
+        let critical: Vec<usize> = self
+            .containers
+            .iter()
+            .enumerate()
+            .filter(|(_, managed)| managed.critical)
+            .map(|(index, _)| index)
             .collect();
         if critical.is_empty() {
             return self
@@ -792,7 +814,11 @@ impl EventLoop {
             let container = self.supervisor.container(index)?;
             let name = &container.name;
             let since = container.running_since();
-            match (self.health.get(index).and_then(Option::as_ref), since) {
+            let health = self
+                .containers
+                .get(index)
+                .and_then(|managed| managed.health.as_ref());
+            match (health, since) {
                 (health, None) => {
                     return Some(match health.and_then(|h| h.last_error.as_ref()) {
                         Some(error) => {
