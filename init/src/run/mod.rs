@@ -3,67 +3,54 @@
 //! restart or the end of the shutdown grace period. Decisions come from
 //! [`Supervisor`]; this module does the I/O around them.
 //!
-//! The loop starts each container in turn ([`containers`] prepares its host side,
-//! the [`supervisor`] decides when), prints and logs its [`output`], runs its
-//! [`health`] checks, [`assess`]es a boot on trial, pets the [`watchdog`], copies
-//! the kernel log ([`kmsg`]), keeps the debug [`shell`] alive and watches the
-//! power button ([`input`]) and signals until a shutdown, whose last steps are
-//! [`crate::shared::power`]'s.
+//! This file holds the loop itself: its state, the wait, the dispatch of what
+//! is ready, and the reaping of children. Its jobs are in the files beside it:
+//!
+//! - [`lifecycle`]: a container started (its host side from [`containers`], when
+//!   from the [`supervisor`]), its end reaped and logged, signals sent to it;
+//! - [`pipes`]: its output read and printed, through [`output`]'s line splitter;
+//! - [`checks`]: its [`health`] checks, and the boot assessment ([`assess`]);
+//! - [`shutdown`]: TERM, grace period, KILL, then [`crate::shared::power`];
+//! - the power button ([`input`]), the debug [`shell`], the [`watchdog`] and the
+//!   kernel log ([`kmsg`]), each polled or timed by the loop.
 
 mod assess;
+mod checks;
 pub mod containers;
 mod health;
 mod input;
 mod kmsg;
+mod lifecycle;
 mod output;
+mod pipes;
 mod shell;
+mod shutdown;
 mod supervisor;
 pub mod watchdog;
 
 use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_format::{layout, ImageConfig, RestartPolicy, Slot};
+use berth_format::{ImageConfig, Slot};
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::net::dhcp_link::DhcpLink;
-use crate::run::assess::{Assessment, Decision};
-use crate::run::containers::WritableRoot;
-use crate::run::health::{Health, Probes, Transition};
+use crate::run::assess::Assessment;
+use crate::run::health::{Health, Probes};
 use crate::run::kmsg::Kmsg;
-use crate::run::output::LineSplitter;
+use crate::run::pipes::Stream;
 use crate::run::shell::Shell;
-use crate::run::supervisor::{AfterExit, ExitStatus, State, Supervisor};
+use crate::run::shutdown::Shutdown;
+use crate::run::supervisor::{ExitStatus, State, Supervisor};
 use crate::shared::logfile::{self, LogFile, Rotation};
 use crate::shared::power::{self, PowerAction};
-
-/// How long containers get between `crun kill … TERM` and `crun kill … KILL`.
-pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
-/// How long a shutdown waits for the console to send its queued lines before it
-/// kills the debug shell (see [`crate::log::drain_console`]). Enough for a few
-/// KiB at 115200 baud.
-const CONSOLE_DRAIN: Duration = Duration::from_millis(500);
-/// How long killed containers get to be reaped (and logged) before the final steps.
-const KILL_WAIT: Duration = Duration::from_secs(2);
-/// How long one `crun kill`/`crun delete` may take.
-const HELPER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Where crun keeps its container state (its default as root).
-const CRUN_STATE_DIR: &str = "/run/crun";
-/// `PATH` for the runtime and its hooks.
-const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-/// Bytes read from one pipe per wakeup, so one chatty container cannot starve the
-/// others (or the signals).
-const READ_BUDGET: usize = 64 * 1024;
 
 /// The event loop could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -91,13 +78,6 @@ enum Source {
     Kmsg,
 }
 
-/// One pipe of a running container and the line it is in the middle of.
-#[derive(Debug)]
-struct Stream {
-    pipe: File,
-    lines: LineSplitter,
-}
-
 /// What the loop keeps for one container, beside the [`Supervisor`]'s state
 /// machine: one value per container, so its parts cannot get out of step.
 /// `EventLoop::containers` and the supervisor are both built from the recipe's
@@ -121,16 +101,6 @@ struct Managed {
     writable: bool,
     /// Its cgroup's OOM kill count when it last started.
     oom_kills: u64,
-}
-
-/// A shutdown in progress.
-#[derive(Debug, Clone, Copy)]
-struct Shutdown {
-    action: PowerAction,
-    /// Containers were sent TERM (false) or, after the grace period, KILL (true).
-    killed: bool,
-    /// End of the grace period, or of the wait for the killed containers.
-    deadline: Instant,
 }
 
 /// Blocks every signal for PID 1 (they are read from the signalfd instead). Child
@@ -221,7 +191,7 @@ impl EventLoop {
                 })
                 .collect(),
             signals,
-            buttons: open_power_buttons(),
+            buttons: input::open_power_buttons(),
             dhcp,
             shutdown: None,
             probes: if config.containers.iter().any(|c| c.health.is_some()) {
@@ -374,7 +344,7 @@ impl EventLoop {
             {
                 if let Some(stream) = stream {
                     sources.push(Source::Output(index, pipe));
-                    fds.push(stream.pipe.as_fd());
+                    fds.push(stream.fd());
                 }
             }
         }
@@ -432,34 +402,6 @@ impl EventLoop {
         self.reap();
     }
 
-    fn handle_button(&mut self, index: usize) {
-        let Some(Some(file)) = self.buttons.get_mut(index) else {
-            return;
-        };
-        let mut buf = [0u8; input::EVENT_SIZE * 16];
-        let mut pressed = false;
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    pressed |= input::parse_events(&buf[..n])
-                        .iter()
-                        .any(input::InputEvent::is_power_press);
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) => {
-                    log!("power button: {err}; no longer watching it");
-                    self.buttons[index] = None;
-                    break;
-                }
-            }
-        }
-        if pressed {
-            self.begin_shutdown(PowerAction::PowerOff, "power button pressed");
-        }
-    }
-
     /// Reaps every child that ended: containers' runtime processes, and orphans
     /// the kernel reparented to PID 1.
     fn reap(&mut self) {
@@ -508,429 +450,6 @@ impl EventLoop {
         }
     }
 
-    fn container_exited(&mut self, index: usize, status: ExitStatus) {
-        // Its last words first: drain the pipes before the exit line.
-        self.pump(index, Pipe::Stdout, true);
-        self.pump(index, Pipe::Stderr, true);
-        let name = self.name(index);
-        log!("container {name} {status}");
-        let mut managed = self.containers.get_mut(index);
-        let before = managed.as_ref().map_or(0, |managed| managed.oom_kills);
-        if let Some(now) = containers::oom_kills(&name) {
-            if now > before {
-                log!(
-                    "container {name} was killed by the kernel's OOM killer (memory limit reached)"
-                );
-            }
-            if let Some(managed) = managed.as_mut() {
-                managed.oom_kills = now;
-            }
-        }
-        if let Some(health) = managed.and_then(|managed| managed.health.as_mut()) {
-            health.stopped();
-        }
-        let after = self.supervisor.exited(index, status, Instant::now());
-        self.log_after_exit(index, &name, after);
-    }
-
-    fn log_after_exit(&self, index: usize, name: &str, after: AfterExit) {
-        match after {
-            AfterExit::Restart(delay) => {
-                log!("restarting container {name} in {} ms", delay.as_millis());
-            }
-            AfterExit::Stay if self.shutdown.is_none() => {
-                let policy = self
-                    .supervisor
-                    .container(index)
-                    .map_or("?", |container| policy_name(container.policy));
-                log!("container {name} stays stopped (restart = \"{policy}\")");
-            }
-            AfterExit::Stay => {}
-        }
-    }
-
-    fn name(&self, index: usize) -> String {
-        self.containers
-            .get(index)
-            .map_or_else(String::new, |managed| managed.name.clone())
-    }
-
-    /// Reads what a container's pipe holds and prints it line by line. At end of
-    /// stream, or when `closing` (the container ended), the pipe is closed after
-    /// the last partial line.
-    fn pump(&mut self, index: usize, pipe: Pipe, closing: bool) {
-        let Some(managed) = self.containers.get_mut(index) else {
-            return;
-        };
-        let Managed {
-            name, streams, log, ..
-        } = managed;
-        let Some(stream) = streams[pipe as usize].as_mut() else {
-            return;
-        };
-        let mut emit = |line: &[u8]| {
-            crate::log::write_console(&output::prefixed(name, line));
-            if let Some(log) = log.as_mut() {
-                log.write_line(line);
-            }
-        };
-        let mut buf = [0u8; 4096];
-        // At the end, take everything that is there (within reason: a leftover
-        // process of the container could keep writing).
-        let mut budget = if closing {
-            16 * READ_BUDGET
-        } else {
-            READ_BUDGET
-        };
-        let mut eof = false;
-        while budget > 0 {
-            match stream.pipe.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    stream.lines.push(&buf[..n], &mut emit);
-                    budget = budget.saturating_sub(n);
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if eof || closing {
-            stream.lines.finish(&mut emit);
-            streams[pipe as usize] = None;
-        }
-    }
-
-    fn start(&mut self, index: usize) {
-        let Some(managed) = self.containers.get(index) else {
-            return;
-        };
-        let name = managed.name.clone();
-        // A runtime killed before it cleaned up leaves its state behind, and
-        // `crun run` refuses an existing id.
-        if Path::new(CRUN_STATE_DIR).join(&name).exists() {
-            run_helper(&["delete", "--force", &name]);
-        }
-        self.prepare(index, &name);
-        log!("starting container {name}");
-        let now = Instant::now();
-        match spawn_container(&name) {
-            Ok((pid, stdout, stderr)) => {
-                let streams = [stream(stdout), stream(stderr)];
-                if let Some(managed) = self.containers.get_mut(index) {
-                    managed.streams = streams;
-                    if managed.log.is_none() {
-                        managed.log = Some(LogFile::open(
-                            Path::new(logfile::LOG_DIR),
-                            &name,
-                            self.rotation,
-                        ));
-                    }
-                }
-                // The benchmark's "first container running" milestone.
-                log!(
-                    "container {name} started (pid {pid}) at {} ms since boot",
-                    crate::log::since_boot_ms()
-                );
-                self.supervisor.started(index, pid, now);
-                if let Some(health) = self
-                    .containers
-                    .get_mut(index)
-                    .and_then(|managed| managed.health.as_mut())
-                {
-                    health.started(now);
-                }
-            }
-            Err(err) => {
-                log!("container {name} could not be started: {err}");
-                let after = self.supervisor.start_failed(index, now);
-                self.log_after_exit(index, &name, after);
-            }
-        }
-    }
-
-    /// Its cgroup parent, volume folders and writable root; each failure is
-    /// logged and the start goes on (the runtime reports what is missing).
-    fn prepare(&mut self, index: usize, name: &str) {
-        if let Err(err) = containers::cgroup(name) {
-            log!("container {name}: {err}");
-        }
-        let Some(managed) = self.containers.get_mut(index) else {
-            return;
-        };
-        if let Some(count) = containers::oom_kills(name) {
-            managed.oom_kills = count;
-        }
-        if let Err(err) = containers::volumes(&managed.volumes) {
-            log!("container {name}: {err}");
-        }
-        if managed.writable {
-            match containers::writable_root(name, &self.version) {
-                Ok(WritableRoot::Fresh {
-                    previous: Some(previous),
-                }) => log!(
-                    "container {name}: writable layer of {previous} wiped (image is now {})",
-                    self.version
-                ),
-                Ok(_) => {}
-                Err(err) => log!("container {name}: writable root: {err}"),
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, action: PowerAction, why: &str) {
-        if self.shutdown.is_some() {
-            log!("{why}: already stopping");
-            return;
-        }
-        log!("{why}");
-        if let Some(pid) = self.shell.and_then(Shell::pid) {
-            // The shell's death hangs up the console: let the lines above out first.
-            crate::log::drain_console(CONSOLE_DRAIN);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        if self.shell.is_some() {
-            self.shell = Some(Shell::Stopped);
-        }
-        log!("stopping containers");
-        self.shutdown = Some(Shutdown {
-            action,
-            killed: false,
-            deadline: Instant::now() + GRACE_PERIOD,
-        });
-        for index in self.supervisor.stop_all() {
-            self.signal_container(index, "TERM", Signal::SIGTERM);
-        }
-    }
-
-    /// Starts the health checks that are due.
-    fn start_checks(&mut self, now: Instant) {
-        let Some(probes) = self.probes.as_mut() else {
-            return;
-        };
-        let mut failed = Vec::new();
-        for (index, managed) in self.containers.iter_mut().enumerate() {
-            let Some(health) = managed.health.as_mut() else {
-                continue;
-            };
-            if !health.is_due(now) {
-                continue;
-            }
-            let Some(container) = self.supervisor.container(index) else {
-                continue;
-            };
-            let run = container.run();
-            health.check_started();
-            if let Err(reason) = probes.start(index, &container.name, run, health, now) {
-                failed.push((index, run, reason));
-            }
-        }
-        for (index, run, reason) in failed {
-            self.check_ended(index, run, Err(reason));
-        }
-    }
-
-    /// Kills exec checks that ran past their timeout (their exit is reaped and
-    /// counted as a failure).
-    fn kill_late_probes(&mut self, now: Instant) {
-        let Some(probes) = self.probes.as_mut() else {
-            return;
-        };
-        for probe in probes.exec.iter_mut() {
-            if !probe.timed_out && now >= probe.deadline {
-                probe.timed_out = true;
-                let _ = kill(Pid::from_raw(probe.pid), Signal::SIGKILL);
-            }
-        }
-    }
-
-    fn network_probes_done(&mut self) {
-        let results = self
-            .probes
-            .as_ref()
-            .map(Probes::finished)
-            .unwrap_or_default();
-        for result in results {
-            self.check_ended(result.index, result.run, result.result);
-        }
-    }
-
-    /// A health check of container `index`'s run `run` ended.
-    fn check_ended(&mut self, index: usize, run: u64, result: Result<(), String>) {
-        let Some(container) = self.supervisor.container(index) else {
-            return;
-        };
-        if container.run() != run || run == 0 {
-            // The container stopped or restarted since: a stale result.
-            return;
-        }
-        let name = container.name.clone();
-        let Some(health) = self
-            .containers
-            .get_mut(index)
-            .and_then(|managed| managed.health.as_mut())
-        else {
-            return;
-        };
-        match health.check_ended(Instant::now(), result) {
-            None => {}
-            Some(Transition::BecameHealthy) => log!("container {name} is healthy"),
-            Some(Transition::BecameUnhealthy(reason)) => {
-                log!("container {name} is unhealthy: {reason}");
-                if self.shutdown.is_none() {
-                    self.supervisor.restart_on_exit(index);
-                    self.signal_container(index, "KILL", Signal::SIGKILL);
-                }
-            }
-        }
-    }
-
-    /// Why the boot is not healthy yet (`None`: it is). With critical containers:
-    /// each is running and its health check passed (without a check: it has run
-    /// for a moment). Without: every container was started.
-    fn unhealthy_reason(&self, now: Instant) -> Option<String> {
-        let critical: Vec<usize> = self
-            .containers
-            .iter()
-            .enumerate()
-            .filter(|(_, managed)| managed.critical)
-            .map(|(index, _)| index)
-            .collect();
-        if critical.is_empty() {
-            return self
-                .supervisor
-                .containers()
-                .iter()
-                .find(|container| !container.ever_started)
-                .map(|container| format!("container {} has not started", container.name));
-        }
-        for index in critical {
-            let container = self.supervisor.container(index)?;
-            let name = &container.name;
-            let since = container.running_since();
-            let health = self
-                .containers
-                .get(index)
-                .and_then(|managed| managed.health.as_ref());
-            match (health, since) {
-                (health, None) => {
-                    return Some(match health.and_then(|h| h.last_error.as_ref()) {
-                        Some(error) => {
-                            format!("container {name} is not running (last check: {error})")
-                        }
-                        None => format!("container {name} is not running"),
-                    })
-                }
-                (Some(health), Some(_)) if health.status != health::Status::Healthy => {
-                    return Some(match &health.last_error {
-                        Some(error) => format!("container {name} is not healthy: {error}"),
-                        None => format!("container {name} has not passed a health check yet"),
-                    })
-                }
-                (None, Some(since))
-                    if now.saturating_duration_since(since) < health::RUNNING_IS_HEALTHY_AFTER =>
-                {
-                    return Some(format!(
-                        "container {name} has not run for {} s yet",
-                        health::RUNNING_IS_HEALTHY_AFTER.as_secs()
-                    ))
-                }
-                _ => {}
-            }
-        }
-        None
-    }
-
-    /// Blesses the booted slot once healthy, or reboots when its time is up.
-    fn assess(&mut self, now: Instant) {
-        let Some(assessment) = &self.assessment else {
-            return;
-        };
-        let reason = self.unhealthy_reason(now);
-        let elapsed = now.saturating_duration_since(assessment.start);
-        match assess::decide(
-            Some(assessment.counter),
-            reason.is_none(),
-            elapsed,
-            assessment.timeout,
-        ) {
-            Decision::Nothing | Decision::Wait => {}
-            Decision::Bless => {
-                assessment.bless();
-                self.assessment = None;
-            }
-            Decision::Reboot => {
-                let line = assessment.fail(reason.as_deref().unwrap_or("unknown"));
-                log!("{line}");
-                self.assessment = None;
-                self.begin_shutdown(PowerAction::Reboot, "boot assessment failed");
-            }
-        }
-    }
-
-    /// Starts the debug shell when it is due.
-    fn shell_due(&mut self, now: Instant) {
-        let Some(Shell::Waiting { until }) = self.shell else {
-            return;
-        };
-        if until > now || self.shutdown.is_some() {
-            return;
-        }
-        match shell::spawn() {
-            Ok(pid) => self.shell = Some(Shell::Running { pid }),
-            Err(err) => {
-                log!("debug shell {}: {err}", shell::SHELL);
-                self.shell = Some(Shell::Waiting {
-                    until: now + shell::RESPAWN_DELAY * 10,
-                });
-            }
-        }
-    }
-
-    /// After the grace period: KILL what still runs (the final `kill(-1)` in
-    /// [`power::finish`] catches the rest).
-    fn kill_remaining(&mut self) {
-        let running = self.supervisor.running();
-        let names: Vec<&str> = running
-            .iter()
-            .filter_map(|&index| self.supervisor.container(index))
-            .map(|container| container.name.as_str())
-            .collect();
-        log!(
-            "still running after {} s: {}; killing",
-            GRACE_PERIOD.as_secs(),
-            names.join(", ")
-        );
-        for &index in &running {
-            self.signal_container(index, "KILL", Signal::SIGKILL);
-        }
-        self.shutdown = self.shutdown.map(|shutdown| Shutdown {
-            killed: true,
-            deadline: Instant::now() + KILL_WAIT,
-            ..shutdown
-        });
-    }
-
-    /// `crun kill <name> <signal>`; when crun cannot (the container is not created
-    /// yet, or crun is gone), the signal goes to the runtime process itself.
-    fn signal_container(&self, index: usize, crun_name: &str, signal: Signal) {
-        let Some(container) = self.supervisor.container(index) else {
-            return;
-        };
-        let Some(pid) = container.pid() else {
-            return;
-        };
-        if !run_helper(&["kill", &container.name, crun_name]) {
-            let _ = kill(Pid::from_raw(pid), signal);
-        }
-    }
-
     fn log_status(&self) {
         let now = Instant::now();
         for container in self.supervisor.containers() {
@@ -959,15 +478,6 @@ pub fn rotation(config: &ImageConfig) -> Rotation {
     }
 }
 
-/// A restart policy as the recipe spells it.
-fn policy_name(policy: RestartPolicy) -> &'static str {
-    match policy {
-        RestartPolicy::Always => "always",
-        RestartPolicy::OnFailure => "on-failure",
-        RestartPolicy::Never => "never",
-    }
-}
-
 /// Milliseconds until `wakeup`, rounded up so the loop does not wake just before
 /// the moment and spin; no wakeup means wait for an event.
 fn poll_timeout(wakeup: Option<Instant>, now: Instant) -> PollTimeout {
@@ -977,105 +487,6 @@ fn poll_timeout(wakeup: Option<Instant>, now: Instant) -> PollTimeout {
     let micros = wakeup.saturating_duration_since(now).as_micros();
     let millis = micros.div_ceil(1000);
     PollTimeout::try_from(i32::try_from(millis).unwrap_or(i32::MAX)).unwrap_or(PollTimeout::MAX)
-}
-
-fn open_power_buttons() -> Vec<Option<File>> {
-    let paths = input::find_power_buttons(Path::new("/sys"), Path::new("/dev"));
-    if paths.is_empty() {
-        log!(
-            "no power button input device (kernel modules button and evdev): \
-             ACPI power-off requests will not be seen"
-        );
-    }
-    paths
-        .iter()
-        .filter_map(|path| match input::open(path) {
-            Ok(file) => Some(Some(file)),
-            Err(err) => {
-                log!("opening power button {}: {err}", path.display());
-                None
-            }
-        })
-        .collect()
-}
-
-/// Starts `crun run --bundle <bundle> <name>` (the bundle with the
-/// provisioned environment when there is one) with stdin from /dev/null and
-/// its output into two pipes. Returns the runtime's pid and the pipes' read
-/// ends.
-fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
-    let mut child = Command::new(layout::CRUN_PATH)
-        .arg("run")
-        .arg("--bundle")
-        .arg(crate::system::envmerge::bundle(name))
-        .arg(name)
-        .env_clear()
-        .env("PATH", PATH)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(std::io::Error::other("no pipes from the runtime"));
-    };
-    // Dropping `child` neither kills nor waits: the event loop reaps it by pid.
-    drop(child);
-    Ok((pid, OwnedFd::from(stdout), OwnedFd::from(stderr)))
-}
-
-fn stream(fd: OwnedFd) -> Option<Stream> {
-    if let Err(errno) = fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
-        log!("making a container pipe non-blocking: {errno}");
-        return None;
-    }
-    Some(Stream {
-        pipe: File::from(fd),
-        lines: LineSplitter::default(),
-    })
-}
-
-/// Runs `crun <args>` to completion (at most [`HELPER_TIMEOUT`]), its output on the
-/// console. Returns whether it succeeded.
-fn run_helper(args: &[&str]) -> bool {
-    let spawned = Command::new(layout::CRUN_PATH)
-        .args(args)
-        .env_clear()
-        .env("PATH", PATH)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(err) => {
-            log!("running crun {}: {err}", args.join(" "));
-            return false;
-        }
-    };
-    wait_helper(&mut child, args)
-}
-
-fn wait_helper(child: &mut Child, args: &[&str]) -> bool {
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if start.elapsed() < HELPER_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(None) => {
-                log!("crun {} timed out", args.join(" "));
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            Err(err) => {
-                log!("waiting for crun {}: {err}", args.join(" "));
-                return false;
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1095,29 +506,6 @@ mod tests {
         assert_eq!(
             poll_timeout(Some(now), now + Duration::from_secs(1)),
             PollTimeout::ZERO
-        );
-    }
-
-    #[test]
-    fn policy_names_match_the_recipe() {
-        for policy in [
-            RestartPolicy::Always,
-            RestartPolicy::OnFailure,
-            RestartPolicy::Never,
-        ] {
-            let toml = format!("[image]\nname='a'\nversion='1'\ncompatible='a'\nhostname='a'\n[[container]]\nname='c'\nrestart='{}'\n", policy_name(policy));
-            assert_eq!(
-                ImageConfig::parse(&toml).unwrap().containers[0].restart,
-                policy
-            );
-        }
-    }
-
-    #[test]
-    fn bundles_live_under_the_containers_folder() {
-        assert_eq!(
-            crate::system::envmerge::bundle("web"),
-            PathBuf::from("/usr/lib/berth/containers/web")
         );
     }
 }
