@@ -12,7 +12,7 @@ pub const PREFIX: &str = "berth-init: ";
 pub fn line(args: fmt::Arguments<'_>) {
     let text = format!("{PREFIX}{args}\n");
     write_console(text.as_bytes());
-    crate::logfile::init_line(text.trim_end_matches('\n').as_bytes());
+    crate::shared::logfile::init_line(text.trim_end_matches('\n').as_bytes());
 }
 
 /// Writes raw bytes to the console. Errors are ignored: there is nowhere else to

@@ -9,38 +9,20 @@
 #[macro_use]
 mod log;
 
-mod assess;
-mod cmdline;
-mod console;
-mod containers;
-mod dhcp;
-mod dhcp_link;
+// The source follows the boot: the early stage (initramfs), then the main stage
+// as it runs, system setup, network, the run loop; `shared` holds what both
+// stages use.
 mod early;
-mod envmerge;
-mod esp;
-mod grow;
-mod health;
-mod input;
-mod kmod;
-mod kmsg;
-mod logfile;
-mod mounts;
 mod net;
-mod output;
-mod power;
-mod provision;
-mod rtc;
-mod runloop;
-mod shell;
-mod sntp;
-mod supervisor;
+mod run;
+mod shared;
 mod system;
-mod verity;
-mod watchdog;
 
 use std::path::Path;
 
 use berth_format::layout::INITRAMFS_MODULES_PATH;
+
+use crate::shared::power;
 
 const USAGE: &str = "\
 berth-init: the init (PID 1) of a berth image.

@@ -45,7 +45,7 @@ pub fn fatal(message: &str) -> ! {
     log!("rebooting in {} s", FATAL_DELAY.as_secs());
     std::thread::sleep(FATAL_DELAY);
     sync();
-    crate::mounts::unmount_all();
+    crate::shared::mounts::unmount_all();
     sync();
     log!("{}", PowerAction::Reboot.final_line());
     power(PowerAction::Reboot)
@@ -69,9 +69,9 @@ pub enum RefusedSlotAction {
 /// (an exhausted entry sorts last). Halt for a blessed entry (or none, or a
 /// direct kernel boot) and for a last try with nothing to fall back to: a reboot
 /// would only boot the same broken slot again, forever.
-pub fn refused_slot_action(counting: Option<crate::esp::Counting>) -> RefusedSlotAction {
+pub fn refused_slot_action(counting: Option<crate::shared::esp::Counting>) -> RefusedSlotAction {
     match counting {
-        Some(crate::esp::Counting {
+        Some(crate::shared::esp::Counting {
             counter: Some(counter),
             other_can_boot,
         }) if counter.left > 0 || other_can_boot => RefusedSlotAction::Reboot,
@@ -83,7 +83,7 @@ pub fn refused_slot_action(counting: Option<crate::esp::Counting>) -> RefusedSlo
 /// (the early stage mounts the ESP read-only for a moment to read the counter).
 pub fn refuse_slot(message: &str) -> ! {
     log!("{message}");
-    let counting = match crate::esp::counting_now() {
+    let counting = match crate::shared::esp::counting_now() {
         Ok(counting) => Some(counting),
         Err(why) => {
             log!("cannot read the boot counter: {why}");
@@ -96,7 +96,7 @@ pub fn refuse_slot(message: &str) -> ! {
             let left = counting.and_then(|c| c.counter).map_or(0, |c| c.left);
             log!("the boot entry is on trial ({left} tries left): rebooting, so the boot loader falls back to the other slot");
             sync();
-            crate::mounts::unmount_all();
+            crate::shared::mounts::unmount_all();
             sync();
             log!("{}", PowerAction::Reboot.final_line());
             power(PowerAction::Reboot)
@@ -125,9 +125,9 @@ pub fn finish(action: PowerAction) -> ! {
     }
     reap_all(REAP_LEFTOVERS);
     sync();
-    crate::mounts::unmount_all();
+    crate::shared::mounts::unmount_all();
     sync();
-    crate::watchdog::stop();
+    crate::run::watchdog::stop();
     log!("{}", action.final_line());
     power(action)
 }
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn refused_slots_reboot_only_while_the_counter_leads_elsewhere() {
-        use crate::esp::Counting;
+        use crate::shared::esp::Counting;
         use berth_format::entries::Counter;
         let counting = |left, done, other_can_boot| {
             Some(Counting {

@@ -8,6 +8,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::EventLoop;
+
 /// The shell.
 pub const SHELL: &str = "/bin/sh";
 /// The console it runs on.
@@ -78,4 +80,25 @@ pub fn spawn() -> std::io::Result<i32> {
     let child = command.spawn()?;
     // Reaped by the event loop by pid.
     i32::try_from(child.id()).map_err(std::io::Error::other)
+}
+
+impl EventLoop {
+    /// Starts the debug shell when it is due.
+    pub(super) fn shell_due(&mut self, now: Instant) {
+        let Some(Shell::Waiting { until }) = self.shell else {
+            return;
+        };
+        if until > now || self.shutdown.is_some() {
+            return;
+        }
+        match spawn() {
+            Ok(pid) => self.shell = Some(Shell::Running { pid }),
+            Err(err) => {
+                log!("debug shell {}: {err}", SHELL);
+                self.shell = Some(Shell::Waiting {
+                    until: now + RESPAWN_DELAY * 10,
+                });
+            }
+        }
+    }
 }

@@ -1,5 +1,13 @@
-//! Network setup without netlink: the classic interface ioctls bring loopback up
-//! and give the wired interface its static address, netmask and default route.
+//! The network, as the main stage brings it up: this module's interface ioctls
+//! (no netlink) bring loopback up and give the wired interface its static
+//! address, netmask and default route; without one, [`dhcp_link`] runs the DHCP
+//! client of [`dhcp`] on every wired interface, first during boot and then from
+//! the run loop. Once the network is up, [`sntp`] sets the clock in a thread of
+//! its own.
+
+mod dhcp;
+pub mod dhcp_link;
+pub mod sntp;
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

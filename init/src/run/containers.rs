@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use berth_format::layout::{CGROUP_PARENT, CONTAINERS_DIR, CONTAINER_STATE_DIR, VOLUMES_DIR};
 use nix::mount::MsFlags;
 
-use crate::mounts;
+use crate::shared::mounts;
 
 /// Where cgroup2 is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";

@@ -1,11 +1,16 @@
 //! The ACPI power button. QEMU's `system_powerdown` (and a real power button)
 //! reaches PID 1 only as an input event: the kernel's `button` driver registers an
 //! input device named "Power Button" and `evdev` gives it a `/dev/input/eventN`
-//! node, where a press reads as `EV_KEY`/`KEY_POWER`/1.
+//! node, where a press reads as `EV_KEY`/`KEY_POWER`/1. The run loop polls
+//! every power button it found; a press begins a poweroff.
 
 use std::fs::File;
+use std::io::{ErrorKind, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use super::EventLoop;
+use crate::shared::power::PowerAction;
 
 /// The input device name the ACPI button driver gives power buttons.
 pub const POWER_BUTTON_NAME: &str = "Power Button";
@@ -86,6 +91,58 @@ pub fn open(path: &Path) -> std::io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+}
+
+/// Opens every power button, for the loop to poll.
+pub(super) fn open_power_buttons() -> Vec<Option<File>> {
+    let paths = find_power_buttons(Path::new("/sys"), Path::new("/dev"));
+    if paths.is_empty() {
+        log!(
+            "no power button input device (kernel modules button and evdev): \
+             ACPI power-off requests will not be seen"
+        );
+    }
+    paths
+        .iter()
+        .filter_map(|path| match open(path) {
+            Ok(file) => Some(Some(file)),
+            Err(err) => {
+                log!("opening power button {}: {err}", path.display());
+                None
+            }
+        })
+        .collect()
+}
+
+impl EventLoop {
+    /// A power button is readable: a press begins a poweroff.
+    pub(super) fn handle_button(&mut self, index: usize) {
+        let Some(Some(file)) = self.buttons.get_mut(index) else {
+            return;
+        };
+        let mut buf = [0u8; EVENT_SIZE * 16];
+        let mut pressed = false;
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    pressed |= parse_events(&buf[..n])
+                        .iter()
+                        .any(InputEvent::is_power_press);
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => {
+                    log!("power button: {err}; no longer watching it");
+                    self.buttons[index] = None;
+                    break;
+                }
+            }
+        }
+        if pressed {
+            self.begin_shutdown(PowerAction::PowerOff, "power button pressed");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::logfile::{LogFile, Rotation};
+use crate::shared::logfile::{LogFile, Rotation};
 
 /// Records read per wakeup, so a kernel flood cannot starve the loop.
 const BUDGET: usize = 256;

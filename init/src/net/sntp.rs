@@ -201,8 +201,8 @@ fn step(server: Ipv4Addr, offset: i128, stratum: u8) {
         log!("sntp: {server} gives a time before 1970: ignored");
         return;
     };
-    let when = crate::logfile::timestamp(UNIX_EPOCH + target);
-    match crate::rtc::set_clock(target) {
+    let when = crate::shared::logfile::timestamp(UNIX_EPOCH + target);
+    match crate::system::rtc::set_clock(target) {
         Ok(()) => {
             log!("sntp: clock stepped by {millis} ms to {when} from {server} (stratum {stratum})")
         }

@@ -1,5 +1,15 @@
 //! The main stage, run as PID 1 inside the root: the file systems, hostname and
 //! network the containers expect, then the event loop.
+//!
+//! In order: the API and data file systems (with [`grow`] on a first boot of a
+//! larger disk), the clock from the [`rtc`], the ESP, the [`provision`]ing file
+//! and the containers' environment ([`envmerge`]), the host name, the network
+//! ([`crate::net`]), then the run loop ([`crate::run`]), which never returns.
+
+pub mod envmerge;
+mod grow;
+mod provision;
+pub mod rtc;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,11 +17,11 @@ use std::time::{Duration, Instant};
 use berth_format::{layout, ImageConfig};
 use nix::mount::MsFlags;
 
-use crate::cmdline;
-use crate::dhcp_link::DhcpLink;
-use crate::mounts;
+use crate::net::dhcp_link::DhcpLink;
 use crate::net::{self, Ipv4Setup};
-use crate::runloop::AssessmentInput;
+use crate::run::AssessmentInput;
+use crate::shared::cmdline;
+use crate::shared::mounts;
 use berth_format::blockdev::{self, Roots};
 
 /// How long to wait for the data partition (on the same disk as the root, so it is
@@ -39,7 +49,7 @@ pub enum SystemError {
         source: berth_format::image_config::ImageConfigError,
     },
     #[error(transparent)]
-    Loop(#[from] crate::runloop::LoopError),
+    Loop(#[from] crate::run::LoopError),
 }
 
 /// Runs the main stage; returns only with an error (the event loop ends in a
@@ -55,9 +65,9 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
     let start = Instant::now();
     // Signals first, so a SIGTERM during setup waits in the signalfd's queue
     // instead of being lost.
-    crate::runloop::block_signals()?;
+    crate::run::block_signals()?;
     api_filesystems();
-    crate::console::ensure();
+    crate::shared::console::ensure();
     let mut config = load_config(Path::new(layout::IMAGE_CONFIG_PATH))?;
     log!(
         "{} {} (slot {})",
@@ -66,32 +76,32 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         slot_name()
     );
     filesystems();
-    crate::logfile::open_init_log(
-        Path::new(crate::logfile::LOG_DIR),
-        crate::runloop::rotation(&config),
+    crate::shared::logfile::open_init_log(
+        Path::new(crate::shared::logfile::LOG_DIR),
+        crate::run::rotation(&config),
     );
-    crate::rtc::set_clock_from_rtc(config.image.epoch);
+    crate::system::rtc::set_clock_from_rtc(config.image.epoch);
     quiet_console();
     // The ESP first: its provisioning file may change the host name and network.
     let assessment = mount_esp();
-    let provision = crate::provision::load(
-        Path::new(crate::provision::ESP_FILE),
-        Path::new(crate::provision::SAVED_FILE),
+    let provision = crate::system::provision::load(
+        Path::new(crate::system::provision::ESP_FILE),
+        Path::new(crate::system::provision::SAVED_FILE),
     );
     provision.apply(&mut config);
     let names: Vec<&str> = config.containers.iter().map(|c| c.name.as_str()).collect();
-    crate::envmerge::prepare(&names, &provision.env);
+    crate::system::envmerge::prepare(&names, &provision.env);
     if let Err(errno) = nix::unistd::sethostname(&config.image.hostname) {
         log!("setting hostname {:?}: {errno}", config.image.hostname);
     }
     let dhcp = network(&config);
     // In its own thread: the containers do not wait for the clock.
-    crate::sntp::start(ntp_servers(provision.ntp_servers(), &dhcp));
+    crate::net::sntp::start(ntp_servers(provision.ntp_servers(), &dhcp));
     if config.debug.console_shell {
         log!("debug shell on the console (development image)");
     }
     log!("system ready in {} ms", start.elapsed().as_millis());
-    Ok(crate::runloop::run(&config, dhcp, assessment)?)
+    Ok(crate::run::run(&config, dhcp, assessment)?)
 }
 
 /// The SNTP servers: the provisioning file's, else those of the DHCP leases
@@ -124,7 +134,7 @@ fn quiet_console() {
 /// Without it, or without `berth.slot=` on the command line, the boot is not
 /// assessed.
 fn mount_esp() -> Option<AssessmentInput> {
-    match crate::esp::mount(false) {
+    match crate::shared::esp::mount(false) {
         Ok(node) => log!("mounted ESP {} on {}", node.display(), layout::ESP_MOUNT),
         Err(why) => {
             log!("no ESP ({why}): boot assessment skipped");
@@ -213,8 +223,8 @@ fn filesystems() {
         }
     }
     mount_var();
-    crate::containers::delegate_controllers();
-    for dir in [crate::logfile::LOG_DIR, "/run/crun", "/run/berth"] {
+    crate::run::containers::delegate_controllers();
+    for dir in [crate::shared::logfile::LOG_DIR, "/run/crun", "/run/berth"] {
         if let Err(err) = std::fs::create_dir_all(dir) {
             log!("creating {dir}: {err}");
         }
@@ -227,7 +237,7 @@ fn mount_var() {
     let var = Path::new("/var");
     match data_partition() {
         Ok(device) => {
-            match crate::grow::grow_partition(Path::new(&device)) {
+            match crate::system::grow::grow_partition(Path::new(&device)) {
                 Ok(Some(grown)) => log!(
                     "data partition {device} grown from {} MiB to {} MiB",
                     grown.old_bytes() >> 20,
@@ -245,7 +255,7 @@ fn mount_var() {
             ) {
                 Ok(()) => {
                     log!("mounted data partition {device} on /var");
-                    match crate::grow::grow_filesystem(Path::new(&device), var) {
+                    match crate::system::grow::grow_filesystem(Path::new(&device), var) {
                         Ok(Some((old, new))) => log!(
                             "data file system grown online from {} MiB to {} MiB",
                             old >> 20,
@@ -301,11 +311,13 @@ fn network(config: &ImageConfig) -> Vec<DhcpLink> {
         .filter_map(|server| server.parse().ok())
         .collect();
     let text = if dns.is_empty() {
-        crate::dhcp_link::resolv_conf("(no DNS servers yet)", &[])
+        crate::net::dhcp_link::resolv_conf("(no DNS servers yet)", &[])
     } else {
-        crate::dhcp_link::resolv_conf("from the static configuration", &dns)
+        crate::net::dhcp_link::resolv_conf("from the static configuration", &dns)
     };
-    if let Err(err) = crate::dhcp_link::write_resolv_conf(Path::new(layout::RESOLV_CONF), &text) {
+    if let Err(err) =
+        crate::net::dhcp_link::write_resolv_conf(Path::new(layout::RESOLV_CONF), &text)
+    {
         log!("writing {}: {err}", layout::RESOLV_CONF);
     }
     let Some(ipv4) = &config.network.ipv4 else {

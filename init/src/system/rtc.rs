@@ -99,7 +99,7 @@ pub fn set_clock_from_rtc(epoch: u64) {
         }
     };
     if let Some(target) = decide(system, rtc, epoch) {
-        let when = crate::logfile::timestamp(UNIX_EPOCH + Duration::from_secs(target));
+        let when = crate::shared::logfile::timestamp(UNIX_EPOCH + Duration::from_secs(target));
         match set_clock(Duration::from_secs(target)) {
             Ok(()) => log!("clock set to {when}"),
             Err(err) => log!("setting the clock to {when}: {err}"),

@@ -1,5 +1,5 @@
 //! The DHCP client on a real interface: a UDP socket on 0.0.0.0:68 bound to the
-//! interface, the state machine of [`crate::dhcp`], and the lease applied with the
+//! interface, the state machine of [`crate::net::dhcp`], and the lease applied with the
 //! interface ioctls of [`crate::net`] plus `/run/berth/resolv.conf`.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::dhcp::{Action, Client, Destination, Lease, CLIENT_PORT, SERVER_PORT};
+use crate::net::dhcp::{Action, Client, Destination, Lease, CLIENT_PORT, SERVER_PORT};
 use crate::net::{self, Ipv4Setup};
 
 /// Where the DNS servers of the lease are written.

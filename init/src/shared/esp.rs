@@ -11,8 +11,8 @@ use berth_format::layout::{ESP_LABEL, ESP_MOUNT};
 use berth_format::Slot;
 use nix::mount::{umount2, MntFlags, MsFlags};
 
-use crate::cmdline;
-use crate::mounts;
+use crate::shared::cmdline;
+use crate::shared::mounts;
 use berth_format::blockdev::{self, Roots};
 
 /// vfat options: the code pages the initramfs has modules for (not the kernel's

@@ -3,6 +3,13 @@
 //! put dm-verity over it and check every block when the command line carries a root
 //! hash, mount it on /sysroot, switch to it and exec its /sbin/init (berth-init
 //! again, which then runs the main stage).
+//!
+//! Its parts, in the order they run: [`kmod`] loads the modules, [`verity`] puts
+//! dm-verity over the root partition. The mounts, the kernel command line and the
+//! console come from [`crate::shared`], which the main stage uses too.
+
+mod kmod;
+mod verity;
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -17,9 +24,9 @@ use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
 use nix::unistd::{chdir, chroot, execv};
 
-use crate::cmdline::{self, CmdlineError};
-use crate::mounts::{self, MountError};
-use crate::verity::{self, SetupError, VerifyError};
+use crate::early::verity::{SetupError, VerifyError};
+use crate::shared::cmdline::{self, CmdlineError};
+use crate::shared::mounts::{self, MountError};
 use berth_format::blockdev::{self, BlockError, Roots};
 
 /// Where the root file system is mounted before the switch.
@@ -114,8 +121,8 @@ fn boot() -> Result<Infallible, EarlyError> {
         };
         mounts::mount_on_dir(source, Path::new(target), fstype, flags, None)?;
     }
-    crate::console::ensure();
-    let loaded = crate::kmod::load_all(Path::new(layout::INITRAMFS_MODULES_PATH));
+    crate::shared::console::ensure();
+    let loaded = crate::early::kmod::load_all(Path::new(layout::INITRAMFS_MODULES_PATH));
     let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE))?;
     let partuuid = cmdline::root_partuuid(&cmdline).ok_or(EarlyError::NoRoot)?;
     let root = blockdev::wait_for_partition(&Roots::system(), partuuid, ROOT_TIMEOUT, ROOT_POLL)?;
