@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
 use berth_builder::bundle::{self, BundleOptions, Inspection, PayloadCheck};
-use berth_builder::cache::Cache;
 use berth_builder::keys::{self, Overwrite};
-use berth_builder::lock::LockMode;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::publish::{self, PublishOptions};
 use berth_builder::reproducible::{self, Reproducibility};
+use berth_builder::sources::cache::Cache;
+use berth_builder::sources::lock::LockMode;
 use berth_bundle::channel::ChannelName;
 use berth_bundle::TrustedKeys;
 use clap::{Args, Parser, Subcommand};
@@ -557,7 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!(
                             "{}  {:>10}  {:>4}d  {}",
                             e.sha256,
-                            berth_builder::registry::human_bytes(e.size),
+                            berth_builder::sources::registry::human_bytes(e.size),
                             days,
                             e.what
                         );
@@ -565,7 +565,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "{} blobs, {} in {}",
                         entries.len(),
-                        berth_builder::registry::human_bytes(total),
+                        berth_builder::sources::registry::human_bytes(total),
                         cache.root().display()
                     );
                 }
@@ -576,7 +576,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "removed {} blobs, {}",
                         pruned.blobs,
-                        berth_builder::registry::human_bytes(pruned.bytes)
+                        berth_builder::sources::registry::human_bytes(pruned.bytes)
                     );
                 }
             }

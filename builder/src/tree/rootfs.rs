@@ -14,18 +14,18 @@ use berth_format::layout::{
 use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::apt::{self, AptError, Fetched};
-use crate::cache::Cache;
-use crate::deb::{self, DebError};
-use crate::kernel::{
-    Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
-};
-use crate::lock::{LockedImage, Pins};
-use crate::oci::{self, ImageDefaults, OciError, Sources};
 use crate::recipe::{
     BuildPlan, ConsoleShell, ContainerNetwork, ContainerPlan, Limits, Privileges, RecipeError,
     RootVerity, RootfsSource, CAPABILITIES,
 };
+use crate::sources::apt::{self, AptError, Fetched};
+use crate::sources::cache::Cache;
+use crate::sources::deb::{self, DebError};
+use crate::sources::kernel::{
+    Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
+};
+use crate::sources::lock::{LockedImage, Pins};
+use crate::sources::oci::{self, ImageDefaults, OciError, Sources};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
@@ -770,7 +770,7 @@ pub fn initramfs_tree(
     let mut list = String::new();
     for file in &files {
         let source = kernel.modules_dir.join(file);
-        let bytes = crate::kernel::read_module(&source)?;
+        let bytes = crate::sources::kernel::read_module(&source)?;
         let plain = file
             .strip_suffix(".xz")
             .or_else(|| file.strip_suffix(".zst"))
