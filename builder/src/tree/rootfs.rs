@@ -1,6 +1,7 @@
 //! Assembling the trees: the image's read-only root (init, crun with exactly the
 //! shared libraries it needs, the containers' bundles, the image configuration)
-//! and the initramfs (init + the modules needed to reach the root).
+//! and the initramfs (init + the modules needed to reach the root). Each
+//! container's `config.json` comes from [`runtime_spec`].
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs;
@@ -8,15 +9,12 @@ use std::path::{Path, PathBuf};
 
 use berth_format::image_config::ImageInfo;
 use berth_format::layout::{
-    CGROUP_LEAF, CGROUP_PARENT, CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH,
-    INITRAMFS_MODULES_PATH, KEYS_DIR, RESOLV_CONF, VOLUMES_DIR,
+    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
 };
 use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::recipe::{
-    BuildPlan, ConsoleShell, ContainerNetwork, ContainerPlan, Limits, Privileges, RecipeError,
-    RootVerity, RootfsSource, CAPABILITIES,
+    BuildPlan, ConsoleShell, ContainerNetwork, RecipeError, RootVerity, RootfsSource,
 };
 use crate::sources::apt::{self, AptError, Fetched};
 use crate::sources::cache::Cache;
@@ -26,6 +24,7 @@ use crate::sources::kernel::{
 };
 use crate::sources::lock::{LockedImage, Pins};
 use crate::sources::oci::{self, ImageDefaults, OciError, Sources};
+use crate::tree::runtime_spec::{self, RuntimeSpecError};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
 /// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
@@ -40,7 +39,6 @@ const LIB_DIRS: &[&str] = &[
 const CONSOLE_SHELL_PACKAGE: &str = "busybox-static";
 /// An image's files may add up to this many times the root partition's size.
 const UNPACK_LIMIT_FACTOR: u64 = 8;
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Failure while assembling a tree.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +64,8 @@ pub enum RootfsError {
     MissingLibrary { binary: String, library: String },
     #[error("{path} is not a valid ELF file: {reason}")]
     Elf { path: String, reason: String },
-    #[error("writing the OCI runtime config of {container}: {reason}")]
-    Spec { container: String, reason: String },
+    #[error(transparent)]
+    RuntimeSpec(#[from] RuntimeSpecError),
 }
 
 /// The inputs a tree was made from, for the build report.
@@ -180,376 +178,6 @@ fn add_console_shell(
     root.copy_from(&scratch, "bin/busybox")?;
     root.add_symlink("bin/sh", "busybox");
     Ok(())
-}
-
-/// The OCI runtime configuration of a container.
-pub fn runtime_spec(
-    plan: &BuildPlan,
-    container: &ContainerPlan,
-    defaults: &ImageDefaults,
-    rootfs: &Tree,
-) -> Result<Spec, RootfsError> {
-    let fail = |reason: String| RootfsError::Spec {
-        container: container.name.clone(),
-        reason,
-    };
-    let args: Vec<String> = match &container.command {
-        Some(command) => command
-            .iter()
-            .chain(container.args.iter().flatten())
-            .cloned()
-            .collect(),
-        None => defaults
-            .entrypoint
-            .iter()
-            .chain(container.args.as_ref().unwrap_or(&defaults.cmd))
-            .cloned()
-            .collect(),
-    };
-    if args.is_empty() {
-        return Err(container
-            .at
-            .error(format!(
-                "container {:?}: the image has no entrypoint or command; set `command`",
-                container.name
-            ))
-            .into());
-    }
-    let mut env: Vec<String> = Vec::new();
-    let mut set = |entry: String| {
-        let key = entry.split('=').next().unwrap_or_default().to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
-    };
-    set(DEFAULT_PATH.to_string());
-    defaults.env.iter().cloned().for_each(&mut set);
-    container
-        .env
-        .iter()
-        .for_each(|(k, v)| set(format!("{k}={v}")));
-    let (uid, gid) = match (&container.user, &defaults.user) {
-        (Some(user), _) => resolve_user(user, rootfs).ok_or_else(|| {
-            fail(format!(
-                "user {user:?} of the recipe is neither numeric nor in the image's /etc/passwd"
-            ))
-        })?,
-        (None, Some(user)) => resolve_user(user, rootfs).ok_or_else(|| {
-            fail(format!(
-                "user {user:?} of the image is neither numeric nor in its /etc/passwd"
-            ))
-        })?,
-        (None, None) => (0, 0),
-    };
-    let cwd = container
-        .workdir
-        .clone()
-        .or_else(|| defaults.workdir.clone())
-        .unwrap_or_else(|| "/".to_string());
-
-    let mut spec = Spec::default();
-    // No UTS namespace: containers see the device's host name, which the init
-    // sets at boot (from the recipe, or from the ESP's provisioning file).
-    let _ = &plan.hostname;
-    spec.set_hostname(None);
-    if !defaults.exposed_ports.is_empty() {
-        // The image-spec's name for them in a runtime config: informational,
-        // containers share the device's network.
-        spec.set_annotations(Some(
-            [(
-                "org.opencontainers.image.exposedPorts".to_string(),
-                defaults.exposed_ports.join(","),
-            )]
-            .into_iter()
-            .collect(),
-        ));
-    }
-    let mut root = oci_spec::runtime::Root::default();
-    root.set_path(PathBuf::from("rootfs"));
-    root.set_readonly(Some(true));
-    spec.set_root(Some(root));
-    let process = spec
-        .process_mut()
-        .as_mut()
-        .ok_or_else(|| fail("no process".into()))?;
-    process.set_terminal(Some(false));
-    process.set_args(Some(args));
-    process.set_env(Some(env));
-    process.set_cwd(PathBuf::from(cwd));
-    process.set_no_new_privileges(Some(true));
-    let mut user = oci_spec::runtime::User::default();
-    user.set_uid(uid);
-    user.set_gid(gid);
-    process.set_user(user);
-    // The root is read-only: give the container a private, writable /tmp (as
-    // `docker run --read-only --tmpfs /tmp` would).
-    let mut tmp = oci_spec::runtime::Mount::default();
-    tmp.set_destination(PathBuf::from("/tmp"));
-    tmp.set_typ(Some("tmpfs".into()));
-    tmp.set_source(Some(PathBuf::from("tmpfs")));
-    tmp.set_options(Some(
-        ["nosuid", "nodev", "mode=1777", "size=64m"]
-            .map(String::from)
-            .to_vec(),
-    ));
-    let bind = |source: &str, destination: &str, options: &[&str]| {
-        let mut mount = oci_spec::runtime::Mount::default();
-        mount.set_destination(PathBuf::from(destination));
-        mount.set_typ(Some("bind".into()));
-        mount.set_source(Some(PathBuf::from(source)));
-        mount.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
-        mount
-    };
-    if let Some(mounts) = spec.mounts_mut() {
-        mounts.push(tmp);
-        // The host's DNS configuration (written by the init: static servers or the
-        // DHCP lease's, rewritten in place so the bind mount follows it).
-        if container.network == ContainerNetwork::Host {
-            mounts.push(bind(
-                RESOLV_CONF,
-                "/etc/resolv.conf",
-                &["bind", "ro", "nosuid", "nodev", "noexec"],
-            ));
-        }
-        for (volume, path) in &container.volumes {
-            mounts.push(bind(
-                &format!("{VOLUMES_DIR}/{volume}"),
-                path,
-                &["rbind", "rw", "nosuid", "nodev"],
-            ));
-        }
-    }
-    if container.writable {
-        // The init mounts an overlay on the bundle's rootfs before the start.
-        if let Some(root) = spec.root_mut() {
-            root.set_readonly(Some(false));
-        }
-    }
-    let linux = spec
-        .linux_mut()
-        .as_mut()
-        .ok_or_else(|| fail("no linux section".into()))?;
-    if let Some(namespaces) = linux.namespaces_mut() {
-        namespaces.retain(|n| {
-            n.typ() != LinuxNamespaceType::Uts
-                && (n.typ() != LinuxNamespaceType::Network
-                    || container.network == ContainerNetwork::None)
-        });
-    }
-    linux.set_cgroups_path(Some(PathBuf::from(format!(
-        "{CGROUP_PARENT}/{}/{CGROUP_LEAF}",
-        container.name
-    ))));
-    if let Some(resources) = resources(&container.limits).map_err(|e| fail(e.to_string()))? {
-        linux.set_resources(Some(resources));
-    }
-    if container.privileges == Privileges::Privileged {
-        linux.set_masked_paths(None);
-        linux.set_readonly_paths(None);
-    }
-    confine(spec, container).map_err(|e| fail(e.to_string()))
-}
-
-/// The cgroup v2 limits as OCI resources (crun writes memory.max, cpu.max,
-/// pids.max); `None` when the recipe sets none.
-fn resources(
-    limits: &Limits,
-) -> Result<Option<oci_spec::runtime::LinuxResources>, oci_spec::OciSpecError> {
-    use oci_spec::runtime::{
-        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
-    };
-    if *limits == Limits::default() {
-        return Ok(None);
-    }
-    let mut builder = LinuxResourcesBuilder::default();
-    if let Some(bytes) = limits.memory {
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        // No swap on berth devices: memory + swap = memory.
-        builder = builder.memory(
-            LinuxMemoryBuilder::default()
-                .limit(bytes)
-                .swap(bytes)
-                .build()?,
-        );
-    }
-    if let Some(millicpus) = limits.millicpus {
-        let quota = i64::try_from(millicpus * 100).unwrap_or(i64::MAX);
-        builder = builder.cpu(
-            LinuxCpuBuilder::default()
-                .quota(quota)
-                .period(100_000u64)
-                .build()?,
-        );
-    }
-    if let Some(pids) = limits.pids {
-        builder = builder.pids(LinuxPidsBuilder::default().limit(pids).build()?);
-    }
-    Ok(Some(builder.build()?))
-}
-
-/// System calls a confined container may not make (EPERM), after Docker's
-/// default profile, reduced to a deny list: kernel modules, kexec, reboot,
-/// swap, accounting, keyrings, BPF, perf, userfaultfd, handles by inode and
-/// long-obsolete calls. Each group is lifted when the recipe adds the
-/// capability it belongs to.
-const DENIED_SYSCALLS: &[(&str, &[&str])] = &[
-    (
-        "",
-        &[
-            "acct",
-            "add_key",
-            "bpf",
-            "create_module",
-            "get_kernel_syms",
-            "keyctl",
-            "lookup_dcookie",
-            "nfsservctl",
-            "perf_event_open",
-            "query_module",
-            "request_key",
-            "_sysctl",
-            "sysfs",
-            "uselib",
-            "userfaultfd",
-            "ustat",
-            "vhangup",
-        ],
-    ),
-    (
-        "CAP_SYS_ADMIN",
-        &[
-            "mount",
-            "umount",
-            "umount2",
-            "pivot_root",
-            "unshare",
-            "setns",
-            "name_to_handle_at",
-            "quotactl",
-            "swapon",
-            "swapoff",
-            "fsopen",
-            "fsmount",
-            "fsconfig",
-            "move_mount",
-            "open_tree",
-            "fspick",
-            "mount_setattr",
-        ],
-    ),
-    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
-    (
-        "CAP_SYS_MODULE",
-        &["init_module", "finit_module", "delete_module"],
-    ),
-    ("CAP_SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
-    (
-        "CAP_SYS_TIME",
-        &["settimeofday", "stime", "clock_settime", "clock_adjtime"],
-    ),
-    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
-];
-
-/// Capabilities (the OCI default set, `cap_add`, minus `cap_drop`; every one when
-/// privileged), no new privileges and the seccomp filter unless privileged.
-fn confine(spec: Spec, container: &ContainerPlan) -> Result<Spec, serde_json::Error> {
-    let mut value = serde_json::to_value(&spec)?;
-    let privileged = container.privileges == Privileges::Privileged;
-    let mut caps: BTreeSet<String> = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-        .map(String::from)
-        .into_iter()
-        .collect();
-    if privileged {
-        caps.extend(CAPABILITIES.map(String::from));
-    }
-    caps.extend(container.cap_add.iter().cloned());
-    for drop in &container.cap_drop {
-        caps.remove(drop);
-    }
-    let list = serde_json::Value::from(caps.iter().cloned().collect::<Vec<_>>());
-    if let Some(process) = value.get_mut("process").and_then(|p| p.as_object_mut()) {
-        let sets = [
-            "bounding",
-            "effective",
-            "inheritable",
-            "permitted",
-            "ambient",
-        ];
-        let capabilities: serde_json::Map<String, serde_json::Value> = sets
-            .iter()
-            .map(|set| (set.to_string(), list.clone()))
-            .collect();
-        process.insert("capabilities".into(), capabilities.into());
-        process.insert("noNewPrivileges".into(), (!privileged).into());
-    }
-    if !privileged {
-        let names: Vec<&str> = DENIED_SYSCALLS
-            .iter()
-            .filter(|(cap, _)| cap.is_empty() || !caps.contains(*cap))
-            .flat_map(|(_, names)| names.iter().copied())
-            .collect();
-        let seccomp = serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "syscalls": [{ "names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
-        });
-        if let Some(linux) = value.get_mut("linux").and_then(|l| l.as_object_mut()) {
-            linux.insert("seccomp".into(), seccomp);
-        }
-    }
-    serde_json::from_value(value)
-}
-
-/// The runtime configuration's bytes. oci-spec keeps capabilities in `HashSet`s,
-/// which serialize in a different order in every process: they are sorted here so
-/// the same recipe always gives the same `config.json` (and the same image).
-pub fn spec_json(spec: &Spec) -> serde_json::Result<Vec<u8>> {
-    let mut value = serde_json::to_value(spec)?;
-    if let Some(sets) = value
-        .pointer_mut("/process/capabilities")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        for set in sets.values_mut() {
-            if let Some(list) = set.as_array_mut() {
-                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-            }
-        }
-    }
-    serde_json::to_vec_pretty(&value)
-}
-
-fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
-    let (name, group) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let key = rootfs.resolve(file, true).ok()??;
-        let Some(Node {
-            kind: NodeKind::File(path),
-            ..
-        }) = rootfs.get(&key)
-        else {
-            return None;
-        };
-        let text = fs::read_to_string(path).ok()?;
-        text.lines().find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.first() == Some(&name) && f.len() > 3)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-    };
-    let (uid, mut gid) = match name.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => lookup("etc/passwd", name)?,
-    };
-    if let Some(group) = group {
-        gid = match group.parse::<u32>() {
-            Ok(g) => g,
-            Err(_) => lookup("etc/group", group)?.0,
-        };
-    }
-    Some((uid, gid))
 }
 
 /// Builds the image's root tree.
@@ -703,11 +331,7 @@ pub fn root_tree(
         {
             tree.add_bytes("etc/resolv.conf", b"", 0o644)?;
         }
-        let spec = runtime_spec(plan, container, &defaults, &tree)?;
-        let json = spec_json(&spec).map_err(|e| RootfsError::Spec {
-            container: container.name.clone(),
-            reason: e.to_string(),
-        })?;
+        let json = runtime_spec::config_json(plan, container, &defaults, &tree)?;
         let bundle = format!(
             "{}/{}",
             CONTAINERS_DIR.trim_start_matches('/'),
@@ -783,28 +407,4 @@ pub fn initramfs_tree(
     }
     tree.add_bytes(INITRAMFS_MODULES_PATH, list.as_bytes(), 0o644)?;
     Ok(tree)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_config_bytes_do_not_depend_on_hash_order() {
-        // Every Spec gets its capability sets from a fresh, randomly keyed
-        // HashSet: the bytes must still be the same each time.
-        let first = spec_json(&Spec::default()).unwrap();
-        for _ in 0..16 {
-            assert_eq!(spec_json(&Spec::default()).unwrap(), first);
-        }
-        let value: serde_json::Value = serde_json::from_slice(&first).unwrap();
-        let bounding: Vec<&str> = value["process"]["capabilities"]["bounding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
-        assert!(bounding.len() > 1, "{bounding:?}");
-        assert!(bounding.is_sorted(), "{bounding:?}");
-    }
 }
