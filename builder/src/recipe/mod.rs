@@ -261,6 +261,8 @@ impl Validator<'_> {
         Ok(path)
     }
 
+    /// Validates section by section. The order decides which error a recipe
+    /// with several is refused with: keep it.
     fn plan(&self, raw: RawRecipe) -> Result<BuildPlan, RecipeError> {
         let image = self.image(raw.image)?;
         let kernel = self.kernel(raw.kernel)?;
