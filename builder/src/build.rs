@@ -5,20 +5,20 @@ use std::path::{Path, PathBuf};
 
 use berth_format::layout::{self, BootEntry, Slot};
 
-use crate::cache::{sha256_file, Cache, CacheError};
 use crate::disk::{self, DiskError, DiskIds, DiskInput};
-use crate::initramfs::{self, InitramfsError};
-use crate::kernel::{self, Kernel, KernelError};
-use crate::lock::{Lock, LockError, LockMode, LockedPackage, Pins};
-use crate::oci::Sources;
+use crate::filesystem::initramfs::{self, InitramfsError};
+use crate::filesystem::squashfs::{self, SquashfsError};
+use crate::filesystem::verity::{self, HashTree, VerityError};
 use crate::progress::Progress;
 use crate::recipe::{self, BuildPlan, KernelSource, RecipeError, RootVerity};
-use crate::registry::{human_bytes, Registries, RegistryError};
 use crate::report::*;
-use crate::rootfs::{self, Inputs, RootfsError};
-use crate::squashfs::{self, SquashfsError};
+use crate::sources::cache::{sha256_file, Cache, CacheError};
+use crate::sources::kernel::{self, Kernel, KernelError};
+use crate::sources::lock::{Lock, LockError, LockMode, LockedPackage, Pins};
+use crate::sources::oci::Sources;
+use crate::sources::registry::{human_bytes, Registries, RegistryError};
+use crate::tree::rootfs::{self, Inputs, RootfsError};
 use crate::tree::Tree;
-use crate::verity::{self, HashTree, VerityError};
 
 /// Failure of a build.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +267,7 @@ struct Prepared {
     lock_changes: String,
     fetched: Fetched,
     cache: Cache,
-    _cache: crate::cache::CacheLock,
+    _cache: crate::sources::cache::CacheLock,
 }
 
 fn prepare(
@@ -321,7 +321,7 @@ fn prepare(
     let kernel = match &plan.kernel.source {
         KernelSource::Package { name, at } => {
             kernel::from_package(&cache, name, &pins).map_err(|e| match e {
-                KernelError::Apt(crate::apt::AptError::Unknown { name }) => {
+                KernelError::Apt(crate::sources::apt::AptError::Unknown { name }) => {
                     BuildError::Recipe(at.error(format!(
                         "unknown kernel package {name:?}: apt has no candidate for it"
                     )))
@@ -342,7 +342,7 @@ fn prepare(
 
     // The lock of what this build used.
     let mut lock = Lock {
-        version: crate::lock::LOCK_VERSION,
+        version: crate::sources::lock::LOCK_VERSION,
         images: inputs.images.clone(),
         packages: inputs
             .packages

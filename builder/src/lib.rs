@@ -1,29 +1,28 @@
 //! berth-builder: turns a TOML recipe into a bootable GPT disk image.
 //!
-//! The pipeline (see `build`): `recipe` parses and validates into a `BuildPlan`;
-//! `apt`, `kernel`, `oci` and `registry` fetch sources (pinned by `lock`) into the content-addressed `cache`;
-//! `rootfs` assembles staging `tree`s without root privileges; `initramfs`,
-//! `squashfs`, `verity` and `disk` write the artifacts; `report` records what went in.
+//! The folders follow the pipeline (driven by [`build`]):
+//! [`recipe`] parses and validates into a `BuildPlan`; [`sources`] fetches the
+//! packages, kernel and images (pinned by `RECIPE.lock`) into the
+//! content-addressed cache; [`tree`] assembles the root and initramfs trees
+//! without root privileges; [`filesystem`] writes the initramfs, the squashfs root
+//! and its verity hash tree; [`disk`] writes the GPT image; [`report`] records
+//! what went in. The release stage ([`bundle`], [`keys`], [`publish`]) signs and
+//! publishes built images.
+//!
+//! At the top stay the driver and what every stage uses: [`build`] (the pipeline,
+//! which knows every stage), [`progress`] (the terminal output each stage
+//! reports to), [`report`] (the build's record, filled from every stage) and
+//! [`reproducible`] (builds the whole pipeline twice and compares).
 
-pub mod apt;
 pub mod build;
 pub mod bundle;
-pub mod cache;
-pub mod credentials;
-pub mod deb;
 pub mod disk;
-pub mod initramfs;
-pub mod kernel;
+pub mod filesystem;
 pub mod keys;
-pub mod lock;
-pub mod oci;
 pub mod progress;
 pub mod publish;
 pub mod recipe;
-pub mod registry;
 pub mod report;
 pub mod reproducible;
-pub mod rootfs;
-pub mod squashfs;
+pub mod sources;
 pub mod tree;
-pub mod verity;

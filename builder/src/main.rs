@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
 use berth_builder::bundle::{self, BundleOptions, Inspection, PayloadCheck};
-use berth_builder::cache::Cache;
 use berth_builder::keys::{self, Overwrite};
-use berth_builder::lock::LockMode;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::publish::{self, PublishOptions};
 use berth_builder::reproducible::{self, Reproducibility};
+use berth_builder::sources::cache::Cache;
+use berth_builder::sources::lock::LockMode;
 use berth_bundle::channel::ChannelName;
 use berth_bundle::TrustedKeys;
 use clap::{Args, Parser, Subcommand};
@@ -31,24 +31,11 @@ struct Cli {
 enum Command {
     /// Build a bootable disk image from a recipe.
     Build {
-        /// The recipe (TOML).
-        recipe: PathBuf,
         /// Output folder.
         #[arg(long, default_value = "images")]
         out: PathBuf,
-        /// Download cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
-        #[arg(long)]
-        cache: Option<PathBuf>,
-        /// The berth-init binary to put in the image (default: next to berth).
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// The berth-update binary (the device agent) to put in the image
-        /// (default: next to berth).
-        #[arg(long)]
-        update_agent: Option<PathBuf>,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        recipe: RecipeArgs,
         /// Build twice, in two temporary folders under --out with different
         /// umasks, and compare the image, kernel, initramfs and root: exit 1 and
         /// name what differs unless every byte is the same. Keeps no image.
@@ -64,30 +51,25 @@ enum Command {
     },
     /// Resolve and fetch a recipe's images and packages and write RECIPE.lock
     /// (no image is built).
+    // The shared arguments' help speaks of building; locking puts no image
+    // anywhere, so it says why it needs the binaries instead.
+    #[command(
+        mut_arg("init", |a| a.help("The berth-init binary (default: next to berth)")),
+        mut_arg("update_agent", |a| a.help(
+            "The berth-update binary (default: next to berth); locking assembles the root tree, which holds it"
+        )),
+    )]
     Lock {
-        /// The recipe (TOML).
-        recipe: PathBuf,
         /// With --update: only the images of these containers and these
         /// packages (default: everything).
-        #[arg(requires = "update")]
+        #[arg(requires = "update", index = 2)]
         names: Vec<String>,
         /// Resolve afresh (tags from the registry, candidates from apt) instead
         /// of keeping what the lock pins.
         #[arg(long)]
         update: bool,
-        /// Download cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
-        #[arg(long)]
-        cache: Option<PathBuf>,
-        /// The berth-init binary (default: next to berth).
-        #[arg(long)]
-        init: Option<PathBuf>,
-        /// The berth-update binary (default: next to berth); locking assembles
-        /// the root tree, which holds it.
-        #[arg(long)]
-        update_agent: Option<PathBuf>,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        recipe: RecipeArgs,
     },
     /// The download cache shared by all builds.
     Cache {
@@ -160,6 +142,52 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+}
+
+/// What `build` and `lock` both take: the recipe, the download cache, the
+/// binaries the root tree holds (locking assembles it too) and the verbosity.
+#[derive(Debug, Args)]
+struct RecipeArgs {
+    /// The recipe (TOML).
+    // Always the first positional, though flattened after `lock`'s NAMES.
+    #[arg(index = 1)]
+    recipe: PathBuf,
+    /// Download cache (default: $BERTH_CACHE, $XDG_CACHE_HOME/berth or ~/.cache/berth).
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// The berth-init binary to put in the image (default: next to berth).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// The berth-update binary (the device agent) to put in the image
+    /// (default: next to berth).
+    #[arg(long)]
+    update_agent: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl RecipeArgs {
+    /// The build options these arguments give, writing to `out_dir`.
+    fn options(self, out_dir: PathBuf, lock_mode: LockMode) -> anyhow::Result<BuildOptions> {
+        Ok(BuildOptions {
+            recipe: self.recipe,
+            out_dir,
+            cache_dir: cache_root(self.cache)?,
+            init: self.init,
+            update_agent: self.update_agent,
+            lock_mode,
+            fresh: false,
+        })
+    }
+
+    fn progress(&self) -> Progress {
+        Progress::new(if self.quiet {
+            Verbosity::Quiet
+        } else {
+            Verbosity::Normal
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -441,36 +469,20 @@ fn print_reproducibility(recipe: &std::path::Path, result: &Reproducibility) {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build {
-            recipe,
+            recipe: args,
             out,
-            cache,
-            init,
-            update_agent,
-            quiet,
             check_reproducible,
             qcow2,
             locked,
         } => {
-            let cache_dir = cache_root(cache)?;
-            let verbosity = if quiet {
-                Verbosity::Quiet
+            let mut progress = args.progress();
+            let lock_mode = if locked {
+                LockMode::Locked
             } else {
-                Verbosity::Normal
+                LockMode::Use
             };
-            let mut progress = Progress::new(verbosity);
-            let options = BuildOptions {
-                recipe: recipe.clone(),
-                out_dir: out,
-                cache_dir,
-                init,
-                update_agent,
-                lock_mode: if locked {
-                    LockMode::Locked
-                } else {
-                    LockMode::Use
-                },
-                fresh: false,
-            };
+            let options = args.options(out, lock_mode)?;
+            let recipe = options.recipe.clone();
             if check_reproducible {
                 let result = reproducible::check(&options, &mut progress)
                     .with_context(|| format!("building {}", recipe.display()))?;
@@ -496,33 +508,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lock {
-            recipe,
+            recipe: args,
             names,
             update,
-            cache,
-            init,
-            update_agent,
-            quiet,
         } => {
-            let verbosity = if quiet {
-                Verbosity::Quiet
+            let mut progress = args.progress();
+            let lock_mode = if update {
+                LockMode::Update(names)
             } else {
-                Verbosity::Normal
+                LockMode::Use
             };
-            let mut progress = Progress::new(verbosity);
-            let options = BuildOptions {
-                recipe: recipe.clone(),
-                out_dir: PathBuf::from("."),
-                cache_dir: cache_root(cache)?,
-                init,
-                update_agent,
-                lock_mode: if update {
-                    LockMode::Update(names)
-                } else {
-                    LockMode::Use
-                },
-                fresh: false,
-            };
+            let options = args.options(PathBuf::from("."), lock_mode)?;
+            let recipe = options.recipe.clone();
             let locked = berth_builder::build::lock(&options, &mut progress)
                 .with_context(|| format!("locking {}", recipe.display()))?;
             if locked.changes.is_empty() {
@@ -557,7 +554,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         println!(
                             "{}  {:>10}  {:>4}d  {}",
                             e.sha256,
-                            berth_builder::registry::human_bytes(e.size),
+                            berth_builder::sources::registry::human_bytes(e.size),
                             days,
                             e.what
                         );
@@ -565,7 +562,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "{} blobs, {} in {}",
                         entries.len(),
-                        berth_builder::registry::human_bytes(total),
+                        berth_builder::sources::registry::human_bytes(total),
                         cache.root().display()
                     );
                 }
@@ -576,7 +573,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "removed {} blobs, {}",
                         pruned.blobs,
-                        berth_builder::registry::human_bytes(pruned.bytes)
+                        berth_builder::sources::registry::human_bytes(pruned.bytes)
                     );
                 }
             }
@@ -667,5 +664,42 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn build_and_lock_share_their_recipe_arguments() {
+        let cli = Cli::parse_from(["berth", "lock", "--update", "r.toml", "web", "crun", "-q"]);
+        let Command::Lock {
+            recipe,
+            names,
+            update,
+        } = cli.command
+        else {
+            panic!("not lock: {cli:?}");
+        };
+        assert_eq!(recipe.recipe, PathBuf::from("r.toml"));
+        assert!(recipe.quiet && update);
+        assert_eq!(names, ["web", "crun"]);
+
+        let cli = Cli::parse_from(["berth", "build", "r.toml", "--cache", "c", "--init", "i"]);
+        let Command::Build { recipe, out, .. } = cli.command else {
+            panic!("not build: {cli:?}");
+        };
+        assert_eq!(recipe.recipe, PathBuf::from("r.toml"));
+        assert_eq!(recipe.cache, Some(PathBuf::from("c")));
+        assert_eq!(recipe.init, Some(PathBuf::from("i")));
+        assert_eq!(out, PathBuf::from("images"));
     }
 }

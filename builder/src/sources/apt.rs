@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::cache::{Cache, CacheError};
+use crate::sources::cache::{Cache, CacheError};
 
 /// Failure to resolve or fetch a package.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +267,7 @@ fn show_provider(cache: &Cache, group: &[String]) -> Result<Option<Package>, Apt
 /// file's), if any. Dependencies stay as apt's candidate says: a pinned version
 /// is the same package at another version, and Debian keeps dependencies of one
 /// package stable across such updates.
-pub fn pin(packages: Vec<Package>, pins: &crate::lock::Pins) -> Vec<Package> {
+pub fn pin(packages: Vec<Package>, pins: &crate::sources::lock::Pins) -> Vec<Package> {
     packages
         .into_iter()
         .map(|mut p| {

@@ -7,7 +7,7 @@
 //! (an HTTP range request) with a growing pause between tries. Every blob is
 //! checked against its sha256 before it enters the cache. HTTPS unless the recipe
 //! says `[registry."HOST"] insecure = true`; credentials come from
-//! [`crate::credentials`] and only ever live in memory.
+//! [`crate::sources::credentials`] and only ever live in memory.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -23,10 +23,10 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::cache::{sha256_file, Cache, CacheError};
-use crate::credentials::{self, CredentialsError};
 use crate::progress::Verbosity;
 use crate::recipe::{RegistryRef, Transport};
+use crate::sources::cache::{sha256_file, Cache, CacheError};
+use crate::sources::credentials::{self, CredentialsError};
 
 /// Tries of one request before giving up (the first and four retries).
 const ATTEMPTS: u32 = 5;
@@ -319,7 +319,7 @@ impl Registries {
                 hint: String::new(),
             });
         }
-        let actual = crate::cache::sha256_bytes(&bytes);
+        let actual = crate::sources::cache::sha256_bytes(&bytes);
         if Some(actual.as_str()) != digest.strip_prefix("sha256:") {
             return Err(RegistryError::Digest {
                 image: image.to_string(),

@@ -7,9 +7,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::apt::{self, AptError};
-use crate::cache::{Cache, CacheError};
-use crate::deb::{self, DebError};
+use crate::sources::apt::{self, AptError};
+use crate::sources::cache::{Cache, CacheError};
+use crate::sources::deb::{self, DebError};
 use crate::tree::normalize;
 
 /// Modules without which berth cannot reach its root.
@@ -89,7 +89,7 @@ pub struct Kernel {
 pub fn from_package(
     cache: &Cache,
     name: &str,
-    pins: &crate::lock::Pins,
+    pins: &crate::sources::lock::Pins,
 ) -> Result<Kernel, KernelError> {
     let mut package = apt::resolve(cache, &[name.to_string()], false)?
         .pop()

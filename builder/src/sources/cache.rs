@@ -256,7 +256,7 @@ impl Cache {
             let name = entry.file_name();
             if !name
                 .to_string_lossy()
-                .starts_with(crate::initramfs::CACHE_PREFIX)
+                .starts_with(crate::filesystem::initramfs::CACHE_PREFIX)
             {
                 continue;
             }

@@ -18,9 +18,9 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{sha256_file, Cache};
 use crate::recipe::{ImageRef, RegistryRef};
-use crate::registry::{Registries, RegistryError};
+use crate::sources::cache::{sha256_file, Cache};
+use crate::sources::registry::{Registries, RegistryError};
 use crate::tree::{normalize, TarGuard, Tree, TreeError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -695,7 +695,7 @@ mod tests {
 
     /// Writes `bytes` as a blob of the layout `dir`; returns its descriptor.
     fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
-        let hex = crate::cache::sha256_bytes(bytes);
+        let hex = crate::sources::cache::sha256_bytes(bytes);
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
         json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
@@ -720,7 +720,7 @@ mod tests {
             &zstd::encode_all(&tar[..], 3).unwrap(),
         );
         let diff = diff_id.map_or_else(
-            || format!("sha256:{}", crate::cache::sha256_bytes(&tar)),
+            || format!("sha256:{}", crate::sources::cache::sha256_bytes(&tar)),
             str::to_string,
         );
         let config = json!({"architecture": "amd64", "os": "linux",

@@ -1,6 +1,9 @@
 //! The disk image: GPT with the ESP (FAT32: systemd-boot, loader.conf, slot A's
 //! entry, kernel and initramfs), root-a (the squashfs and its verity hash tree),
 //! an empty root-b of the same size, and the ext4 data partition.
+//!
+//! Takes the plan's partition sizes, the kernel, the initramfs and the root
+//! filesystem with its hash tree; gives one raw disk image.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::cache::{sha256_bytes, Cache, CacheError};
+use crate::sources::cache::{sha256_bytes, Cache, CacheError};
 use crate::tree::{NodeKind, Tree};
 
 /// Failure writing the initramfs.

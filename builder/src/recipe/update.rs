@@ -1,0 +1,132 @@
+//! `[update]`: the keys an image trusts for updates and how long a new slot has to
+//! prove itself healthy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_format::image_config::DEFAULT_HEALTH_TIMEOUT_MS;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{RecipeError, Validator};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpdate {
+    /// Minisign public keys (paths relative to the recipe) trusted for updates.
+    #[serde(default)]
+    keys: Vec<Spanned<String>>,
+    /// How long a counting slot has to become healthy.
+    #[serde(default)]
+    health_timeout: Option<Spanned<String>>,
+}
+
+/// The recipe's `[update]` table, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdatePlan {
+    /// Update signing keys, copied into the image as `/etc/berth/keys/<stem>.pub`.
+    pub keys: Vec<PublicKeyFile>,
+    /// How long a counting slot has to become healthy.
+    pub health_timeout: Duration,
+}
+
+impl Default for UpdatePlan {
+    fn default() -> Self {
+        UpdatePlan {
+            keys: Vec::new(),
+            health_timeout: Duration::from_millis(DEFAULT_HEALTH_TIMEOUT_MS),
+        }
+    }
+}
+
+/// A minisign public key file named in `[update] keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyFile {
+    /// The file in the recipe's folder.
+    pub path: PathBuf,
+    /// Its file name without extension: the image gets `/etc/berth/keys/<stem>.pub`.
+    pub stem: String,
+    /// Its bytes, copied verbatim.
+    pub content: Vec<u8>,
+}
+
+impl Validator<'_> {
+    pub(super) fn update(&self, raw: Option<RawUpdate>) -> Result<UpdatePlan, RecipeError> {
+        let mut plan = UpdatePlan::default();
+        let Some(raw) = raw else { return Ok(plan) };
+        if let Some(timeout) = &raw.health_timeout {
+            plan.health_timeout = self.duration(timeout, "health_timeout")?;
+            if plan.health_timeout.is_zero() {
+                return self.err(&timeout.span(), "health_timeout must be more than 0 s");
+            }
+        }
+        let mut stems: Vec<String> = Vec::new();
+        for key in &raw.keys {
+            let path = self.local_path(key, "update key")?;
+            let content = std::fs::read(&path).map_err(|e| {
+                self.at(&key.span())
+                    .error(format!("cannot read update key {}: {e}", path.display()))
+            })?;
+            if let Err(why) = check_minisign_public_key(&content) {
+                return self.err(
+                    &key.span(),
+                    format!("{} is not a minisign public key: {why}", path.display()),
+                );
+            }
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let stem_ok = !stem.is_empty()
+                && !stem.starts_with('.')
+                && stem
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !stem_ok {
+                return self.err(
+                    &key.span(),
+                    format!(
+                        "update key file name {stem:?} must be letters, digits, '-', '_' or '.'"
+                    ),
+                );
+            }
+            if stems.contains(&stem) {
+                return self.err(
+                    &key.span(),
+                    format!("two update keys would both be /etc/berth/keys/{stem}.pub: rename one"),
+                );
+            }
+            stems.push(stem.clone());
+            plan.keys.push(PublicKeyFile {
+                path,
+                stem,
+                content,
+            });
+        }
+        Ok(plan)
+    }
+}
+
+/// Checks that a file is a minisign public key, with the same parser the device
+/// agent trusts keys with.
+pub fn check_minisign_public_key(bytes: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not text".to_string())?;
+    match berth_bundle::TrustedKeys::parse(text) {
+        Ok(_) => Ok(()),
+        Err(berth_bundle::BundleError::BadKey { reason, .. }) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minisign_keys() {
+        let key = "untrusted comment: minisign public key 1\nRWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3\n";
+        assert_eq!(check_minisign_public_key(key.as_bytes()), Ok(()));
+        assert!(check_minisign_public_key(b"untrusted comment: x\naGVsbG8=\n").is_err());
+    }
+}
