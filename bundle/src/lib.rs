@@ -20,6 +20,9 @@
 pub mod channel;
 #[doc(hidden)]
 pub mod testkit;
+pub mod version;
+
+pub use version::{ImageVersion, VersionError};
 
 use std::fmt;
 use std::io::{self, BufReader, Read};
@@ -236,11 +239,11 @@ pub struct Manifest {
     /// Devices accept only bundles with their own compatible string.
     pub compatible: String,
     /// Image version (semantic versioning).
-    pub version: String,
+    pub version: ImageVersion,
     /// [`berth_format::layout::ARCHITECTURE`].
     pub architecture: String,
     /// Lowest running version this bundle may update from.
-    pub min_version: Option<String>,
+    pub min_version: Option<ImageVersion>,
     /// Unix seconds: the image's build epoch.
     pub created: u64,
     /// Boot entry title, e.g. `berth hello 1.1.0`.
@@ -282,7 +285,6 @@ impl Manifest {
         for (field, value) in [
             ("name", &self.name),
             ("compatible", &self.compatible),
-            ("version", &self.version),
             ("architecture", &self.architecture),
             ("title", &self.title),
         ] {
@@ -296,19 +298,7 @@ impl Manifest {
         if self.cmdline.chars().any(char::is_control) {
             return bad("cmdline holds a control character".into());
         }
-        if !is_semver(&self.version) {
-            return bad(format!(
-                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH)",
-                self.version
-            ));
-        }
-        if let Some(min) = &self.min_version {
-            if !is_semver(min) {
-                return bad(format!(
-                    "min_version {min:?} is not a semantic version (MAJOR.MINOR.PATCH)"
-                ));
-            }
-        }
+        // version and min_version are semantic versions by their type.
         let kinds: Vec<PayloadKind> = self.payloads.iter().map(|p| p.kind).collect();
         if kinds != PayloadKind::ALL {
             return bad(format!(
@@ -371,34 +361,6 @@ impl Manifest {
 
 fn is_lower_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// `MAJOR.MINOR.PATCH`, each a number without leading zeros, optionally followed
-/// by `-prerelease` and/or `+build` of `[0-9A-Za-z.-]`.
-pub fn is_semver(text: &str) -> bool {
-    let (core, build) = match text.split_once('+') {
-        Some((core, build)) => (core, Some(build)),
-        None => (text, None),
-    };
-    let (core, pre) = match core.split_once('-') {
-        Some((core, pre)) => (core, Some(pre)),
-        None => (core, None),
-    };
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.split('.').all(|part| {
-                !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            })
-    };
-    let numbers: Vec<&str> = core.split('.').collect();
-    numbers.len() == 3
-        && numbers.iter().all(|n| {
-            !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-                && (n.len() == 1 || !n.starts_with('0'))
-        })
-        && pre.is_none_or(ident)
-        && build.is_none_or(ident)
 }
 
 /// The minisign key id of an 8-byte key number: 16 uppercase hex digits of the
