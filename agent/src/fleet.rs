@@ -24,7 +24,7 @@ use berth_bundle::channel::{
     self, verify_index, ChannelError, ChannelName, Expiry, IndexEntry, Running, VerifiedIndex,
     MAX_INDEX_SIGNATURE_SIZE, MAX_INDEX_SIZE,
 };
-use berth_bundle::{BundleError, TrustedKeys};
+use berth_bundle::{BundleError, ImageVersion, TrustedKeys, VersionError};
 use berth_format::clock::utc_datetime;
 use berth_format::layout::PROVISION_SAVED_FILE;
 use berth_format::state::{now, CheckOutcome, CheckRecord, StateError, UpdateState};
@@ -60,6 +60,9 @@ pub enum FleetError {
     State(#[from] StateError),
     #[error("{0}")]
     Install(#[from] InstallError),
+    /// The running image's version cannot be compared with the index's.
+    #[error("the running image's version: {0}")]
+    RunningVersion(#[from] VersionError),
 }
 
 /// Where the repository is: a base URL (`http://…`, no trailing slash) or a
@@ -258,12 +261,13 @@ fn check_unrecorded(
     if keys.is_empty() {
         return Err(FleetError::NoKeys(system.keys_dir.clone()));
     }
+    let running = ImageVersion::parse(&system.image.version)?;
     let verified = fetch_index(repo, channel, &keys, now)?;
     let entry = verified
         .index
         .pick(Running {
             compatible: &system.image.compatible,
-            version: &system.image.version,
+            version: &running,
         })
         .cloned();
     Ok(CheckReport {
@@ -271,7 +275,7 @@ fn check_unrecorded(
         repository: repo.as_str().to_string(),
         channel: channel.to_string(),
         running: system.image.version.clone(),
-        version: entry.as_ref().map(|e| e.version.clone()),
+        version: entry.as_ref().map(|e| e.version.to_string()),
         bundle_url: entry.as_ref().map(|e| repo.file(&e.path)),
         size: entry.as_ref().map(|e| e.size),
         sha256: entry.as_ref().map(|e| e.sha256.clone()),
@@ -446,7 +450,7 @@ mod tests {
         IndexEntry {
             name: "hello".into(),
             compatible: "hello".into(),
-            version: "1.1.0".into(),
+            version: "1.1.0".parse().unwrap(),
             min_version: None,
             path: "bundles/x.bundle".into(),
             size: bytes.len() as u64,

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::system::System;
-use berth_bundle::{BundleError, BundleReader, Manifest, PayloadKind, TrustedKeys};
-use berth_format::entries::{self, version_cmp, EntriesError, EspState};
+use berth_bundle::{BundleError, BundleReader, ImageVersion, Manifest, PayloadKind, TrustedKeys};
+use berth_format::entries::{self, EntriesError, EspState};
 use berth_format::layout::{BootEntry, Slot, VerityParams, ARCHITECTURE};
 use berth_format::state::{now, InstallOutcome, InstallRecord, StateError, UpdateState};
 
@@ -255,7 +255,7 @@ fn run<R: Read>(
     // (compressed) digest adds nothing to what is written, only a hash pass.
     let mut bundle = BundleReader::open(source, &keys)?.without_stored_digests();
     let manifest = bundle.manifest().clone();
-    version.clone_from(&manifest.version);
+    *version = manifest.version.to_string();
     observer.step(&format!(
         "bundle {} {} signed by key {}: signature verified",
         manifest.name,
@@ -271,7 +271,7 @@ fn run<R: Read>(
     UpdateState::update(&system.state_path, |state| {
         state.install = Some(InstallRecord {
             slot: target,
-            version: manifest.version.clone(),
+            version: manifest.version.to_string(),
             outcome: InstallOutcome::InProgress,
             reason: String::new(),
             at: now(),
@@ -345,7 +345,7 @@ fn run<R: Read>(
 
     let entry = BootEntry {
         title: manifest.title.clone(),
-        version: manifest.version.clone(),
+        version: manifest.version.to_string(),
         slot: target,
         root_partuuid: system.slot(target).partuuid.clone(),
         data_partuuid: system.data_partuuid.clone(),
@@ -367,7 +367,7 @@ fn run<R: Read>(
     ));
     Ok(Installed {
         slot: target,
-        version: manifest.version,
+        version: manifest.version.to_string(),
         entry: path,
     })
 }
@@ -392,14 +392,29 @@ fn check(
             manifest.architecture
         ));
     }
-    if !options.allow_downgrade && version_cmp(&manifest.version, &running.version).is_le() {
-        return refuse(format!(
-            "the bundle's version {} is not newer than the running {} (use --allow-downgrade to install it anyway)",
-            manifest.version, running.version
-        ));
+    // Semver precedence, so a device on 1.2.0-rc.1 takes 1.2.0. A running
+    // version that is not semver (no berth build writes one) cannot be
+    // compared: only a forced install goes ahead then.
+    let running_version = ImageVersion::parse(&running.version);
+    if !options.allow_downgrade {
+        match &running_version {
+            Ok(current) if manifest.version <= *current => {
+                return refuse(format!(
+                    "the bundle's version {} is not newer than the running {} (use --allow-downgrade to install it anyway)",
+                    manifest.version, running.version
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return refuse(format!(
+                    "cannot tell whether the bundle's version {} is newer: the running {e} (use --allow-downgrade to install it anyway)",
+                    manifest.version
+                ));
+            }
+        }
     }
     if let Some(min) = &manifest.min_version {
-        if version_cmp(&running.version, min).is_lt() {
+        if !running_version.as_ref().is_ok_and(|current| current >= min) {
             return refuse(format!(
                 "the bundle updates only from {min} or later; this device runs {}",
                 running.version
@@ -650,10 +665,15 @@ mod tests {
 
     /// A 1.0.0 device booted from a good slot A, trusting `key`.
     fn device(dir: &Path, key: &Key) -> System {
-        let mut system = scratch_system(dir, Slot::A, "1.0.0");
+        device_on(dir, key, "1.0.0")
+    }
+
+    /// A device running `version` from slot A.
+    fn device_on(dir: &Path, key: &Key, version: &str) -> System {
+        let mut system = scratch_system(dir, Slot::A, version);
         // The compatible string of the bundles the test helpers make.
         system.image.compatible = "berth-hello".into();
-        put_slot(&system, Slot::A, "1.0.0", None);
+        put_slot(&system, Slot::A, version, None);
         fs::create_dir_all(&system.keys_dir).unwrap();
         fs::write(system.keys_dir.join("release.pub"), key.public_text()).unwrap();
         system
@@ -758,17 +778,19 @@ mod tests {
             ),
             (
                 "same version",
-                make_with(&key, |m, _| m.version = "1.0.0".into()),
+                make_with(&key, |m, _| m.version = "1.0.0".parse().unwrap()),
                 "not newer than the running 1.0.0",
             ),
             (
                 "older version",
-                make_with(&key, |m, _| m.version = "0.9.0".into()),
+                make_with(&key, |m, _| m.version = "0.9.0".parse().unwrap()),
                 "not newer",
             ),
             (
                 "minimum version above the running one",
-                make_with(&key, |m, _| m.min_version = Some("1.0.5".into())),
+                make_with(&key, |m, _| {
+                    m.min_version = Some("1.0.5".parse().unwrap());
+                }),
                 "updates only from 1.0.5 or later",
             ),
             (
@@ -797,6 +819,39 @@ mod tests {
         let err = install_bytes(&system, &flipped).0.unwrap_err().to_string();
         assert!(err.contains("signature does not verify"), "{err}");
         assert_eq!(snapshot(&system), before);
+    }
+
+    #[test]
+    fn a_release_candidate_takes_its_release_and_nothing_below() {
+        let on_rc = |version: &str, min: Option<&str>| {
+            let dir = tempfile::tempdir().unwrap();
+            let key = Key::new();
+            let system = device_on(dir.path(), &key, "1.2.0-rc.1");
+            let made = make_with(&key, |m, _| {
+                m.version = version.parse().unwrap();
+                m.min_version = min.map(|v| v.parse().unwrap());
+            });
+            install_bytes(&system, &made).0.map_err(|e| e.to_string())
+        };
+        // strverscmp put 1.2.0-rc.1 above 1.2.0; semver has the release newer.
+        assert_eq!(on_rc("1.2.0", None).unwrap().version, "1.2.0");
+        assert_eq!(on_rc("1.2.0-rc.2", None).unwrap().version, "1.2.0-rc.2");
+        for older in [
+            "1.2.0-rc.1",
+            "1.2.0-rc.1+other-build",
+            "1.2.0-beta",
+            "1.1.9",
+        ] {
+            let err = on_rc(older, None).unwrap_err();
+            assert!(
+                err.contains("not newer than the running 1.2.0-rc.1"),
+                "{older}: {err}"
+            );
+        }
+        // A pre-release is below the release it leads to.
+        let err = on_rc("1.3.0", Some("1.2.0")).unwrap_err();
+        assert!(err.contains("updates only from 1.2.0 or later"), "{err}");
+        assert!(on_rc("1.3.0", Some("1.2.0-rc.1")).is_ok());
     }
 
     #[test]

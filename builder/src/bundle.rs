@@ -14,8 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use berth_bundle::{
-    self as format, BundleReader, Manifest, PayloadInfo, PayloadKind, TrustedKeys, BUNDLE_FORMAT,
-    MANIFEST_MEMBER, SIGNATURE_MEMBER,
+    self as format, BundleReader, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
+    VersionError, BUNDLE_FORMAT, MANIFEST_MEMBER, SIGNATURE_MEMBER,
 };
 use berth_format::gpt::{self, GptPartition};
 use berth_format::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
@@ -47,8 +47,10 @@ pub enum BundleError {
     Key(#[from] KeyError),
     #[error("{0}")]
     Format(#[from] format::BundleError),
-    #[error("--min-version {0:?} is not a semantic version (MAJOR.MINOR.PATCH)")]
-    MinVersion(String),
+    #[error("--min-version: {0}")]
+    MinVersion(#[source] VersionError),
+    #[error("{path}: the image's version: {source}")]
+    Version { path: PathBuf, source: VersionError },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -340,11 +342,12 @@ pub fn trusted_comment(manifest: &Manifest) -> String {
 
 /// Makes a signed bundle from a built image.
 pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Created, BundleError> {
-    if let Some(min) = &options.min_version {
-        if !format::is_semver(min) {
-            return Err(BundleError::MinVersion(min.clone()));
-        }
-    }
+    let min_version = options
+        .min_version
+        .as_deref()
+        .map(ImageVersion::parse)
+        .transpose()
+        .map_err(BundleError::MinVersion)?;
     let key = SecretKey::load(&options.key)?;
     progress.step("reading the image");
     let parts = read_image(&options.image)?;
@@ -381,9 +384,14 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
         format: BUNDLE_FORMAT,
         name: parts.config.image.name.clone(),
         compatible: parts.config.image.compatible.clone(),
-        version: parts.config.image.version.clone(),
+        version: ImageVersion::parse(&parts.config.image.version).map_err(|source| {
+            BundleError::Version {
+                path: options.image.clone(),
+                source,
+            }
+        })?,
         architecture: layout::ARCHITECTURE.to_string(),
-        min_version: options.min_version.clone(),
+        min_version,
         created: parts.created,
         title: parts.entry.title.clone(),
         cmdline: parts.entry.extra_cmdline.clone(),

@@ -325,7 +325,7 @@ fn print_inspection(file: &std::path::Path, result: &Inspection) {
         println!("architecture:  {}", m.architecture);
         println!(
             "min version:   {}",
-            m.min_version.as_deref().unwrap_or("(any)")
+            m.min_version.as_ref().map_or("(any)", |v| v.as_str())
         );
         println!("created:       {} (unix seconds)", m.created);
         println!("title:         {}", m.title);

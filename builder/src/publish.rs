@@ -159,7 +159,7 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
             Some(listed) => {
                 return Err(PublishError::VersionTaken {
                     compatible: entry.compatible,
-                    version: entry.version,
+                    version: entry.version.to_string(),
                     existing: listed.path.clone(),
                     path: bundle.clone(),
                 })

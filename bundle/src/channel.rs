@@ -16,14 +16,12 @@
 //! update, never substitute one — and the expiry bounds how long it can replay
 //! an old index.
 
-use std::cmp::Ordering;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{is_semver, BundleError, TrustedKeys, Verified};
+use crate::{BundleError, ImageVersion, TrustedKeys, Verified};
 use berth_format::clock::utc_datetime;
-use berth_format::entries::version_cmp;
 
 /// Version of the index format this crate reads and writes.
 pub const INDEX_FORMAT: u32 = 1;
@@ -137,10 +135,10 @@ pub struct IndexEntry {
     /// Devices take only bundles with their own compatible string.
     pub compatible: String,
     /// Image version (semantic versioning).
-    pub version: String,
+    pub version: ImageVersion,
     /// Lowest running version the bundle may update from (the manifest's), so a
     /// device skips a bundle it would refuse and takes an older stepping stone.
-    pub min_version: Option<String>,
+    pub min_version: Option<ImageVersion>,
     /// The bundle file, relative to the repository: `bundles/<sha256>.bundle`.
     pub path: String,
     /// Bytes of the bundle file.
@@ -169,7 +167,7 @@ pub struct ChannelIndex {
 #[derive(Debug, Clone, Copy)]
 pub struct Running<'a> {
     pub compatible: &'a str,
-    pub version: &'a str,
+    pub version: &'a ImageVersion,
 }
 
 impl ChannelIndex {
@@ -221,12 +219,6 @@ impl ChannelIndex {
                     ));
                 }
             }
-            if !is_semver(&e.version) {
-                return bad(format!("{what}: version is not a semantic version"));
-            }
-            if e.min_version.as_deref().is_some_and(|m| !is_semver(m)) {
-                return bad(format!("{what}: min_version is not a semantic version"));
-            }
             if !is_bundle_path(&e.path) {
                 return bad(format!(
                     "{what}: path {:?} is not {BUNDLES_DIR}/NAME.bundle",
@@ -261,13 +253,13 @@ impl ChannelIndex {
         self.bundles
             .iter()
             .filter(|e| e.compatible == running.compatible)
-            .filter(|e| version_cmp(&e.version, running.version) == Ordering::Greater)
+            .filter(|e| &e.version > running.version)
             .filter(|e| {
                 e.min_version
-                    .as_deref()
-                    .is_none_or(|min| version_cmp(running.version, min) != Ordering::Less)
+                    .as_ref()
+                    .is_none_or(|min| running.version >= min)
             })
-            .max_by(|a, b| version_cmp(&a.version, &b.version))
+            .max_by(|a, b| a.version.cmp(&b.version))
     }
 
     /// Sorts the entries the way `berth publish` writes them: by compatible,
@@ -276,7 +268,7 @@ impl ChannelIndex {
         self.bundles.sort_by(|a, b| {
             a.compatible
                 .cmp(&b.compatible)
-                .then_with(|| version_cmp(&a.version, &b.version))
+                .then_with(|| a.version.cmp(&b.version))
                 .then_with(|| a.path.cmp(&b.path))
         });
     }
@@ -394,7 +386,7 @@ mod tests {
         IndexEntry {
             name: "hello".into(),
             compatible: compatible.into(),
-            version: version.into(),
+            version: version.parse().unwrap(),
             min_version: None,
             path: format!("{BUNDLES_DIR}/{}.bundle", "ab".repeat(32)),
             size: 1000,
@@ -430,10 +422,15 @@ mod tests {
         Expiry::Enforce { now: NOW }
     }
 
-    const RUNNING: Running<'static> = Running {
-        compatible: "hello",
-        version: "1.0.0",
-    };
+    /// The version of the entry `idx` picks for a `hello` device on `running`.
+    fn picked(idx: &ChannelIndex, running: &str) -> Option<String> {
+        let running = ImageVersion::parse(running).unwrap();
+        idx.pick(Running {
+            compatible: "hello",
+            version: &running,
+        })
+        .map(|e| e.version.to_string())
+    }
 
     #[test]
     fn a_signed_current_index_verifies_and_round_trips() {
@@ -560,8 +557,8 @@ mod tests {
     #[test]
     fn nothing_newer_picks_nothing() {
         let idx = index(vec![entry("hello", "0.9.0"), entry("hello", "1.0.0")]);
-        assert_eq!(idx.pick(RUNNING), None);
-        assert_eq!(index(vec![]).pick(RUNNING), None);
+        assert_eq!(picked(&idx, "1.0.0"), None);
+        assert_eq!(picked(&index(vec![]), "1.0.0"), None);
     }
 
     #[test]
@@ -572,35 +569,47 @@ mod tests {
             entry("hello", "1.2.0"),
             entry("hello", "0.9.0"),
         ]);
-        assert_eq!(
-            idx.pick(RUNNING).map(|e| e.version.as_str()),
-            Some("1.10.0")
-        );
+        assert_eq!(picked(&idx, "1.0.0").as_deref(), Some("1.10.0"));
+    }
+
+    #[test]
+    fn a_release_is_picked_over_its_release_candidates() {
+        let idx = index(vec![
+            entry("hello", "1.2.0-rc.1"),
+            entry("hello", "1.2.0"),
+            entry("hello", "1.2.0-rc.2"),
+        ]);
+        assert_eq!(picked(&idx, "1.0.0").as_deref(), Some("1.2.0"));
+        // A device on the candidate takes the release, not another candidate.
+        assert_eq!(picked(&idx, "1.2.0-rc.1").as_deref(), Some("1.2.0"));
+        assert_eq!(picked(&idx, "1.2.0"), None);
+        let mut sorted = idx.clone();
+        sorted.sort();
+        let order: Vec<String> = sorted
+            .bundles
+            .iter()
+            .map(|e| e.version.to_string())
+            .collect();
+        assert_eq!(order, ["1.2.0-rc.1", "1.2.0-rc.2", "1.2.0"]);
     }
 
     #[test]
     fn foreign_compatible_entries_are_skipped() {
         let idx = index(vec![entry("other-board", "9.0.0"), entry("hello", "1.1.0")]);
-        let picked = idx.pick(RUNNING).unwrap();
-        assert_eq!(
-            (picked.compatible.as_str(), picked.version.as_str()),
-            ("hello", "1.1.0")
-        );
+        assert_eq!(picked(&idx, "1.0.0").as_deref(), Some("1.1.0"));
         let foreign_only = index(vec![entry("other-board", "9.0.0")]);
-        assert_eq!(foreign_only.pick(RUNNING), None);
+        assert_eq!(picked(&foreign_only, "1.0.0"), None);
     }
 
     #[test]
     fn a_bundle_the_device_would_refuse_for_min_version_is_skipped() {
         let mut needs_1_5 = entry("hello", "2.0.0");
-        needs_1_5.min_version = Some("1.5.0".into());
+        needs_1_5.min_version = Some("1.5.0".parse().unwrap());
         let idx = index(vec![needs_1_5, entry("hello", "1.5.0")]);
-        assert_eq!(idx.pick(RUNNING).map(|e| e.version.as_str()), Some("1.5.0"));
-        let on_1_5 = Running {
-            compatible: "hello",
-            version: "1.5.0",
-        };
-        assert_eq!(idx.pick(on_1_5).map(|e| e.version.as_str()), Some("2.0.0"));
+        assert_eq!(picked(&idx, "1.0.0").as_deref(), Some("1.5.0"));
+        assert_eq!(picked(&idx, "1.5.0").as_deref(), Some("2.0.0"));
+        // A pre-release of the minimum is below it.
+        assert_eq!(picked(&idx, "1.5.0-rc.1").as_deref(), Some("1.5.0"));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! the signature format) and a handmade ustar writer, so broken archives can be
 //! crafted byte by byte.
 
-use std::io::Cursor;
+use std::io::{self, Cursor, Read};
 
 use sha2::{Digest, Sha256};
 
+use crate::tar::{padding, parse_header};
 use crate::*;
 
 /// A ustar header block for a regular file.
@@ -131,9 +132,9 @@ pub fn manifest_for(payloads: &[Vec<u8>], stored: &[Vec<u8>]) -> Manifest {
         format: BUNDLE_FORMAT,
         name: "hello".into(),
         compatible: "berth-hello".into(),
-        version: "1.1.0".into(),
+        version: "1.1.0".parse().unwrap(),
         architecture: berth_format::layout::ARCHITECTURE.into(),
-        min_version: Some("1.0.0".into()),
+        min_version: Some("1.0.0".parse().unwrap()),
         created: 1_700_000_000,
         title: "berth hello 1.1.0".into(),
         cmdline: "quiet".into(),
@@ -187,4 +188,49 @@ pub fn make_with(key: &Key, edit: impl FnOnce(&mut Manifest, &mut Vec<Vec<u8>>))
 
 pub fn make(key: &Key) -> Made {
     make_with(key, |_, _| {})
+}
+
+/// The `BundleError` inside an `io::Error` a payload reader returned.
+pub fn bundle_error(e: io::Error) -> BundleError {
+    match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
+        Some(Ok(b)) => *b,
+        Some(Err(other)) => BundleError::Io(io::Error::other(other)),
+        None => BundleError::Io(io::Error::other("io error without a cause")),
+    }
+}
+
+/// Reads a whole bundle the way the device agent does; returns the payloads.
+pub fn read_all(bytes: &[u8], keys: &TrustedKeys) -> Result<Vec<Vec<u8>>, BundleError> {
+    let mut reader = BundleReader::open(bytes, keys)?;
+    let mut out = Vec::new();
+    while let Some(mut payload) = reader.next_payload()? {
+        let mut data = Vec::new();
+        payload.read_to_end(&mut data).map_err(bundle_error)?;
+        payload.finish()?;
+        out.push(data);
+    }
+    reader.finish()?;
+    Ok(out)
+}
+
+/// Standard base64 with padding (independent of the crate's own).
+pub fn encode64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
