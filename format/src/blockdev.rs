@@ -187,7 +187,7 @@ pub fn scan(roots: &Roots, notes: &mut Vec<String>) -> Vec<Disk> {
         let node = device_node(&sys_dir, &roots.dev, &name);
         let block_size = read_trimmed(&sys_dir.join("queue/logical_block_size"))
             .and_then(|text| text.parse::<u64>().ok())
-            .unwrap_or(512);
+            .unwrap_or(crate::layout::SECTOR_SIZE);
         let table = File::open(&node)
             .map_err(|err| format!("{}: {err}", node.display()))
             .and_then(|mut file| {

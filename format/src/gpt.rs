@@ -4,6 +4,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::layout::SECTOR_SIZE;
+
 const SIGNATURE: &[u8; 8] = b"EFI PART";
 
 /// Failure to read a partition table.
@@ -42,9 +44,10 @@ impl GptPartition {
     }
 }
 
-/// Reads the primary GPT of a disk with 512-byte logical blocks.
+/// Reads the primary GPT of a disk with berth's logical sector size
+/// ([`SECTOR_SIZE`], 512 bytes).
 pub fn read_partitions<R: Read + Seek>(disk: &mut R) -> Result<Vec<GptPartition>, GptError> {
-    read_partitions_with_block(disk, 512)
+    read_partitions_with_block(disk, SECTOR_SIZE)
 }
 
 /// Reads the primary GPT of a disk with the given logical block size.

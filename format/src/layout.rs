@@ -12,6 +12,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Logical sector size of berth disk images, in bytes: the unit of the GPT's LBAs
+/// (the builder writes 512-byte sectors; QEMU's and most real disks' default).
+pub const SECTOR_SIZE: u64 = 512;
+
 /// GPT partition label of the EFI system partition.
 pub const ESP_LABEL: &str = "esp";
 /// GPT partition label of the data partition, mounted on `/var`.

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::recipe::DiskSizes;
 
 const MIB: u64 = 1024 * 1024;
-const SECTOR: u64 = 512;
+const SECTOR: u64 = layout::SECTOR_SIZE;
 /// Where systemd-boot comes from (Debian's systemd-boot-efi).
 pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 

@@ -15,9 +15,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// The only logical sector size handled (virtio, SATA and most eMMC).
-const SECTOR: u64 = 512;
+const SECTOR: u64 = berth_format::layout::SECTOR_SIZE;
 /// The same, as a buffer length.
-const SECTOR_BYTES: usize = 512;
+#[allow(clippy::cast_possible_truncation)] // 512 fits every usize
+const SECTOR_BYTES: usize = SECTOR as usize;
 /// Partition ends are aligned down to 1 MiB.
 const ALIGN_SECTORS: u64 = 2048;
 /// `BLKPG`, `_IO(0x12, 105)`.
