@@ -6,8 +6,8 @@
 //! content-addressed cache; [`tree`] assembles the root and initramfs trees
 //! without root privileges; [`filesystem`] writes the initramfs, the squashfs root
 //! and its verity hash tree; [`disk`] writes the GPT image; [`report`] records
-//! what went in. The release stage ([`bundle`], [`keys`], [`publish`]) signs and
-//! publishes built images.
+//! what went in. The [`release`] stage (bundles, keys, the update repository)
+//! signs and publishes built images.
 //!
 //! At the top stay the driver and what every stage uses: [`build`] (the pipeline,
 //! which knows every stage), [`progress`] (the terminal output each stage
@@ -15,13 +15,11 @@
 //! [`reproducible`] (builds the whole pipeline twice and compares).
 
 pub mod build;
-pub mod bundle;
 pub mod disk;
 pub mod filesystem;
-pub mod keys;
 pub mod progress;
-pub mod publish;
 pub mod recipe;
+pub mod release;
 pub mod report;
 pub mod reproducible;
 pub mod sources;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
-use berth_builder::bundle::{self, BundleOptions, Inspection, PayloadCheck};
-use berth_builder::keys::{self, Overwrite};
 use berth_builder::progress::{Progress, Verbosity};
-use berth_builder::publish::{self, PublishOptions};
+use berth_builder::release::bundle::{self, BundleOptions, Inspection, PayloadCheck};
+use berth_builder::release::keys::{self, Overwrite};
+use berth_builder::release::publish::{self, PublishOptions};
 use berth_builder::reproducible::{self, Reproducibility};
 use berth_builder::sources::cache::Cache;
 use berth_builder::sources::lock::LockMode;
@@ -136,7 +136,7 @@ enum Command {
         channel: String,
         /// How long devices accept the index: 30d, 12h, 90m, 3600s. Publish
         /// again (with or without new bundles) before it runs out.
-        #[arg(long, default_value = berth_builder::publish::DEFAULT_LIFETIME)]
+        #[arg(long, default_value = berth_builder::release::publish::DEFAULT_LIFETIME)]
         expires: String,
         /// Print nothing but errors.
         #[arg(long, short)]

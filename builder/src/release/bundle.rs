@@ -24,8 +24,8 @@ use berth_format::ImageConfig;
 use sha2::{Digest, Sha256};
 
 use crate::filesystem::verity;
-use crate::keys::{KeyError, SecretKey};
 use crate::progress::Progress;
+use crate::release::keys::{KeyError, SecretKey};
 
 /// zstd level of the root filesystem payload: the squashfs is already
 /// compressed, a higher level costs time and saves next to nothing.

@@ -34,8 +34,8 @@ use berth_bundle::channel::{
 };
 use berth_bundle::TrustedKeys;
 
-use crate::bundle::{inspect, Hashing, PayloadCheck};
-use crate::keys::{KeyError, SecretKey};
+use crate::release::bundle::{inspect, Hashing, PayloadCheck};
+use crate::release::keys::{KeyError, SecretKey};
 
 /// How long an index stays valid unless told otherwise.
 pub const DEFAULT_LIFETIME: &str = "30d";
