@@ -1,6 +1,7 @@
 //! `[image]`: the image's name, version, compatible string, host name, file times
 //! and whether its root is protected by dm-verity.
 
+use berth_bundle::ImageVersion;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -28,7 +29,7 @@ pub(super) struct RawImage {
 #[derive(Debug)]
 pub(super) struct ImagePlan {
     pub(super) name: String,
-    pub(super) version: semver::Version,
+    pub(super) version: ImageVersion,
     pub(super) compatible: String,
     pub(super) hostname: String,
     pub(super) epoch: Option<u64>,
@@ -50,10 +51,11 @@ impl Validator<'_> {
     pub(super) fn image(&self, raw: Spanned<RawImage>) -> Result<ImagePlan, RecipeError> {
         let image = raw.into_inner();
         let name = self.name(&image.name, "image name")?;
-        let version = semver::Version::parse(image.version.get_ref()).map_err(|e| {
+        let version = ImageVersion::parse(image.version.get_ref()).map_err(|e| {
             self.at(&image.version.span()).error(format!(
-                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. \"1.0.0\"): {e}",
-                image.version.get_ref()
+                "version {:?} is not a semantic version (MAJOR.MINOR.PATCH, e.g. \"1.0.0\"): {}",
+                image.version.get_ref(),
+                e.reason
             ))
         })?;
         let compatible = match &image.compatible {

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use berth_bundle::ImageVersion;
 use berth_format::image_config::LogsConfig;
 use berth_format::NetworkConfig;
 use serde::Deserialize;
@@ -172,7 +173,7 @@ pub struct BuildPlan {
     /// The recipe file.
     pub recipe: PathBuf,
     pub name: String,
-    pub version: semver::Version,
+    pub version: ImageVersion,
     pub compatible: String,
     pub hostname: String,
     /// Recipe's fixed timestamp, if any (`SOURCE_DATE_EPOCH` wins over it).
