@@ -2,50 +2,26 @@
 //! systemd-boot would boot, read from the image's ESP without mounting anything.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use berth_format::entries::{self, EntryFile, ENTRIES_DIR};
-use berth_format::gpt;
-use berth_format::layout::ESP_LABEL;
-use berth_format::window::Window;
+use berth_format::entries::{self, ENTRIES_DIR};
+use berth_image::{Image, ImageError};
 
 use crate::command::{CommandError, DirectBoot, DiskFormat};
-
-/// Logical block size of berth images.
-const BLOCK: u64 = 512;
 
 /// Failure to take the boot files out of an image.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectError {
-    /// The image could not be opened or read.
-    #[error("reading the image {path}: {source}")]
-    Image { path: PathBuf, source: io::Error },
+    /// The image, its partition table or its ESP could not be read.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// Direct boot reads the image itself, and only raw images.
     #[error("direct boot needs a raw image, but {path} is qcow2: boot the .img file (or convert with `qemu-img convert -O raw`)")]
     Qcow2 { path: PathBuf },
     /// The format could not be told.
     #[error(transparent)]
     Format(#[from] CommandError),
-    /// The partition table could not be read.
-    #[error("reading the partition table of {path}: {source}")]
-    Gpt {
-        path: PathBuf,
-        source: gpt::GptError,
-    },
-    /// No partition is labelled `esp`.
-    #[error("no partition labelled {ESP_LABEL:?} in {path} (found: {found})")]
-    NoEsp { path: PathBuf, found: String },
-    /// The ESP is not a FAT file system fatfs can read.
-    #[error("opening the FAT file system of the ESP in {path}: {source}")]
-    Fat { path: PathBuf, source: io::Error },
-    /// A file or folder on the ESP could not be read.
-    #[error("reading {esp_path} on the ESP of {image}: {source}")]
-    EspFile {
-        image: PathBuf,
-        esp_path: String,
-        source: io::Error,
-    },
     /// No entry names a kernel that exists.
     #[error("no bootable entry in {ENTRIES_DIR}/ on the ESP of {image} (entries: {found})")]
     NoEntry { image: PathBuf, found: String },
@@ -64,63 +40,14 @@ pub fn extract_direct_boot(image: &Path, workdir: &Path) -> Result<DirectBoot, D
             path: image.to_path_buf(),
         });
     }
-    let image_error = |source| DirectError::Image {
-        path: image.to_path_buf(),
-        source,
-    };
-    let mut file = File::open(image).map_err(image_error)?;
-    let partitions = gpt::read_partitions(&mut file).map_err(|source| DirectError::Gpt {
-        path: image.to_path_buf(),
-        source,
-    })?;
-    let esp = partitions
-        .iter()
-        .find(|p| p.label == ESP_LABEL)
-        .ok_or_else(|| DirectError::NoEsp {
-            path: image.to_path_buf(),
-            found: partitions
-                .iter()
-                .map(|p| format!("{:?}", p.label))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
-    let window = Window::new(file, esp.first_lba * BLOCK, esp.size_bytes(BLOCK));
-    let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(|source| {
-        DirectError::Fat {
-            path: image.to_path_buf(),
-            source,
-        }
-    })?;
-    let root = fs.root_dir();
-    let esp_error = |esp_path: &str| {
-        let esp_path = esp_path.to_string();
-        move |source| DirectError::EspFile {
-            image: image.to_path_buf(),
-            esp_path,
-            source,
-        }
-    };
-
-    let dir = root.open_dir(ENTRIES_DIR).map_err(esp_error(ENTRIES_DIR))?;
-    let mut found = Vec::new();
-    for item in dir.iter() {
-        let item = item.map_err(esp_error(ENTRIES_DIR))?;
-        let name = item.file_name();
-        if !item.is_file() || !entries::is_entry_file_name(&name) {
-            continue;
-        }
-        let path = format!("{ENTRIES_DIR}/{name}");
-        let mut text = String::new();
-        item.to_file()
-            .read_to_string(&mut text)
-            .map_err(esp_error(&path))?;
-        found.push(EntryFile::parse(&name, &text));
-    }
+    let disk = Image::open(image)?;
+    let esp = disk.esp()?;
+    let found = esp.entry_files()?;
     let chosen = entries::choose(&found, |entry| {
         entry
             .linux
             .as_deref()
-            .is_some_and(|linux| root.open_file(esp_relative(linux)).is_ok())
+            .is_some_and(|linux| esp.is_file(linux))
     })
     .ok_or_else(|| DirectError::NoEntry {
         image: image.to_path_buf(),
@@ -142,18 +69,13 @@ pub fn extract_direct_boot(image: &Path, workdir: &Path) -> Result<DirectBoot, D
         let path = path.to_path_buf();
         move |source| DirectError::Write { path, source }
     };
-    let mut out = File::create(&kernel).map_err(write_error(&kernel))?;
-    copy_out(&root, linux, &mut out, image, &kernel)?;
+    fs::write(&kernel, esp.read(linux)?).map_err(write_error(&kernel))?;
     let mut out = File::create(&initrd).map_err(write_error(&initrd))?;
     for path in &chosen.initrd {
-        copy_out(&root, path, &mut out, image, &initrd)?;
+        out.write_all(&esp.read(path)?)
+            .map_err(write_error(&initrd))?;
     }
     out.sync_all().map_err(write_error(&initrd))?;
-    drop(out);
-    if chosen.initrd.is_empty() {
-        // QEMU wants a file for -initrd; an empty one means "none".
-        fs::write(&initrd, b"").map_err(write_error(&initrd))?;
-    }
     Ok(DirectBoot {
         kernel,
         initrd,
@@ -161,51 +83,12 @@ pub fn extract_direct_boot(image: &Path, workdir: &Path) -> Result<DirectBoot, D
     })
 }
 
-fn copy_out<T: fatfs::ReadWriteSeek>(
-    root: &fatfs::Dir<'_, T>,
-    esp_path: &str,
-    out: &mut File,
-    image: &Path,
-    dest: &Path,
-) -> Result<(), DirectError> {
-    let mut source =
-        root.open_file(esp_relative(esp_path))
-            .map_err(|source| DirectError::EspFile {
-                image: image.to_path_buf(),
-                esp_path: esp_path.to_string(),
-                source,
-            })?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match source.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(DirectError::EspFile {
-                    image: image.to_path_buf(),
-                    esp_path: esp_path.to_string(),
-                    source,
-                })
-            }
-        };
-        out.write_all(&buf[..n])
-            .map_err(|source| DirectError::Write {
-                path: dest.to_path_buf(),
-                source,
-            })?;
-    }
-}
-
-/// Entry paths are absolute on the ESP (`/berth/a/vmlinuz`); fatfs wants them
-/// relative to the root folder.
-fn esp_relative(path: &str) -> &str {
-    path.trim_start_matches(['/', '\\'])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Logical block size of berth images.
+    const BLOCK: u64 = berth_image::SECTOR_SIZE;
 
     /// A GPT disk with one FAT partition labelled `esp` holding `files`.
     fn disk_with_esp(files: &[(&str, &[u8])]) -> Vec<u8> {
