@@ -366,11 +366,8 @@ fn provisioning_dns_by_name_volumes_and_two_nics_across_reboots() {
 }
 
 fn data_partition_bytes(image: &Path) -> u64 {
-    let mut file = fs::File::open(image).unwrap();
-    let parts = berth_format::gpt::read_partitions(&mut file).unwrap();
-    parts
-        .iter()
-        .find(|p| p.label == "data")
-        .map(|p| p.size_bytes(512))
-        .expect("a data partition")
+    berth_image::Image::open(image)
+        .and_then(|image| image.partition_range("data"))
+        .map(|(_, len)| len)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -174,27 +174,22 @@ struct Member {
     size: usize,
 }
 
-/// The members of a ustar stream.
+/// The members of a bundle (a ustar stream), read with the `tar` crate.
 fn tar_members(bytes: &[u8]) -> Vec<Member> {
-    let mut members = Vec::new();
-    let mut at = 0;
-    while at + 512 <= bytes.len() && bytes[at..at + 512].iter().any(|&b| b != 0) {
-        let header = &bytes[at..at + 512];
-        let name = String::from_utf8_lossy(&header[..100])
-            .trim_end_matches('\0')
-            .to_string();
-        let size_text = String::from_utf8_lossy(&header[124..136]);
-        let size =
-            usize::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
-                .unwrap_or_else(|_| panic!("bad tar size {size_text:?}"));
-        members.push(Member {
-            name,
-            offset: at + 512,
-            size,
-        });
-        at += 512 + size.div_ceil(512) * 512;
-    }
-    members
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .expect("reading the bundle as tar")
+        .map(|entry| {
+            let entry = entry.expect("a tar member");
+            let name = entry.path().expect("a member name").display().to_string();
+            Member {
+                name,
+                offset: usize::try_from(entry.raw_file_position()).expect("offset fits"),
+                size: usize::try_from(entry.size()).expect("size fits"),
+            }
+        })
+        .collect()
 }
 
 /// Offset of the signature line (the second line) of a minisign signature file.
@@ -286,13 +281,9 @@ fn slot_status<'a>(status: &'a serde_json::Value, slot: &str) -> &'a serde_json:
 
 /// The bytes of the partition labelled `label` in a raw disk image.
 fn partition_range(disk: &Path, label: &str) -> (u64, u64) {
-    let mut file = fs::File::open(disk).expect("opening the disk");
-    let parts = berth_format::gpt::read_partitions(&mut file).expect("reading the GPT");
-    let part = parts
-        .iter()
-        .find(|p| p.label == label)
-        .unwrap_or_else(|| panic!("no partition {label} in {}", disk.display()));
-    (part.first_lba * 512, part.size_bytes(512))
+    berth_image::Image::open(disk)
+        .and_then(|image| image.partition_range(label))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn sha256_range(disk: &Path, offset: u64, len: u64) -> String {

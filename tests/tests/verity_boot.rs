@@ -7,7 +7,6 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use berth_format::gpt::read_partitions;
 use berth_tests::{boot, build_image, literal, BootOptions, BOOT_TIMEOUT};
 use regex::Regex;
 
@@ -30,9 +29,9 @@ fn flip_root_data_byte(image: &std::path::Path) {
         .write(true)
         .open(image)
         .unwrap();
-    let parts = read_partitions(&mut disk).unwrap();
-    let root = parts.iter().find(|p| p.label == "root-a").unwrap();
-    let start = root.first_lba * 512;
+    let (start, _) = berth_image::Image::open(image)
+        .and_then(|image| image.partition_range("root-a"))
+        .unwrap_or_else(|e| panic!("{e}"));
     // The squashfs superblock says where file data ends: its inode table follows
     // the data blocks. 1 MiB in is inside busybox's or crun's data.
     let mut superblock = [0u8; 96];
