@@ -265,6 +265,48 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "health_timeout \"1.5m\" is not a duration",
         ),
         (
+            "repository without keys",
+            c("[update]\nrepository = \"http://10.0.2.2:8080/repo\"\n"),
+            5,
+            "a repository needs [update] keys",
+        ),
+        (
+            "https repository",
+            c("[update]\nrepository = \"https://updates.example/repo\"\n"),
+            5,
+            "https:// is not supported yet",
+        ),
+        (
+            "repository not a URL",
+            c("[update]\nrepository = \"updates.example/repo\"\n"),
+            5,
+            "is not an http:// URL",
+        ),
+        (
+            "bad channel",
+            c("[update]\nchannel = \"../stable\"\n"),
+            5,
+            "channel:",
+        ),
+        (
+            "interval too short",
+            c("[update]\ninterval = \"5s\"\n"),
+            5,
+            "interval must be at least 10 s",
+        ),
+        (
+            "bad reboot policy",
+            c("[update]\nreboot = \"sometimes\"\n"),
+            5,
+            "is not \"auto\" or \"manual\"",
+        ),
+        (
+            "agent setting without a repository",
+            c("[update]\nhealth_timeout = \"20s\"\ninterval = \"1h\"\n"),
+            6,
+            "runs only with an [update] repository",
+        ),
+        (
             "missing update key",
             c("[update]\nkeys = [\"keys/nope.pub\"]\n"),
             5,
@@ -443,6 +485,34 @@ fn update_keys_must_be_minisign_public_keys_with_distinct_names() {
     assert_eq!(
         plan.update.health_timeout,
         std::time::Duration::from_secs(20)
+    );
+
+    assert_eq!(plan.update.repository, None);
+    let plan = load(
+        "keys = [\"keys/release.pub\"]\nrepository = \"http://10.0.2.2:8080/repo\"\n\
+         channel = \"beta\"\ninterval = \"6h\"\nreboot = \"manual\"\n\
+         report = \"http://10.0.2.2:8081/report\"",
+    )
+    .unwrap();
+    assert_eq!(
+        plan.update.repository.as_deref(),
+        Some("http://10.0.2.2:8080/repo")
+    );
+    assert_eq!(
+        plan.update.channel.as_ref().map(|c| c.as_str()),
+        Some("beta")
+    );
+    assert_eq!(
+        plan.update.interval,
+        Some(std::time::Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(
+        plan.update.reboot,
+        Some(berth_format::image_config::RebootPolicy::Manual)
+    );
+    assert_eq!(
+        plan.update.report.as_deref(),
+        Some("http://10.0.2.2:8081/report")
     );
 
     let err = load("keys = [\"keys/secret.key\"]")

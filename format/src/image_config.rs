@@ -90,7 +90,8 @@ pub struct StaticIpv4 {
     pub gateway: Option<String>,
 }
 
-/// How long a counting slot has to become healthy.
+/// Updates: how long a counting slot has to become healthy, and where the
+/// device's own update agent looks for new releases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
@@ -98,6 +99,61 @@ pub struct UpdateConfig {
     /// container to be healthy; after it the init reboots (default 120 s).
     #[serde(default = "default_health_timeout_ms")]
     pub health_timeout_ms: u64,
+    /// The update repository (`http://` or `https://`): with one (here or in the
+    /// provisioning file) the init runs the update agent as a service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The repository's channel ([`DEFAULT_CHANNEL`] when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Seconds between two checks of the repository ([`DEFAULT_INTERVAL_S`] when
+    /// absent); the agent adds random jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_s: Option<u64>,
+    /// When the agent reboots into an installed update: [`RebootPolicy`]'s text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<String>,
+    /// A URL the agent POSTs its status JSON to after each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// The channel a device follows unless told otherwise.
+pub const DEFAULT_CHANNEL: &str = "stable";
+/// Seconds between two checks unless told otherwise: 30 minutes, Mender's
+/// default; Zincati polls every 5 minutes, but a static repository behind a CDN
+/// is better served by fewer, jittered requests.
+pub const DEFAULT_INTERVAL_S: u64 = 1800;
+/// The shortest interval a recipe or provisioning file may set.
+pub const MIN_INTERVAL_S: u64 = 10;
+
+/// When the update agent reboots into an update it installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RebootPolicy {
+    /// Right after the install (the default).
+    #[default]
+    Auto,
+    /// Never by itself: the update waits for the next reboot.
+    Manual,
+}
+
+impl RebootPolicy {
+    /// Parses `auto` or `manual`.
+    pub fn parse(text: &str) -> Result<RebootPolicy, String> {
+        match text {
+            "auto" => Ok(RebootPolicy::Auto),
+            "manual" => Ok(RebootPolicy::Manual),
+            other => Err(format!("reboot {other:?} is not \"auto\" or \"manual\"")),
+        }
+    }
+
+    /// The text [`RebootPolicy::parse`] reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebootPolicy::Auto => "auto",
+            RebootPolicy::Manual => "manual",
+        }
+    }
 }
 
 /// Default of [`UpdateConfig::health_timeout_ms`]: 120 s.
@@ -111,6 +167,11 @@ impl Default for UpdateConfig {
     fn default() -> Self {
         UpdateConfig {
             health_timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            repository: None,
+            channel: None,
+            interval_s: None,
+            reboot: None,
+            report: None,
         }
     }
 }
@@ -303,6 +364,11 @@ mod tests {
             },
             update: UpdateConfig {
                 health_timeout_ms: 20_000,
+                repository: Some("http://10.0.2.2:8080/repo".into()),
+                channel: Some("beta".into()),
+                interval_s: Some(600),
+                reboot: Some("manual".into()),
+                report: Some("http://10.0.2.2:8081/report".into()),
             },
             debug: DebugConfig {
                 console_shell: true,

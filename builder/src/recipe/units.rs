@@ -36,7 +36,7 @@ impl Validator<'_> {
     ) -> Result<Duration, RecipeError> {
         parse_duration(value.get_ref()).ok_or_else(|| {
             self.at(&value.span()).error(format!(
-                "{what} {:?} is not a duration: write a whole number with ms, s or m, like \"500ms\", \"5s\" or \"2m\"",
+                "{what} {:?} is not a duration: write a whole number with ms, s, m or h, like \"500ms\", \"5s\", \"2m\" or \"6h\"",
                 value.get_ref()
             ))
         })
@@ -75,6 +75,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "ms" => number,
         "s" => number.checked_mul(1000)?,
         "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
         _ => return None,
     };
     Some(Duration::from_millis(millis))
@@ -88,6 +89,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(6 * 3600)));
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("0s"), Some(Duration::ZERO));

@@ -1,10 +1,12 @@
-//! `[update]`: the keys an image trusts for updates and how long a new slot has to
-//! prove itself healthy.
+//! `[update]`: the keys an image trusts for updates, how long a new slot has to
+//! prove itself healthy, and where the device's own agent looks for releases
+//! (repository, channel, interval, reboot policy, status reports).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_format::image_config::DEFAULT_HEALTH_TIMEOUT_MS;
+use berth_bundle::channel::ChannelName;
+use berth_format::image_config::{RebootPolicy, DEFAULT_HEALTH_TIMEOUT_MS, MIN_INTERVAL_S};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -19,6 +21,21 @@ pub(super) struct RawUpdate {
     /// How long a counting slot has to become healthy.
     #[serde(default)]
     health_timeout: Option<Spanned<String>>,
+    /// The update repository the device's agent polls.
+    #[serde(default)]
+    repository: Option<Spanned<String>>,
+    /// Its channel.
+    #[serde(default)]
+    channel: Option<Spanned<String>>,
+    /// Time between two checks.
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
+    /// `auto` or `manual`.
+    #[serde(default)]
+    reboot: Option<Spanned<String>>,
+    /// Where the device POSTs its status.
+    #[serde(default)]
+    report: Option<Spanned<String>>,
 }
 
 /// The recipe's `[update]` table, checked.
@@ -28,6 +45,16 @@ pub struct UpdatePlan {
     pub keys: Vec<PublicKeyFile>,
     /// How long a counting slot has to become healthy.
     pub health_timeout: Duration,
+    /// The update repository (`http://`); with one the device runs its agent.
+    pub repository: Option<String>,
+    /// The channel, when not the default.
+    pub channel: Option<ChannelName>,
+    /// Time between two checks, when not the default.
+    pub interval: Option<Duration>,
+    /// When the agent reboots into an update, when not the default.
+    pub reboot: Option<RebootPolicy>,
+    /// Where the device POSTs its status (`http://`).
+    pub report: Option<String>,
 }
 
 impl Default for UpdatePlan {
@@ -35,6 +62,11 @@ impl Default for UpdatePlan {
         UpdatePlan {
             keys: Vec::new(),
             health_timeout: Duration::from_millis(DEFAULT_HEALTH_TIMEOUT_MS),
+            repository: None,
+            channel: None,
+            interval: None,
+            reboot: None,
+            report: None,
         }
     }
 }
@@ -104,7 +136,75 @@ impl Validator<'_> {
                 content,
             });
         }
+        if let Some(url) = &raw.repository {
+            plan.repository = Some(self.http_url(url, "repository")?);
+            if plan.keys.is_empty() {
+                return self.err(
+                    &url.span(),
+                    "a repository needs [update] keys: without a trusted key the device accepts no update",
+                );
+            }
+        }
+        if let Some(channel) = &raw.channel {
+            plan.channel = Some(
+                ChannelName::new(channel.get_ref())
+                    .or_else(|e| self.err(&channel.span(), format!("channel: {e}")))?,
+            );
+        }
+        if let Some(interval) = &raw.interval {
+            let value = self.duration(interval, "interval")?;
+            if value.as_secs() < MIN_INTERVAL_S {
+                return self.err(
+                    &interval.span(),
+                    format!("interval must be at least {MIN_INTERVAL_S} s"),
+                );
+            }
+            plan.interval = Some(value);
+        }
+        if let Some(reboot) = &raw.reboot {
+            plan.reboot = Some(
+                RebootPolicy::parse(reboot.get_ref()).or_else(|e| self.err(&reboot.span(), e))?,
+            );
+        }
+        if let Some(url) = &raw.report {
+            plan.report = Some(self.http_url(url, "report")?);
+        }
+        let needs_repository = [&raw.channel, &raw.interval, &raw.reboot, &raw.report];
+        if plan.repository.is_none() {
+            if let Some(setting) = needs_repository.into_iter().flatten().next() {
+                return self.err(
+                    &setting.span(),
+                    "this setting is for the update agent, which runs only with an [update] repository",
+                );
+            }
+        }
         Ok(plan)
+    }
+
+    /// An `http://HOST…` URL. `https://` is refused for now: the device agent is a
+    /// static binary without a TLS stack (the signatures make the content
+    /// trusted either way).
+    fn http_url(&self, url: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
+        let text = url.get_ref();
+        if text.starts_with("https://") {
+            return self.err(
+                &url.span(),
+                format!("{what} {text:?}: https:// is not supported yet (the device agent has no TLS stack); use http:// — the index and the bundles are signed"),
+            );
+        }
+        match text.strip_prefix("http://") {
+            Some(rest)
+                if !rest.is_empty()
+                    && !rest.starts_with('/')
+                    && !text.contains(char::is_whitespace) =>
+            {
+                Ok(text.clone())
+            }
+            _ => self.err(
+                &url.span(),
+                format!("{what} {text:?} is not an http:// URL"),
+            ),
+        }
     }
 }
 

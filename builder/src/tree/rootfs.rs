@@ -232,6 +232,11 @@ pub fn root_tree(
         update: UpdateConfig {
             health_timeout_ms: u64::try_from(plan.update.health_timeout.as_millis())
                 .unwrap_or(u64::MAX),
+            repository: plan.update.repository.clone(),
+            channel: plan.update.channel.as_ref().map(|c| c.as_str().to_string()),
+            interval_s: plan.update.interval.map(|i| i.as_secs()),
+            reboot: plan.update.reboot.map(|r| r.as_str().to_string()),
+            report: plan.update.report.clone(),
         },
         debug: DebugConfig {
             console_shell: plan.console_shell == ConsoleShell::Busybox,
