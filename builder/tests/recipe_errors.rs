@@ -259,6 +259,12 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "invalid type",
         ),
         (
+            "container named like a system log",
+            c("[[container]]\nname = \"kernel\"\npackages = [\"busybox-static\"]\ncommand = [\"/bin/true\"]\n"),
+            5,
+            "container name \"kernel\" is taken",
+        ),
+        (
             "bad health_timeout",
             c("[update]\nhealth_timeout = \"1.5m\"\n"),
             5,

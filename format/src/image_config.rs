@@ -2,6 +2,8 @@
 //! writes it from its validated build plan; the init reads it at boot. Only what the
 //! device needs at run time is here (container bundles carry their own OCI config).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The image configuration file.
@@ -154,6 +156,27 @@ impl RebootPolicy {
             RebootPolicy::Manual => "manual",
         }
     }
+}
+
+/// Parses a duration: a whole number followed by `ms`, `s`, `m` or `h` (`"500ms"`,
+/// `"5s"`, `"2m"`, `"6h"`). Anything else is `None`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    if number.is_empty() {
+        return None;
+    }
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.checked_mul(1000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(millis))
 }
 
 /// Default of [`UpdateConfig::health_timeout_ms`]: 120 s.
@@ -341,6 +364,27 @@ impl ImageConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "5",
+            "s",
+            "1.5s",
+            "5 s",
+            "-1s",
+            "5S",
+            "99999999999999999999m",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn round_trips() {

@@ -60,53 +60,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(1u64 << shift)
 }
 
-/// Parses a duration: a whole number followed by `ms`, `s` or `m` (`"500ms"`,
-/// `"5s"`, `"2m"`). Anything else is `None`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let digits = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits);
-    if number.is_empty() {
-        return None;
-    }
-    let number: u64 = number.parse().ok()?;
-    let millis = match unit {
-        "ms" => number,
-        "s" => number.checked_mul(1000)?,
-        "m" => number.checked_mul(60_000)?,
-        "h" => number.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(millis))
-}
+pub use berth_format::image_config::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(6 * 3600)));
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        for bad in [
-            "",
-            "5",
-            "s",
-            "1.5s",
-            "5 s",
-            "-1s",
-            "5h",
-            "5S",
-            "99999999999999999999m",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn sizes() {

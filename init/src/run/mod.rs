@@ -12,8 +12,10 @@
 //! - [`checks`]: its [`health`] checks, and the boot assessment ([`assess`]);
 //! - [`shutdown`]: TERM, grace period, KILL, then [`crate::shared::power`];
 //! - the power button ([`input`]), the debug [`shell`], the [`watchdog`] and the
-//!   kernel log ([`kmsg`]), each polled or timed by the loop.
+//!   kernel log ([`kmsg`]), each polled or timed by the loop;
+//! - the update [`agent`], a supervised system service beside the containers.
 
+mod agent;
 mod assess;
 mod checks;
 pub mod containers;
@@ -74,6 +76,7 @@ enum Source {
     Dhcp(usize),
     Button(usize),
     Output(usize, Pipe),
+    AgentOutput(Pipe),
     Probes,
     Kmsg,
 }
@@ -143,6 +146,8 @@ struct EventLoop {
     version: String,
     health_timeout: Duration,
     shell: Option<Shell>,
+    /// The update agent, on a device with an update repository.
+    agent: Option<agent::Agent>,
     /// When the watchdog is next petted (none: no watchdog).
     watchdog: Option<Instant>,
     /// Log file rotation.
@@ -212,6 +217,7 @@ impl EventLoop {
             shell: config.debug.console_shell.then_some(Shell::Waiting {
                 until: Instant::now(),
             }),
+            agent: agent::Agent::new(config, &config.image.hostname),
             watchdog: crate::run::watchdog::start(Instant::now()),
             rotation: rotation(config),
             kmsg: match Kmsg::open(Path::new(logfile::LOG_DIR), rotation(config)) {
@@ -246,6 +252,7 @@ impl EventLoop {
                 self.watchdog = crate::run::watchdog::pet(now);
             }
             self.shell_due(now);
+            self.agent_due(now);
             if self.shutdown.is_none() {
                 self.start_checks(now);
                 self.assess(Instant::now());
@@ -277,6 +284,7 @@ impl EventLoop {
                         .min(),
                     self.probes.as_ref().and_then(Probes::next_deadline),
                     self.shell.and_then(Shell::due),
+                    self.agent.as_ref().and_then(agent::Agent::due),
                     // While assessing, look again every second (critical
                     // containers without checks count once they ran a while).
                     self.assessment
@@ -307,6 +315,13 @@ impl EventLoop {
                             .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
                         {
                             self.pump(index, pipe, false);
+                        }
+                    }
+                    Source::AgentOutput(pipe) => {
+                        if flags
+                            .intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        {
+                            self.pump_agent(pipe, false);
                         }
                     }
                 }
@@ -344,6 +359,14 @@ impl EventLoop {
             {
                 if let Some(stream) = stream {
                     sources.push(Source::Output(index, pipe));
+                    fds.push(stream.fd());
+                }
+            }
+        }
+        if let Some(agent) = &self.agent {
+            for (pipe, stream) in [Pipe::Stdout, Pipe::Stderr].into_iter().zip(&agent.streams) {
+                if let Some(stream) = stream {
+                    sources.push(Source::AgentOutput(pipe));
                     fds.push(stream.fd());
                 }
             }
@@ -440,6 +463,10 @@ impl EventLoop {
                     other => Err(format!("check {other}")),
                 };
                 self.check_ended(probe.index, probe.run, result);
+                continue;
+            }
+            if self.agent.as_ref().and_then(agent::Agent::pid) == Some(pid.as_raw()) {
+                self.agent_exited(status);
                 continue;
             }
             if self.shell.and_then(Shell::pid) == Some(pid.as_raw()) {

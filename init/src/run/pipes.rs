@@ -1,4 +1,4 @@
-//! The containers' output pipes as the loop reads them: non-blocking, at most
+//! The containers' (and the update agent's) output pipes as the loop reads them: non-blocking, at most
 //! [`READ_BUDGET`] bytes per wakeup so one chatty container cannot starve the
 //! rest, each line to the console and the container's log file.
 
@@ -10,6 +10,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use super::output::{self, LineSplitter};
 use super::{EventLoop, Managed, Pipe};
+use crate::shared::logfile::LogFile;
 
 /// Bytes read from one pipe per wakeup, so one chatty container cannot starve the
 /// others (or the signals).
@@ -52,45 +53,68 @@ impl EventLoop {
         let Managed {
             name, streams, log, ..
         } = managed;
-        let Some(stream) = streams[pipe as usize].as_mut() else {
-            return;
-        };
-        let mut emit = |line: &[u8]| {
-            crate::log::write_console(&output::prefixed(name, line));
-            if let Some(log) = log.as_mut() {
-                log.write_line(line);
+        pump_stream(name, &mut streams[pipe as usize], log.as_mut(), closing);
+    }
+
+    /// [`EventLoop::pump`] for the update agent's pipes.
+    pub(super) fn pump_agent(&mut self, pipe: Pipe, closing: bool) {
+        if let Some(agent) = self.agent.as_mut() {
+            pump_stream(
+                super::agent::NAME,
+                &mut agent.streams[pipe as usize],
+                agent.log.as_mut(),
+                closing,
+            );
+        }
+    }
+}
+
+/// Reads what one pipe holds, each line to the console as `[name] …` and to
+/// `log`; closes the pipe at its end or when `closing`.
+fn pump_stream(
+    name: &str,
+    slot: &mut Option<Stream>,
+    mut log: Option<&mut LogFile>,
+    closing: bool,
+) {
+    let Some(stream) = slot.as_mut() else {
+        return;
+    };
+    let mut emit = |line: &[u8]| {
+        crate::log::write_console(&output::prefixed(name, line));
+        if let Some(log) = log.as_mut() {
+            log.write_line(line);
+        }
+    };
+    let mut buf = [0u8; 4096];
+    // At the end, take everything that is there (within reason: a leftover
+    // process could keep writing).
+    let mut budget = if closing {
+        16 * READ_BUDGET
+    } else {
+        READ_BUDGET
+    };
+    let mut eof = false;
+    while budget > 0 {
+        match stream.pipe.read(&mut buf) {
+            Ok(0) => {
+                eof = true;
+                break;
             }
-        };
-        let mut buf = [0u8; 4096];
-        // At the end, take everything that is there (within reason: a leftover
-        // process of the container could keep writing).
-        let mut budget = if closing {
-            16 * READ_BUDGET
-        } else {
-            READ_BUDGET
-        };
-        let mut eof = false;
-        while budget > 0 {
-            match stream.pipe.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    stream.lines.push(&buf[..n], &mut emit);
-                    budget = budget.saturating_sub(n);
-                }
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+            Ok(n) => {
+                stream.lines.push(&buf[..n], &mut emit);
+                budget = budget.saturating_sub(n);
+            }
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => {
+                eof = true;
+                break;
             }
         }
-        if eof || closing {
-            stream.lines.finish(&mut emit);
-            streams[pipe as usize] = None;
-        }
+    }
+    if eof || closing {
+        stream.lines.finish(&mut emit);
+        *slot = None;
     }
 }

@@ -50,6 +50,7 @@ impl EventLoop {
         if self.shell.is_some() {
             self.shell = Some(Shell::Stopped);
         }
+        self.stop_agent();
         log!("stopping containers");
         self.shutdown = Some(Shutdown {
             action,

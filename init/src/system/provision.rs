@@ -11,7 +11,12 @@
 //! [time]
 //! ntp = ["192.168.1.1"]
 //! [update]
-//! repository = "https://updates.example/edge"
+//! repository = "http://updates.example/edge"
+//! channel = "beta"          # the agent's settings, over the recipe's
+//! interval = "6h"
+//! reboot = "manual"
+//! report = "http://fleet.example/report"
+//! device = "edge-17"        # the identity in status reports (else the host name)
 //! ```
 //!
 //! The file is read leniently, field by field: a field that is not valid is
@@ -24,7 +29,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use berth_format::image_config::StaticIpv4;
+use berth_format::image_config::{RebootPolicy, StaticIpv4, MIN_INTERVAL_S};
 use berth_format::ImageConfig;
 
 /// Where the file is on the mounted ESP.
@@ -43,7 +48,20 @@ pub struct Provision {
     pub env: BTreeMap<String, String>,
     /// SNTP servers (IPv4 addresses).
     pub ntp: Vec<String>,
-    pub update_repository: Option<String>,
+    /// `[update]`: the update agent's settings.
+    pub update: ProvisionedUpdate,
+}
+
+/// `[update]` of the provisioning file: each overrides the recipe's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProvisionedUpdate {
+    pub repository: Option<String>,
+    pub channel: Option<String>,
+    pub interval_s: Option<u64>,
+    pub reboot: Option<String>,
+    pub report: Option<String>,
+    /// The device's identity in status reports.
+    pub device: Option<String>,
 }
 
 /// Parses the file's text: the settings that are valid, and one message per
@@ -102,20 +120,7 @@ pub fn parse(text: &str) -> (Provision, Vec<String>) {
                 None => problems.push("time is not a table".into()),
             },
             "update" => match value.as_table() {
-                Some(update) => {
-                    for (key, value) in update {
-                        match (key.as_str(), value.as_str()) {
-                            ("repository", Some(url))
-                                if url.starts_with("https://") || url.starts_with("http://") =>
-                            {
-                                out.update_repository = Some(url.to_string());
-                            }
-                            ("repository", _) => problems
-                                .push(format!("update.repository {value} is not an http(s) URL")),
-                            (other, _) => problems.push(format!("update.{other} is not a setting")),
-                        }
-                    }
-                }
+                Some(update) => parse_update(update, &mut out.update, &mut problems),
                 None => problems.push("update is not a table".into()),
             },
             other => problems.push(format!("{other} is not a setting")),
@@ -144,6 +149,61 @@ fn parse_network(network: &toml::Table, out: &mut Provision, problems: &mut Vec<
                 )),
             },
             other => problems.push(format!("network.{other} is not a setting")),
+        }
+    }
+}
+
+fn parse_update(update: &toml::Table, out: &mut ProvisionedUpdate, problems: &mut Vec<String>) {
+    let is_url = |url: &&str| {
+        (url.starts_with("http://") || url.starts_with("https://"))
+            && !url.contains(char::is_whitespace)
+    };
+    let is_name = |name: &&str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    for (key, value) in update {
+        let text = value.as_str();
+        match key.as_str() {
+            "repository" => match text.filter(is_url) {
+                Some(url) => out.repository = Some(url.to_string()),
+                None => problems.push(format!("update.repository {value} is not an http(s) URL")),
+            },
+            "report" => match text.filter(is_url) {
+                Some(url) => out.report = Some(url.to_string()),
+                None => problems.push(format!("update.report {value} is not an http(s) URL")),
+            },
+            "channel" => match text.filter(is_name) {
+                Some(name) => out.channel = Some(name.to_string()),
+                None => problems.push(format!("update.channel {value} is not a channel name")),
+            },
+            "device" => match text.filter(is_name) {
+                Some(name) => out.device = Some(name.to_string()),
+                None => problems.push(format!(
+                    "update.device {value} is not a name of letters, digits, '-', '_' and '.'"
+                )),
+            },
+            "interval" => {
+                let seconds = text
+                    .and_then(berth_format::image_config::parse_duration)
+                    .map(|d| d.as_secs())
+                    .filter(|s| *s >= MIN_INTERVAL_S);
+                match seconds {
+                    Some(s) => out.interval_s = Some(s),
+                    None => problems.push(format!(
+                        "update.interval {value} is not a duration of at least {MIN_INTERVAL_S} s (\"30m\", \"6h\")"
+                    )),
+                }
+            }
+            "reboot" => match text.map(RebootPolicy::parse) {
+                Some(Ok(policy)) => out.reboot = Some(policy.as_str().to_string()),
+                Some(Err(why)) => problems.push(format!("update.{why}")),
+                None => problems.push(format!("update.reboot {value} is not text")),
+            },
+            other => problems.push(format!("update.{other} is not a setting")),
         }
     }
 }
@@ -227,6 +287,21 @@ impl Provision {
         if let Some(dns) = &self.dns {
             config.network.dns = dns.clone();
         }
+        let update = &self.update;
+        let target = &mut config.update;
+        for (from, to) in [
+            (&update.repository, &mut target.repository),
+            (&update.channel, &mut target.channel),
+            (&update.reboot, &mut target.reboot),
+            (&update.report, &mut target.report),
+        ] {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        }
+        if update.interval_s.is_some() {
+            target.interval_s = update.interval_s;
+        }
     }
 
     /// The SNTP servers.
@@ -275,9 +350,22 @@ impl Provision {
             time.insert("ntp".into(), self.ntp.clone().into());
             root.insert("time".into(), time.into());
         }
-        if let Some(url) = &self.update_repository {
-            let mut update = toml::Table::new();
-            update.insert("repository".into(), url.clone().into());
+        let mut update = toml::Table::new();
+        for (key, value) in [
+            ("repository", &self.update.repository),
+            ("channel", &self.update.channel),
+            ("reboot", &self.update.reboot),
+            ("report", &self.update.report),
+            ("device", &self.update.device),
+        ] {
+            if let Some(value) = value {
+                update.insert(key.into(), value.clone().into());
+            }
+        }
+        if let Some(seconds) = self.update.interval_s {
+            update.insert("interval".into(), format!("{seconds}s").into());
+        }
+        if !update.is_empty() {
             root.insert("update".into(), update.into());
         }
         format!("# applied by berth-init from the ESP's berth/provision.toml\n{root}")
@@ -328,6 +416,11 @@ SITE = "north"
 ntp = ["10.0.2.2"]
 [update]
 repository = "https://updates.example/edge"
+channel = "beta"
+interval = "6h"
+reboot = "manual"
+report = "http://10.0.2.2:9000/report"
+device = "edge-17"
 "#;
 
     fn config() -> ImageConfig {
@@ -353,9 +446,17 @@ repository = "https://updates.example/edge"
         assert_eq!(p.env.get("SITE").map(String::as_str), Some("north"));
         assert_eq!(p.ntp_servers(), [Ipv4Addr::new(10, 0, 2, 2)]);
         assert_eq!(
-            p.update_repository.as_deref(),
+            p.update.repository.as_deref(),
             Some("https://updates.example/edge")
         );
+        assert_eq!(p.update.channel.as_deref(), Some("beta"));
+        assert_eq!(p.update.interval_s, Some(6 * 3600));
+        assert_eq!(p.update.reboot.as_deref(), Some("manual"));
+        assert_eq!(
+            p.update.report.as_deref(),
+            Some("http://10.0.2.2:9000/report")
+        );
+        assert_eq!(p.update.device.as_deref(), Some("edge-17"));
         // What is kept on the data partition reads back the same.
         let (again, problems) = parse(&p.render());
         assert!(problems.is_empty(), "{problems:?}");
@@ -379,7 +480,10 @@ ntp = ["pool.example"]
 zone = "UTC"
 [update]
 repository = "ftp://x"
-channel = "beta"
+channel = "../beta"
+interval = "5s"
+reboot = "later"
+color = 1
 "#;
         let (p, problems) = parse(text);
         assert_eq!(p.env.get("GOOD").map(String::as_str), Some("1"));
@@ -388,13 +492,20 @@ channel = "beta"
         assert_eq!(p.dhcp, None);
         assert_eq!(p.dns, None);
         assert_eq!(p.ipv4, None);
-        assert_eq!(p.update_repository, None);
+        assert_eq!(p.update, ProvisionedUpdate::default());
         assert!(p.ntp.is_empty());
-        assert_eq!(problems.len(), 10, "{problems:#?}");
+        assert_eq!(problems.len(), 13, "{problems:#?}");
         assert!(problems
             .iter()
             .any(|m| m.contains("color is not a setting")));
-        assert!(problems.iter().any(|m| m.contains("update.channel")));
+        for field in ["channel", "interval", "reboot", "color"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|m| m.contains(&format!("update.{field}"))),
+                "{field}: {problems:#?}"
+            );
+        }
     }
 
     #[test]
@@ -414,6 +525,12 @@ channel = "beta"
         assert!(!c.network.dhcp);
         assert_eq!(c.network.ipv4.unwrap().interface, "eth1");
         assert_eq!(c.network.dns.len(), 2);
+        assert_eq!(
+            c.update.repository.as_deref(),
+            Some("https://updates.example/edge")
+        );
+        assert_eq!(c.update.channel.as_deref(), Some("beta"));
+        assert_eq!(c.update.interval_s, Some(6 * 3600));
 
         let mut c = config();
         let (p, _) = parse("hostname = \"b\"\n");

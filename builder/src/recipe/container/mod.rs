@@ -132,6 +132,10 @@ pub enum RootfsSource {
     Image { reference: ImageRef, at: Location },
 }
 
+/// Logs under /var/log/berth that are not a container's: the init's, the
+/// kernel's and the update agent's. A container may not take their names.
+const SYSTEM_LOG_NAMES: [&str; 3] = ["init", "kernel", "berth-update"];
+
 impl Validator<'_> {
     /// Every container, in recipe order; refuses two with the same name.
     pub(super) fn containers(
@@ -161,6 +165,12 @@ impl Validator<'_> {
         span: &Range<usize>,
     ) -> Result<ContainerPlan, RecipeError> {
         let name = self.name(&raw.name, "container name")?;
+        if SYSTEM_LOG_NAMES.contains(&name.as_str()) {
+            return self.err(
+                &raw.name.span(),
+                format!("container name {name:?} is taken: /var/log/berth/{name}.log is the system's own log"),
+            );
+        }
         let at = self.at(&raw.name.span());
         let source = match (raw.packages, raw.image) {
             (Some(p), Some(_)) => {
