@@ -174,6 +174,17 @@ fn read(path: &Path) -> Result<String, SystemError> {
     })
 }
 
+/// Asks PID 1 (berth-init) for an orderly reboot: SIGINT, which it treats like
+/// Ctrl-Alt-Del (containers stopped, file systems synced, then the reboot).
+pub fn request_reboot() -> std::io::Result<()> {
+    // SAFETY: kill has no memory effects; PID 1 is the init.
+    let rc = unsafe { libc::kill(1, libc::SIGINT) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

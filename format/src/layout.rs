@@ -62,6 +62,9 @@ pub const UPDATE_AGENT_PATH: &str = "/usr/bin/berth-update";
 /// Where the outcome of the last install, boot assessment and rollback is kept
 /// (on the data partition, so it survives slot switches).
 pub const UPDATE_STATE_PATH: &str = "/var/lib/berth/update/state.toml";
+/// The lock every writing `berth-update` holds (on the tmpfs: no stale lock
+/// survives a reboot).
+pub const UPDATE_LOCK_PATH: &str = "/run/berth/update.lock";
 /// The per-device provisioning file on the mounted ESP (read by the init).
 pub const PROVISION_ESP_FILE: &str = "/efi/berth/provision.toml";
 /// Where the init keeps the provisioning settings it accepted (on the data

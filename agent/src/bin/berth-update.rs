@@ -73,6 +73,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as the device's update service (the init starts it on a device with
+    /// an update repository): check every interval, install, reboot as the
+    /// policy says, report.
+    Daemon {
+        /// The repository (http:// URL or folder).
+        #[arg(long, value_name = "URL")]
+        repo: String,
+        /// The channel to follow.
+        #[arg(long, default_value = berth_bundle::channel::DEFAULT_CHANNEL)]
+        channel: String,
+        /// Seconds between checks (random jitter of ±25 % is added).
+        #[arg(long, default_value_t = berth_format::image_config::DEFAULT_INTERVAL_S)]
+        interval: u64,
+        /// `auto`: reboot into an installed update at once; `manual`: never by itself.
+        #[arg(long, default_value = "auto")]
+        reboot: String,
+        /// URL to POST a status report to after each round.
+        #[arg(long, value_name = "URL")]
+        report: Option<String>,
+        /// The device's identity in reports.
+        #[arg(long)]
+        device: Option<String>,
+        /// Boot tries a new slot gets.
+        #[arg(long, default_value_t = agent::install::DEFAULT_TRIES)]
+        tries: u32,
+    },
     /// Check the update repository and install the newest bundle it offers for
     /// this device. Exit code: 0 installed or already up to date, 1 error.
     Update {
@@ -105,8 +131,50 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Daemon {
+        repo,
+        channel,
+        interval,
+        reboot,
+        report,
+        device,
+        tries,
+    } = cli.command
+    {
+        let options = agent::daemon::DaemonOptions {
+            repository: agent::Repository::parse(&repo)?,
+            channel: ChannelName::new(&channel)?,
+            interval: std::time::Duration::from_secs(
+                interval.max(berth_format::image_config::MIN_INTERVAL_S),
+            ),
+            reboot: berth_format::image_config::RebootPolicy::parse(&reboot)
+                .map_err(anyhow::Error::msg)?,
+            report,
+            device,
+            install: InstallOptions {
+                allow_downgrade: false,
+                tries,
+            },
+        };
+        let mut observer = Output::new();
+        observer.prefix = "";
+        agent::daemon::run(&options, &mut observer);
+        request_reboot()?;
+        // The init stops this process as part of the reboot.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    // Every command that writes takes the update lock first (see `lock`).
+    let _lock = match &cli.command {
+        Command::Status { .. } | Command::Check { .. } => None,
+        _ => Some(agent::lock::UpdateLock::acquire(std::path::Path::new(
+            agent::lock::LOCK_PATH,
+        ))?),
+    };
     let system = System::discover().context("describing the running system")?;
     match cli.command {
+        Command::Daemon { .. } => unreachable!("handled above"),
         Command::Install {
             source,
             allow_downgrade,
@@ -218,15 +286,10 @@ fn print_check(report: &CheckReport) {
     );
 }
 
-/// Asks PID 1 (berth-init) for an orderly reboot: SIGINT.
+/// Asks the init for a reboot.
 fn request_reboot() -> Result<()> {
     println!("berth-update: rebooting");
-    // SAFETY: kill has no memory effects; PID 1 is the init.
-    let rc = unsafe { libc::kill(1, libc::SIGINT) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("asking the init to reboot");
-    }
-    Ok(())
+    agent::request_reboot().context("asking the init to reboot")
 }
 
 /// Progress on a terminal, plain lines otherwise; the test pause hook.
@@ -235,6 +298,9 @@ struct Output {
     pause_at: Option<String>,
     /// Last percentage printed per item, to print each step once.
     last: Option<(String, u64)>,
+    /// Before each step's line: `berth-update: ` by hand, nothing in the daemon
+    /// (the init prefixes its lines already).
+    prefix: &'static str,
 }
 
 impl Output {
@@ -243,6 +309,7 @@ impl Output {
             interactive: std::io::stdout().is_terminal(),
             pause_at: std::env::var(TEST_PAUSE_ENV).ok(),
             last: None,
+            prefix: "berth-update: ",
         }
     }
 }
@@ -279,6 +346,6 @@ impl Observer for Output {
     }
 
     fn step(&mut self, message: &str) {
-        println!("berth-update: {message}");
+        println!("{}{message}", self.prefix);
     }
 }

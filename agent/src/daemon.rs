@@ -1,0 +1,275 @@
+//! `berth-update daemon`: the agent as the init runs it on a device with an
+//! update repository. Every interval (with random jitter, so a fleet that was
+//! powered on at once does not poll in step) it takes the update lock, checks
+//! the repository, installs what it offers onto the inactive slot and reboots
+//! into it as its reboot policy says. Errors make the next check come later
+//! (doubling, up to [`MAX_BACKOFF_FACTOR`] intervals): a repository that is down
+//! is not hammered by every device of a fleet. After each step it POSTs its
+//! status to the report URL, if there is one (see [`crate::report`]).
+//!
+//! A boot still on trial is left alone: the init decides whether it is good;
+//! the agent only checks and reports until then (an install would be refused
+//! anyway: it could leave no good slot to fall back to).
+
+use std::time::Duration;
+
+use berth_bundle::channel::ChannelName;
+use berth_format::image_config::RebootPolicy;
+
+use crate::fleet::{self, CheckReport, FleetError, Repository, UpdateOutcome};
+use crate::install::{InstallOptions, Observer};
+use crate::lock::{LockError, UpdateLock, LOCK_PATH};
+use crate::report::{self, Event};
+use crate::status::{self, StatusError};
+use crate::system::{System, SystemError};
+
+/// Error backoff: the delay after `n` failures in a row is the interval times
+/// 2^n, at most this factor.
+pub const MAX_BACKOFF_FACTOR: u32 = 8;
+/// Jitter: each delay is scaled by a random factor in `[1 - JITTER, 1 + JITTER)`.
+pub const JITTER: f64 = 0.25;
+const JITTER_PERCENT: u32 = 25;
+/// The first check after the agent starts comes within this (or the interval,
+/// if shorter): spread out, but soon enough to report a boot promptly.
+pub const FIRST_CHECK_WITHIN: Duration = Duration::from_secs(120);
+
+/// What the daemon is told by the init.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub repository: Repository,
+    pub channel: ChannelName,
+    pub interval: Duration,
+    pub reboot: RebootPolicy,
+    /// Where status reports go.
+    pub report: Option<String>,
+    /// The device's identity in reports.
+    pub device: Option<String>,
+    pub install: InstallOptions,
+}
+
+/// One round's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("describing the running system: {0}")]
+    System(#[from] SystemError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+}
+
+/// How one round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing newer for this device.
+    UpToDate,
+    /// This boot is on trial: checked only.
+    OnTrial,
+    /// An update is installed on the other slot and waits for a reboot the
+    /// policy does not make now.
+    Installed { version: String },
+    /// An update is installed: reboot now.
+    Reboot { version: String },
+}
+
+/// The delay before the first check: `random` (in `[0, 1)`) of
+/// [`FIRST_CHECK_WITHIN`] or the interval, whichever is shorter.
+pub fn first_delay(interval: Duration, random: f64) -> Duration {
+    interval
+        .min(FIRST_CHECK_WITHIN)
+        .mul_f64(random.clamp(0.0, 1.0))
+}
+
+/// The delay before the next check after `failures` failed rounds in a row,
+/// with jitter from `random` (in `[0, 1)`).
+pub fn next_delay(interval: Duration, failures: u32, random: f64) -> Duration {
+    let factor = 2u32.saturating_pow(failures).min(MAX_BACKOFF_FACTOR);
+    let jitter = 1.0 - JITTER + 2.0 * JITTER * random.clamp(0.0, 1.0);
+    (interval * factor).mul_f64(jitter)
+}
+
+/// A random number in `[0, 1)` from the kernel (the clock's nanoseconds if
+/// `/dev/urandom` cannot be read: jitter needs spread, not secrecy).
+pub fn random_unit() -> f64 {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    let from_kernel = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_ok();
+    let value = if from_kernel {
+        u64::from_le_bytes(bytes)
+    } else {
+        u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos(),
+        ) << 32
+    };
+    // 53 random bits: the resolution of an f64 in [0, 1).
+    (value >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs rounds forever; returns only to reboot (the caller asks the init).
+pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
+    println!(
+        "watching channel {} of {} every {} s (±{JITTER_PERCENT} %), reboot {}",
+        options.channel,
+        options.repository.as_str(),
+        options.interval.as_secs(),
+        options.reboot.as_str()
+    );
+    let mut delay = first_delay(options.interval, random_unit());
+    let mut failures = 0u32;
+    loop {
+        std::thread::sleep(delay);
+        match round(options, observer) {
+            Ok(Round::Reboot { version }) => return version,
+            Ok(_) => failures = 0,
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                println!("check failed: {}", chain(&err));
+                report::send(options, Event::Error, None, Some(&chain(&err)));
+            }
+        }
+        delay = next_delay(options.interval, failures, random_unit());
+        println!("next check in {} s", delay.as_secs());
+    }
+}
+
+/// One round: lock, check, install if there is something to install.
+pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Round, DaemonError> {
+    let _lock = UpdateLock::acquire(std::path::Path::new(LOCK_PATH))?;
+    let system = System::discover()?;
+    let before = status::status(&system)?;
+    let booted_good = before
+        .slots
+        .iter()
+        .any(|s| s.slot == system.booted && s.good);
+    let report = fleet::check(&system, &options.repository, &options.channel)?;
+    print_check(&report);
+    if !booted_good {
+        println!(
+            "slot {} is on trial: not installing until the init marks it good",
+            system.booted
+        );
+        report::send(options, Event::OnTrial, Some(&report), None);
+        return Ok(Round::OnTrial);
+    }
+    let Some(version) = report.version.clone().filter(|_| report.update_available) else {
+        report::send(options, Event::UpToDate, Some(&report), None);
+        return Ok(Round::UpToDate);
+    };
+    let target = system.target();
+    let already = before.next == Some(target)
+        && before
+            .slots
+            .iter()
+            .any(|s| s.slot == target && s.version.as_deref() == Some(version.as_str()));
+    if !already {
+        match fleet::update(
+            &system,
+            &options.repository,
+            &options.channel,
+            &options.install,
+            observer,
+        )? {
+            UpdateOutcome::UpToDate(_) => {
+                // The index changed between the two looks: nothing to do now.
+                return Ok(Round::UpToDate);
+            }
+            UpdateOutcome::Installed(_, installed) => {
+                println!(
+                    "installed {} into slot {}; it boots next",
+                    installed.version, installed.slot
+                );
+            }
+        }
+    }
+    report::send(options, Event::Installed, Some(&report), None);
+    match options.reboot {
+        RebootPolicy::Auto => {
+            println!("rebooting into {version}");
+            Ok(Round::Reboot { version })
+        }
+        RebootPolicy::Manual => {
+            println!("installed {version}: it boots at the next reboot (reboot = \"manual\")");
+            Ok(Round::Installed { version })
+        }
+    }
+}
+
+fn print_check(report: &CheckReport) {
+    match (&report.version, report.update_available) {
+        (Some(version), true) => {
+            println!("update available: {version} (running {})", report.running)
+        }
+        _ => println!(
+            "up to date: channel {} offers nothing newer than {}",
+            report.channel, report.running
+        ),
+    }
+}
+
+/// An error with its causes, on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_check_is_spread_but_soon() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(first_delay(hour, 0.0), Duration::ZERO);
+        assert_eq!(first_delay(hour, 0.5), FIRST_CHECK_WITHIN / 2);
+        let short = Duration::from_secs(10);
+        assert_eq!(first_delay(short, 0.5), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter_of_the_interval() {
+        let interval = Duration::from_secs(1800);
+        assert_eq!(next_delay(interval, 0, 0.0), Duration::from_secs(1350));
+        assert_eq!(next_delay(interval, 0, 0.5), interval);
+        assert!(next_delay(interval, 0, 0.999_999) < Duration::from_secs(2250));
+    }
+
+    #[test]
+    fn failures_back_off_up_to_eight_intervals() {
+        let interval = Duration::from_secs(60);
+        let delays: Vec<u64> = (0..6)
+            .map(|n| next_delay(interval, n, 0.5).as_secs())
+            .collect();
+        assert_eq!(delays, [60, 120, 240, 480, 480, 480]);
+        assert_eq!(
+            next_delay(interval, u32::MAX, 0.5),
+            interval * MAX_BACKOFF_FACTOR
+        );
+    }
+
+    #[test]
+    fn random_numbers_are_in_the_unit_interval_and_vary() {
+        let values: Vec<f64> = (0..64).map(|_| random_unit()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let distinct = values
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<std::collections::HashSet<_>>();
+        assert!(distinct.len() > 60);
+    }
+}
