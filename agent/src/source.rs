@@ -147,7 +147,7 @@ mod tests {
         // trickling end.)
 
         let fast = vec![7u8; 5000];
-        let mut guard = StallGuard::new(&fast[..], Duration::ZERO, 1000);
+        let mut guard = StallGuard::new(&fast[..], Duration::ZERO, 1);
         let mut out = Vec::new();
         guard.read_to_end(&mut out).unwrap();
         assert_eq!(out, fast);
