@@ -307,12 +307,6 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "is not \"auto\" or \"manual\"",
         ),
         (
-            "agent setting without a repository",
-            c("[update]\nhealth_timeout = \"20s\"\ninterval = \"1h\"\n"),
-            6,
-            "runs only with an [update] repository",
-        ),
-        (
             "missing update key",
             c("[update]\nkeys = [\"keys/nope.pub\"]\n"),
             5,

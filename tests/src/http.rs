@@ -73,12 +73,23 @@ pub fn http_get_once(port: u16, path: &str) -> Result<String, String> {
 
 /// A static HTTP/1.0 file server on 127.0.0.1 (the guest reaches it at
 /// 10.0.2.2 through QEMU's user networking), serving the files of one folder
-/// and its subfolders;
-/// stops when dropped.
+/// and its subfolders. It keeps an access log (`GET /stable.json 200`) and the
+/// bodies of POSTs (a device's status reports), answering them `204`. Stops
+/// when dropped.
 #[derive(Debug)]
 pub struct FileServer {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<ServerLog>>,
+}
+
+/// What a [`FileServer`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct ServerLog {
+    /// `METHOD PATH STATUS`, in order.
+    pub requests: Vec<String>,
+    /// `(path, body)` of each POST, in order.
+    pub posts: Vec<(String, String)>,
 }
 
 impl FileServer {
@@ -91,20 +102,28 @@ impl FileServer {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(ServerLog::default()));
         let flag = stop.clone();
+        let shared_log = log.clone();
         let dir = dir.to_path_buf();
         std::thread::spawn(move || {
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let dir = dir.clone();
-                        std::thread::spawn(move || serve_one(stream, &dir));
+                        let log = shared_log.clone();
+                        std::thread::spawn(move || serve_one(stream, &dir, &log));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         });
-        FileServer { port, stop }
+        FileServer { port, stop, log }
+    }
+
+    /// What the server saw so far.
+    pub fn log(&self) -> ServerLog {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The URL of `name` as the guest sees it.
@@ -119,27 +138,57 @@ impl Drop for FileServer {
     }
 }
 
-fn serve_one(mut stream: TcpStream, dir: &Path) {
+fn serve_one(mut stream: TcpStream, dir: &Path, log: &std::sync::Mutex<ServerLog>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+    let end = loop {
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if head.len() >= 16 * 1024 {
+            return;
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
+    };
+    let mut body = head.split_off(end);
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let method = words.next().unwrap_or("").to_string();
+    let path = words.next().unwrap_or("").to_string();
+    let record = |status: u16| {
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        log.requests.push(format!("{method} {path} {status}"));
+    };
+    if method == "POST" {
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        while body.len() < length {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+        record(204);
+        log.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .posts
+            .push((path.clone(), String::from_utf8_lossy(&body).into_owned()));
+        let _ = stream.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+        return;
     }
-    let head = String::from_utf8_lossy(&head);
-    let path = head
-        .lines()
-        .next()
-        .and_then(|line| line.strip_prefix("GET "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or("");
     let name = path.trim_start_matches('/');
     // Subfolders (an update repository's bundles/) but nothing that leaves `dir`.
-    let safe = !name.is_empty()
+    let safe = method == "GET"
+        && !name.is_empty()
         && !name.contains('\\')
         && name
             .split('/')
@@ -147,6 +196,7 @@ fn serve_one(mut stream: TcpStream, dir: &Path) {
     let file = safe.then(|| File::open(dir.join(name)).ok()).flatten();
     match file {
         Some(mut file) => {
+            record(200);
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             let _ = write!(
                 stream,
@@ -155,6 +205,7 @@ fn serve_one(mut stream: TcpStream, dir: &Path) {
             let _ = std::io::copy(&mut file, &mut stream);
         }
         None => {
+            record(404);
             let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
         }
     }
@@ -163,6 +214,28 @@ fn serve_one(mut stream: TcpStream, dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_server_logs_gets_and_keeps_posts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "hello").unwrap();
+        let server = FileServer::start(dir.path());
+        let page = http_get_once(server.port, "/a.txt").unwrap();
+        assert!(page.ends_with("hello"), "{page}");
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .write_all(b"POST /report HTTP/1.0\r\nContent-Length: 7\r\n\r\n{\"a\":1}")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 204"), "{answer}");
+        let log = server.log();
+        assert_eq!(log.requests, ["GET /a.txt 200", "POST /report 204"]);
+        assert_eq!(
+            log.posts,
+            [("/report".to_string(), "{\"a\":1}".to_string())]
+        );
+    }
 
     #[test]
     fn http_status_line() {

@@ -1,9 +1,11 @@
 //! The fleet update repository end to end: `berth publish` on the host (the
 //! index verifies with the standard `minisign`, a repository accumulates
-//! versions, the output is reproducible), and a 1.0.0 device provisioned with
-//! the repository's URL that finds 1.1.0 with `berth-update check`, installs it
-//! with `berth-update update --reboot`, boots it and blesses it, then refuses a
-//! tampered index.
+//! versions, the output is reproducible), and a 1.0.0 device — a production
+//! image, no console shell: nothing but the device acts — provisioned with the
+//! repository's URL and a report URL, whose update agent finds 1.1.0 by itself,
+//! installs it, reboots into it, gets it blessed, reports each step, and then
+//! refuses a tampered index. Observed through the console, the repository's
+//! access log and the report POSTs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, literal, make_bundle, run_tool, shell, write_esp_file, BootOptions, FileServer,
+    binaries, boot, literal, make_bundle, run_tool, write_esp_file, BootOptions, FileServer,
     ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 
@@ -59,9 +61,7 @@ epoch = 1700000000
 [update]
 keys = ["{key}"]
 health_timeout = "120s"
-
-[debug]
-console_shell = true
+interval = "10s"
 
 [[container]]
 name = "web"
@@ -174,12 +174,11 @@ fn expect(vm: &TestVm, text: &str) -> String {
 
 fn running(vm: &TestVm, version: &str, slot: &str) {
     expect(vm, &format!("berth-init: {NAME} {version} (slot {slot})"));
-    expect(vm, "debug shell on the console");
     expect(vm, "starting container web");
 }
 
 #[test]
-fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
+fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
     let fx = fixture();
     let repo = fresh(&fx.dir.join("repo-served"));
     let published = publish(&repo, &fx.release, &[&fx.bundle110]);
@@ -201,8 +200,9 @@ fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
         &disk,
         "berth/provision.toml",
         &format!(
-            "[update]\nrepository = \"{}\"\n",
-            server.guest_url("").trim_end_matches('/')
+            "[update]\nrepository = \"{}\"\nreport = \"{}\"\ndevice = \"edge-1\"\n",
+            server.guest_url("").trim_end_matches('/'),
+            server.guest_url("report"),
         ),
     );
     let mut vm = boot(
@@ -213,31 +213,69 @@ fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
         },
     );
     running(&vm, "1.0.0", "a");
-
-    assert_eq!(
-        shell(&mut vm, "berth-update check"),
-        0,
-        "check found no update"
+    expect(&vm, "berth-init: update agent started");
+    // The first boot is blessed (no counter): the agent installs at once.
+    expect(
+        &vm,
+        "[berth-update] update available: 1.1.0 (running 1.0.0)",
     );
-    let tail = vm.tail().join("\n");
-    assert!(
-        tail.contains("update available: 1.1.0 (running 1.0.0)"),
-        "{tail}"
+    expect(
+        &vm,
+        "[berth-update] installed 1.1.0 into slot b; it boots next",
     );
-
-    vm.send_line("berth-update update --reboot")
-        .expect("typing");
-    expect(&vm, "berth-update: installed 1.1.0 into slot b");
+    expect(&vm, "[berth-update] rebooting into 1.1.0");
     running(&vm, "1.1.0", "b");
     expect(&vm, "slot b (1.1.0) is healthy: marked good");
-    assert_eq!(
-        shell(&mut vm, "berth-update check"),
-        2,
-        "1.1.0 is the newest"
+    expect(
+        &vm,
+        "[berth-update] up to date: channel stable offers nothing newer than 1.1.0",
     );
-    assert!(vm.tail().join("\n").contains("up to date"));
 
-    // One changed byte in the served index: refused, nothing offered.
+    // The repository saw the signature, the index and the bundle fetched.
+    let log = server.log();
+    let sha = fs::read(&fx.bundle110)
+        .map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))
+        .unwrap();
+    for request in [
+        "GET /stable.json.minisig 200".to_string(),
+        "GET /stable.json 200".to_string(),
+        format!("GET /bundles/{sha}.bundle 200"),
+    ] {
+        assert!(
+            log.requests.contains(&request),
+            "{request} not in {:#?}",
+            log.requests
+        );
+    }
+    // Reports: the install from 1.0.0, then 1.1.0 running and blessed.
+    let reports: Vec<serde_json::Value> = log
+        .posts
+        .iter()
+        .map(|(path, body)| {
+            assert_eq!(path, "/report");
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        })
+        .collect();
+    assert!(
+        reports.iter().all(|r| r["device"] == "edge-1"),
+        "{reports:#?}"
+    );
+    let installed = reports
+        .iter()
+        .find(|r| r["event"] == "installed")
+        .unwrap_or_else(|| panic!("no install report in {reports:#?}"));
+    assert_eq!(installed["check"]["version"], "1.1.0", "{installed:#}");
+    assert_eq!(installed["check"]["running"], "1.0.0", "{installed:#}");
+    let after = reports
+        .iter()
+        .find(|r| r["event"] == "up-to-date" && r["status"]["booted"] == "b")
+        .unwrap_or_else(|| panic!("no report from 1.1.0 in {reports:#?}"));
+    let slot_b = &after["status"]["slots"][1];
+    assert_eq!(slot_b["version"], "1.1.0", "{after:#}");
+    assert_eq!(slot_b["good"], true, "{after:#}");
+
+    // One changed byte in the served index: the next check refuses it, and
+    // reports the error.
     let index_path = repo.join("stable.json");
     let mut index = fs::read(&index_path).unwrap();
     let at = index
@@ -246,28 +284,20 @@ fn provisioned_device_checks_updates_and_refuses_a_tampered_index() {
         .expect("the index lists 1.1.0");
     index[at] = b'9';
     fs::write(&index_path, &index).unwrap();
-    assert_eq!(
-        shell(&mut vm, "berth-update check"),
-        1,
-        "tampered index accepted"
-    );
-    let tail = vm.tail().join("\n");
-    assert!(
-        tail.contains("the index signature does not verify"),
-        "{tail}"
-    );
-
-    assert_eq!(
-        shell(
-            &mut vm,
-            "berth-update check --repo https://updates.example/fleet"
-        ),
-        1
-    );
-    let tail = vm.tail().join("\n");
-    assert!(
-        tail.contains("https:// repositories are not supported"),
-        "{tail}"
-    );
+    expect(&vm, "the index signature does not verify");
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    while !server
+        .log()
+        .posts
+        .iter()
+        .any(|(_, body)| body.contains("\"error\"") && body.contains("signature does not verify"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error report: {:#?}",
+            server.log().posts
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     vm.kill().expect("killing QEMU");
 }

@@ -45,7 +45,9 @@ pub struct UpdatePlan {
     pub keys: Vec<PublicKeyFile>,
     /// How long a counting slot has to become healthy.
     pub health_timeout: Duration,
-    /// The update repository (`http://`); with one the device runs its agent.
+    /// The update repository (`http://`); with one (here or provisioned) the
+    /// device runs its agent. The other agent settings may come without it: an
+    /// image built once for a fleet whose sites provision their repository.
     pub repository: Option<String>,
     /// The channel, when not the default.
     pub channel: Option<ChannelName>,
@@ -168,15 +170,6 @@ impl Validator<'_> {
         }
         if let Some(url) = &raw.report {
             plan.report = Some(self.http_url(url, "report")?);
-        }
-        let needs_repository = [&raw.channel, &raw.interval, &raw.reboot, &raw.report];
-        if plan.repository.is_none() {
-            if let Some(setting) = needs_repository.into_iter().flatten().next() {
-                return self.err(
-                    &setting.span(),
-                    "this setting is for the update agent, which runs only with an [update] repository",
-                );
-            }
         }
         Ok(plan)
     }
