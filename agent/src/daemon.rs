@@ -68,8 +68,9 @@ pub enum Round {
     /// This boot is on trial: checked only.
     OnTrial,
     /// An update is installed on the other slot and waits for a reboot the
-    /// policy does not make now.
-    Installed { version: String },
+    /// policy does not make now: at `due` (unix seconds, the window's next
+    /// opening), or never by itself (`None`, `reboot = "manual"`).
+    Installed { version: String, due: Option<u64> },
     /// An update is installed: reboot now.
     Reboot { version: String },
 }
@@ -119,14 +120,19 @@ pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
         options.channel,
         options.repository.as_str(),
         options.interval.as_secs(),
-        options.reboot.as_str()
+        options.reboot
     );
     let mut delay = first_delay(options.interval, random_unit());
     let mut failures = 0u32;
     loop {
         std::thread::sleep(delay);
+        let mut due = None;
         match round(options, observer) {
             Ok(Round::Reboot { version }) => return version,
+            Ok(Round::Installed { due: at, .. }) => {
+                failures = 0;
+                due = at;
+            }
             Ok(_) => failures = 0,
             Err(err) => {
                 failures = failures.saturating_add(1);
@@ -135,6 +141,12 @@ pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
             }
         }
         delay = next_delay(options.interval, failures, random_unit());
+        // An update waiting for its window: look again when the window opens
+        // (the round then finds it installed and reboots).
+        if let Some(due) = due {
+            let until = Duration::from_secs(due.saturating_sub(berth_format::state::now()));
+            delay = delay.min(until + Duration::from_secs(1));
+        }
         println!("next check in {} s", delay.as_secs());
     }
 }
@@ -189,16 +201,28 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
         }
     }
     report::send(options, Event::Installed, Some(&report), None);
+    let now = berth_format::state::now();
     match options.reboot {
-        RebootPolicy::Auto => {
-            println!("rebooting into {version}");
-            Ok(Round::Reboot { version })
-        }
+        RebootPolicy::Auto => {}
+        RebootPolicy::Window(window) if window.is_open(now) => {}
         RebootPolicy::Manual => {
             println!("installed {version}: it boots at the next reboot (reboot = \"manual\")");
-            Ok(Round::Installed { version })
+            return Ok(Round::Installed { version, due: None });
+        }
+        RebootPolicy::Window(window) => {
+            let due = window.next_open(now);
+            println!(
+                "installed {version}, reboot due at {} (window {window})",
+                berth_format::clock::utc_datetime(due)
+            );
+            return Ok(Round::Installed {
+                version,
+                due: Some(due),
+            });
         }
     }
+    println!("rebooting into {version}");
+    Ok(Round::Reboot { version })
 }
 
 fn print_check(report: &CheckReport) {

@@ -304,7 +304,13 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "bad reboot policy",
             c("[update]\nreboot = \"sometimes\"\n"),
             5,
-            "is not \"auto\" or \"manual\"",
+            "is not \"auto\", \"manual\" or a window",
+        ),
+        (
+            "bad reboot window",
+            c("[update]\nreboot_window = \"Mon-Fri 02:00-04:00\"\n"),
+            5,
+            "expected days, a time range and a UTC offset",
         ),
         (
             "missing update key",
@@ -490,7 +496,7 @@ fn update_keys_must_be_minisign_public_keys_with_distinct_names() {
     assert_eq!(plan.update.repository, None);
     let plan = load(
         "keys = [\"keys/release.pub\"]\nrepository = \"http://10.0.2.2:8080/repo\"\n\
-         channel = \"beta\"\ninterval = \"6h\"\nreboot = \"manual\"\n\
+         channel = \"beta\"\ninterval = \"6h\"\nreboot_window = \"Mon-Fri 02:00-04:00 +01:00\"\n\
          report = \"http://10.0.2.2:8081/report\"",
     )
     .unwrap();
@@ -507,8 +513,8 @@ fn update_keys_must_be_minisign_public_keys_with_distinct_names() {
         Some(std::time::Duration::from_secs(6 * 3600))
     );
     assert_eq!(
-        plan.update.reboot,
-        Some(berth_format::image_config::RebootPolicy::Manual)
+        plan.update.reboot.map(|r| r.to_string()).as_deref(),
+        Some("Mon-Fri 02:00-04:00 +01:00")
     );
     assert_eq!(
         plan.update.report.as_deref(),

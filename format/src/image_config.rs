@@ -112,7 +112,8 @@ pub struct UpdateConfig {
     /// absent); the agent adds random jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_s: Option<u64>,
-    /// When the agent reboots into an installed update: [`RebootPolicy`]'s text.
+    /// When the agent reboots into an installed update: [`RebootPolicy`]'s text
+    /// (`auto`, `manual` or a window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot: Option<String>,
     /// A URL the agent POSTs its status JSON to after each step.
@@ -129,34 +130,7 @@ pub const DEFAULT_INTERVAL_S: u64 = 1800;
 /// The shortest interval a recipe or provisioning file may set.
 pub const MIN_INTERVAL_S: u64 = 10;
 
-/// When the update agent reboots into an update it installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RebootPolicy {
-    /// Right after the install (the default).
-    #[default]
-    Auto,
-    /// Never by itself: the update waits for the next reboot.
-    Manual,
-}
-
-impl RebootPolicy {
-    /// Parses `auto` or `manual`.
-    pub fn parse(text: &str) -> Result<RebootPolicy, String> {
-        match text {
-            "auto" => Ok(RebootPolicy::Auto),
-            "manual" => Ok(RebootPolicy::Manual),
-            other => Err(format!("reboot {other:?} is not \"auto\" or \"manual\"")),
-        }
-    }
-
-    /// The text [`RebootPolicy::parse`] reads.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RebootPolicy::Auto => "auto",
-            RebootPolicy::Manual => "manual",
-        }
-    }
-}
+pub use crate::reboot::{RebootPolicy, RebootWindow};
 
 /// Parses a duration: a whole number followed by `ms`, `s`, `m` or `h` (`"500ms"`,
 /// `"5s"`, `"2m"`, `"6h"`). Anything else is `None`.

@@ -13,6 +13,7 @@ pub mod entries;
 pub mod gpt;
 pub mod image_config;
 pub mod layout;
+pub mod reboot;
 pub mod state;
 pub mod window;
 

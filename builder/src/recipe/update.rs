@@ -30,9 +30,12 @@ pub(super) struct RawUpdate {
     /// Time between two checks.
     #[serde(default)]
     interval: Option<Spanned<String>>,
-    /// `auto` or `manual`.
+    /// `auto`, `manual` or a maintenance window.
     #[serde(default)]
     reboot: Option<Spanned<String>>,
+    /// A maintenance window (the same as `reboot = "<window>"`).
+    #[serde(default)]
+    reboot_window: Option<Spanned<String>>,
     /// Where the device POSTs its status.
     #[serde(default)]
     report: Option<Spanned<String>>,
@@ -163,7 +166,13 @@ impl Validator<'_> {
             }
             plan.interval = Some(value);
         }
-        if let Some(reboot) = &raw.reboot {
+        if let (Some(_), Some(window)) = (&raw.reboot, &raw.reboot_window) {
+            return self.err(
+                &window.span(),
+                "reboot and reboot_window both say when to reboot: keep one",
+            );
+        }
+        if let Some(reboot) = raw.reboot.as_ref().or(raw.reboot_window.as_ref()) {
             plan.reboot = Some(
                 RebootPolicy::parse(reboot.get_ref()).or_else(|e| self.err(&reboot.span(), e))?,
             );

@@ -14,7 +14,7 @@
 //! repository = "http://updates.example/edge"
 //! channel = "beta"          # the agent's settings, over the recipe's
 //! interval = "6h"
-//! reboot = "manual"
+//! reboot = "manual"        # or a window: reboot_window = "Mon-Fri 02:00-04:00 +01:00"
 //! report = "http://fleet.example/report"
 //! device = "edge-17"        # the identity in status reports (else the host name)
 //! ```
@@ -198,8 +198,8 @@ fn parse_update(update: &toml::Table, out: &mut ProvisionedUpdate, problems: &mu
                     )),
                 }
             }
-            "reboot" => match text.map(RebootPolicy::parse) {
-                Some(Ok(policy)) => out.reboot = Some(policy.as_str().to_string()),
+            "reboot" | "reboot_window" => match text.map(RebootPolicy::parse) {
+                Some(Ok(policy)) => out.reboot = Some(policy.to_string()),
                 Some(Err(why)) => problems.push(format!("update.{why}")),
                 None => problems.push(format!("update.reboot {value} is not text")),
             },
