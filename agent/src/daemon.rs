@@ -29,9 +29,10 @@ pub const MAX_BACKOFF_FACTOR: u32 = 8;
 /// Jitter: each delay is scaled by a random factor in `[1 - JITTER, 1 + JITTER)`.
 pub const JITTER: f64 = 0.25;
 const JITTER_PERCENT: u32 = 25;
-/// The first check after the agent starts comes within this (or the interval,
-/// if shorter): spread out, but soon enough to report a boot promptly.
-pub const FIRST_CHECK_WITHIN: Duration = Duration::from_secs(120);
+/// While this boot is on trial, how often the agent looks whether the init has
+/// assessed it (to report the outcome), and for how long at most.
+const ASSESSMENT_POLL: Duration = Duration::from_secs(5);
+const ASSESSMENT_WAIT: Duration = Duration::from_secs(3600);
 
 /// What the daemon is told by the init.
 #[derive(Debug, Clone)]
@@ -75,12 +76,12 @@ pub enum Round {
     Reboot { version: String },
 }
 
-/// The delay before the first check: `random` (in `[0, 1)`) of
-/// [`FIRST_CHECK_WITHIN`] or the interval, whichever is shorter.
+/// The delay before the first check: `random` (in `[0, 1)`) of the interval.
+/// Anything shorter would make a fleet that boots at once (power back at a
+/// site) hit the repository in a burst: the benchmark `berth-bench fleet`
+/// measures this.
 pub fn first_delay(interval: Duration, random: f64) -> Duration {
-    interval
-        .min(FIRST_CHECK_WITHIN)
-        .mul_f64(random.clamp(0.0, 1.0))
+    interval.mul_f64(random.clamp(0.0, 1.0))
 }
 
 /// The delay before the next check after `failures` failed rounds in a row,
@@ -122,7 +123,9 @@ pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
         options.interval.as_secs(),
         options.reboot
     );
+    report_assessment(options);
     let mut delay = first_delay(options.interval, random_unit());
+    println!("first check in {} s", delay.as_secs());
     let mut failures = 0u32;
     loop {
         std::thread::sleep(delay);
@@ -149,6 +152,26 @@ pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
         }
         println!("next check in {} s", delay.as_secs());
     }
+}
+
+/// On a boot still on trial: waits until the init has assessed it and reports
+/// the outcome (a boot that fails is rebooted by the init, ending this process).
+fn report_assessment(options: &DaemonOptions) {
+    let on_trial = || -> Option<bool> {
+        let system = System::discover().ok()?;
+        let status = status::status(&system).ok()?;
+        let booted = status.slots.iter().find(|s| s.slot == system.booted)?;
+        Some(!booted.good && booted.tries_left.is_some())
+    };
+    if on_trial() != Some(true) {
+        return;
+    }
+    println!("this boot is on trial: waiting for the init's assessment");
+    let started = std::time::Instant::now();
+    while on_trial() == Some(true) && started.elapsed() < ASSESSMENT_WAIT {
+        std::thread::sleep(ASSESSMENT_POLL);
+    }
+    report::send(options, Event::Assessed, None, None);
 }
 
 /// One round: lock, check, install if there is something to install.
@@ -257,12 +280,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_check_is_spread_but_soon() {
+    fn first_check_is_spread_over_the_interval() {
         let hour = Duration::from_secs(3600);
         assert_eq!(first_delay(hour, 0.0), Duration::ZERO);
-        assert_eq!(first_delay(hour, 0.5), FIRST_CHECK_WITHIN / 2);
-        let short = Duration::from_secs(10);
-        assert_eq!(first_delay(short, 0.5), Duration::from_secs(5));
+        assert_eq!(first_delay(hour, 0.5), hour / 2);
+        assert!(first_delay(hour, 0.999_999) < hour);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Status reports to the operator: with `[update] report = URL`, the daemon
-//! POSTs one JSON document after each round — the same status as
+//! POSTs one JSON document after each round and after the init assessed a boot
+//! on trial — the same status as
 //! `berth-update status --json`, plus the device's identity, what happened
 //! (`event`), the last check and an error if the round failed. Any web server
 //! that logs POSTs serves. A report that cannot be sent is logged and dropped:
@@ -25,6 +26,8 @@ pub enum Event {
     UpToDate,
     /// Checked while this boot is on trial.
     OnTrial,
+    /// The init assessed this boot (the status says how).
+    Assessed,
     /// An update was installed (or waits for its reboot).
     Installed,
     /// The round failed.

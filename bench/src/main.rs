@@ -7,7 +7,9 @@
 //! `cargo run --release -p berth-bench -- registry-build`: cold and warm build
 //! of a recipe whose ~50 MB image comes from a registry on loopback;
 //! `cargo run --release -p berth-bench -- footprint`: berth-init's size and RSS
-//! supervising three containers.
+//! supervising three containers;
+//! `cargo run --release -p berth-bench -- fleet`: the repository's load from
+//! 100,000 devices booting at once, simulated with the agent's schedule.
 
 use std::path::PathBuf;
 
@@ -60,6 +62,13 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The update repository's load from a fleet whose devices all boot at once
+    /// (the agent's own schedule, simulated), and a device's idle check cost.
+    Fleet {
+        /// Devices simulated.
+        #[arg(long, default_value_t = 100_000)]
+        devices: usize,
+    },
     /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
         /// Seconds to let the system settle after the containers started.
@@ -105,5 +114,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
+        Bench::Fleet { devices } => berth_bench::fleet::run(devices),
     }
 }

@@ -159,7 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         let mut observer = Output::new();
         observer.prefix = "";
         agent::daemon::run(&options, &mut observer);
-        request_reboot()?;
+        agent::request_reboot().context("asking the init to reboot")?;
         // The init stops this process as part of the reboot.
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));

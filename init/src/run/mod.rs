@@ -120,13 +120,16 @@ pub struct AssessmentInput {
 }
 
 /// Runs the containers of `config` until a shutdown completes, and the DHCP client
-/// if there is one; assesses the boot when `assessment` is given.
+/// if there is one; assesses the boot when `assessment` is given; runs the
+/// update agent (naming the device `device` in its reports) when `config` has
+/// an update repository.
 pub fn run(
     config: &ImageConfig,
     dhcp: Vec<DhcpLink>,
     assessment: Option<AssessmentInput>,
+    device: &str,
 ) -> Result<std::convert::Infallible, LoopError> {
-    let mut event_loop = EventLoop::new(config, dhcp, assessment)?;
+    let mut event_loop = EventLoop::new(config, dhcp, assessment, device)?;
     event_loop.run()
 }
 
@@ -161,6 +164,7 @@ impl EventLoop {
         config: &ImageConfig,
         dhcp: Vec<DhcpLink>,
         assessment_input: Option<AssessmentInput>,
+        device: &str,
     ) -> Result<EventLoop, LoopError> {
         block_signals()?;
         let mut mask = SigSet::empty();
@@ -217,7 +221,7 @@ impl EventLoop {
             shell: config.debug.console_shell.then_some(Shell::Waiting {
                 until: Instant::now(),
             }),
-            agent: agent::Agent::new(config, &config.image.hostname),
+            agent: agent::Agent::new(config, device),
             watchdog: crate::run::watchdog::start(Instant::now()),
             rotation: rotation(config),
             kmsg: match Kmsg::open(Path::new(logfile::LOG_DIR), rotation(config)) {

@@ -101,7 +101,14 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         log!("debug shell on the console (development image)");
     }
     log!("system ready in {} ms", start.elapsed().as_millis());
-    Ok(crate::run::run(&config, dhcp, assessment)?)
+    // The device's name in the update agent's reports: provisioned, else the
+    // host name.
+    let device = provision
+        .update
+        .device
+        .clone()
+        .unwrap_or_else(|| config.image.hostname.clone());
+    Ok(crate::run::run(&config, dhcp, assessment, &device)?)
 }
 
 /// The SNTP servers: the provisioning file's, else those of the DHCP leases

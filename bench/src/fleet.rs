@@ -1,0 +1,124 @@
+//! The repository's load from a fleet, simulated: how the agent's schedule
+//! (`berth_agent::daemon::first_delay` and `next_delay`, the code the devices
+//! run) spreads 100,000 devices' checks over time, and what a device's idle
+//! checks cost in bytes per day.
+//!
+//! The scenario is the worst one for a repository: the whole fleet boots in
+//! the same second (power restored to a site, a fleet-wide reboot). Each check
+//! of a device that is up to date is two requests: the index's signature, then
+//! the index.
+
+use std::time::Duration;
+
+use berth_agent::daemon::{first_delay, next_delay};
+
+/// Requests per check when the device is up to date (signature + index).
+pub const REQUESTS_PER_CHECK: u64 = 2;
+
+/// What the simulation found.
+#[derive(Debug, Clone)]
+pub struct FleetLoad {
+    pub devices: usize,
+    pub interval: Duration,
+    pub simulated: Duration,
+    /// Requests over the whole simulation divided by its seconds.
+    pub mean_per_s: f64,
+    /// The busiest second.
+    pub peak_per_s: u64,
+    /// The busiest minute, per second.
+    pub peak_minute_per_s: f64,
+}
+
+impl FleetLoad {
+    pub fn peak_to_mean(&self) -> f64 {
+        self.peak_per_s as f64 / self.mean_per_s
+    }
+}
+
+/// splitmix64: a small deterministic generator, so runs compare.
+struct Random(u64);
+
+impl Random {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Simulates `devices` devices that all boot at second 0 and check every
+/// `interval` with the agent's jitter, for `simulated` time.
+pub fn simulate(devices: usize, interval: Duration, simulated: Duration, seed: u64) -> FleetLoad {
+    let seconds = usize::try_from(simulated.as_secs()).expect("fits").max(1);
+    let mut per_second = vec![0u64; seconds];
+    let mut random = Random(seed);
+    for _ in 0..devices {
+        let mut at = first_delay(interval, random.unit());
+        while at < simulated {
+            per_second[usize::try_from(at.as_secs()).expect("fits")] += REQUESTS_PER_CHECK;
+            at += next_delay(interval, 0, random.unit());
+        }
+    }
+    let total: u64 = per_second.iter().sum();
+    let peak_minute = per_second
+        .chunks(60)
+        .map(|minute| minute.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    FleetLoad {
+        devices,
+        interval,
+        simulated,
+        mean_per_s: total as f64 / seconds as f64,
+        peak_per_s: per_second.iter().copied().max().unwrap_or(0),
+        peak_minute_per_s: peak_minute as f64 / 60.0,
+    }
+}
+
+/// Runs the simulation for the default interval and prints the figures.
+pub fn run(devices: usize) -> anyhow::Result<()> {
+    let interval = Duration::from_secs(berth_format::image_config::DEFAULT_INTERVAL_S);
+    let day = Duration::from_secs(86_400);
+    let load = simulate(devices, interval, day, 1);
+    println!(
+        "fleet of {} devices booting in the same second, checking every {} s (±25 % jitter), 24 h simulated:",
+        load.devices,
+        interval.as_secs()
+    );
+    println!(
+        "  repository requests: mean {:.1}/s, busiest second {}/s ({:.2}× the mean; goal ≤ 2×), busiest minute {:.1}/s",
+        load.mean_per_s,
+        load.peak_per_s,
+        load.peak_to_mean(),
+        load.peak_minute_per_s
+    );
+    let checks_per_day = 86_400 / interval.as_secs();
+    println!("  checks per device per day: {checks_per_day}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_booting_at_once_is_spread_over_the_interval() {
+        // Small enough for a unit test; the benchmark runs 100,000.
+        let load = simulate(
+            20_000,
+            Duration::from_secs(1800),
+            Duration::from_secs(6 * 3600),
+            7,
+        );
+        // Each device checks about 12 times in 6 h: 2 requests each.
+        let expected = 20_000.0 * 12.0 * 2.0 / (6.0 * 3600.0);
+        assert!(
+            (load.mean_per_s - expected).abs() / expected < 0.1,
+            "{load:?}"
+        );
+        assert!(load.peak_to_mean() < 3.0, "{load:?}");
+    }
+}
