@@ -247,32 +247,30 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
             log.requests
         );
     }
-    // Reports: the install from 1.0.0, then 1.1.0 running and blessed.
-    let reports: Vec<serde_json::Value> = log
-        .posts
-        .iter()
-        .map(|(path, body)| {
-            assert_eq!(path, "/report");
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-        })
-        .collect();
-    assert!(
-        reports.iter().all(|r| r["device"] == "edge-1"),
-        "{reports:#?}"
-    );
-    let installed = reports
-        .iter()
-        .find(|r| r["event"] == "installed")
-        .unwrap_or_else(|| panic!("no install report in {reports:#?}"));
+    // Reports: the install from 1.0.0, the assessment of 1.1.0 on trial, then
+    // 1.1.0 running and blessed. (A report follows its console line: wait.)
+    let installed = wait_for_report(&server, |r| r["event"] == "installed");
     assert_eq!(installed["check"]["version"], "1.1.0", "{installed:#}");
     assert_eq!(installed["check"]["running"], "1.0.0", "{installed:#}");
-    let after = reports
-        .iter()
-        .find(|r| r["event"] == "up-to-date" && r["status"]["booted"] == "b")
-        .unwrap_or_else(|| panic!("no report from 1.1.0 in {reports:#?}"));
+    let assessed = wait_for_report(&server, |r| r["event"] == "assessed");
+    assert_eq!(assessed["status"]["booted"], "b", "{assessed:#}");
+    assert_eq!(
+        assessed["status"]["assessment"]["outcome"], "good",
+        "{assessed:#}"
+    );
+    let after = wait_for_report(&server, |r| {
+        r["event"] == "up-to-date" && r["status"]["booted"] == "b"
+    });
     let slot_b = &after["status"]["slots"][1];
     assert_eq!(slot_b["version"], "1.1.0", "{after:#}");
     assert_eq!(slot_b["good"], true, "{after:#}");
+    let reports = server.log().posts;
+    assert!(
+        reports
+            .iter()
+            .all(|(path, body)| path == "/report" && body.contains("\"device\":\"edge-1\"")),
+        "{reports:#?}"
+    );
 
     // One changed byte in the served index: the next check refuses it, and
     // reports the error.
@@ -285,19 +283,31 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
     index[at] = b'9';
     fs::write(&index_path, &index).unwrap();
     expect(&vm, "the index signature does not verify");
+    let failed = wait_for_report(&server, |r| r["event"] == "error");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("signature does not verify"), "{failed:#}");
+    vm.kill().expect("killing QEMU");
+}
+
+/// The first report POSTed to `server` that `wanted` accepts, waiting for it.
+fn wait_for_report(
+    server: &FileServer,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    while !server
-        .log()
-        .posts
-        .iter()
-        .any(|(_, body)| body.contains("\"error\"") && body.contains("signature does not verify"))
-    {
+    loop {
+        let posts = server.log().posts;
+        let found = posts
+            .iter()
+            .map(|(_, body)| serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
+            .find(|report| wanted(report));
+        if let Some(report) = found {
+            return report;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "no error report: {:#?}",
-            server.log().posts
+            "no such report in {posts:#?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    vm.kill().expect("killing QEMU");
 }
