@@ -76,12 +76,25 @@ pub enum Round {
     Reboot { version: String },
 }
 
-/// The delay before the first check: `random` (in `[0, 1)`) of the interval.
-/// Anything shorter would make a fleet that boots at once (power back at a
-/// site) hit the repository in a burst: the benchmark `berth-bench fleet`
-/// measures this.
+/// The delay before the first check, from `random` (in `[0, 1)`): drawn from
+/// the equilibrium ("residual life") distribution of the jittered interval,
+/// density `P(interval > t) / mean`: uniform up to `(1 - JITTER)` of the
+/// interval, then falling linearly to zero at `(1 + JITTER)`. With it a fleet
+/// that boots in the same second (power back at a site) polls from its first
+/// check on as if it had been running for ever: no burst, and no hump when the
+/// second checks overlap the first (a plain uniform first delay gives 1.5× the
+/// mean for most of an interval). `berth-bench fleet` measures it.
 pub fn first_delay(interval: Duration, random: f64) -> Duration {
-    interval.mul_f64(random.clamp(0.0, 1.0))
+    let r = random.clamp(0.0, 1.0);
+    let flat = 1.0 - JITTER;
+    let fraction = if r < flat {
+        r
+    } else {
+        // The linear tail: inverse of its distribution function.
+        let u = (r - flat) / (1.0 - flat);
+        flat + 2.0 * JITTER * (1.0 - (1.0 - u).sqrt())
+    };
+    interval.mul_f64(fraction)
 }
 
 /// The delay before the next check after `failures` failed rounds in a row,
@@ -280,11 +293,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn first_check_is_spread_over_the_interval() {
+    fn first_check_follows_the_equilibrium_distribution() {
         let hour = Duration::from_secs(3600);
         assert_eq!(first_delay(hour, 0.0), Duration::ZERO);
         assert_eq!(first_delay(hour, 0.5), hour / 2);
-        assert!(first_delay(hour, 0.999_999) < hour);
+        assert_eq!(first_delay(hour, 0.75), hour * 3 / 4);
+        // The tail's median: 0.75 + 0.5·(1 - √½) of the interval.
+        let tail_median = first_delay(hour, 0.875).as_secs_f64() / 3600.0;
+        assert!((tail_median - (0.75 + 0.5 * (1.0 - 0.5f64.sqrt()))).abs() < 1e-9);
+        assert!(first_delay(hour, 0.999_999) < hour * 5 / 4);
     }
 
     #[test]
