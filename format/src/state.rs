@@ -182,6 +182,23 @@ impl UpdateState {
             .map_err(io)
     }
 
+    /// The latest time this state proves has passed: the newest time in any of
+    /// its records. The init keeps the clock at or above it (with the build
+    /// epoch), so a device whose RTC lost power, or an SNTP answer from the
+    /// past, cannot move it back to where expired indexes look fresh.
+    pub fn clock_floor(&self) -> u64 {
+        [
+            self.install.as_ref().map(|r| r.at),
+            self.assessment.as_ref().map(|r| r.at),
+            self.rollback.as_ref().map(|r| r.at),
+            self.check.as_ref().map(|r| r.at),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
+    }
+
     /// Loads, applies `change`, saves.
     pub fn update(path: &Path, change: impl FnOnce(&mut UpdateState)) -> Result<UpdateState> {
         let mut state = UpdateState::load(path)?;
@@ -242,6 +259,9 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("outcome = \"failed\""), "{text}");
         assert!(!dir.path().join("update/state.toml.tmp").exists());
+        // The newest record's time is the clock floor.
+        assert_eq!(state.clock_floor(), 9);
+        assert_eq!(UpdateState::default().clock_floor(), 0);
     }
 
     #[test]

@@ -163,13 +163,14 @@ fn query(server: Ipv4Addr) -> Result<(i128, u8), SntpError> {
     }
 }
 
-/// Asks the servers in turn and steps the clock from the first sane answer.
-pub fn sync(servers: &[Ipv4Addr]) {
+/// Asks the servers in turn and steps the clock from the first sane answer
+/// (an answer below `floor`, unix seconds, is ignored and logged).
+pub fn sync(servers: &[Ipv4Addr], floor: u64) {
     for server in servers {
         for _ in 0..TRIES {
             match query(*server) {
                 Ok((offset, stratum)) => {
-                    step(*server, offset, stratum);
+                    step(*server, offset, stratum, floor);
                     return;
                 }
                 Err(err) => {
@@ -183,7 +184,7 @@ pub fn sync(servers: &[Ipv4Addr]) {
     log!("sntp: no server answered; the clock stays as it is");
 }
 
-fn step(server: Ipv4Addr, offset: i128, stratum: u8) {
+fn step(server: Ipv4Addr, offset: i128, stratum: u8, floor: u64) {
     let millis = offset / 1_000_000;
     if offset.unsigned_abs() < STEP_THRESHOLD.as_nanos() {
         log!("sntp: clock within {millis} ms of {server} (stratum {stratum})");
@@ -202,6 +203,11 @@ fn step(server: Ipv4Addr, offset: i128, stratum: u8) {
         return;
     };
     let when = crate::shared::logfile::timestamp(UNIX_EPOCH + target);
+    if below_floor(target, floor) {
+        let floor_when = crate::shared::logfile::timestamp(UNIX_EPOCH + Duration::from_secs(floor));
+        log!("sntp: {server} says {when}, before this device's clock floor {floor_when}: ignored");
+        return;
+    }
     match crate::system::rtc::set_clock(target) {
         Ok(()) => {
             log!("sntp: clock stepped by {millis} ms to {when} from {server} (stratum {stratum})")
@@ -210,14 +216,19 @@ fn step(server: Ipv4Addr, offset: i128, stratum: u8) {
     }
 }
 
+/// Whether a time (since the epoch) lies before the clock floor (seconds).
+fn below_floor(target: Duration, floor: u64) -> bool {
+    target.as_secs() < floor
+}
+
 /// Runs [`sync`] in a thread of its own (nothing when there are no servers).
-pub fn start(servers: Vec<Ipv4Addr>) {
+pub fn start(servers: Vec<Ipv4Addr>, floor: u64) {
     if servers.is_empty() {
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("sntp".into())
-        .spawn(move || sync(&servers));
+        .spawn(move || sync(&servers, floor));
     if let Err(err) = spawned {
         log!("sntp: starting its thread: {err}");
     }
@@ -235,6 +246,13 @@ mod tests {
         p[32..40].copy_from_slice(&receive.to_be_bytes());
         p[40..48].copy_from_slice(&transmit.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn answers_below_the_floor_are_refused() {
+        assert!(below_floor(Duration::from_secs(99), 100));
+        assert!(!below_floor(Duration::from_secs(100), 100));
+        assert!(!below_floor(Duration::from_millis(100_500), 100));
     }
 
     #[test]

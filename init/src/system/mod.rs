@@ -80,7 +80,8 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         Path::new(crate::shared::logfile::LOG_DIR),
         crate::run::rotation(&config),
     );
-    crate::system::rtc::set_clock_from_rtc(config.image.epoch);
+    let floor = clock_floor(&config);
+    crate::system::rtc::set_clock_from_rtc(floor);
     quiet_console();
     // The ESP first: its provisioning file may change the host name and network.
     let assessment = mount_esp();
@@ -96,7 +97,7 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
     }
     let dhcp = network(&config);
     // In its own thread: the containers do not wait for the clock.
-    crate::net::sntp::start(ntp_servers(provision.ntp_servers(), &dhcp));
+    crate::net::sntp::start(ntp_servers(provision.ntp_servers(), &dhcp), floor);
     if config.debug.console_shell {
         log!("debug shell on the console (development image)");
     }
@@ -109,6 +110,18 @@ fn boot() -> Result<std::convert::Infallible, SystemError> {
         .clone()
         .unwrap_or_else(|| config.image.hostname.clone());
     Ok(crate::run::run(&config, dhcp, assessment, &device)?)
+}
+
+/// The lowest time the clock may show: the image's build epoch, or a later time
+/// the update state on the data partition proves has passed.
+fn clock_floor(config: &ImageConfig) -> u64 {
+    let state = berth_format::state::UpdateState::load(Path::new(layout::UPDATE_STATE_PATH))
+        .map(|state| state.clock_floor())
+        .unwrap_or_else(|err| {
+            log!("clock floor: {err}; the build epoch alone");
+            0
+        });
+    config.image.epoch.max(state)
 }
 
 /// The SNTP servers: the provisioning file's, else those of the DHCP leases

@@ -1,9 +1,10 @@
 //! The clock at boot: the RTC (`/dev/rtc0`, `RTC_RD_TIME`, UTC) is read, and the
 //! system clock is set from it when they differ by more than a few seconds —
 //! the kernel usually did that already — and in any case to at least the
-//! image's build epoch (a device with a flat RTC battery would otherwise start
-//! in 1970 or 2000, and TLS certificates and logs would suffer). There is no
-//! SNTP client (yet): the RTC and the build epoch are all the init trusts.
+//! image's build epoch, or a later time the update state on the data partition
+//! proves has passed (a device with a flat RTC battery would otherwise start
+//! in 1970 or 2000, and signature expiry, TLS certificates and logs would
+//! suffer). SNTP ([`crate::net::sntp`]) may then step it, never below that floor.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -86,8 +87,9 @@ pub fn set_clock(since_epoch: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the RTC and sets the system clock when it has to (see the module).
-pub fn set_clock_from_rtc(epoch: u64) {
+/// Reads the RTC and sets the system clock when it has to (see the module),
+/// never below `floor` (the build epoch or a later time the device has seen).
+pub fn set_clock_from_rtc(floor: u64) {
     let system = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -98,7 +100,7 @@ pub fn set_clock_from_rtc(epoch: u64) {
             None
         }
     };
-    if let Some(target) = decide(system, rtc, epoch) {
+    if let Some(target) = decide(system, rtc, floor) {
         let when = crate::shared::logfile::timestamp(UNIX_EPOCH + Duration::from_secs(target));
         match set_clock(Duration::from_secs(target)) {
             Ok(()) => log!("clock set to {when}"),
