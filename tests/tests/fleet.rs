@@ -289,6 +289,90 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
     vm.kill().expect("killing QEMU");
 }
 
+/// A device whose maintenance window opens a few minutes from now installs
+/// 1.1.0 at once, says when its reboot is due, and reboots into it only once
+/// the window is open (the guest's clock is the host's: QEMU's RTC is UTC).
+#[test]
+fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
+    let fx = fixture();
+    let repo = fresh(&fx.dir.join("repo-window"));
+    let published = publish(&repo, &fx.release, &[&fx.bundle110]);
+    assert!(published.status.success(), "{published:?}");
+    let server = FileServer::start(&repo);
+
+    // The window opens at the start of the minute 4 minutes from now and
+    // lasts 10 minutes (UTC, so the offset is +00:00).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let opens = (now / 60 + 4) * 60;
+    let minute_of_day = |t: u64| (t % 86_400) / 60;
+    let (start, end) = (minute_of_day(opens), minute_of_day(opens + 600));
+    let window = format!(
+        "daily {:02}:{:02}-{:02}:{:02} +00:00",
+        start / 60,
+        start % 60,
+        end / 60,
+        end % 60
+    );
+
+    let devices = fx.dir.join("devices");
+    fs::create_dir_all(&devices).unwrap();
+    let disk = devices.join("window-device.img");
+    let _ = fs::remove_file(&disk);
+    run_tool(
+        Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(&fx.v100)
+            .arg(&disk),
+    );
+    write_esp_file(
+        &disk,
+        "berth/provision.toml",
+        &format!(
+            "[update]\nrepository = \"{}\"\nreboot_window = \"{window}\"\n",
+            server.guest_url("").trim_end_matches('/'),
+        ),
+    );
+    let mut vm = boot(
+        &disk,
+        BootOptions {
+            persist: true,
+            ..BootOptions::default()
+        },
+    );
+    running(&vm, "1.0.0", "a");
+    expect(
+        &vm,
+        "[berth-update] installed 1.1.0 into slot b; it boots next",
+    );
+    let due = format!(
+        "[berth-update] installed 1.1.0, reboot due at {} (window {window})",
+        utc(opens)
+    );
+    expect(&vm, &due);
+    expect(&vm, "[berth-update] rebooting into 1.1.0");
+    let rebooted_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Not before the window opened (a few seconds of slack for the guest's
+    // clock against the host's).
+    assert!(
+        rebooted_at + 5 >= opens,
+        "rebooted at {rebooted_at}, the window opens at {opens}"
+    );
+    running(&vm, "1.1.0", "b");
+    expect(&vm, "slot b (1.1.0) is healthy: marked good");
+    vm.kill().expect("killing QEMU");
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, as the agent prints times.
+fn utc(secs: u64) -> String {
+    berth_format::clock::utc_datetime(secs)
+}
+
 /// The first report POSTed to `server` that `wanted` accepts, waiting for it.
 fn wait_for_report(
     server: &FileServer,
