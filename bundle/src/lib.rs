@@ -15,7 +15,8 @@
 //! checked. Sizes of the manifest and signature members are capped, so a hostile
 //! bundle cannot make the device allocate without bound.
 //!
-//! [`channel`] holds the signed channel index of an update repository.
+//! [`SecretKey`] signs them (the builder's `berth bundle`). [`channel`] holds
+//! the signed channel index of an update repository.
 
 pub mod channel;
 mod error;
@@ -29,7 +30,7 @@ pub mod testkit;
 pub mod version;
 
 pub use error::BundleError;
-pub use keys::{key_id, TrustedKeys, Verified};
+pub use keys::{key_id, SecretKey, SecretKeyError, TrustedKeys, Verified};
 pub use manifest::{
     Manifest, PayloadInfo, PayloadKind, VerityInfo, BUNDLE_FORMAT, MANIFEST_MEMBER,
     SIGNATURE_MEMBER,

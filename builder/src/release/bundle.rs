@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use berth_bundle::{
-    self as format, BundleReader, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
+    self as format, BundleReader, SecretKey, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
     VersionError, BUNDLE_FORMAT, MANIFEST_MEMBER, SIGNATURE_MEMBER,
 };
 use berth_format::gpt::{self, GptPartition};
@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 
 use crate::filesystem::verity;
 use crate::progress::Progress;
-use crate::release::keys::{KeyError, SecretKey};
 
 /// zstd level of the root filesystem payload: the squashfs is already
 /// compressed, a higher level costs time and saves next to nothing.
@@ -44,7 +43,7 @@ pub enum BundleError {
     #[error("{path} is not a berth disk image: {reason}")]
     NotAnImage { path: PathBuf, reason: String },
     #[error(transparent)]
-    Key(#[from] KeyError),
+    Key(#[from] berth_bundle::SecretKeyError),
     #[error("{0}")]
     Format(#[from] format::BundleError),
     #[error("--min-version: {0}")]
