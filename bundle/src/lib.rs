@@ -15,8 +15,9 @@
 //! checked. Sizes of the manifest and signature members are capped, so a hostile
 //! bundle cannot make the device allocate without bound.
 //!
-//! [`SecretKey`] signs them (the builder's `berth bundle`). [`channel`] holds
-//! the signed channel index of an update repository.
+//! [`writer`] writes bundles (the builder's `berth bundle`), signed with a
+//! [`SecretKey`]. [`channel`] holds the signed channel index of an update
+//! repository.
 
 pub mod channel;
 mod error;
@@ -28,6 +29,7 @@ pub mod tar;
 #[doc(hidden)]
 pub mod testkit;
 pub mod version;
+pub mod writer;
 
 pub use error::BundleError;
 pub use keys::{key_id, SecretKey, SecretKeyError, TrustedKeys, Verified};

@@ -4,33 +4,29 @@
 //! Everything comes from the image itself: the GPT, slot A's boot entry, kernel
 //! and initramfs on the ESP, the slot content of root-a (squashfs, padding and
 //! verity hash tree) and `/etc/berth/image.toml` inside the squashfs. The bundle
-//! format is `berth_bundle`'s; this module writes it with fixed tar
-//! metadata and single-threaded zstd, so the same image and key give the same
-//! bytes.
+//! is written by `berth_bundle::writer` (fixed tar metadata, single-threaded
+//! zstd), so the same image and key give the same bytes.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use berth_bundle::writer::{compress, write_bundle, WriteError};
 use berth_bundle::{
-    self as format, BundleReader, SecretKey, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
-    VersionError, BUNDLE_FORMAT, MANIFEST_MEMBER, SIGNATURE_MEMBER,
+    self as format, BundleReader, ImageVersion, Manifest, PayloadKind, SecretKey, TrustedKeys,
+    VersionError, BUNDLE_FORMAT,
 };
 use berth_format::gpt::{self, GptPartition};
 use berth_format::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
 use berth_format::window::Window;
 use berth_format::ImageConfig;
-use sha2::{Digest, Sha256};
 
 use crate::filesystem::verity;
 use crate::progress::Progress;
 
-/// zstd level of the root filesystem payload: the squashfs is already
-/// compressed, a higher level costs time and saves next to nothing.
-pub const ROOTFS_LEVEL: i32 = 3;
-/// zstd level of the kernel and initramfs payloads (small).
-pub const BOOT_FILES_LEVEL: i32 = 19;
+pub use berth_bundle::writer::{trusted_comment, BOOT_FILES_LEVEL, ROOTFS_LEVEL};
+
 const SECTOR: u64 = 512;
 /// squashfs superblock magic (`hsqs`).
 const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
@@ -44,6 +40,8 @@ pub enum BundleError {
     NotAnImage { path: PathBuf, reason: String },
     #[error(transparent)]
     Key(#[from] berth_bundle::SecretKeyError),
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: WriteError },
     #[error("{0}")]
     Format(#[from] format::BundleError),
     #[error("--min-version: {0}")]
@@ -240,105 +238,6 @@ fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
     })
 }
 
-/// Passes bytes through and hashes them.
-pub(crate) struct Hashing<T> {
-    inner: T,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<T> Hashing<T> {
-    pub(crate) fn new(inner: T) -> Hashing<T> {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The inner reader or writer, the sha256 (hex) and the byte count.
-    pub(crate) fn digest(self) -> (T, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.count)
-    }
-}
-
-impl<T: Read> Read for Hashing<T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-impl<T: Write> Write for Hashing<T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Compresses `source` into a new temporary file in `dir`; returns the file
-/// (rewound) and the payload's description.
-fn compress(
-    kind: PayloadKind,
-    source: impl Read,
-    level: i32,
-    dir: &Path,
-) -> Result<(File, PayloadInfo), BundleError> {
-    let mut out = tempfile::tempfile_in(dir).map_err(io_err(dir))?;
-    let mut input = Hashing::new(source);
-    {
-        let mut encoder =
-            zstd::stream::Encoder::new(Hashing::new(&mut out), level).map_err(io_err(dir))?;
-        // Single-threaded with the size known up front: the same bytes every time.
-        encoder.include_checksum(false).map_err(io_err(dir))?;
-        io::copy(&mut input, &mut encoder).map_err(io_err(dir))?;
-        let writer = encoder.finish().map_err(io_err(dir))?;
-        let (_, stored_sha256, stored_size) = writer.digest();
-        let (_, sha256, size) = input.digest();
-        out.seek(SeekFrom::Start(0)).map_err(io_err(dir))?;
-        Ok((
-            out,
-            PayloadInfo {
-                kind,
-                file: kind.member_name().to_string(),
-                size,
-                sha256,
-                stored_size,
-                stored_sha256,
-            },
-        ))
-    }
-}
-
-/// A tar header with berth's fixed metadata.
-fn tar_header(name: &str, size: u64, mtime: u64) -> Result<tar::Header, io::Error> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(name)?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(mtime);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    Ok(header)
-}
-
-/// The signature's trusted comment: like minisign's own, plus what the bundle is.
-pub fn trusted_comment(manifest: &Manifest) -> String {
-    format!(
-        "timestamp:{}\tfile:{MANIFEST_MEMBER}\thashed\tberth bundle {} {}",
-        manifest.created, manifest.name, manifest.version
-    )
-}
-
 /// Makes a signed bundle from a built image.
 pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Created, BundleError> {
     let min_version = options
@@ -364,20 +263,16 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
     let image = File::open(&options.image).map_err(io_err(&options.image))?;
     let (root_offset, root_len) = parts.rootfs;
     let rootfs = BufReader::with_capacity(1 << 20, Window::new(&image, root_offset, root_len));
-    let mut payloads = vec![compress(PayloadKind::Rootfs, rootfs, ROOTFS_LEVEL, &dir)?];
+    let mut payloads =
+        vec![compress(PayloadKind::Rootfs, rootfs, ROOTFS_LEVEL, &dir).map_err(io_err(&dir))?];
     progress.step("compressing the kernel and initramfs");
-    payloads.push(compress(
-        PayloadKind::Kernel,
-        parts.kernel.as_slice(),
-        BOOT_FILES_LEVEL,
-        &dir,
-    )?);
-    payloads.push(compress(
-        PayloadKind::Initramfs,
-        parts.initramfs.as_slice(),
-        BOOT_FILES_LEVEL,
-        &dir,
-    )?);
+    for (kind, data) in [
+        (PayloadKind::Kernel, &parts.kernel),
+        (PayloadKind::Initramfs, &parts.initramfs),
+    ] {
+        payloads
+            .push(compress(kind, data.as_slice(), BOOT_FILES_LEVEL, &dir).map_err(io_err(&dir))?);
+    }
 
     let manifest = Manifest {
         format: BUNDLE_FORMAT,
@@ -395,41 +290,28 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
         title: parts.entry.title.clone(),
         cmdline: parts.entry.extra_cmdline.clone(),
         verity: parts.entry.verity.clone().map(Into::into),
-        payloads: payloads.iter().map(|(_, info)| info.clone()).collect(),
+        payloads: payloads.iter().map(|p| p.info().clone()).collect(),
     };
     manifest.validate()?;
-    let json = manifest.to_json();
-    let signature = key.sign(&json, &trusted_comment(&manifest));
 
     progress.step("writing the bundle");
     let mut temp = tempfile::Builder::new()
         .prefix(".berth-bundle-")
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
-    {
-        let mut tar = tar::Builder::new(io::BufWriter::new(temp.as_file_mut()));
-        let mtime = manifest.created;
-        let mut append = |name: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
-            tar.append(&tar_header(name, size, mtime)?, data)
-        };
-        let write_err = io_err(&out);
-        (|| -> io::Result<()> {
-            append(MANIFEST_MEMBER, json.len() as u64, &mut json.as_slice())?;
-            append(
-                SIGNATURE_MEMBER,
-                signature.len() as u64,
-                &mut signature.as_bytes(),
-            )?;
-            for (file, info) in &mut payloads {
-                append(&info.file, info.stored_size, file)?;
-            }
-            Ok(())
-        })()
-        .map_err(write_err)?;
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(io_err(&out))?;
-    }
+    write_bundle(
+        io::BufWriter::new(temp.as_file_mut()),
+        &manifest,
+        &key,
+        &mut payloads,
+    )
+    .map_err(|e| match e {
+        WriteError::Manifest(e) => BundleError::Format(e),
+        source => BundleError::Write {
+            path: out.clone(),
+            source,
+        },
+    })?;
     // A bundle is public: readable by all, like the image it was made from.
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))

@@ -34,7 +34,9 @@ use berth_bundle::channel::{
 };
 use berth_bundle::{SecretKey, SecretKeyError, TrustedKeys};
 
-use crate::release::bundle::{inspect, Hashing, PayloadCheck};
+use berth_bundle::writer::Hashing;
+
+use crate::release::bundle::{inspect, PayloadCheck};
 
 /// How long an index stays valid unless told otherwise.
 pub const DEFAULT_LIFETIME: &str = "30d";
