@@ -15,7 +15,9 @@
 //! checked. Sizes of the manifest and signature members are capped, so a hostile
 //! bundle cannot make the device allocate without bound.
 //!
-//! [`channel`] holds the signed channel index of an update repository.
+//! [`writer`] writes bundles (the builder's `berth bundle`), signed with a
+//! [`SecretKey`]. [`channel`] holds the signed channel index of an update
+//! repository.
 
 pub mod channel;
 mod error;
@@ -27,9 +29,10 @@ pub mod tar;
 #[doc(hidden)]
 pub mod testkit;
 pub mod version;
+pub mod writer;
 
 pub use error::BundleError;
-pub use keys::{key_id, TrustedKeys, Verified};
+pub use keys::{key_id, SecretKey, SecretKeyError, TrustedKeys, Verified};
 pub use manifest::{
     Manifest, PayloadInfo, PayloadKind, VerityInfo, BUNDLE_FORMAT, MANIFEST_MEMBER,
     SIGNATURE_MEMBER,

@@ -3,48 +3,43 @@
 //!
 //! Everything comes from the image itself: the GPT, slot A's boot entry, kernel
 //! and initramfs on the ESP, the slot content of root-a (squashfs, padding and
-//! verity hash tree) and `/etc/berth/image.toml` inside the squashfs. The bundle
-//! format is `berth_bundle`'s; this module writes it with fixed tar
-//! metadata and single-threaded zstd, so the same image and key give the same
+//! verity hash tree) and `/etc/berth/image.toml` inside the squashfs, read with
+//! `berth_image`. The bundle is written by `berth_bundle::writer` (fixed tar
+//! metadata, single-threaded zstd), so the same image and key give the same
 //! bytes.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use berth_bundle::writer::{compress, write_bundle, WriteError};
 use berth_bundle::{
-    self as format, BundleReader, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
-    VersionError, BUNDLE_FORMAT, MANIFEST_MEMBER, SIGNATURE_MEMBER,
+    self as format, BundleReader, ImageVersion, Manifest, PayloadKind, SecretKey, SecretKeyError,
+    TrustedKeys, VersionError, BUNDLE_FORMAT,
 };
-use berth_format::gpt::{self, GptPartition};
 use berth_format::layout::{self, BootEntry, Slot, VERITY_BLOCK_SIZE};
-use berth_format::window::Window;
 use berth_format::ImageConfig;
-use sha2::{Digest, Sha256};
+use berth_image::{Image, ImageError};
 
 use crate::filesystem::verity;
 use crate::progress::Progress;
-use crate::release::keys::{KeyError, SecretKey};
 
-/// zstd level of the root filesystem payload: the squashfs is already
-/// compressed, a higher level costs time and saves next to nothing.
-pub const ROOTFS_LEVEL: i32 = 3;
-/// zstd level of the kernel and initramfs payloads (small).
-pub const BOOT_FILES_LEVEL: i32 = 19;
-const SECTOR: u64 = 512;
-/// squashfs superblock magic (`hsqs`).
-const SQUASHFS_MAGIC: &[u8; 4] = b"hsqs";
+pub use berth_bundle::writer::{trusted_comment, BOOT_FILES_LEVEL, ROOTFS_LEVEL};
 
 /// Failure making or inspecting a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("{path} is not a berth disk image: {reason}")]
     NotAnImage { path: PathBuf, reason: String },
     #[error(transparent)]
-    Key(#[from] KeyError),
+    Key(#[from] SecretKeyError),
+    #[error("{path}: {source}")]
+    Write { path: PathBuf, source: WriteError },
     #[error("{0}")]
     Format(#[from] format::BundleError),
     #[error("--min-version: {0}")]
@@ -96,89 +91,36 @@ struct ImageParts {
     created: u64,
     kernel: Vec<u8>,
     initramfs: Vec<u8>,
-    /// root-a's offset and the slot content's length in the image.
-    rootfs: (u64, u64),
+    /// Length of the slot content (squashfs, padding, verity hash tree) at the
+    /// start of root-a.
+    rootfs_len: u64,
 }
 
-fn find<'a>(parts: &'a [GptPartition], label: &str) -> Option<&'a GptPartition> {
-    parts.iter().find(|p| p.label == label)
-}
-
-/// Reads slot A of a built image.
-fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
+/// Reads slot A of a built image, and checks that its parts agree: the boot
+/// entry boots root-a, its verity parameters fit the squashfs, the slot content
+/// fits the partition, and the image configuration has the entry's version.
+fn read_image(image: &Image) -> Result<ImageParts, BundleError> {
     let not_image = |reason: String| BundleError::NotAnImage {
-        path: path.to_path_buf(),
+        path: image.path().to_path_buf(),
         reason,
     };
-    let file = File::open(path).map_err(io_err(path))?;
-    let parts = gpt::read_partitions(&mut &file).map_err(|e| not_image(e.to_string()))?;
-    let esp = find(&parts, layout::ESP_LABEL)
-        .ok_or_else(|| not_image("no partition labelled esp".into()))?;
-    let root = find(&parts, Slot::A.partition_label())
-        .ok_or_else(|| not_image("no partition labelled root-a".into()))?;
-    let esp_window = Window::new(&file, esp.first_lba * SECTOR, esp.size_bytes(SECTOR));
-    let fs = fatfs::FileSystem::new(esp_window, fatfs::FsOptions::new())
-        .map_err(|e| not_image(format!("the ESP is not FAT: {e}")))?;
-    let root_dir = fs.root_dir();
-    let read_esp = |name: &str| -> Result<Vec<u8>, BundleError> {
-        let mut data = Vec::new();
-        root_dir
-            .open_file(name)
-            .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|e| not_image(format!("reading {name} on the ESP: {e}")))?;
-        Ok(data)
-    };
-    let entries = root_dir
-        .open_dir("loader/entries")
-        .map_err(|e| not_image(format!("no loader/entries on the ESP: {e}")))?;
-    let mut names: Vec<String> = entries
-        .iter()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name())
-        .filter(|n| {
-            berth_format::entries::parse_slot_file_name(n).is_some_and(|(s, _)| s == Slot::A)
-        })
-        .collect();
-    names.sort();
-    let entry_name = match names.as_slice() {
-        [one] => one.clone(),
-        [] => return Err(not_image("the ESP has no boot entry for slot a".into())),
-        many => {
-            return Err(not_image(format!(
-                "the ESP has several entries for slot a: {}",
-                many.join(", ")
-            )))
-        }
-    };
-    let entry_text = read_esp(&format!("loader/entries/{entry_name}"))?;
-    let entry = BootEntry::parse(&String::from_utf8_lossy(&entry_text))
-        .map_err(|e| not_image(format!("loader/entries/{entry_name}: {e}")))?;
+    let root_label = Slot::A.partition_label();
+    let root = image.partition(root_label)?;
+    let esp = image.esp()?;
+    let (_, entry) = esp.slot_entry(Slot::A)?;
     if entry.root_partuuid != root.part_guid {
         return Err(not_image(format!(
             "the slot a entry boots PARTUUID {}, but root-a is {}",
             entry.root_partuuid, root.part_guid
         )));
     }
-    let kernel = read_esp(&Slot::A.kernel_path())?;
-    let initramfs = read_esp(&Slot::A.initramfs_path())?;
-    drop(entries);
-    drop(root_dir);
-    drop(fs);
+    let kernel = esp.kernel(Slot::A)?;
+    let initramfs = esp.initramfs(Slot::A)?;
+    drop(esp);
 
-    let root_offset = root.first_lba * SECTOR;
-    let root_size = root.size_bytes(SECTOR);
-    let mut superblock = [0u8; 96];
-    let mut window = Window::new(&file, root_offset, root_size);
-    window
-        .read_exact(&mut superblock)
-        .map_err(|e| not_image(format!("reading root-a: {e}")))?;
-    if &superblock[0..4] != SQUASHFS_MAGIC {
-        return Err(not_image("root-a does not hold a squashfs".into()));
-    }
-    let created = u64::from(u32::from_le_bytes(
-        superblock[8..12].try_into().expect("4 bytes"),
-    ));
-    let bytes_used = u64::from_le_bytes(superblock[40..48].try_into().expect("8 bytes"));
+    let (_, root_size) = image.partition_range(root_label)?;
+    let squashfs = image.squashfs(Slot::A)?;
+    let bytes_used = squashfs.bytes_used;
     let content = match &entry.verity {
         Some(v) => {
             if v.hash_offset < bytes_used || v.hash_offset != v.data_blocks * VERITY_BLOCK_SIZE {
@@ -197,32 +139,7 @@ fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
         )));
     }
 
-    window
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| not_image(format!("reading root-a: {e}")))?;
-    let squashfs = backhand::FilesystemReader::from_reader(BufReader::new(Window::new(
-        &file,
-        root_offset,
-        bytes_used,
-    )))
-    .map_err(|e| not_image(format!("reading the squashfs of root-a: {e}")))?;
-    let config_path = Path::new(layout::IMAGE_CONFIG_PATH);
-    let config_file = squashfs
-        .files()
-        .find(|n| n.fullpath == config_path)
-        .and_then(|n| match &n.inner {
-            backhand::InnerNode::File(f) => Some(f),
-            _ => None,
-        })
-        .ok_or_else(|| not_image(format!("root-a has no {}", layout::IMAGE_CONFIG_PATH)))?;
-    let mut config_text = String::new();
-    squashfs
-        .file(config_file)
-        .reader()
-        .read_to_string(&mut config_text)
-        .map_err(|e| not_image(format!("reading {}: {e}", layout::IMAGE_CONFIG_PATH)))?;
-    let config = ImageConfig::parse(&config_text)
-        .map_err(|e| not_image(format!("{}: {e}", layout::IMAGE_CONFIG_PATH)))?;
+    let config = image.image_config(Slot::A)?;
     if config.image.version != entry.version {
         return Err(not_image(format!(
             "{} says version {}, the boot entry {}",
@@ -234,110 +151,11 @@ fn read_image(path: &Path) -> Result<ImageParts, BundleError> {
     Ok(ImageParts {
         entry,
         config,
-        created,
+        created: squashfs.created,
         kernel,
         initramfs,
-        rootfs: (root_offset, content),
+        rootfs_len: content,
     })
-}
-
-/// Passes bytes through and hashes them.
-pub(crate) struct Hashing<T> {
-    inner: T,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<T> Hashing<T> {
-    pub(crate) fn new(inner: T) -> Hashing<T> {
-        Hashing {
-            inner,
-            hasher: Sha256::new(),
-            count: 0,
-        }
-    }
-
-    /// The inner reader or writer, the sha256 (hex) and the byte count.
-    pub(crate) fn digest(self) -> (T, String, u64) {
-        (self.inner, hex::encode(self.hasher.finalize()), self.count)
-    }
-}
-
-impl<T: Read> Read for Hashing<T> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-impl<T: Write> Write for Hashing<T> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Compresses `source` into a new temporary file in `dir`; returns the file
-/// (rewound) and the payload's description.
-fn compress(
-    kind: PayloadKind,
-    source: impl Read,
-    level: i32,
-    dir: &Path,
-) -> Result<(File, PayloadInfo), BundleError> {
-    let mut out = tempfile::tempfile_in(dir).map_err(io_err(dir))?;
-    let mut input = Hashing::new(source);
-    {
-        let mut encoder =
-            zstd::stream::Encoder::new(Hashing::new(&mut out), level).map_err(io_err(dir))?;
-        // Single-threaded with the size known up front: the same bytes every time.
-        encoder.include_checksum(false).map_err(io_err(dir))?;
-        io::copy(&mut input, &mut encoder).map_err(io_err(dir))?;
-        let writer = encoder.finish().map_err(io_err(dir))?;
-        let (_, stored_sha256, stored_size) = writer.digest();
-        let (_, sha256, size) = input.digest();
-        out.seek(SeekFrom::Start(0)).map_err(io_err(dir))?;
-        Ok((
-            out,
-            PayloadInfo {
-                kind,
-                file: kind.member_name().to_string(),
-                size,
-                sha256,
-                stored_size,
-                stored_sha256,
-            },
-        ))
-    }
-}
-
-/// A tar header with berth's fixed metadata.
-fn tar_header(name: &str, size: u64, mtime: u64) -> Result<tar::Header, io::Error> {
-    let mut header = tar::Header::new_ustar();
-    header.set_path(name)?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(mtime);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    Ok(header)
-}
-
-/// The signature's trusted comment: like minisign's own, plus what the bundle is.
-pub fn trusted_comment(manifest: &Manifest) -> String {
-    format!(
-        "timestamp:{}\tfile:{MANIFEST_MEMBER}\thashed\tberth bundle {} {}",
-        manifest.created, manifest.name, manifest.version
-    )
 }
 
 /// Makes a signed bundle from a built image.
@@ -350,7 +168,8 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
         .map_err(BundleError::MinVersion)?;
     let key = SecretKey::load(&options.key)?;
     progress.step("reading the image");
-    let parts = read_image(&options.image)?;
+    let image = Image::open(&options.image)?;
+    let parts = read_image(&image)?;
     let out = options
         .out
         .clone()
@@ -362,23 +181,22 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
 
     progress.step("compressing the root filesystem");
-    let image = File::open(&options.image).map_err(io_err(&options.image))?;
-    let (root_offset, root_len) = parts.rootfs;
-    let rootfs = BufReader::with_capacity(1 << 20, Window::new(&image, root_offset, root_len));
-    let mut payloads = vec![compress(PayloadKind::Rootfs, rootfs, ROOTFS_LEVEL, &dir)?];
+    let rootfs = BufReader::with_capacity(
+        1 << 20,
+        image
+            .partition_window(Slot::A.partition_label())?
+            .take(parts.rootfs_len),
+    );
+    let mut payloads =
+        vec![compress(PayloadKind::Rootfs, rootfs, ROOTFS_LEVEL, &dir).map_err(io_err(&dir))?];
     progress.step("compressing the kernel and initramfs");
-    payloads.push(compress(
-        PayloadKind::Kernel,
-        parts.kernel.as_slice(),
-        BOOT_FILES_LEVEL,
-        &dir,
-    )?);
-    payloads.push(compress(
-        PayloadKind::Initramfs,
-        parts.initramfs.as_slice(),
-        BOOT_FILES_LEVEL,
-        &dir,
-    )?);
+    for (kind, data) in [
+        (PayloadKind::Kernel, &parts.kernel),
+        (PayloadKind::Initramfs, &parts.initramfs),
+    ] {
+        payloads
+            .push(compress(kind, data.as_slice(), BOOT_FILES_LEVEL, &dir).map_err(io_err(&dir))?);
+    }
 
     let manifest = Manifest {
         format: BUNDLE_FORMAT,
@@ -396,41 +214,28 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
         title: parts.entry.title.clone(),
         cmdline: parts.entry.extra_cmdline.clone(),
         verity: parts.entry.verity.clone().map(Into::into),
-        payloads: payloads.iter().map(|(_, info)| info.clone()).collect(),
+        payloads: payloads.iter().map(|p| p.info().clone()).collect(),
     };
     manifest.validate()?;
-    let json = manifest.to_json();
-    let signature = key.sign(&json, &trusted_comment(&manifest));
 
     progress.step("writing the bundle");
     let mut temp = tempfile::Builder::new()
         .prefix(".berth-bundle-")
         .tempfile_in(&dir)
         .map_err(io_err(&dir))?;
-    {
-        let mut tar = tar::Builder::new(io::BufWriter::new(temp.as_file_mut()));
-        let mtime = manifest.created;
-        let mut append = |name: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
-            tar.append(&tar_header(name, size, mtime)?, data)
-        };
-        let write_err = io_err(&out);
-        (|| -> io::Result<()> {
-            append(MANIFEST_MEMBER, json.len() as u64, &mut json.as_slice())?;
-            append(
-                SIGNATURE_MEMBER,
-                signature.len() as u64,
-                &mut signature.as_bytes(),
-            )?;
-            for (file, info) in &mut payloads {
-                append(&info.file, info.stored_size, file)?;
-            }
-            Ok(())
-        })()
-        .map_err(write_err)?;
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(io_err(&out))?;
-    }
+    write_bundle(
+        io::BufWriter::new(temp.as_file_mut()),
+        &manifest,
+        &key,
+        &mut payloads,
+    )
+    .map_err(|e| match e {
+        WriteError::Manifest(e) => BundleError::Format(e),
+        source => BundleError::Write {
+            path: out.clone(),
+            source,
+        },
+    })?;
     // A bundle is public: readable by all, like the image it was made from.
     temp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o644))

@@ -32,10 +32,11 @@ use berth_bundle::channel::{
     self, verify_index, ChannelError, ChannelIndex, ChannelName, Expiry, IndexEntry, BUNDLES_DIR,
     INDEX_FORMAT,
 };
-use berth_bundle::TrustedKeys;
+use berth_bundle::{SecretKey, SecretKeyError, TrustedKeys};
 
-use crate::release::bundle::{inspect, Hashing, PayloadCheck};
-use crate::release::keys::{KeyError, SecretKey};
+use berth_bundle::writer::Hashing;
+
+use crate::release::bundle::{inspect, PayloadCheck};
 
 /// How long an index stays valid unless told otherwise.
 pub const DEFAULT_LIFETIME: &str = "30d";
@@ -46,7 +47,7 @@ pub enum PublishError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(transparent)]
-    Key(#[from] KeyError),
+    Key(#[from] SecretKeyError),
     #[error("{0}")]
     Channel(#[from] ChannelError),
     #[error("the secret key's public half: {0}")]

@@ -1,9 +1,14 @@
 //! Trust anchors and minisign's key and signature formats: key ids, the public
-//! key file, signature files, and checking a signature with a trusted key.
+//! key file, signature files, and checking a signature with a trusted key; the
+//! secret key that makes signatures is in [`secret`].
 
 use std::path::Path;
 
 use crate::BundleError;
+
+pub mod secret;
+
+pub use secret::{SecretKey, SecretKeyError};
 
 /// The minisign key id of an 8-byte key number: 16 uppercase hex digits of the
 /// number read little-endian, as `minisign` prints it.
