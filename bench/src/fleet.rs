@@ -134,13 +134,65 @@ pub fn run(devices: usize) -> anyhow::Result<()> {
     }
     println!("  goal: the agent's busiest second ≤ 2× the mean");
     let checks_per_day = 86_400 / interval.as_secs();
-    println!("  checks per device per day: {checks_per_day}");
+    println!(
+        "a device's idle checks: {checks_per_day} a day; bytes a day (signature + index, as berth publish writes them, plus {HTTP_OVERHEAD} bytes of HTTP headers per request, an estimate):"
+    );
+    for releases in [1, 10, 50] {
+        let (signature, index) = published_sizes(releases)?;
+        let per_check = signature + index + REQUESTS_PER_CHECK * HTTP_OVERHEAD;
+        println!(
+            "  {releases:>2} releases in the index: signature {signature} B + index {index} B → {per_check} B a check, {:.1} KiB a day",
+            (per_check * checks_per_day) as f64 / 1024.0
+        );
+    }
     Ok(())
+}
+
+/// Request line and headers out, status line and headers back, per request
+/// (an estimate: ureq's request and a typical static server's answer).
+pub const HTTP_OVERHEAD: u64 = 350;
+
+/// The sizes of a channel's signature and index listing `releases` bundles,
+/// made and signed the way `berth publish` does.
+pub fn published_sizes(releases: usize) -> anyhow::Result<(u64, u64)> {
+    use berth_bundle::channel::{trusted_comment, ChannelIndex, IndexEntry, INDEX_FORMAT};
+    let mut index = ChannelIndex {
+        format: INDEX_FORMAT,
+        channel: "stable".into(),
+        generated: 1_700_000_000,
+        expires: 1_700_000_000 + 30 * 86_400,
+        bundles: Vec::new(),
+    };
+    for minor in 0..releases {
+        let sha = format!("{:064x}", minor + 1);
+        index.bundles.push(IndexEntry {
+            name: "web".into(),
+            compatible: "web".into(),
+            version: format!("1.{minor}.0").parse()?,
+            min_version: None,
+            path: format!("bundles/{sha}.bundle"),
+            size: 28_573_184,
+            sha256: sha,
+        });
+    }
+    index.validate()?;
+    let json = index.to_json();
+    let key = berth_bundle::SecretKey::generate()?;
+    let signature = key.sign(&json, &trusted_comment(&index));
+    Ok((signature.len() as u64, json.len() as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_files_grow_with_the_releases_listed() {
+        let (sig1, index1) = published_sizes(1).unwrap();
+        let (sig10, index10) = published_sizes(10).unwrap();
+        assert_eq!(sig1, sig10, "a signature has a fixed size");
+        assert!(index10 > 9 * (index1 / 2), "{index1} {index10}");
+    }
 
     #[test]
     fn a_fleet_booting_at_once_is_spread_over_the_interval() {
