@@ -8,6 +8,7 @@
 //! Written by temp file + fsync + rename + fsync of the folder, so a power cut
 //! leaves either the old or the new file, never half of one.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ pub struct UpdateState {
     /// The last look at the update repository (`berth-update check` or `update`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckRecord>,
+    /// Per channel, the `generated` time (unix seconds) of the newest index
+    /// this device verified: an older one is refused as a replay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub newest_index: BTreeMap<String, u64>,
 }
 
 /// What the last look at the update repository found.
@@ -242,6 +247,29 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("outcome = \"failed\""), "{text}");
         assert!(!dir.path().join("update/state.toml.tmp").exists());
+    }
+
+    #[test]
+    fn newest_indexes_are_kept_per_channel_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        // A state file from before the field.
+        fs::write(
+            &path,
+            "[check]\nrepository = \"r\"\nchannel = \"stable\"\noutcome = \"up-to-date\"\nat = 3\n",
+        )
+        .unwrap();
+        let state = UpdateState::load(&path).unwrap();
+        assert!(state.newest_index.is_empty());
+        UpdateState::update(&path, |state| {
+            state.newest_index.insert("stable".into(), 1_700_000_000);
+            state.newest_index.insert("beta-2.x".into(), 5);
+        })
+        .unwrap();
+        let state = UpdateState::load(&path).unwrap();
+        assert_eq!(state.newest_index.get("stable"), Some(&1_700_000_000));
+        assert_eq!(state.newest_index.get("beta-2.x"), Some(&5));
+        assert!(state.check.is_some());
     }
 
     #[test]

@@ -281,6 +281,9 @@ fn copy_and_verify(
         path: format!("{BUNDLES_DIR}/{sha256}.bundle"),
         size,
         sha256,
+        rollout: None,
+        paused: false,
+        withdrawn: false,
     };
     Ok((temp, entry))
 }
