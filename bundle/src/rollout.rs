@@ -191,7 +191,8 @@ impl DeviceSeed {
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
         // The bias of the modulo is below 1e-15.
-        Position((u64::from_be_bytes(first) % u64::from(POSITION_SCALE)) as u32)
+        let position = u64::from_be_bytes(first) % u64::from(POSITION_SCALE);
+        Position(u32::try_from(position).expect("below POSITION_SCALE"))
     }
 }
 
