@@ -10,8 +10,16 @@
 //! refuses downgrades again. While the bundle streams in, its size and sha256
 //! are compared with the index's, and a mismatch stops the install before its
 //! commit point.
+//!
+//! Rollout waves: the device's random seed ([`device_seed`], kept next to the
+//! state file) gives it a stable position in every release's rollout, and
+//! `check` only offers a release whose wave is open for that position (and that
+//! is neither paused nor withdrawn). Replays: the `generated` time of the newest
+//! index verified per channel is kept in the state file, and an older index is
+//! refused even while it has not expired.
 
-use std::io::{self, Read};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -21,9 +29,10 @@ use super::install::{install, InstallError, InstallOptions, Installed, Observer}
 use super::source::{self, SourceError};
 use super::system::System;
 use berth_bundle::channel::{
-    self, verify_index, ChannelError, ChannelName, Expiry, IndexEntry, Running, VerifiedIndex,
-    MAX_INDEX_SIGNATURE_SIZE, MAX_INDEX_SIZE,
+    self, verify_index, ChannelError, ChannelName, DeviceSeed, Expiry, IndexEntry, Position,
+    Running, VerifiedIndex, MAX_INDEX_SIGNATURE_SIZE, MAX_INDEX_SIZE,
 };
+use berth_bundle::rollout::SEED_LEN;
 use berth_bundle::{BundleError, ImageVersion, TrustedKeys, VersionError};
 use berth_format::clock::utc_datetime;
 use berth_format::layout::PROVISION_SAVED_FILE;
@@ -63,6 +72,16 @@ pub enum FleetError {
     /// The running image's version cannot be compared with the index's.
     #[error("the running image's version: {0}")]
     RunningVersion(#[from] VersionError),
+    /// The index is older than one this device already verified.
+    #[error("the index of channel {channel} was generated at {generated}, older than the newest this device has seen ({newest}): refusing a replayed index")]
+    Replayed {
+        channel: String,
+        generated: String,
+        newest: String,
+    },
+    /// The rollout seed could not be read or written.
+    #[error("the rollout seed {path}: {error}")]
+    Seed { path: PathBuf, error: io::Error },
 }
 
 /// Where the repository is: a base URL (`http://…`, no trailing slash) or a
@@ -162,8 +181,77 @@ pub struct CheckReport {
     pub index_expires: String,
     /// Key id of the index's signature.
     pub signed_by: String,
+    /// This device's place in rollout waves, in percent: `[0, 100)`.
+    pub position: f64,
+    /// A newer version this device takes once its rollout wave opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// When that wave opens for this device, RFC 3339 UTC.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave_opens_at: Option<String>,
     #[serde(skip)]
     entry: Option<IndexEntry>,
+    /// The index's `generated`, unix seconds.
+    #[serde(skip)]
+    generated: u64,
+}
+
+/// Reads the device's rollout seed from `path` (normally
+/// [`System::seed_path`]), creating it on first use: 32 bytes from
+/// `/dev/urandom`, written as 64 hex digits to a temporary file, synced, then
+/// linked into place (never over an existing seed, so two agents starting at
+/// once agree on one). A seed that does not read as 64 hex digits is replaced.
+pub fn device_seed(path: &Path) -> Result<DeviceSeed, FleetError> {
+    let err = |error| FleetError::Seed {
+        path: path.to_path_buf(),
+        error,
+    };
+    for _ in 0..3 {
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                if let Some(seed) = DeviceSeed::from_hex(&text) {
+                    return Ok(seed);
+                }
+                // Garbled (it is written whole, so by hand or a broken disk):
+                // the device takes a new place.
+                fs::remove_file(path).map_err(err)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut bytes = [0u8; SEED_LEN];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|error| FleetError::Seed {
+                path: PathBuf::from("/dev/urandom"),
+                error,
+            })?;
+        let seed = DeviceSeed(bytes);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(err)?;
+        let mut temp_name = path.as_os_str().to_owned();
+        temp_name.push(format!(".tmp{}", std::process::id()));
+        let temp = PathBuf::from(temp_name);
+        let written = fs::File::create(&temp)
+            .and_then(|mut f| {
+                f.write_all(format!("{}\n", seed.to_hex()).as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| fs::hard_link(&temp, path));
+        let _ = fs::remove_file(&temp);
+        match written {
+            Ok(()) => {
+                fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(err)?;
+                return Ok(seed);
+            }
+            // Another agent made one meanwhile: read it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(io::Error::other("it keeps changing while being read")))
 }
 
 /// Reads a small repository file, refusing more than `limit` bytes.
@@ -226,7 +314,8 @@ pub fn check(
     repo: &Repository,
     channel: &ChannelName,
 ) -> Result<CheckReport, FleetError> {
-    let result = check_unrecorded(system, repo, channel, now());
+    let result = device_seed(&system.seed_path())
+        .and_then(|seed| check_unrecorded(system, repo, channel, seed.position(), now()));
     let (outcome, version, reason) = match &result {
         Ok(r) if r.update_available => (
             CheckOutcome::UpdateAvailable,
@@ -244,7 +333,11 @@ pub fn check(
             version,
             reason,
             at: now(),
-        })
+        });
+        if let Ok(report) = &result {
+            let newest = state.newest_index.entry(channel.to_string()).or_default();
+            *newest = (*newest).max(report.generated);
+        }
     });
     let report = result?;
     recorded?;
@@ -255,6 +348,7 @@ fn check_unrecorded(
     system: &System,
     repo: &Repository,
     channel: &ChannelName,
+    position: Position,
     now: u64,
 ) -> Result<CheckReport, FleetError> {
     let keys = TrustedKeys::load_dir(&system.keys_dir)?;
@@ -263,13 +357,23 @@ fn check_unrecorded(
     }
     let running = ImageVersion::parse(&system.image.version)?;
     let verified = fetch_index(repo, channel, &keys, now)?;
-    let entry = verified
-        .index
-        .pick(Running {
-            compatible: &system.image.compatible,
-            version: &running,
-        })
-        .cloned();
+    let state = UpdateState::load(&system.state_path)?;
+    if let Some(newest) = state.newest_index.get(channel.as_str()) {
+        if verified.index.generated < *newest {
+            return Err(FleetError::Replayed {
+                channel: channel.to_string(),
+                generated: utc_datetime(verified.index.generated),
+                newest: utc_datetime(*newest),
+            });
+        }
+    }
+    let plan = verified.index.plan(Running {
+        compatible: &system.image.compatible,
+        version: &running,
+        position,
+        now,
+    });
+    let entry = plan.install.cloned();
     Ok(CheckReport {
         update_available: entry.is_some(),
         repository: repo.as_str().to_string(),
@@ -282,7 +386,11 @@ fn check_unrecorded(
         index_generated: utc_datetime(verified.index.generated),
         index_expires: utc_datetime(verified.index.expires),
         signed_by: verified.signature.key_id,
+        position: position.percent(),
+        waiting_for: plan.waiting.map(|(e, _)| e.version.to_string()),
+        wave_opens_at: plan.waiting.map(|(_, at)| utc_datetime(at)),
         entry,
+        generated: verified.index.generated,
     })
 }
 
@@ -455,6 +563,9 @@ mod tests {
             path: "bundles/x.bundle".into(),
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(bytes)),
+            rollout: None,
+            paused: false,
+            withdrawn: false,
         }
     }
 
@@ -483,5 +594,148 @@ mod tests {
             .read_to_end(&mut Vec::new())
             .unwrap_err();
         assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    use crate::status::tests::scratch_system;
+    use berth_bundle::channel::{ChannelIndex, Rollout, Wave, INDEX_FORMAT};
+    use berth_bundle::testkit::Key;
+    use berth_format::layout::Slot;
+
+    /// A 1.0.0 device trusting `key`, and a folder repository.
+    fn device_and_repo(dir: &Path, key: &Key) -> (System, Repository) {
+        let system = scratch_system(dir, Slot::A, "1.0.0");
+        fs::create_dir_all(&system.keys_dir).unwrap();
+        fs::write(system.keys_dir.join("release.pub"), key.public_text()).unwrap();
+        let repo_dir = dir.join("repo");
+        fs::create_dir_all(&repo_dir).unwrap();
+        let repo = Repository::parse(repo_dir.to_str().unwrap()).unwrap();
+        (system, repo)
+    }
+
+    /// Publishes `entries` into the folder repository, generated at `generated`.
+    fn publish(key: &Key, repo: &Repository, generated: u64, entries: Vec<IndexEntry>) {
+        let index = ChannelIndex {
+            format: INDEX_FORMAT,
+            channel: "stable".into(),
+            generated,
+            expires: generated + 30 * 86_400,
+            bundles: entries,
+        };
+        let json = index.to_json();
+        fs::write(repo.file("stable.json"), &json).unwrap();
+        fs::write(repo.file("stable.json.minisig"), key.sign(&json)).unwrap();
+    }
+
+    fn hello(version: &str) -> IndexEntry {
+        let mut e = entry_for(version.as_bytes());
+        e.version = version.parse().unwrap();
+        e.path = format!("bundles/{version}.bundle");
+        e
+    }
+
+    fn stable() -> ChannelName {
+        ChannelName::new("stable").unwrap()
+    }
+
+    #[test]
+    fn an_index_older_than_the_newest_seen_is_refused_as_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let (system, repo) = device_and_repo(dir.path(), &key);
+        let t = now() - 3600;
+        publish(&key, &repo, t, vec![hello("1.1.0")]);
+        let report = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(report.version.as_deref(), Some("1.1.0"));
+        let state = UpdateState::load(&system.state_path).unwrap();
+        assert_eq!(state.newest_index.get("stable"), Some(&t));
+        // The same index again is fine; a newer one moves the mark.
+        check(&system, &repo, &stable()).unwrap();
+        publish(&key, &repo, t + 60, vec![hello("1.1.0"), hello("1.2.0")]);
+        check(&system, &repo, &stable()).unwrap();
+        let state = UpdateState::load(&system.state_path).unwrap();
+        assert_eq!(state.newest_index.get("stable"), Some(&(t + 60)));
+        // The older (still signed, unexpired) index replayed.
+        publish(&key, &repo, t, vec![hello("1.1.0")]);
+        let err = check(&system, &repo, &stable()).unwrap_err();
+        assert!(matches!(err, FleetError::Replayed { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "the index of channel stable was generated at {}, older than the newest this device has seen ({})",
+                utc_datetime(t),
+                utc_datetime(t + 60)
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("refusing a replayed index"), "{text}");
+        let state = UpdateState::load(&system.state_path).unwrap();
+        assert_eq!(state.newest_index.get("stable"), Some(&(t + 60)));
+        let record = state.check.unwrap();
+        assert_eq!(record.outcome, CheckOutcome::Failed);
+        assert!(record.reason.contains("replayed"), "{}", record.reason);
+        // Another channel has its own mark.
+        assert_eq!(state.newest_index.len(), 1);
+    }
+
+    #[test]
+    fn the_seed_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/lib/berth/update/seed");
+        let seed = device_seed(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n", seed.to_hex()));
+        assert_eq!(device_seed(&path).unwrap(), seed);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        let other = device_seed(&dir.path().join("other/seed")).unwrap();
+        assert_ne!(other, seed);
+        fs::write(&path, "garbled").unwrap();
+        assert_ne!(device_seed(&path).unwrap(), seed);
+    }
+
+    #[test]
+    fn check_reports_the_position_and_the_wave_it_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let (system, repo) = device_and_repo(dir.path(), &key);
+        let t = now() - 60;
+        let seed = device_seed(&system.seed_path()).unwrap();
+        let position = seed.position();
+        let mut slow = hello("1.2.0");
+        // Everyone but this device at once; this device in a day.
+        let waves = if position.hundredths() == 0 {
+            vec![Wave {
+                percent: 100,
+                after: 86_400,
+            }]
+        } else {
+            vec![
+                Wave {
+                    percent: u8::try_from(position.hundredths() / 100).unwrap().max(1),
+                    after: 0,
+                },
+                Wave {
+                    percent: 100,
+                    after: 86_400,
+                },
+            ]
+        };
+        // A position in the first percent band would be inside wave 1: the
+        // test then starts the rollout a day later instead.
+        let start = if position.hundredths() < 100 {
+            t + 86_400
+        } else {
+            t
+        };
+        slow.rollout = Some(Rollout { start, waves });
+        publish(&key, &repo, t, vec![hello("1.1.0"), slow]);
+        let report = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(report.version.as_deref(), Some("1.1.0"));
+        assert_eq!(report.waiting_for.as_deref(), Some("1.2.0"));
+        assert!(report.wave_opens_at.is_some());
+        assert_eq!(report.position, position.percent());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["waiting_for"], "1.2.0");
+        assert!(json["position"].is_number());
+        assert!(json["wave_opens_at"].is_string());
     }
 }

@@ -153,6 +153,12 @@ impl System {
         })
     }
 
+    /// The device's rollout seed: `seed` next to the state file
+    /// ([`berth_format::layout::UPDATE_SEED_PATH`] on a device).
+    pub fn seed_path(&self) -> PathBuf {
+        self.state_path.with_file_name("seed")
+    }
+
     /// The partition of `slot`.
     pub fn slot(&self, slot: Slot) -> &SlotDevice {
         match slot {

@@ -152,10 +152,12 @@ pub fn run(devices: usize) -> anyhow::Result<()> {
 /// (an estimate: ureq's request and a typical static server's answer).
 pub const HTTP_OVERHEAD: u64 = 350;
 
-/// The sizes of a channel's signature and index listing `releases` bundles,
-/// made and signed the way `berth publish` does.
+/// The sizes of a channel's signature and index listing `releases` bundles
+/// (each with a three-wave rollout), made and signed the way `berth publish`
+/// does.
 pub fn published_sizes(releases: usize) -> anyhow::Result<(u64, u64)> {
-    use berth_bundle::channel::{trusted_comment, ChannelIndex, IndexEntry, INDEX_FORMAT};
+    use berth_bundle::channel::{trusted_comment, ChannelIndex, IndexEntry, Rollout, INDEX_FORMAT};
+    use berth_bundle::rollout::parse_schedule;
     let mut index = ChannelIndex {
         format: INDEX_FORMAT,
         channel: "stable".into(),
@@ -173,6 +175,13 @@ pub fn published_sizes(releases: usize) -> anyhow::Result<(u64, u64)> {
             path: format!("bundles/{sha}.bundle"),
             size: 28_573_184,
             sha256: sha,
+            // Each release rolled out in three waves, as a fleet would.
+            rollout: Some(Rollout {
+                start: 1_700_000_000,
+                waves: parse_schedule("1%@0h,10%@6h,100%@48h")?,
+            }),
+            paused: false,
+            withdrawn: false,
         });
     }
     index.validate()?;

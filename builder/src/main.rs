@@ -123,7 +123,7 @@ enum Command {
     /// index (REPO/CHANNEL.json and REPO/CHANNEL.json.minisig).
     Publish {
         /// The bundles to add (each is verified with the key's public half).
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["pause", "resume", "withdraw"])]
         bundles: Vec<PathBuf>,
         /// The repository folder (created when missing); serve it with any web server.
         #[arg(long, value_name = "DIR")]
@@ -138,6 +138,24 @@ enum Command {
         /// again (with or without new bundles) before it runs out.
         #[arg(long, default_value = berth_builder::release::publish::DEFAULT_LIFETIME)]
         expires: String,
+        /// Roll the new bundles out in waves: cumulative percent of the fleet
+        /// at an offset after publishing, e.g. "1%@0h,10%@6h,100%@48h"
+        /// (percents increasing, the last 100). Without it: everyone at once.
+        #[arg(long, value_name = "SCHEDULE")]
+        rollout: Option<String>,
+        /// Stop the rollout of a listed version (re-signs the index).
+        #[arg(long, value_name = "VERSION", group = "change", conflicts_with_all = ["bundles", "rollout"])]
+        pause: Option<String>,
+        /// Go on with a paused rollout.
+        #[arg(long, value_name = "VERSION", group = "change", conflicts_with_all = ["bundles", "rollout"])]
+        resume: Option<String>,
+        /// Withdraw a listed version for good: no device installs it any more.
+        #[arg(long, value_name = "VERSION", group = "change", conflicts_with_all = ["bundles", "rollout"])]
+        withdraw: Option<String>,
+        /// With --pause, --resume or --withdraw: the version's compatible
+        /// string, when the index lists that version for several.
+        #[arg(long, value_name = "COMPATIBLE", requires = "change")]
+        compatible: Option<String>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -629,8 +647,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key,
             channel,
             expires,
+            rollout,
+            pause,
+            resume,
+            withdraw,
+            compatible,
             quiet,
         } => {
+            let change = [
+                (publish::Action::Pause, pause),
+                (publish::Action::Resume, resume),
+                (publish::Action::Withdraw, withdraw),
+            ]
+            .into_iter()
+            .find_map(|(action, version)| version.map(|v| (action, v)))
+            .map(
+                |(action, version)| -> anyhow::Result<publish::EntryChange> {
+                    Ok(publish::EntryChange {
+                        action,
+                        version: version
+                            .parse()
+                            .with_context(|| format!("version {version:?}"))?,
+                        compatible,
+                    })
+                },
+            )
+            .transpose()?;
             let options = PublishOptions {
                 bundles,
                 repo: repo.clone(),
@@ -638,6 +680,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 channel: ChannelName::new(&channel)?,
                 lifetime: publish::parse_lifetime(&expires)?,
                 now: publish::publish_time(),
+                rollout: rollout
+                    .as_deref()
+                    .map(berth_bundle::rollout::parse_schedule)
+                    .transpose()?,
+                change,
             };
             let published = publish::publish(&options)
                 .with_context(|| format!("publishing into {}", repo.display()))?;
@@ -647,6 +694,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "added {} {} ({}) as {}",
                         e.compatible, e.version, e.name, e.path
                     );
+                }
+                if let Some(change) = &options.change {
+                    let done = match change.action {
+                        publish::Action::Pause => "paused",
+                        publish::Action::Resume => "resumed",
+                        publish::Action::Withdraw => "withdrew",
+                    };
+                    eprintln!("{done} {}", change.version);
                 }
                 for e in &published.unchanged {
                     eprintln!(

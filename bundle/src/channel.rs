@@ -20,6 +20,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::rollout::{DeviceSeed, Position, Rollout, Wave};
 use crate::{BundleError, ImageVersion, TrustedKeys, Verified};
 use berth_format::clock::utc_datetime;
 
@@ -145,6 +146,42 @@ pub struct IndexEntry {
     pub size: u64,
     /// sha256 of the bundle file, lowercase hex.
     pub sha256: String,
+    /// Rollout waves; without them the release is for every device at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// No device starts installing it until it is resumed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+    /// Withdrawn for good: no device installs it any more.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub withdrawn: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+impl IndexEntry {
+    /// Unix seconds from which a device at `position` may install this entry
+    /// (0 without a rollout: at once); `None` while it is paused or withdrawn.
+    pub fn opens_at(&self, position: Position) -> Option<u64> {
+        wave_opens_at(self, position)
+    }
+}
+
+/// Unix seconds from which a device at `position` may install `entry`: 0
+/// without a rollout (at once), else the time of the first wave that includes
+/// the position (waves are cumulative, so a device that missed its wave still
+/// gets it later). `None` when the entry is paused or withdrawn, or its waves
+/// never reach the position.
+pub fn wave_opens_at(entry: &IndexEntry, position: Position) -> Option<u64> {
+    if entry.paused || entry.withdrawn {
+        return None;
+    }
+    match &entry.rollout {
+        None => Some(0),
+        Some(rollout) => rollout.opens_at(position),
+    }
 }
 
 /// The channel index (`<channel>.json`).
@@ -163,11 +200,26 @@ pub struct ChannelIndex {
     pub bundles: Vec<IndexEntry>,
 }
 
-/// What a device runs, for [`ChannelIndex::pick`].
+/// What a device runs, where it stands in rollouts and its clock, for
+/// [`ChannelIndex::pick`].
 #[derive(Debug, Clone, Copy)]
 pub struct Running<'a> {
     pub compatible: &'a str,
     pub version: &'a ImageVersion,
+    /// The device's place in rollout waves ([`DeviceSeed::position`]).
+    pub position: Position,
+    /// Unix seconds by the device's clock.
+    pub now: u64,
+}
+
+/// What [`ChannelIndex::plan`] found for a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pick<'a> {
+    /// The entry to install now (see [`ChannelIndex::pick`]).
+    pub install: Option<&'a IndexEntry>,
+    /// The newest entry newer than `install` (or the running version) that
+    /// the device will take once its wave opens, with that time (unix seconds).
+    pub waiting: Option<(&'a IndexEntry, u64)>,
 }
 
 impl ChannelIndex {
@@ -242,24 +294,61 @@ impl ChannelIndex {
             {
                 return bad(format!("{what} is listed twice"));
             }
+            if let Some(rollout) = &e.rollout {
+                if let Err(reason) = crate::rollout::validate_waves(&rollout.waves) {
+                    return bad(format!("{what}: rollout: {reason}"));
+                }
+            }
         }
         Ok(())
     }
 
     /// The bundle this device should install: among the entries for its
-    /// `compatible` whose version is newer than the running one and whose
-    /// `min_version` (if any) the running version meets, the newest.
+    /// `compatible` whose version is newer than the running one, whose
+    /// `min_version` (if any) the running version meets, that are neither paused
+    /// nor withdrawn and whose rollout wave is open for the device's position at
+    /// `now`, the newest.
     pub fn pick(&self, running: Running<'_>) -> Option<&IndexEntry> {
+        self.plan(running).install
+    }
+
+    /// [`pick`](Self::pick), and the newest candidate the device waits for: an
+    /// entry newer than the one to install (or than the running version) that
+    /// is neither paused nor withdrawn but whose wave opens for this device only
+    /// after `now`.
+    pub fn plan(&self, running: Running<'_>) -> Pick<'_> {
+        let candidates = || {
+            self.bundles
+                .iter()
+                .filter(|e| e.compatible == running.compatible)
+                .filter(|e| &e.version > running.version)
+                .filter(|e| {
+                    e.min_version
+                        .as_ref()
+                        .is_none_or(|min| running.version >= min)
+                })
+                .filter_map(|e| wave_opens_at(e, running.position).map(|at| (e, at)))
+        };
+        let install = candidates()
+            .filter(|(_, at)| *at <= running.now)
+            .map(|(e, _)| e)
+            .max_by(|a, b| a.version.cmp(&b.version));
+        let waiting = candidates()
+            .filter(|(_, at)| *at > running.now)
+            .filter(|(e, _)| install.is_none_or(|i| e.version > i.version))
+            .max_by(|(a, _), (b, _)| a.version.cmp(&b.version));
+        Pick { install, waiting }
+    }
+
+    /// The entry for `compatible` and `version`, if listed.
+    pub fn find_mut(
+        &mut self,
+        compatible: &str,
+        version: &ImageVersion,
+    ) -> Option<&mut IndexEntry> {
         self.bundles
-            .iter()
-            .filter(|e| e.compatible == running.compatible)
-            .filter(|e| &e.version > running.version)
-            .filter(|e| {
-                e.min_version
-                    .as_ref()
-                    .is_none_or(|min| running.version >= min)
-            })
-            .max_by(|a, b| a.version.cmp(&b.version))
+            .iter_mut()
+            .find(|e| e.compatible == compatible && &e.version == version)
     }
 
     /// Sorts the entries the way `berth publish` writes them: by compatible,
@@ -391,7 +480,34 @@ mod tests {
             path: format!("{BUNDLES_DIR}/{}.bundle", "ab".repeat(32)),
             size: 1000,
             sha256: "ab".repeat(32),
+            rollout: None,
+            paused: false,
+            withdrawn: false,
         }
+    }
+
+    fn with_rollout(mut e: IndexEntry, start: u64, schedule: &str) -> IndexEntry {
+        e.rollout = Some(Rollout {
+            start,
+            waves: crate::rollout::parse_schedule(schedule).unwrap(),
+        });
+        e
+    }
+
+    /// A device at `position` (hundredths of a percent) on `running` at `now`.
+    fn device<'a>(running: &'a ImageVersion, position: u32, now: u64) -> Running<'a> {
+        Running {
+            compatible: "hello",
+            version: running,
+            position: Position::from_hundredths(position),
+            now,
+        }
+    }
+
+    /// The seed of simulated device `i`: sha256 of its number.
+    fn simulated_seed(i: u32) -> DeviceSeed {
+        use sha2::{Digest, Sha256};
+        DeviceSeed(Sha256::digest(i.to_be_bytes()).into())
     }
 
     fn index(bundles: Vec<IndexEntry>) -> ChannelIndex {
@@ -425,11 +541,8 @@ mod tests {
     /// The version of the entry `idx` picks for a `hello` device on `running`.
     fn picked(idx: &ChannelIndex, running: &str) -> Option<String> {
         let running = ImageVersion::parse(running).unwrap();
-        idx.pick(Running {
-            compatible: "hello",
-            version: &running,
-        })
-        .map(|e| e.version.to_string())
+        idx.pick(device(&running, 5000, NOW))
+            .map(|e| e.version.to_string())
     }
 
     #[test]
@@ -622,5 +735,121 @@ mod tests {
             join("http://h/repo", "bundles/x.bundle"),
             "http://h/repo/bundles/x.bundle"
         );
+    }
+
+    #[test]
+    fn an_index_without_rollouts_keeps_its_bytes() {
+        let made = index(vec![entry("hello", "1.1.0")]);
+        let text = String::from_utf8(made.to_json()).unwrap();
+        for absent in ["rollout", "paused", "withdrawn"] {
+            assert!(!text.contains(absent), "{text}");
+        }
+        assert!(text.contains("\"sha256\": \"abab"), "{text}");
+        assert_eq!(ChannelIndex::from_json(text.as_bytes()).unwrap(), made);
+        // Unknown fields are still refused, in entries too.
+        let unknown = text.replace("\"size\"", "\"sizes\": 1, \"size\"");
+        assert!(ChannelIndex::from_json(unknown.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn rollouts_pause_and_withdraw_round_trip_and_are_validated() {
+        let mut e = with_rollout(entry("hello", "1.1.0"), NOW, "1%@0h,10%@6h,100%@48h");
+        e.paused = true;
+        let made = index(vec![e]);
+        let text = String::from_utf8(made.to_json()).unwrap();
+        assert!(text.contains("\"rollout\": {"), "{text}");
+        assert!(text.contains("\"percent\": 10"), "{text}");
+        assert!(text.contains("\"after\": 21600"), "{text}");
+        assert!(text.contains("\"paused\": true"), "{text}");
+        assert!(!text.contains("withdrawn"), "{text}");
+        assert_eq!(ChannelIndex::from_json(text.as_bytes()).unwrap(), made);
+        let bad = text.replace("\"percent\": 100", "\"percent\": 90");
+        let err = ChannelIndex::from_json(bad.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("the last wave is 90%"), "{err}");
+    }
+
+    #[test]
+    fn waves_follow_the_schedule_over_ten_thousand_devices() {
+        let start = NOW;
+        let e = with_rollout(
+            entry("hello", "1.1.0"),
+            start,
+            "1%@0h,10%@6h,50%@24h,100%@48h",
+        );
+        let opens: Vec<u64> = (0..10_000)
+            .map(|i| wave_opens_at(&e, simulated_seed(i).position()).unwrap())
+            .collect();
+        for (percent, at) in [
+            (1.0, 0),
+            (10.0, 6 * 3600),
+            (50.0, 24 * 3600),
+            (100.0, 48 * 3600),
+        ] {
+            let open = opens.iter().filter(|o| **o <= start + at).count() as f64 / 100.0;
+            assert!(
+                (open - percent).abs() <= 2.0,
+                "{open}% open at +{at}s, the schedule says {percent}%"
+            );
+            // Nobody gets it before the first wave.
+            assert!(opens.iter().all(|o| *o >= start));
+        }
+        // Just before the second wave, still only the first.
+        let open = opens.iter().filter(|o| **o < start + 6 * 3600).count() as f64 / 100.0;
+        assert!(open <= 3.0, "{open}%");
+    }
+
+    #[test]
+    fn a_device_outside_the_open_waves_picks_the_previous_release_and_waits() {
+        let idx = index(vec![
+            entry("hello", "1.1.0"),
+            with_rollout(entry("hello", "1.2.0"), NOW, "1%@0h,10%@6h,100%@48h"),
+        ]);
+        let running = ImageVersion::parse("1.0.0").unwrap();
+        // Position 0.5 %: in the first wave.
+        let first = idx.plan(device(&running, 50, NOW));
+        assert_eq!(first.install.map(|e| e.version.as_str()), Some("1.2.0"));
+        assert_eq!(first.waiting, None);
+        // Position 42 %: the third wave, in 48 hours.
+        let later = idx.plan(device(&running, 4200, NOW + 60));
+        assert_eq!(later.install.map(|e| e.version.as_str()), Some("1.1.0"));
+        let (waiting, at) = later.waiting.unwrap();
+        assert_eq!((waiting.version.as_str(), at), ("1.2.0", NOW + 48 * 3600));
+        // Cumulative: a device that was offline for its wave still gets it.
+        let offline = idx.plan(device(&running, 4200, NOW + 400 * 86_400));
+        assert_eq!(offline.install.map(|e| e.version.as_str()), Some("1.2.0"));
+        // Up to date with 1.1.0, waiting for 1.2.0.
+        let on_1_1 = ImageVersion::parse("1.1.0").unwrap();
+        let waiting = idx.plan(device(&on_1_1, 4200, NOW));
+        assert_eq!(waiting.install, None);
+        assert_eq!(waiting.waiting.map(|(_, at)| at), Some(NOW + 48 * 3600));
+        // A rollout that has not started yet (a clock behind the publisher's).
+        assert_eq!(idx.plan(device(&on_1_1, 0, NOW - 1)).install, None);
+    }
+
+    #[test]
+    fn paused_and_withdrawn_releases_are_not_installed() {
+        let running = ImageVersion::parse("1.0.0").unwrap();
+        for flag in ["paused", "withdrawn"] {
+            let mut new = entry("hello", "1.2.0");
+            match flag {
+                "paused" => new.paused = true,
+                _ => new.withdrawn = true,
+            }
+            let idx = index(vec![entry("hello", "1.1.0"), new.clone()]);
+            for position in [0, 5000, 9999] {
+                let plan = idx.plan(device(&running, position, NOW));
+                assert_eq!(
+                    plan.install.map(|e| e.version.as_str()),
+                    Some("1.1.0"),
+                    "{flag}"
+                );
+                assert_eq!(plan.waiting, None, "{flag}");
+            }
+            assert_eq!(wave_opens_at(&new, Position::from_hundredths(0)), None);
+            // A device already on it stays (nothing newer), and a device on
+            // 1.1.0 gets nothing.
+            let on_1_1 = ImageVersion::parse("1.1.0").unwrap();
+            assert_eq!(idx.pick(device(&on_1_1, 0, NOW)), None, "{flag}");
+        }
     }
 }

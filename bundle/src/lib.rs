@@ -25,6 +25,7 @@ pub mod keys;
 pub mod manifest;
 pub mod payload;
 pub mod reader;
+pub mod rollout;
 pub mod tar;
 #[doc(hidden)]
 pub mod testkit;

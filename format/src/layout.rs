@@ -65,6 +65,10 @@ pub const UPDATE_STATE_PATH: &str = "/var/lib/berth/update/state.toml";
 /// The lock every writing `berth-update` holds (on the tmpfs: no stale lock
 /// survives a reboot).
 pub const UPDATE_LOCK_PATH: &str = "/run/berth/update.lock";
+/// The device's random rollout seed (64 hex digits), next to the state file:
+/// it places the device in every release's rollout waves, the same place each
+/// time. Created by the agent on first use.
+pub const UPDATE_SEED_PATH: &str = "/var/lib/berth/update/seed";
 /// The per-device provisioning file on the mounted ESP (read by the init).
 pub const PROVISION_ESP_FILE: &str = "/efi/berth/provision.toml";
 /// Where the init keeps the provisioning settings it accepted (on the data

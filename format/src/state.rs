@@ -8,6 +8,7 @@
 //! Written by temp file + fsync + rename + fsync of the folder, so a power cut
 //! leaves either the old or the new file, never half of one.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ pub struct UpdateState {
     /// The last look at the update repository (`berth-update check` or `update`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckRecord>,
+    /// Per channel, the `generated` time (unix seconds) of the newest index
+    /// this device verified: an older one is refused as a replay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub newest_index: BTreeMap<String, u64>,
 }
 
 /// What the last look at the update repository found.
@@ -183,7 +188,8 @@ impl UpdateState {
     }
 
     /// The latest time this state proves has passed: the newest time in any of
-    /// its records. The init keeps the clock at or above it (with the build
+    /// its records, and the newest index it verified (signed by the release
+    /// key, so a time that really passed). The init keeps the clock at or above it (with the build
     /// epoch), so a device whose RTC lost power, or an SNTP answer from the
     /// past, cannot move it back to where expired indexes look fresh.
     pub fn clock_floor(&self) -> u64 {
@@ -192,6 +198,7 @@ impl UpdateState {
             self.assessment.as_ref().map(|r| r.at),
             self.rollback.as_ref().map(|r| r.at),
             self.check.as_ref().map(|r| r.at),
+            self.newest_index.values().copied().max(),
         ]
         .into_iter()
         .flatten()
@@ -262,6 +269,29 @@ mod tests {
         // The newest record's time is the clock floor.
         assert_eq!(state.clock_floor(), 9);
         assert_eq!(UpdateState::default().clock_floor(), 0);
+    }
+
+    #[test]
+    fn newest_indexes_are_kept_per_channel_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
+        // A state file from before the field.
+        fs::write(
+            &path,
+            "[check]\nrepository = \"r\"\nchannel = \"stable\"\noutcome = \"up-to-date\"\nat = 3\n",
+        )
+        .unwrap();
+        let state = UpdateState::load(&path).unwrap();
+        assert!(state.newest_index.is_empty());
+        UpdateState::update(&path, |state| {
+            state.newest_index.insert("stable".into(), 1_700_000_000);
+            state.newest_index.insert("beta-2.x".into(), 5);
+        })
+        .unwrap();
+        let state = UpdateState::load(&path).unwrap();
+        assert_eq!(state.newest_index.get("stable"), Some(&1_700_000_000));
+        assert_eq!(state.newest_index.get("beta-2.x"), Some(&5));
+        assert!(state.check.is_some());
     }
 
     #[test]

@@ -280,9 +280,14 @@ fn print_check(report: &CheckReport) {
             report.channel, report.repository, report.running
         ),
     }
+    if let (Some(version), Some(at)) = (&report.waiting_for, &report.wave_opens_at) {
+        println!(
+            "berth-update: waiting for {version}: its rollout wave opens for this device at {at}"
+        );
+    }
     println!(
-        "berth-update: index signed by {}, generated {}, expires {}",
-        report.signed_by, report.index_generated, report.index_expires
+        "berth-update: index signed by {}, generated {}, expires {}; rollout position {:.2}%",
+        report.signed_by, report.index_generated, report.index_expires, report.position
     );
 }
 

@@ -22,6 +22,11 @@
 //!
 //! The index's `generated` time is `SOURCE_DATE_EPOCH` when set, else the clock:
 //! the same bundles, key and time give the same bytes.
+//!
+//! A new bundle may get rollout waves (`--rollout`, started at the publish
+//! time); a listed release may be paused, resumed or withdrawn (final). Both
+//! are fields of its index entry, re-signed like any other change; publishing
+//! bundles keeps the entries already listed as they are, flags included.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -29,10 +34,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use berth_bundle::channel::{
-    self, verify_index, ChannelError, ChannelIndex, ChannelName, Expiry, IndexEntry, BUNDLES_DIR,
-    INDEX_FORMAT,
+    self, verify_index, ChannelError, ChannelIndex, ChannelName, Expiry, IndexEntry, Rollout, Wave,
+    BUNDLES_DIR, INDEX_FORMAT,
 };
-use berth_bundle::{SecretKey, SecretKeyError, TrustedKeys};
+use berth_bundle::rollout::format_schedule;
+use berth_bundle::{ImageVersion, SecretKey, SecretKeyError, TrustedKeys};
 
 use berth_bundle::writer::Hashing;
 
@@ -77,6 +83,61 @@ pub enum PublishError {
     },
     #[error("--expires {0:?} is not a duration like 30d, 12h, 90m or 3600s")]
     Lifetime(String),
+    #[error("{compatible} {version} is already published {existing}: a rollout is set when a release is first published, not changed later")]
+    RolloutFixed {
+        compatible: String,
+        version: String,
+        existing: String,
+    },
+    #[error("{what}: version {version} is not in the index of channel {channel}")]
+    NotListed {
+        what: &'static str,
+        version: String,
+        channel: String,
+    },
+    #[error("{what}: version {version} is listed for several compatible strings ({found}): pass --compatible")]
+    Ambiguous {
+        what: &'static str,
+        version: String,
+        found: String,
+    },
+    #[error("{what}: {compatible} {version} is withdrawn, and withdrawing is final: publish a new version")]
+    Withdrawn {
+        what: &'static str,
+        compatible: String,
+        version: String,
+    },
+}
+
+/// A change to a listed release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// No device starts installing it until it is resumed.
+    Pause,
+    /// Lifts a pause: the rollout goes on by its schedule (waves whose time has
+    /// passed open at once).
+    Resume,
+    /// For good: no device installs it any more.
+    Withdraw,
+}
+
+impl Action {
+    fn flag(self) -> &'static str {
+        match self {
+            Action::Pause => "--pause",
+            Action::Resume => "--resume",
+            Action::Withdraw => "--withdraw",
+        }
+    }
+}
+
+/// `--pause`, `--resume` or `--withdraw VERSION [--compatible C]`.
+#[derive(Debug, Clone)]
+pub struct EntryChange {
+    pub action: Action,
+    pub version: ImageVersion,
+    /// Needed when the version is listed for several compatible strings.
+    pub compatible: Option<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PublishError + '_ {
@@ -100,6 +161,11 @@ pub struct PublishOptions {
     pub lifetime: u64,
     /// The index's `generated` time, unix seconds (see [`publish_time`]).
     pub now: u64,
+    /// Rollout waves for the bundles this run adds (starting at `now`); `None`:
+    /// for every device at once.
+    pub rollout: Option<Vec<Wave>>,
+    /// A change to a listed release.
+    pub change: Option<EntryChange>,
 }
 
 /// What a publish did.
@@ -156,7 +222,21 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
             .find(|e| e.compatible == entry.compatible && e.version == entry.version)
         {
             // The copy is dropped (removed): the listed file is the same bytes.
-            Some(listed) if listed.sha256 == entry.sha256 => unchanged.push(entry),
+            Some(listed) if listed.sha256 == entry.sha256 => {
+                if let Some(waves) = &options.rollout {
+                    if listed.rollout.as_ref().map(|r| &r.waves) != Some(waves) {
+                        return Err(PublishError::RolloutFixed {
+                            compatible: entry.compatible,
+                            version: entry.version.to_string(),
+                            existing: match &listed.rollout {
+                                Some(r) => format!("with rollout {}", format_schedule(&r.waves)),
+                                None => "without a rollout (for everyone at once)".into(),
+                            },
+                        });
+                    }
+                }
+                unchanged.push(listed.clone())
+            }
             Some(listed) => {
                 return Err(PublishError::VersionTaken {
                     compatible: entry.compatible,
@@ -166,6 +246,11 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
                 })
             }
             None => {
+                let mut entry = entry;
+                entry.rollout = options.rollout.clone().map(|waves| Rollout {
+                    start: options.now,
+                    waves,
+                });
                 persist(copy, &repo.join(&entry.path))?;
                 entries.push(entry.clone());
                 added.push(entry);
@@ -173,6 +258,9 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
         }
     }
 
+    if let Some(change) = &options.change {
+        apply(change, &mut entries, &options.channel)?;
+    }
     let mut index = ChannelIndex {
         format: INDEX_FORMAT,
         channel: options.channel.to_string(),
@@ -194,6 +282,62 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
         unchanged,
         key_id: key.key_id(),
     })
+}
+
+/// Pauses, resumes or withdraws the listed entry `change` names.
+fn apply(
+    change: &EntryChange,
+    entries: &mut [IndexEntry],
+    channel: &ChannelName,
+) -> Result<(), PublishError> {
+    let what = change.action.flag();
+    let mut found: Vec<&mut IndexEntry> = entries
+        .iter_mut()
+        .filter(|e| e.version == change.version)
+        .filter(|e| {
+            change
+                .compatible
+                .as_ref()
+                .is_none_or(|c| &e.compatible == c)
+        })
+        .collect();
+    let entry = match found.len() {
+        0 => {
+            return Err(PublishError::NotListed {
+                what,
+                version: match &change.compatible {
+                    Some(c) => format!("{} (compatible {c})", change.version),
+                    None => change.version.to_string(),
+                },
+                channel: channel.to_string(),
+            })
+        }
+        1 => found.pop().expect("one entry"),
+        _ => {
+            return Err(PublishError::Ambiguous {
+                what,
+                version: change.version.to_string(),
+                found: found
+                    .iter()
+                    .map(|e| e.compatible.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    };
+    if entry.withdrawn && change.action != Action::Withdraw {
+        return Err(PublishError::Withdrawn {
+            what,
+            compatible: entry.compatible.clone(),
+            version: entry.version.to_string(),
+        });
+    }
+    match change.action {
+        Action::Pause => entry.paused = true,
+        Action::Resume => entry.paused = false,
+        Action::Withdraw => entry.withdrawn = true,
+    }
+    Ok(())
 }
 
 /// The entries of the repository's current index, after checking its
@@ -282,6 +426,9 @@ fn copy_and_verify(
         path: format!("{BUNDLES_DIR}/{sha256}.bundle"),
         size,
         sha256,
+        rollout: None,
+        paused: false,
+        withdrawn: false,
     };
     Ok((temp, entry))
 }
@@ -333,5 +480,84 @@ mod tests {
         for bad in ["", "d", "0d", "30", "1w", "-1d", "1.5d"] {
             assert!(parse_lifetime(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn listed(compatible: &str, version: &str) -> IndexEntry {
+        IndexEntry {
+            name: "web".into(),
+            compatible: compatible.into(),
+            version: version.parse().unwrap(),
+            min_version: None,
+            path: format!("{BUNDLES_DIR}/{compatible}-{version}.bundle"),
+            size: 1,
+            sha256: "ab".repeat(32),
+            rollout: None,
+            paused: false,
+            withdrawn: false,
+        }
+    }
+
+    fn change(action: Action, version: &str, compatible: Option<&str>) -> EntryChange {
+        EntryChange {
+            action,
+            version: version.parse().unwrap(),
+            compatible: compatible.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn pause_resume_and_withdraw_change_one_listed_entry() {
+        let stable = ChannelName::new("stable").unwrap();
+        let mut entries = vec![listed("web", "1.0.0"), listed("web", "1.1.0")];
+        apply(&change(Action::Pause, "1.1.0", None), &mut entries, &stable).unwrap();
+        assert!(entries[1].paused && !entries[0].paused);
+        apply(
+            &change(Action::Resume, "1.1.0", None),
+            &mut entries,
+            &stable,
+        )
+        .unwrap();
+        assert!(!entries[1].paused);
+        let err = apply(&change(Action::Pause, "1.2.0", None), &mut entries, &stable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--pause: version 1.2.0 is not in the index of channel stable"),
+            "{err}"
+        );
+        apply(
+            &change(Action::Withdraw, "1.1.0", None),
+            &mut entries,
+            &stable,
+        )
+        .unwrap();
+        assert!(entries[1].withdrawn);
+        for action in [Action::Resume, Action::Pause] {
+            let err = apply(&change(action, "1.1.0", None), &mut entries, &stable)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("withdrawing is final"), "{err}");
+        }
+        // The same version for two boards: --compatible picks one.
+        entries.push(listed("other", "1.0.0"));
+        let err = apply(&change(Action::Pause, "1.0.0", None), &mut entries, &stable)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pass --compatible"), "{err}");
+        apply(
+            &change(Action::Pause, "1.0.0", Some("other")),
+            &mut entries,
+            &stable,
+        )
+        .unwrap();
+        assert!(entries[2].paused && !entries[0].paused);
+        let err = apply(
+            &change(Action::Pause, "1.0.0", Some("third")),
+            &mut entries,
+            &stable,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("1.0.0 (compatible third)"), "{err}");
     }
 }
