@@ -186,33 +186,15 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
     // Expiry is checked against the device's clock: this index runs to 2033.
     let server = FileServer::start(&repo);
 
-    let devices = fx.dir.join("devices");
-    fs::create_dir_all(&devices).unwrap();
-    let disk = devices.join("fleet-device.img");
-    let _ = fs::remove_file(&disk);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(&fx.v100)
-            .arg(&disk),
-    );
-    write_esp_file(
-        &disk,
-        "berth/provision.toml",
+    let mut vm = device(
+        fx,
+        "fleet-device",
         &format!(
             "[update]\nrepository = \"{}\"\nreport = \"{}\"\ndevice = \"edge-1\"\n",
             server.guest_url("").trim_end_matches('/'),
             server.guest_url("report"),
         ),
     );
-    let mut vm = boot(
-        &disk,
-        BootOptions {
-            persist: true,
-            ..BootOptions::default()
-        },
-    );
-    running(&vm, "1.0.0", "a");
     expect(&vm, "berth-init: update agent started");
     // The first boot is blessed (no counter): the agent installs at once.
     expect(
@@ -317,32 +299,14 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
         end % 60
     );
 
-    let devices = fx.dir.join("devices");
-    fs::create_dir_all(&devices).unwrap();
-    let disk = devices.join("window-device.img");
-    let _ = fs::remove_file(&disk);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(&fx.v100)
-            .arg(&disk),
-    );
-    write_esp_file(
-        &disk,
-        "berth/provision.toml",
+    let mut vm = device(
+        fx,
+        "window-device",
         &format!(
             "[update]\nrepository = \"{}\"\nreboot_window = \"{window}\"\n",
             server.guest_url("").trim_end_matches('/'),
         ),
     );
-    let mut vm = boot(
-        &disk,
-        BootOptions {
-            persist: true,
-            ..BootOptions::default()
-        },
-    );
-    running(&vm, "1.0.0", "a");
     expect(
         &vm,
         "[berth-update] installed 1.1.0 into slot b; it boots next",
@@ -371,6 +335,31 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
 /// `YYYY-MM-DDTHH:MM:SSZ`, as the agent prints times.
 fn utc(secs: u64) -> String {
     berth_format::clock::utc_datetime(secs)
+}
+
+/// A fresh device: a copy of the 1.0.0 image with `provision` as its ESP's
+/// provisioning file, booted (writes kept across its reboots) until 1.0.0 runs.
+fn device(fx: &Fixture, name: &str, provision: &str) -> TestVm {
+    let devices = fx.dir.join("devices");
+    fs::create_dir_all(&devices).unwrap();
+    let disk = devices.join(format!("{name}.img"));
+    let _ = fs::remove_file(&disk);
+    run_tool(
+        Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(&fx.v100)
+            .arg(&disk),
+    );
+    write_esp_file(&disk, "berth/provision.toml", provision);
+    let vm = boot(
+        &disk,
+        BootOptions {
+            persist: true,
+            ..BootOptions::default()
+        },
+    );
+    running(&vm, "1.0.0", "a");
+    vm
 }
 
 /// The first report POSTed to `server` that `wanted` accepts, waiting for it.
