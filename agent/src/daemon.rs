@@ -210,6 +210,17 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
         report::send(options, Event::UpToDate, Some(&report), None);
         return Ok(Round::UpToDate);
     };
+    // A release that already failed its boot assessment here is not installed
+    // again (it would fail again, and boot-loop the device through its tries
+    // each interval); a newer release, or a withdrawal, moves the device on.
+    let failed_here = before.assessment.as_ref().is_some_and(|a| {
+        a.outcome == berth_format::state::AssessmentOutcome::Failed && a.version == version
+    });
+    if failed_here {
+        println!("{version} failed its boot assessment on this device: not installing it again");
+        report::send(options, Event::UpToDate, Some(&report), None);
+        return Ok(Round::UpToDate);
+    }
     let target = system.target();
     let already = before.next == Some(target)
         && before

@@ -62,6 +62,9 @@ pub struct ProvisionedUpdate {
     pub report: Option<String>,
     /// The device's identity in status reports.
     pub device: Option<String>,
+    /// The device's rollout seed (64 hex digits), instead of a random one: it
+    /// places the device in a chosen wave (Bottlerocket's `updates.seed`).
+    pub seed: Option<String>,
 }
 
 /// Parses the file's text: the settings that are valid, and one message per
@@ -186,6 +189,12 @@ fn parse_update(update: &toml::Table, out: &mut ProvisionedUpdate, problems: &mu
                     "update.device {value} is not a name of letters, digits, '-', '_' and '.'"
                 )),
             },
+            "seed" => {
+                match text.filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    Some(seed) => out.seed = Some(seed.to_ascii_lowercase()),
+                    None => problems.push(format!("update.seed {value} is not 64 hex digits")),
+                }
+            }
             "interval" => {
                 let seconds = text
                     .and_then(berth_format::image_config::parse_duration)
@@ -357,6 +366,7 @@ impl Provision {
             ("reboot", &self.update.reboot),
             ("report", &self.update.report),
             ("device", &self.update.device),
+            ("seed", &self.update.seed),
         ] {
             if let Some(value) = value {
                 update.insert(key.into(), value.clone().into());
@@ -395,10 +405,36 @@ pub fn load(esp_file: &Path, saved_file: &Path) -> Provision {
             log!("keeping provisioning in {}: {err}", saved_file.display());
         }
     }
+    if let Some(seed) = &provision.update.seed {
+        keep_seed(Path::new(berth_format::layout::UPDATE_SEED_PATH), seed);
+    }
     if !provision.is_empty() {
         log!("provisioning from {} applied", source.display());
     }
     provision
+}
+
+/// Writes a provisioned rollout seed where the update agent reads it (unless
+/// it is there already), through a temporary file and a rename.
+fn keep_seed(path: &Path, seed: &str) {
+    let text = format!("{seed}\n");
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return;
+    }
+    let temp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&temp, &text))
+        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path));
+    match written {
+        Ok(()) => log!("provisioning: rollout seed set"),
+        Err(err) => log!(
+            "provisioning: keeping the rollout seed in {}: {err}",
+            path.display()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -421,6 +457,7 @@ interval = "6h"
 reboot = "manual"
 report = "http://10.0.2.2:9000/report"
 device = "edge-17"
+seed = "00000000000000000000000000000000000000000000000000000000000000AB"
 "#;
 
     fn config() -> ImageConfig {
@@ -457,6 +494,10 @@ device = "edge-17"
             Some("http://10.0.2.2:9000/report")
         );
         assert_eq!(p.update.device.as_deref(), Some("edge-17"));
+        assert_eq!(
+            p.update.seed.as_deref(),
+            Some("00000000000000000000000000000000000000000000000000000000000000ab")
+        );
         // What is kept on the data partition reads back the same.
         let (again, problems) = parse(&p.render());
         assert!(problems.is_empty(), "{problems:?}");
@@ -506,6 +547,21 @@ color = 1
                 "{field}: {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_provisioned_seed_is_kept_where_the_agent_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var/lib/berth/update/seed");
+        let seed = "ab".repeat(32);
+        keep_seed(&path, &seed);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{seed}\n"));
+        let other = "cd".repeat(32);
+        keep_seed(&path, &other);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{other}\n")
+        );
     }
 
     #[test]
