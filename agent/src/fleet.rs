@@ -45,9 +45,7 @@ pub enum FleetError {
     NoRepository(PathBuf),
     #[error("{path}: {message}")]
     Provision { path: PathBuf, message: String },
-    #[error("{0}: https:// repositories are not supported yet (berth-update is a static binary without TLS); serve the repository over http:// — the index and the bundles are signed, so the transport need not be trusted")]
-    Https(String),
-    #[error("{0}: not an update repository (an http:// URL or a folder)")]
+    #[error("{0}: not an update repository (an http:// or https:// URL, or a folder)")]
     Scheme(String),
     // These carry their cause as a plain field, not as `source`: their message
     // already includes it, and the agent prints the whole error chain.
@@ -90,14 +88,11 @@ pub enum FleetError {
 pub struct Repository(String);
 
 impl Repository {
-    /// Checks a repository location: `http://…` or a path. `https://` is refused
-    /// with the reason.
+    /// Checks a repository location: `http://…`, `https://…` or a path.
     pub fn parse(text: &str) -> Result<Repository, FleetError> {
         let text = text.trim();
-        if text.starts_with("https://") {
-            return Err(FleetError::Https(text.to_string()));
-        }
-        if text.is_empty() || (text.contains("://") && !text.starts_with("http://")) {
+        let web = text.starts_with("http://") || text.starts_with("https://");
+        if text.is_empty() || (text.contains("://") && !web) {
             return Err(FleetError::Scheme(text.to_string()));
         }
         Ok(Repository(text.trim_end_matches('/').to_string()))
@@ -506,9 +501,12 @@ mod tests {
                 .file("stable.json"),
             "/var/tmp/repo/stable.json"
         );
-        let err = Repository::parse("https://updates.example/edge").unwrap_err();
-        assert!(matches!(err, FleetError::Https(_)), "{err}");
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert_eq!(
+            Repository::parse("https://updates.example/edge/")
+                .unwrap()
+                .file("stable.json"),
+            "https://updates.example/edge/stable.json"
+        );
         assert!(matches!(
             Repository::parse("ftp://x/y").unwrap_err(),
             FleetError::Scheme(_)
@@ -543,10 +541,10 @@ mod tests {
             "[update]\nrepository = \"https://updates.example/edge\"\n",
         )
         .unwrap();
-        assert!(matches!(
-            resolve_repository(None, &saved).unwrap_err(),
-            FleetError::Https(_)
-        ));
+        assert_eq!(
+            resolve_repository(None, &saved).unwrap().as_str(),
+            "https://updates.example/edge"
+        );
         std::fs::write(&saved, "hostname = \"edge-1\"\n").unwrap();
         assert!(matches!(
             resolve_repository(None, &saved).unwrap_err(),

@@ -69,12 +69,20 @@ pub fn send(
         error,
     };
     let body = serde_json::to_string(&report).expect("a report always serializes");
-    let agent = ureq::AgentBuilder::new().timeout(TIMEOUT).build();
+    let agent = match crate::source::http_agent_trusting(std::path::Path::new(
+        berth_format::layout::UPDATE_CA_PATH,
+    )) {
+        Ok(builder) => builder.timeout(TIMEOUT).build(),
+        Err(err) => {
+            println!("report to {url} not sent: {err}");
+            return;
+        }
+    };
     if let Err(err) = agent
         .post(url)
         .set("Content-Type", "application/json")
         .send_string(&body)
     {
-        println!("report to {url} not sent: {err}");
+        println!("report to {url} not sent: {}", crate::source::describe(err));
     }
 }

@@ -277,16 +277,16 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "a repository needs [update] keys",
         ),
         (
-            "https repository",
-            c("[update]\nrepository = \"https://updates.example/repo\"\n"),
+            "CA file missing",
+            c("[update]\nca = \"certs/nope.pem\"\n"),
             5,
-            "https:// is not supported yet",
+            "update CA file",
         ),
         (
             "repository not a URL",
             c("[update]\nrepository = \"updates.example/repo\"\n"),
             5,
-            "is not an http:// URL",
+            "is not an http:// or https:// URL",
         ),
         (
             "bad channel",

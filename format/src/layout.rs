@@ -62,6 +62,9 @@ pub const UPDATE_AGENT_PATH: &str = "/usr/bin/berth-update";
 /// Where the outcome of the last install, boot assessment and rollback is kept
 /// (on the data partition, so it survives slot switches).
 pub const UPDATE_STATE_PATH: &str = "/var/lib/berth/update/state.toml";
+/// The CAs the update agent trusts for https:// (the recipe's `[update] ca`);
+/// without it, the roots compiled into the agent.
+pub const UPDATE_CA_PATH: &str = "/etc/berth/update-ca.pem";
 /// The lock every writing `berth-update` holds (on the tmpfs: no stale lock
 /// survives a reboot).
 pub const UPDATE_LOCK_PATH: &str = "/run/berth/update.lock";

@@ -39,6 +39,9 @@ pub(super) struct RawUpdate {
     /// Where the device POSTs its status.
     #[serde(default)]
     report: Option<Spanned<String>>,
+    /// A PEM file of the CAs the agent trusts for https://.
+    #[serde(default)]
+    ca: Option<Spanned<String>>,
 }
 
 /// The recipe's `[update]` table, checked.
@@ -48,7 +51,7 @@ pub struct UpdatePlan {
     pub keys: Vec<PublicKeyFile>,
     /// How long a counting slot has to become healthy.
     pub health_timeout: Duration,
-    /// The update repository (`http://`); with one (here or provisioned) the
+    /// The update repository (`http://` or `https://`); with one (here or provisioned) the
     /// device runs its agent. The other agent settings may come without it: an
     /// image built once for a fleet whose sites provision their repository.
     pub repository: Option<String>,
@@ -58,8 +61,11 @@ pub struct UpdatePlan {
     pub interval: Option<Duration>,
     /// When the agent reboots into an update, when not the default.
     pub reboot: Option<RebootPolicy>,
-    /// Where the device POSTs its status (`http://`).
+    /// Where the device POSTs its status (`http://` or `https://`).
     pub report: Option<String>,
+    /// The CAs (PEM) the agent trusts for https://, copied verbatim to
+    /// `/etc/berth/update-ca.pem`; without it, the roots compiled into the agent.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Default for UpdatePlan {
@@ -72,6 +78,7 @@ impl Default for UpdatePlan {
             interval: None,
             reboot: None,
             report: None,
+            ca: None,
         }
     }
 }
@@ -180,21 +187,34 @@ impl Validator<'_> {
         if let Some(url) = &raw.report {
             plan.report = Some(self.http_url(url, "report")?);
         }
+        if let Some(ca) = &raw.ca {
+            let path = self.local_path(ca, "update CA file")?;
+            let content = std::fs::read(&path).map_err(|e| {
+                self.at(&ca.span())
+                    .error(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            let text = String::from_utf8_lossy(&content);
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return self.err(
+                    &ca.span(),
+                    format!(
+                        "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        path.display()
+                    ),
+                );
+            }
+            plan.ca = Some(content);
+        }
         Ok(plan)
     }
 
-    /// An `http://HOST…` URL. `https://` is refused for now: the device agent is a
-    /// static binary without a TLS stack (the signatures make the content
-    /// trusted either way).
+    /// An `http://HOST…` or `https://HOST…` URL.
     fn http_url(&self, url: &Spanned<String>, what: &str) -> Result<String, RecipeError> {
         let text = url.get_ref();
-        if text.starts_with("https://") {
-            return self.err(
-                &url.span(),
-                format!("{what} {text:?}: https:// is not supported yet (the device agent has no TLS stack); use http:// — the index and the bundles are signed"),
-            );
-        }
-        match text.strip_prefix("http://") {
+        match text
+            .strip_prefix("http://")
+            .or_else(|| text.strip_prefix("https://"))
+        {
             Some(rest)
                 if !rest.is_empty()
                     && !rest.starts_with('/')
@@ -204,7 +224,7 @@ impl Validator<'_> {
             }
             _ => self.err(
                 &url.span(),
-                format!("{what} {text:?} is not an http:// URL"),
+                format!("{what} {text:?} is not an http:// or https:// URL"),
             ),
         }
     }

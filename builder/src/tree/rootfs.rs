@@ -261,6 +261,13 @@ pub fn root_tree(
         root.add_dir(keys_dir, 0o755);
         root.add_bytes(&format!("{keys_dir}/{}.pub", key.stem), &key.content, 0o644)?;
     }
+    if let Some(ca) = &plan.update.ca {
+        root.add_bytes(
+            berth_format::layout::UPDATE_CA_PATH.trim_start_matches('/'),
+            ca,
+            0o644,
+        )?;
+    }
     if plan.console_shell == ConsoleShell::Busybox {
         progress("busybox for the console shell");
         add_console_shell(&mut root, cache, staging, &mut inputs, pins)?;
