@@ -282,6 +282,12 @@ fn print_check(report: &CheckReport) {
             report.channel, report.running
         ),
     }
+    if let (Some(version), Some(opens)) = (&report.waiting_for, &report.wave_opens_at) {
+        println!(
+            "waiting for {version}: this device's rollout wave (position {:.2} %) opens at {opens}",
+            report.position
+        );
+    }
 }
 
 /// An error with its causes, on one line.

@@ -81,6 +81,8 @@ pub struct FileServer {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     log: std::sync::Arc<std::sync::Mutex<ServerLog>>,
+    /// Served over TLS (see [`FileServer::start_tls`]).
+    tls: bool,
 }
 
 /// What a [`FileServer`] saw.
@@ -95,12 +97,22 @@ pub struct ServerLog {
 impl FileServer {
     /// Serves `dir` on a free port.
     pub fn start(dir: &Path) -> FileServer {
+        FileServer::serve(dir, None)
+    }
+
+    /// Serves `dir` over HTTPS with `certificate` (see [`crate::tls`]).
+    pub fn start_tls(dir: &Path, certificate: &crate::tls::ServerCertificate) -> FileServer {
+        FileServer::serve(dir, Some(certificate.config()))
+    }
+
+    fn serve(dir: &Path, tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .unwrap_or_else(|err| panic!("binding a file server: {err}"));
         let port = listener.local_addr().expect("bound address").port();
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
+        let tls_on = tls.is_some();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let log = std::sync::Arc::new(std::sync::Mutex::new(ServerLog::default()));
         let flag = stop.clone();
@@ -112,13 +124,34 @@ impl FileServer {
                     Ok((stream, _)) => {
                         let dir = dir.clone();
                         let log = shared_log.clone();
-                        std::thread::spawn(move || serve_one(stream, &dir, &log));
+                        let tls = tls.clone();
+                        std::thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                            match tls {
+                                None => serve_one(stream, &dir, &log),
+                                Some(config) => {
+                                    let conn = rustls::ServerConnection::new(config)
+                                        .unwrap_or_else(|e| panic!("a TLS connection: {e}"));
+                                    let mut tls = rustls::StreamOwned::new(conn, stream);
+                                    serve_one(&mut tls, &dir, &log);
+                                    tls.conn.send_close_notify();
+                                    let _ = tls.flush();
+                                }
+                            }
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         });
-        FileServer { port, stop, log }
+        let tls = tls_on;
+        FileServer {
+            port,
+            stop,
+            log,
+            tls,
+        }
     }
 
     /// What the server saw so far.
@@ -128,7 +161,8 @@ impl FileServer {
 
     /// The URL of `name` as the guest sees it.
     pub fn guest_url(&self, name: &str) -> String {
-        format!("http://10.0.2.2:{}/{name}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://10.0.2.2:{}/{name}", self.port)
     }
 }
 
@@ -138,9 +172,7 @@ impl Drop for FileServer {
     }
 }
 
-fn serve_one(mut stream: TcpStream, dir: &Path, log: &std::sync::Mutex<ServerLog>) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+fn serve_one(mut stream: impl Read + Write, dir: &Path, log: &std::sync::Mutex<ServerLog>) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let end = loop {
@@ -183,6 +215,7 @@ fn serve_one(mut stream: TcpStream, dir: &Path, log: &std::sync::Mutex<ServerLog
             .posts
             .push((path.clone(), String::from_utf8_lossy(&body).into_owned()));
         let _ = stream.write_all(b"HTTP/1.0 204 No Content\r\n\r\n");
+        let _ = stream.flush();
         return;
     }
     let name = path.trim_start_matches('/');
@@ -203,10 +236,12 @@ fn serve_one(mut stream: TcpStream, dir: &Path, log: &std::sync::Mutex<ServerLog
                 "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
             );
             let _ = std::io::copy(&mut file, &mut stream);
+            let _ = stream.flush();
         }
         None => {
             record(404);
             let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.flush();
         }
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! The modules follow the jobs: [`build`] (binaries and images), [`vm`] (booting
 //! and the console), [`disk`] (an image offline), [`http`] (loopback HTTP),
-//! [`release`] (keys and bundles), and the [`dns`] and [`sntp`] servers some tests
-//! start. Everything is re-exported here, so a test imports `berth_tests::*`.
+//! [`release`] (keys and bundles), [`tls`] (a test CA), and the [`dns`] and
+//! [`sntp`] servers some tests start. Everything is re-exported here, so a test imports `berth_tests::*`.
 
 pub mod build;
 pub mod disk;
@@ -20,6 +20,7 @@ pub mod http;
 pub mod images;
 pub mod release;
 pub mod sntp;
+pub mod tls;
 pub mod vm;
 
 pub use build::*;
