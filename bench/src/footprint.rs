@@ -52,7 +52,7 @@ memory = "32M"
 pub fn run(settle: u64) -> anyhow::Result<()> {
     // A fixed folder: the image is rebuilt only when the recipe or the
     // binaries change (the key is made once).
-    let dir = berth_tests::e2e_dir().join("bench-footprint");
+    let dir = berth_tests::e2e_dir().join("bench-footprint-inputs");
     std::fs::create_dir_all(&dir)?;
     release_key(&dir.join("release"));
     let recipe = dir.join("bench-footprint.toml");
