@@ -16,7 +16,7 @@ use std::time::Duration;
 use berth_bundle::channel::ChannelName;
 use berth_format::image_config::RebootPolicy;
 
-use crate::fleet::{self, CheckReport, FleetError, Repository, UpdateOutcome};
+use crate::fleet::{self, CheckReport, FleetError, Repository};
 use crate::install::{InstallOptions, Observer};
 use crate::lock::{LockError, UpdateLock, LOCK_PATH};
 use crate::report::{self, Event};
@@ -228,23 +228,14 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
             .iter()
             .any(|s| s.slot == target && s.version.as_deref() == Some(version.as_str()));
     if !already {
-        match fleet::update(
-            &system,
-            &options.repository,
-            &options.channel,
-            &options.install,
-            observer,
-        )? {
-            UpdateOutcome::UpToDate(_) => {
-                // The index changed between the two looks: nothing to do now.
-                return Ok(Round::UpToDate);
-            }
-            UpdateOutcome::Installed(_, installed) => {
-                println!(
-                    "installed {} into slot {}; it boots next",
-                    installed.version, installed.slot
-                );
-            }
+        // The check above picked it: installed from that look at the index,
+        // not a second one.
+        if let Some(installed) = fleet::install_offer(&system, &report, &options.install, observer)?
+        {
+            println!(
+                "installed {} into slot {}; it boots next",
+                installed.version, installed.slot
+            );
         }
     }
     report::send(options, Event::Installed, Some(&report), None);

@@ -408,20 +408,33 @@ pub fn update(
     observer: &mut dyn Observer,
 ) -> Result<UpdateOutcome, FleetError> {
     let report = check(system, repo, channel)?;
-    let (Some(entry), Some(url)) = (report.entry.clone(), report.bundle_url.clone()) else {
-        return Ok(UpdateOutcome::UpToDate(report));
+    match install_offer(system, &report, options, observer)? {
+        Some(installed) => Ok(UpdateOutcome::Installed(report, installed)),
+        None => Ok(UpdateOutcome::UpToDate(report)),
+    }
+}
+
+/// Installs the bundle a [`check`] picked (nothing when it picked none),
+/// comparing it with the index's size and sha256 as it streams in.
+pub fn install_offer(
+    system: &System,
+    report: &CheckReport,
+    options: &InstallOptions,
+    observer: &mut dyn Observer,
+) -> Result<Option<Installed>, FleetError> {
+    let (Some(entry), Some(url)) = (&report.entry, &report.bundle_url) else {
+        return Ok(None);
     };
     observer.step(&format!(
-        "channel {channel} offers {} {}: installing {url}",
-        entry.compatible, entry.version
+        "channel {} offers {} {}: installing {url}",
+        report.channel, entry.compatible, entry.version
     ));
-    let reader = source::open(&url).map_err(|error| FleetError::Fetch {
+    let reader = source::open(url).map_err(|error| FleetError::Fetch {
         url: url.clone(),
         error,
     })?;
-    let reader = MatchIndex::new(reader, &entry);
-    let installed = install(system, reader, &url, options, observer)?;
-    Ok(UpdateOutcome::Installed(report, installed))
+    let reader = MatchIndex::new(reader, entry);
+    Ok(Some(install(system, reader, url, options, observer)?))
 }
 
 /// Passes a bundle through, and fails the read that reaches its end (or passes

@@ -112,14 +112,7 @@ pub fn run(settle: u64) -> anyhow::Result<()> {
         seen[index] = true;
     }
     std::thread::sleep(Duration::from_secs(settle));
-    vm.send_line("grep -E '^(VmRSS|VmHWM|RssAnon|RssFile):' /proc/1/status | tr -s ' \\t' ' ' | tr '\\n' ' '; echo @@end")?;
-    let line = vm
-        .expect(&Regex::new(r"VmRSS: \d+ kB.*@@end")?, BOOT_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let field = |name: &str| -> Option<u64> {
-        let re = Regex::new(&format!(r"{name}: (\d+) kB")).ok()?;
-        re.captures(&line)?[1].parse().ok()
-    };
+    let field = memory_fields(&mut vm, "1")?;
     let rss = field("VmRSS").context("no VmRSS")?;
     println!("footprint: berth-init supervising 3 containers (direct boot, {settle} s after they started)");
     println!("| figure | value | goal |");
@@ -147,14 +140,7 @@ pub fn run(settle: u64) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     vm.expect(&literal("[berth-update] next check in"), BOOT_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    vm.send_line("grep -E '^(VmRSS|VmHWM|RssAnon|RssFile):' /proc/$(pidof berth-update)/status | tr -s ' \\t' ' ' | tr '\\n' ' '; echo @@agent")?;
-    let line = vm
-        .expect(&Regex::new(r"VmRSS: \d+ kB.*@@agent")?, BOOT_TIMEOUT)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let agent_field = |name: &str| -> Option<u64> {
-        let re = Regex::new(&format!(r"{name}: (\d+) kB")).ok()?;
-        re.captures(&line)?[1].parse().ok()
-    };
+    let agent_field = memory_fields(&mut vm, "$(pidof berth-update)")?;
     let agent = &berth_tests::binaries().update_agent;
     let agent_size = std::fs::metadata(agent)?.len();
     println!(
@@ -174,4 +160,23 @@ pub fn run(settle: u64) -> anyhow::Result<()> {
     }
     vm.powerdown().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
+}
+
+/// The memory fields (`VmRSS`, `VmHWM`, `RssAnon`, `RssFile`, in kB) of the
+/// process `pid` (a number or a shell expression), read through the debug
+/// shell; returns a lookup by name.
+fn memory_fields(
+    vm: &mut berth_tests::TestVm,
+    pid: &str,
+) -> anyhow::Result<impl Fn(&str) -> Option<u64>> {
+    vm.send_line(&format!(
+        "grep -E '^(VmRSS|VmHWM|RssAnon|RssFile):' /proc/{pid}/status | tr -s ' \\t' ' ' | tr '\\n' ' '; echo @@end"
+    ))?;
+    let line = vm
+        .expect(&Regex::new(r"VmRSS: \d+ kB.*@@end")?, BOOT_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(move |name: &str| -> Option<u64> {
+        let re = Regex::new(&format!(r"{name}: (\d+) kB")).ok()?;
+        re.captures(&line)?[1].parse().ok()
+    })
 }

@@ -147,7 +147,8 @@ impl Agent {
         }
     }
 
-    /// Records its end; returns the delay before it starts again.
+    /// Records its end (or a failed start); returns the delay before it starts
+    /// again.
     fn ended(&mut self, now: Instant) -> Duration {
         let ran = match self.state {
             State::Running { since, .. } => now.saturating_duration_since(since),
@@ -219,7 +220,6 @@ impl EventLoop {
                 agent.state = State::Running { pid, since: now };
             }
             Err(err) => {
-                agent.state = State::Running { pid: 0, since: now };
                 let delay = agent.ended(now);
                 log!(
                     "update agent {UPDATE_AGENT_PATH}: {err}; trying again in {} s",
