@@ -17,6 +17,7 @@ use berth_bundle::channel::ChannelName;
 use berth_format::image_config::RebootPolicy;
 
 use crate::fleet::{self, CheckReport, FleetError, Repository};
+use crate::idle;
 use crate::install::{InstallOptions, Observer};
 use crate::lock::{LockError, UpdateLock, LOCK_PATH};
 use crate::report::{self, Event};
@@ -33,6 +34,10 @@ const JITTER_PERCENT: u32 = 25;
 /// assessed it (to report the outcome), and for how long at most.
 const ASSESSMENT_POLL: Duration = Duration::from_secs(5);
 const ASSESSMENT_WAIT: Duration = Duration::from_secs(3600);
+/// Sleeps at least this long page out the agent's code first (see [`idle`]);
+/// every check interval is longer (10 s at least), while the short waits for a
+/// window that is about to open would only read the code back at once.
+const PAGE_OUT_AFTER: Duration = Duration::from_secs(5);
 
 /// What the daemon is told by the init.
 #[derive(Debug, Clone)]
@@ -140,7 +145,15 @@ pub fn run(options: &DaemonOptions, observer: &mut dyn Observer) -> String {
     let mut delay = first_delay(options.interval, random_unit());
     println!("first check in {} s", delay.as_secs());
     let mut failures = 0u32;
+    let mut paging_out = true;
     loop {
+        // A long sleep ahead: hand back the code pages the last round touched.
+        if paging_out && delay >= PAGE_OUT_AFTER {
+            if let Err(err) = idle::page_out_own_code() {
+                println!("keeping code pages resident while idle: madvise: {err}");
+                paging_out = false;
+            }
+        }
         std::thread::sleep(delay);
         let mut due = None;
         match round(options, observer) {

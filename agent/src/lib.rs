@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod fleet;
+pub mod idle;
 pub mod install;
 pub mod lock;
 pub mod report;
