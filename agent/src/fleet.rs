@@ -17,6 +17,9 @@
 //! is neither paused nor withdrawn). Replays: the `generated` time of the newest
 //! index verified per channel is kept in the state file, and an older index is
 //! refused even while it has not expired.
+//!
+//! An idle check costs only the signature: the last verified index is kept
+//! ([`crate::index_cache`]) and fetched again only when the signature changed.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -25,6 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::index_cache::IndexCache;
 use super::install::{install, InstallError, InstallOptions, Installed, Observer};
 use super::source::{self, SourceError};
 use super::system::System;
@@ -272,28 +276,54 @@ fn fetch_small(url: &str, limit: u64) -> Result<Vec<u8>, FleetError> {
     Ok(bytes)
 }
 
+/// A verified index, and the pair it came from when it was downloaded (to be
+/// cached once the whole check accepted it).
+struct FetchedIndex {
+    verified: VerifiedIndex,
+    downloaded: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// Fetches and verifies the channel's index. The signature is fetched first;
-/// when the pair does not match (the repository may have been republished in
-/// between) both are fetched once more before giving up.
+/// when it is the one of the cached index, that index is used (verified again
+/// like a download). When the pair does not match (the repository may have
+/// been republished in between) both are fetched once more before giving up.
 fn fetch_index(
     repo: &Repository,
     channel: &ChannelName,
     keys: &TrustedKeys,
     now: u64,
-) -> Result<VerifiedIndex, FleetError> {
+    cache: &IndexCache,
+) -> Result<FetchedIndex, FleetError> {
     let index_url = repo.file(&channel.index_file());
     let signature_url = repo.file(&channel.signature_file());
     let mut retried = false;
     loop {
         let signature = fetch_small(&signature_url, MAX_INDEX_SIGNATURE_SIZE)?;
+        let cached = cache
+            .index_for(repo.as_str(), channel.as_str(), &signature)
+            .and_then(|index| {
+                verify_index(&index, &signature, keys, channel, Expiry::Enforce { now }).ok()
+            });
+        if let Some(verified) = cached {
+            return Ok(FetchedIndex {
+                verified,
+                downloaded: None,
+            });
+        }
         let index = fetch_small(&index_url, MAX_INDEX_SIZE)?;
         match verify_index(&index, &signature, keys, channel, Expiry::Enforce { now }) {
             Err(ChannelError::SignatureMismatch) if !retried => {
                 retried = true;
                 std::thread::sleep(std::time::Duration::from_secs(2));
             }
-            other => {
-                return other.map_err(|error| FleetError::Index {
+            Ok(verified) => {
+                return Ok(FetchedIndex {
+                    verified,
+                    downloaded: Some((index, signature)),
+                })
+            }
+            Err(error) => {
+                return Err(FleetError::Index {
                     url: index_url,
                     error,
                 })
@@ -351,7 +381,11 @@ fn check_unrecorded(
         return Err(FleetError::NoKeys(system.keys_dir.clone()));
     }
     let running = ImageVersion::parse(&system.image.version)?;
-    let verified = fetch_index(repo, channel, &keys, now)?;
+    let cache = IndexCache::beside(&system.state_path);
+    let FetchedIndex {
+        verified,
+        downloaded,
+    } = fetch_index(repo, channel, &keys, now, &cache)?;
     let state = UpdateState::load(&system.state_path)?;
     if let Some(newest) = state.newest_index.get(channel.as_str()) {
         if verified.index.generated < *newest {
@@ -360,6 +394,12 @@ fn check_unrecorded(
                 generated: utc_datetime(verified.index.generated),
                 newest: utc_datetime(*newest),
             });
+        }
+    }
+    if let Some((index, signature)) = downloaded {
+        // Only an optimisation: a device that cannot keep it fetches again.
+        if let Err(err) = cache.store(repo.as_str(), channel.as_str(), &index, &signature) {
+            eprintln!("keeping the verified index: {err}");
         }
     }
     let plan = verified.index.plan(Running {
@@ -686,6 +726,41 @@ mod tests {
         assert!(record.reason.contains("replayed"), "{}", record.reason);
         // Another channel has its own mark.
         assert_eq!(state.newest_index.len(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_signature_reuses_the_verified_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let (system, repo) = device_and_repo(dir.path(), &key);
+        let t = now() - 3600;
+        publish(&key, &repo, t, vec![hello("1.1.0")]);
+        let first = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(first.version.as_deref(), Some("1.1.0"));
+        // The served index is gone: with the same signature, the kept one is
+        // used (so the index was not read).
+        fs::write(repo.file("stable.json"), "not the index").unwrap();
+        let again = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(again.version.as_deref(), Some("1.1.0"));
+        assert_eq!(again.index_generated, first.index_generated);
+        // A new signature: the index is fetched (and here, verified) again.
+        publish(&key, &repo, t + 60, vec![hello("1.1.0"), hello("1.2.0")]);
+        let newer = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(newer.version.as_deref(), Some("1.2.0"));
+        // A kept index that does not verify is not used: the download is.
+        let kept = system
+            .state_path
+            .with_file_name(crate::index_cache::CACHE_DIR);
+        let file = kept.join("stable.json");
+        let text = fs::read_to_string(&file).unwrap();
+        fs::write(&file, text.replace("1.2.0", "1.9.0")).unwrap();
+        let fetched = check(&system, &repo, &stable()).unwrap();
+        assert_eq!(fetched.version.as_deref(), Some("1.2.0"));
+        // A signature that does not match the served index still fails.
+        publish(&key, &repo, t + 120, vec![hello("1.1.0")]);
+        fs::write(repo.file("stable.json"), "tampered").unwrap();
+        let err = check(&system, &repo, &stable()).unwrap_err();
+        assert!(matches!(err, FleetError::Index { .. }), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod fleet;
 pub mod idle;
+pub mod index_cache;
 pub mod install;
 pub mod lock;
 pub mod report;
