@@ -74,16 +74,31 @@ pub fn http_get_once(port: u16, path: &str) -> Result<String, String> {
 /// A static HTTP/1.0 file server on 127.0.0.1 (the guest reaches it at
 /// 10.0.2.2 through QEMU's user networking), serving the files of one folder
 /// and its subfolders. It keeps an access log (`GET /stable.json 200`) and the
-/// bodies of POSTs (a device's status reports), answering them `204`. Stops
-/// when dropped.
+/// bodies of POSTs (a device's status reports), answering them `204`; it can
+/// stall one download on purpose ([`FileServer::trickle_next`]). Stops when
+/// dropped.
 #[derive(Debug)]
 pub struct FileServer {
     pub port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    log: std::sync::Arc<std::sync::Mutex<ServerLog>>,
+    shared: std::sync::Arc<Shared>,
     /// Served over TLS (see [`FileServer::start_tls`]).
     tls: bool,
 }
+
+/// What the server's threads share.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: std::sync::atomic::AtomicBool,
+    log: std::sync::Mutex<ServerLog>,
+    /// The path suffix whose next GET is trickled.
+    trickle: std::sync::Mutex<Option<String>>,
+}
+
+/// A trickled download: this much at full speed, then one byte every
+/// [`TRICKLE_PAUSE`] for at most [`TRICKLE_FOR`] (or until the client leaves).
+pub const TRICKLE_HEAD: usize = 64 * 1024;
+pub const TRICKLE_PAUSE: Duration = Duration::from_secs(5);
+pub const TRICKLE_FOR: Duration = Duration::from_secs(900);
 
 /// What a [`FileServer`] saw.
 #[derive(Debug, Default, Clone)]
@@ -113,28 +128,26 @@ impl FileServer {
             .set_nonblocking(true)
             .expect("non-blocking listener");
         let tls_on = tls.is_some();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = std::sync::Arc::new(std::sync::Mutex::new(ServerLog::default()));
-        let flag = stop.clone();
-        let shared_log = log.clone();
+        let shared = std::sync::Arc::new(Shared::default());
+        let server = shared.clone();
         let dir = dir.to_path_buf();
         std::thread::spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while !server.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let dir = dir.clone();
-                        let log = shared_log.clone();
+                        let shared = server.clone();
                         let tls = tls.clone();
                         std::thread::spawn(move || {
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
                             match tls {
-                                None => serve_one(stream, &dir, &log),
+                                None => serve_one(stream, &dir, &shared),
                                 Some(config) => {
                                     let conn = rustls::ServerConnection::new(config)
                                         .unwrap_or_else(|e| panic!("a TLS connection: {e}"));
                                     let mut tls = rustls::StreamOwned::new(conn, stream);
-                                    serve_one(&mut tls, &dir, &log);
+                                    serve_one(&mut tls, &dir, &shared);
                                     tls.conn.send_close_notify();
                                     let _ = tls.flush();
                                 }
@@ -145,18 +158,31 @@ impl FileServer {
                 }
             }
         });
-        let tls = tls_on;
         FileServer {
             port,
-            stop,
-            log,
-            tls,
+            shared,
+            tls: tls_on,
         }
     }
 
     /// What the server saw so far.
     pub fn log(&self) -> ServerLog {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stalls the next GET of a path ending in `suffix`: its headers and first
+    /// [`TRICKLE_HEAD`] bytes go out, then one byte every [`TRICKLE_PAUSE`] (a
+    /// network that hangs without closing). Later GETs are served whole.
+    pub fn trickle_next(&self, suffix: &str) {
+        *self
+            .shared
+            .trickle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(suffix.to_string());
     }
 
     /// The URL of `name` as the guest sees it.
@@ -168,11 +194,14 @@ impl FileServer {
 
 impl Drop for FileServer {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
-fn serve_one(mut stream: impl Read + Write, dir: &Path, log: &std::sync::Mutex<ServerLog>) {
+fn serve_one(mut stream: impl Read + Write, dir: &Path, shared: &Shared) {
+    let log = &shared.log;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let end = loop {
@@ -235,13 +264,54 @@ fn serve_one(mut stream: impl Read + Write, dir: &Path, log: &std::sync::Mutex<S
                 stream,
                 "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
             );
-            let _ = std::io::copy(&mut file, &mut stream);
+            let trickled = {
+                let mut rule = shared.trickle.lock().unwrap_or_else(|e| e.into_inner());
+                let hit = rule.as_deref().is_some_and(|suffix| path.ends_with(suffix));
+                if hit {
+                    *rule = None;
+                }
+                hit
+            };
+            if trickled {
+                trickle(&mut file, &mut stream, &shared.stop);
+            } else {
+                let _ = std::io::copy(&mut file, &mut stream);
+            }
             let _ = stream.flush();
         }
         None => {
             record(404);
             let _ = stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
             let _ = stream.flush();
+        }
+    }
+}
+
+/// Sends [`TRICKLE_HEAD`] bytes of `file`, then one byte per [`TRICKLE_PAUSE`]
+/// until the client goes, the server stops or [`TRICKLE_FOR`] has passed.
+fn trickle(file: &mut File, stream: &mut impl Write, stop: &std::sync::atomic::AtomicBool) {
+    let mut head = vec![0u8; TRICKLE_HEAD];
+    let Ok(n) = file.read(&mut head) else { return };
+    if stream
+        .write_all(&head[..n])
+        .and_then(|()| stream.flush())
+        .is_err()
+    {
+        return;
+    }
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    while started.elapsed() < TRICKLE_FOR && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(TRICKLE_PAUSE);
+        if !matches!(file.read(&mut byte), Ok(1)) {
+            return;
+        }
+        if stream
+            .write_all(&byte)
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -269,6 +339,46 @@ mod tests {
         assert_eq!(
             log.posts,
             [("/report".to_string(), "{\"a\":1}".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_trickled_download_stalls_once_and_the_next_is_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (b'a'..=b'z').cycle().take(TRICKLE_HEAD * 2).collect();
+        std::fs::write(dir.path().join("big.bundle"), &content).unwrap();
+        let server = FileServer::start(dir.path());
+        server.trickle_next(".bundle");
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .write_all(b"GET /big.bundle HTTP/1.0\r\n\r\n")
+            .unwrap();
+        // Shorter than the pause between trickled bytes: the read times out.
+        stream.set_read_timeout(Some(TRICKLE_PAUSE / 4)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        let err = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("the trickled download ended"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        let body = got.split_off(got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+        assert_eq!(body, content[..TRICKLE_HEAD]);
+        drop(stream);
+        // The rule was used up: the next GET gets the whole file.
+        let whole = http_get_once(server.port, "/big.bundle").unwrap();
+        assert_eq!(
+            whole.len() - whole.find("\r\n\r\n").unwrap() - 4,
+            content.len()
         );
     }
 

@@ -3,9 +3,10 @@
 //! versions, the output is reproducible), and a 1.0.0 device — a production
 //! image, no console shell: nothing but the device acts — provisioned with the
 //! repository's URL and a report URL, whose update agent finds 1.1.0 by itself,
-//! installs it, reboots into it, gets it blessed, reports each step, and then
-//! refuses a tampered index. Observed through the console, the repository's
-//! access log and the report POSTs.
+//! installs it (after its first download stalls and fails in bounded time),
+//! reboots into it, gets it blessed, reports each step, and then refuses an
+//! older validly signed index and a tampered one. Observed through the
+//! console, the repository's access log and the report POSTs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -193,13 +194,15 @@ fn running(vm: &TestVm, version: &str, slot: &str) {
 }
 
 #[test]
-fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
+fn a_device_updates_itself_past_a_stall_and_refuses_replayed_and_tampered_indexes() {
     let fx = fixture();
     let repo = fresh(&fx.dir.join("repo-served"));
     let published = publish(&repo, &fx.release, &[&fx.bundle110]);
     assert!(published.status.success(), "{published:?}");
     // Expiry is checked against the device's clock: this index runs to 2033.
     let server = FileServer::start(&repo);
+    // The first bundle download hangs after 64 KiB (a byte every 5 s after).
+    server.trickle_next(".bundle");
 
     let mut vm = device(
         fx,
@@ -216,6 +219,10 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
         &vm,
         "[berth-update] update available: 1.1.0 (running 1.0.0)",
     );
+    // The stalled download ends with an error (the agent's stall guard: 16 KiB
+    // a minute at least), and the check after it installs.
+    let stalled = expect(&vm, "the download stalled");
+    assert!(stalled.contains("[berth-update] check failed"), "{stalled}");
     expect(
         &vm,
         "[berth-update] installed 1.1.0 into slot b; it boots next",
@@ -244,6 +251,16 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
             log.requests
         );
     }
+    // The bundle twice: the stalled download and the one that installed.
+    let bundle_gets = log
+        .requests
+        .iter()
+        .filter(|r| r.starts_with(&format!("GET /bundles/{sha}.bundle")))
+        .count();
+    assert_eq!(bundle_gets, 2, "{:#?}", log.requests);
+    let stall = wait_for_report(&server, |r| r["event"] == "error");
+    let error = stall["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the download stalled"), "{stall:#}");
     // Reports: the install from 1.0.0, the assessment of 1.1.0 on trial, then
     // 1.1.0 running and blessed. (A report follows its console line: wait.)
     let installed = wait_for_report(&server, |r| r["event"] == "installed");
@@ -269,9 +286,74 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
         "{reports:#?}"
     );
 
+    // Idle checks fetch the signature only: the index it verified is kept.
+    let count = |wanted: &str| {
+        server
+            .log()
+            .requests
+            .iter()
+            .filter(|r| r.as_str() == wanted)
+            .count()
+    };
+    let (signatures, indexes) = (
+        count("GET /stable.json.minisig 200"),
+        count("GET /stable.json 200"),
+    );
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    while count("GET /stable.json.minisig 200") < signatures + 2 {
+        assert!(std::time::Instant::now() < deadline, "no more checks");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        count("GET /stable.json 200"),
+        indexes,
+        "{:#?}",
+        server.log().requests
+    );
+
+    // A newer index (same release, signed now) is seen; then the older one,
+    // still validly signed and unexpired, served again: refused as a replay,
+    // said on the console and reported.
+    let index_path = repo.join("stable.json");
+    let signature_path = repo.join("stable.json.minisig");
+    let older = (
+        fs::read(&index_path).unwrap(),
+        fs::read(&signature_path).unwrap(),
+    );
+    let republished = publish_now(
+        &repo,
+        &fx.release,
+        &[&fx.bundle110],
+        &["--expires", "3650d"],
+    );
+    assert!(republished.status.success(), "{republished:?}");
+    let first_generated = after["check"]["index_generated"].clone();
+    let newer = wait_for_report(&server, |r| {
+        r["event"] == "up-to-date" && r["check"]["index_generated"] != first_generated
+    });
+    assert!(newer["check"]["index_generated"].is_string(), "{newer:#}");
+    let seen = server.log().posts.len();
+    fs::write(&signature_path, &older.1).unwrap();
+    fs::write(&index_path, &older.0).unwrap();
+    let refused = expect(&vm, "refusing a replayed index");
+    assert!(refused.contains("[berth-update] check failed"), "{refused}");
+    let replay = wait_for_report_since(&server, seen, |r| {
+        r["event"] == "error" && r["error"].as_str().is_some_and(|e| e.contains("replayed"))
+    });
+    assert!(
+        replay["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!(
+                "older than the newest this device has seen ({})",
+                newer["check"]["index_generated"].as_str().unwrap()
+            )),
+        "{replay:#}"
+    );
+
     // One changed byte in the served index: the next check refuses it, and
     // reports the error.
-    let index_path = repo.join("stable.json");
+    let seen = server.log().posts.len();
     let mut index = fs::read(&index_path).unwrap();
     let at = index
         .windows(5)
@@ -280,7 +362,7 @@ fn a_device_updates_itself_reports_and_refuses_a_tampered_index() {
     index[at] = b'9';
     fs::write(&index_path, &index).unwrap();
     expect(&vm, "the index signature does not verify");
-    let failed = wait_for_report(&server, |r| r["event"] == "error");
+    let failed = wait_for_report_since(&server, seen, |r| r["event"] == "error");
     let error = failed["error"].as_str().unwrap_or_default();
     assert!(error.contains("signature does not verify"), "{failed:#}");
     vm.kill().expect("killing QEMU");
@@ -354,12 +436,15 @@ fn utc(secs: u64) -> String {
 
 /// HTTPS: a device whose image trusts the fleet's CA updates from an https://
 /// repository whose certificate that CA signed, and refuses a server whose
-/// certificate another CA signed (its report URL here), saying why.
+/// certificate another CA signed (its report URL here), saying why. Waves: 1.1.0
+/// is published while the device (in the second half of the fleet) watches,
+/// with a wave that opens for it a minute later; it waits, then installs.
 #[test]
 fn https_with_the_images_ca_works_and_another_ca_is_refused() {
     let fx = fixture();
     let repo = fresh(&fx.dir.join("repo-https"));
-    let published = publish(&repo, &fx.release, &[&fx.bundle110]);
+    // Nothing newer than the device's own 1.0.0 yet.
+    let published = publish(&repo, &fx.release, &[&fx.bundle100]);
     assert!(published.status.success(), "{published:?}");
     let server = FileServer::start_tls(&repo, &fx.ca.server_certificate());
     let other_ca = TestCa::in_dir(&fx.dir.join("other-ca"));
@@ -367,18 +452,57 @@ fn https_with_the_images_ca_works_and_another_ca_is_refused() {
     let repository = server.guest_url("");
     assert!(repository.starts_with("https://"), "{repository}");
 
+    // A device in the second half of the fleet: it waits for its wave.
+    let seed = seed_at(50.0..100.0);
     let mut vm = device(
         fx,
         "https-device",
         &format!(
-            "[update]\nrepository = \"{}\"\nreport = \"{}\"\n",
+            "[update]\nrepository = \"{}\"\nreport = \"{}\"\nseed = \"{seed}\"\n",
             repository.trim_end_matches('/'),
             stranger.guest_url("report"),
         ),
     );
     expect(
         &vm,
+        "[berth-update] up to date: channel stable offers nothing newer than 1.0.0",
+    );
+    // 1.1.0 published now, to the first 10 % at once and to all a minute later.
+    let published = publish_now(
+        &repo,
+        &fx.release,
+        &[&fx.bundle110],
+        &["--rollout", "10%@0h,100%@60s", "--expires", "3650d"],
+    );
+    assert!(published.status.success(), "{published:?}");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("stable.json")).unwrap()).unwrap();
+    let start = index["bundles"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["version"] == "1.1.0"))
+        .and_then(|b| b["rollout"]["start"].as_u64())
+        .expect("1.1.0 with a rollout start");
+    let waiting = expect(
+        &vm,
+        "[berth-update] waiting for 1.1.0: this device's rollout wave",
+    );
+    assert!(
+        waiting.ends_with(&format!("opens at {}", utc(start + 60))),
+        "{waiting}"
+    );
+    expect(
+        &vm,
         "[berth-update] update available: 1.1.0 (running 1.0.0)",
+    );
+    // Not before its wave opened (slack for the guest's clock against the host's).
+    let offered_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        offered_at + 5 >= start + 60,
+        "offered at {offered_at}, the wave opens at {}",
+        start + 60
     );
     expect(
         &vm,
@@ -548,11 +672,21 @@ fn wait_for_report(
     server: &FileServer,
     wanted: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
+    wait_for_report_since(server, 0, wanted)
+}
+
+/// [`wait_for_report`] among the reports after the first `seen`.
+fn wait_for_report_since(
+    server: &FileServer,
+    seen: usize,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
     loop {
         let posts = server.log().posts;
         let found = posts
             .iter()
+            .skip(seen)
             .map(|(_, body)| serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
             .find(|report| wanted(report));
         if let Some(report) = found {
