@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use berth_bundle::channel::ChannelName;
 use berth_format::image_config::RebootPolicy;
+use berth_format::state::{PendingReboot, UpdateState};
 
 use crate::fleet::{self, CheckReport, FleetError, Repository};
 use crate::idle;
@@ -251,29 +252,53 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
             );
         }
     }
-    report::send(options, Event::Installed, Some(&report), None);
     let now = berth_format::state::now();
-    match options.reboot {
-        RebootPolicy::Auto => {}
-        RebootPolicy::Window(window) if window.is_open(now) => {}
-        RebootPolicy::Manual => {
-            println!("installed {version}: it boots at the next reboot (reboot = \"manual\")");
-            return Ok(Round::Installed { version, due: None });
+    let pending = match options.reboot {
+        RebootPolicy::Auto => None,
+        RebootPolicy::Window(window) if window.is_open(now) => None,
+        RebootPolicy::Manual => Some(PendingReboot {
+            version: version.clone(),
+            due: None,
+            policy: "reboot = \"manual\"".to_string(),
+        }),
+        RebootPolicy::Window(window) => Some(PendingReboot {
+            version: version.clone(),
+            due: Some(window.next_open(now)),
+            policy: format!("window {window}"),
+        }),
+    };
+    // For `status` (and so the reports): what waits for which reboot.
+    let recorded = UpdateState::update(&system.state_path, |state| {
+        state.reboot_pending = pending.clone();
+    });
+    if let Err(err) = recorded {
+        println!("recording the pending reboot: {err}");
+    }
+    report::send(options, Event::Installed, Some(&report), None);
+    match pending {
+        None => {
+            println!("rebooting into {version}");
+            Ok(Round::Reboot { version })
         }
-        RebootPolicy::Window(window) => {
-            let due = window.next_open(now);
+        Some(PendingReboot { due: None, .. }) => {
+            println!("installed {version}: it boots at the next reboot (reboot = \"manual\")");
+            Ok(Round::Installed { version, due: None })
+        }
+        Some(PendingReboot {
+            due: Some(due),
+            policy,
+            ..
+        }) => {
             println!(
-                "installed {version}, reboot due at {} (window {window})",
+                "installed {version}, reboot due at {} ({policy})",
                 berth_format::clock::utc_datetime(due)
             );
-            return Ok(Round::Installed {
+            Ok(Round::Installed {
                 version,
                 due: Some(due),
-            });
+            })
         }
     }
-    println!("rebooting into {version}");
-    Ok(Round::Reboot { version })
 }
 
 fn print_check(report: &CheckReport) {

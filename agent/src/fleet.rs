@@ -193,6 +193,9 @@ pub struct CheckReport {
     /// The index's `generated`, unix seconds.
     #[serde(skip)]
     generated: u64,
+    /// `wave_opens_at`, unix seconds.
+    #[serde(skip)]
+    wave_opens: Option<u64>,
 }
 
 /// Reads the device's rollout seed from `path` (normally
@@ -358,6 +361,12 @@ pub fn check(
             version,
             reason,
             at: now(),
+            waiting_for: result
+                .as_ref()
+                .ok()
+                .and_then(|r| r.waiting_for.clone())
+                .unwrap_or_default(),
+            wave_opens_at: result.as_ref().ok().and_then(|r| r.wave_opens),
         });
         if let Ok(report) = &result {
             let newest = state.newest_index.entry(channel.to_string()).or_default();
@@ -426,6 +435,7 @@ fn check_unrecorded(
         wave_opens_at: plan.waiting.map(|(_, at)| utc_datetime(at)),
         entry,
         generated: verified.index.generated,
+        wave_opens: plan.waiting.map(|(_, at)| at),
     })
 }
 

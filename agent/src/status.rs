@@ -6,11 +6,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::system::System;
+use berth_bundle::channel::DeviceSeed;
+use berth_format::clock::utc_datetime;
 use berth_format::entries::{self, EntriesError, EspState};
 use berth_format::layout::Slot;
 use berth_format::state::{
     now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, CheckRecord,
-    InstallRecord, RollbackRecord, StateError, UpdateState,
+    InstallRecord, PendingReboot, RollbackRecord, StateError, UpdateState,
 };
 
 /// Why a status, rollback or mark-good failed.
@@ -47,7 +49,7 @@ pub struct SlotStatus {
 }
 
 /// The whole status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
     pub compatible: String,
     pub booted: Slot,
@@ -59,6 +61,12 @@ pub struct Status {
     pub rollback: Option<RollbackRecord>,
     /// The last look at the update repository.
     pub check: Option<CheckRecord>,
+    /// This device's place in rollout waves, in percent (`[0, 100)`), once it
+    /// has a seed (made at its first check, or provisioned).
+    pub position: Option<f64>,
+    /// An installed update the agent reboots into later (its window) or never
+    /// by itself (`manual`): shown while the slot that boots next holds it.
+    pub reboot_pending: Option<PendingReboot>,
 }
 
 /// Reads the ESP and the state file.
@@ -66,7 +74,11 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
     let esp = EspState::read(&system.esp)?;
     let state = UpdateState::load(&system.state_path)?;
     let next = esp.next_boot();
-    let slots = Slot::ALL
+    let position = std::fs::read_to_string(system.seed_path())
+        .ok()
+        .and_then(|text| DeviceSeed::from_hex(&text))
+        .map(|seed| seed.position().percent());
+    let slots: Vec<SlotStatus> = Slot::ALL
         .iter()
         .map(|&slot| {
             let entry = esp.slot(slot);
@@ -84,6 +96,13 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
             }
         })
         .collect();
+    // A pending reboot is stale once its version no longer boots next (it was
+    // booted, rolled back or replaced).
+    let reboot_pending = state.reboot_pending.filter(|pending| {
+        slots.iter().any(|s: &SlotStatus| {
+            s.next && !s.booted && s.version.as_deref() == Some(pending.version.as_str())
+        })
+    });
     Ok(Status {
         compatible: system.image.compatible.clone(),
         booted: system.booted,
@@ -93,6 +112,8 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
         assessment: state.assessment,
         rollback: state.rollback,
         check: state.check,
+        position,
+        reboot_pending,
     })
 }
 
@@ -178,6 +199,33 @@ impl Status {
                 },
                 suffix(&check.reason)
             );
+            if let (false, Some(at)) = (check.waiting_for.is_empty(), check.wave_opens_at) {
+                let _ = writeln!(
+                    out,
+                    "waiting for {}: this device's rollout wave opens at {}",
+                    check.waiting_for,
+                    utc_datetime(at)
+                );
+            }
+        }
+        if let Some(position) = self.position {
+            let _ = writeln!(out, "rollout position: {position:.2} %");
+        }
+        if let Some(pending) = &self.reboot_pending {
+            let _ = match pending.due {
+                Some(due) => writeln!(
+                    out,
+                    "installed {}, reboot due at {} ({})",
+                    pending.version,
+                    utc_datetime(due),
+                    pending.policy
+                ),
+                None => writeln!(
+                    out,
+                    "installed {}: it boots at the next reboot ({})",
+                    pending.version, pending.policy
+                ),
+            };
         }
         out
     }
@@ -334,6 +382,58 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["slots"][1]["tries_left"], 3);
         assert_eq!(json["next"], "b");
+    }
+
+    #[test]
+    fn status_shows_the_rollout_position_the_wave_and_a_pending_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::A, "1.0.0");
+        put_slot(&system, Slot::A, "1.0.0", None);
+        put_slot(&system, Slot::B, "1.1.0", Some(3));
+        // No seed and no records yet: none of it shown.
+        let bare = status(&system).unwrap();
+        assert_eq!((bare.position, bare.reboot_pending.as_ref()), (None, None));
+        let seed = DeviceSeed([7; 32]);
+        std::fs::create_dir_all(system.seed_path().parent().unwrap()).unwrap();
+        std::fs::write(system.seed_path(), format!("{}\n", seed.to_hex())).unwrap();
+        let pending = PendingReboot {
+            version: "1.1.0".into(),
+            due: Some(1_800_000_000),
+            policy: "window daily 02:00-04:00 +00:00".into(),
+        };
+        UpdateState::update(&system.state_path, |state| {
+            state.check = Some(CheckRecord {
+                repository: "http://r".into(),
+                channel: "stable".into(),
+                outcome: berth_format::state::CheckOutcome::UpToDate,
+                version: String::new(),
+                reason: String::new(),
+                at: 1_799_990_000,
+                waiting_for: "1.2.0".into(),
+                wave_opens_at: Some(1_800_003_600),
+            });
+            state.reboot_pending = Some(pending.clone());
+        })
+        .unwrap();
+        let shown = status(&system).unwrap();
+        assert_eq!(shown.position, Some(seed.position().percent()));
+        assert_eq!(shown.reboot_pending.as_ref(), Some(&pending));
+        let text = shown.render();
+        for line in [
+            format!("rollout position: {:.2} %", seed.position().percent()),
+            "waiting for 1.2.0: this device's rollout wave opens at 2027-01-15T09:00:00Z".into(),
+            "installed 1.1.0, reboot due at 2027-01-15T08:00:00Z (window daily 02:00-04:00 +00:00)"
+                .into(),
+        ] {
+            assert!(text.contains(&line), "{line:?} not in {text}");
+        }
+        let json = serde_json::to_value(&shown).unwrap();
+        assert_eq!(json["reboot_pending"]["due"], 1_800_000_000u64);
+        assert_eq!(json["check"]["waiting_for"], "1.2.0");
+        // Once slot B no longer boots next (rolled back, or booted), the
+        // record is stale and not shown.
+        entries::make_next(&system.esp, Slot::A).unwrap();
+        assert_eq!(status(&system).unwrap().reboot_pending, None);
     }
 
     #[test]

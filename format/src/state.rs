@@ -51,6 +51,22 @@ pub struct UpdateState {
     /// this device verified: an older one is refused as a replay.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub newest_index: BTreeMap<String, u64>,
+    /// An update the agent installed and has not rebooted into yet, by its
+    /// reboot policy (a window not open yet, or `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_pending: Option<PendingReboot>,
+}
+
+/// An installed update waiting for its reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReboot {
+    pub version: String,
+    /// When the agent reboots into it (unix seconds); `None`: never by itself
+    /// (`reboot = "manual"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<u64>,
+    /// The reboot policy that decided, as the recipe writes it.
+    pub policy: String,
 }
 
 /// What the last look at the update repository found.
@@ -77,6 +93,12 @@ pub struct CheckRecord {
     #[serde(default)]
     pub reason: String,
     pub at: u64,
+    /// A newer version this device takes once its rollout wave opens.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub waiting_for: String,
+    /// When that wave opens for this device (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_opens_at: Option<u64>,
 }
 
 /// How an install ended.

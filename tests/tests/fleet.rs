@@ -400,8 +400,9 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
         fx,
         "window-device",
         &format!(
-            "[update]\nrepository = \"{}\"\nreboot_window = \"{window}\"\n",
+            "[update]\nrepository = \"{}\"\nreboot_window = \"{window}\"\nreport = \"{}\"\n",
             server.guest_url("").trim_end_matches('/'),
+            server.guest_url("report"),
         ),
     );
     expect(
@@ -413,6 +414,12 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
         utc(opens)
     );
     expect(&vm, &due);
+    // The status says so too (the report carries `berth-update status --json`).
+    let waiting = wait_for_report(&server, |r| r["event"] == "installed");
+    let pending = &waiting["status"]["reboot_pending"];
+    assert_eq!(pending["version"], "1.1.0", "{waiting:#}");
+    assert_eq!(pending["due"], opens, "{waiting:#}");
+    assert_eq!(pending["policy"], format!("window {window}"), "{waiting:#}");
     expect(&vm, "[berth-update] rebooting into 1.1.0");
     let rebooted_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -475,13 +482,7 @@ fn https_with_the_images_ca_works_and_another_ca_is_refused() {
         &["--rollout", "10%@0h,100%@60s", "--expires", "3650d"],
     );
     assert!(published.status.success(), "{published:?}");
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(repo.join("stable.json")).unwrap()).unwrap();
-    let start = index["bundles"]
-        .as_array()
-        .and_then(|b| b.iter().find(|b| b["version"] == "1.1.0"))
-        .and_then(|b| b["rollout"]["start"].as_u64())
-        .expect("1.1.0 with a rollout start");
+    let start = index_start(&repo, "1.1.0");
     let waiting = expect(
         &vm,
         "[berth-update] waiting for 1.1.0: this device's rollout wave",
@@ -575,6 +576,17 @@ fn waves_a_bad_release_rolled_back_and_withdrawn() {
         &late,
         "[berth-update] waiting for 1.2.0: this device's rollout wave",
     );
+    // Its status says where it stands and when its wave opens.
+    let waits = wait_for_report(&server, |r| {
+        r["device"] == "second" && r["status"]["check"]["waiting_for"] == "1.2.0"
+    });
+    let position = waits["status"]["position"].as_f64().expect("a position");
+    assert!((50.0..100.0).contains(&position), "{waits:#}");
+    assert_eq!(
+        waits["status"]["check"]["wave_opens_at"].as_u64(),
+        Some(index_start(&repo, "1.2.0") + 1000 * 3600),
+        "{waits:#}"
+    );
     expect(
         &early,
         "[berth-update] update available: 1.2.0 (running 1.1.0)",
@@ -611,6 +623,17 @@ fn waves_a_bad_release_rolled_back_and_withdrawn() {
 
 /// A rollout seed (64 hex digits) whose position lies in `range` (percent),
 /// found by counting up: deterministic, so the test is too.
+/// The rollout start of `version` in the repository's stable index.
+fn index_start(repo: &Path, version: &str) -> u64 {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("stable.json")).unwrap()).unwrap();
+    index["bundles"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["version"] == version))
+        .and_then(|b| b["rollout"]["start"].as_u64())
+        .unwrap_or_else(|| panic!("{version} with a rollout start in {index:#}"))
+}
+
 fn seed_at(range: std::ops::Range<f64>) -> String {
     (0u8..=255)
         .map(|i| berth_bundle::rollout::DeviceSeed([i; 32]))
