@@ -302,19 +302,24 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
 }
 
 fn print_check(report: &CheckReport) {
-    match (&report.version, report.update_available) {
-        (Some(version), true) => {
-            println!("update available: {version} (running {})", report.running)
-        }
-        _ => println!(
-            "up to date: channel {} offers nothing newer than {}",
-            report.channel, report.running
-        ),
+    if let (Some(version), true) = (&report.version, report.update_available) {
+        println!("update available: {version} (running {})", report.running);
     }
-    if let (Some(version), Some(opens)) = (&report.waiting_for, &report.wave_opens_at) {
+    // Something newer listed, but not yet for this device: not "up to date".
+    let waiting = report
+        .waiting_for
+        .as_ref()
+        .zip(report.wave_opens_at.as_ref());
+    if let Some((version, opens)) = waiting {
         println!(
             "waiting for {version}: this device's rollout wave (position {:.2} %) opens at {opens}",
             report.position
+        );
+    }
+    if !report.update_available && waiting.is_none() {
+        println!(
+            "up to date: channel {} offers nothing newer than {}",
+            report.channel, report.running
         );
     }
 }
