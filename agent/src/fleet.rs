@@ -626,6 +626,7 @@ mod tests {
             sha256: hex::encode(Sha256::digest(bytes)),
             rollout: None,
             paused: false,
+            paused_since: None,
             withdrawn: false,
         }
     }

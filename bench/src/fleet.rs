@@ -188,6 +188,7 @@ pub fn published_sizes(releases: usize) -> anyhow::Result<(u64, u64)> {
                 waves: parse_schedule("1%@0h,10%@6h,100%@48h")?,
             }),
             paused: false,
+            paused_since: None,
             withdrawn: false,
         });
     }

@@ -152,6 +152,10 @@ pub struct IndexEntry {
     /// No device starts installing it until it is resumed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+    /// Unix seconds: when it was paused. Resuming moves the rollout's start
+    /// on by the time it was paused, so its waves go on from where they stood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_since: Option<u64>,
     /// Withdrawn for good: no device installs it any more.
     #[serde(default, skip_serializing_if = "is_false")]
     pub withdrawn: bool,
@@ -279,6 +283,11 @@ impl ChannelIndex {
             }
             if e.size == 0 {
                 return bad(format!("{what}: size is 0"));
+            }
+            if e.paused_since.is_some() && !e.paused {
+                return bad(format!(
+                    "{what}: paused_since on a release that is not paused"
+                ));
             }
             if e.sha256.len() != 64
                 || !e
@@ -482,6 +491,7 @@ mod tests {
             sha256: "ab".repeat(32),
             rollout: None,
             paused: false,
+            paused_since: None,
             withdrawn: false,
         }
     }

@@ -181,6 +181,36 @@ fn publish_writes_an_index_minisign_verifies_and_keeps_earlier_versions() {
     assert!(!foreign.status.success());
     let err = String::from_utf8_lossy(&foreign.stderr);
     assert!(err.contains("does not verify with this key"), "{err}");
+    // A rollout paused for a day goes on from where it stood when resumed.
+    let waves = fresh(&fx.dir.join("repo-cli-waves"));
+    let at = |epoch: u64, bundles: &[&Path], args: &[&str]| {
+        let out = Command::new(&binaries().berth)
+            .arg("publish")
+            .args(bundles)
+            .arg("--repo")
+            .arg(&waves)
+            .arg("--key")
+            .arg(fx.release.with_extension("key"))
+            .args(args)
+            .args(["--expires", "3650d"])
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .output()
+            .expect("running berth publish");
+        assert!(out.status.success(), "{out:?}");
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(waves.join("stable.json")).unwrap()).unwrap();
+        index["bundles"][0].clone()
+    };
+    let t = 1_700_000_000;
+    let started = at(t, &[&fx.bundle110], &["--rollout", "1%@0h,100%@48h"]);
+    assert_eq!(started["rollout"]["start"], t, "{started:#}");
+    let paused = at(t + 3600, &[], &["--pause", "1.1.0"]);
+    assert_eq!(paused["paused"], true, "{paused:#}");
+    assert_eq!(paused["paused_since"], t + 3600, "{paused:#}");
+    let resumed = at(t + 3600 + 86_400, &[], &["--resume", "1.1.0"]);
+    assert!(resumed.get("paused").is_none(), "{resumed:#}");
+    assert!(resumed.get("paused_since").is_none(), "{resumed:#}");
+    assert_eq!(resumed["rollout"]["start"], t + 86_400, "{resumed:#}");
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {

@@ -259,7 +259,7 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     }
 
     if let Some(change) = &options.change {
-        apply(change, &mut entries, &options.channel)?;
+        apply(change, &mut entries, &options.channel, options.now)?;
     }
     let mut index = ChannelIndex {
         format: INDEX_FORMAT,
@@ -284,11 +284,12 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     })
 }
 
-/// Pauses, resumes or withdraws the listed entry `change` names.
+/// Pauses, resumes or withdraws the listed entry `change` names, at `now`.
 fn apply(
     change: &EntryChange,
     entries: &mut [IndexEntry],
     channel: &ChannelName,
+    now: u64,
 ) -> Result<(), PublishError> {
     let what = change.action.flag();
     let mut found: Vec<&mut IndexEntry> = entries
@@ -333,8 +334,21 @@ fn apply(
         });
     }
     match change.action {
-        Action::Pause => entry.paused = true,
-        Action::Resume => entry.paused = false,
+        // Pausing again keeps the first pause's time.
+        Action::Pause if entry.paused => {}
+        Action::Pause => {
+            entry.paused = true;
+            entry.paused_since = Some(now);
+        }
+        Action::Resume => {
+            // The rollout's clock stood still while it was paused: a wave
+            // whose time passed meanwhile does not open all at once.
+            if let (Some(since), Some(rollout)) = (entry.paused_since, entry.rollout.as_mut()) {
+                rollout.start = rollout.start.saturating_add(now.saturating_sub(since));
+            }
+            entry.paused = false;
+            entry.paused_since = None;
+        }
         Action::Withdraw => entry.withdrawn = true,
     }
     Ok(())
@@ -428,6 +442,7 @@ fn copy_and_verify(
         sha256,
         rollout: None,
         paused: false,
+        paused_since: None,
         withdrawn: false,
     };
     Ok((temp, entry))
@@ -493,6 +508,7 @@ mod tests {
             sha256: "ab".repeat(32),
             rollout: None,
             paused: false,
+            paused_since: None,
             withdrawn: false,
         }
     }
@@ -506,21 +522,75 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_rollout_goes_on_from_where_it_stood() {
+        let stable = ChannelName::new("stable").unwrap();
+        let mut entry = listed("web", "1.1.0");
+        entry.rollout = Some(berth_bundle::channel::Rollout {
+            start: 1_000,
+            waves: berth_bundle::rollout::parse_schedule("1%@0h,100%@48h").unwrap(),
+        });
+        let mut entries = vec![entry];
+        // Paused 2 h in; pausing again keeps the first time.
+        apply(
+            &change(Action::Pause, "1.1.0", None),
+            &mut entries,
+            &stable,
+            1_000 + 7_200,
+        )
+        .unwrap();
+        apply(
+            &change(Action::Pause, "1.1.0", None),
+            &mut entries,
+            &stable,
+            50_000,
+        )
+        .unwrap();
+        assert_eq!(entries[0].paused_since, Some(8_200));
+        // Resumed three days later: the schedule is shifted by those three days,
+        // so it stands 2 h in again, not past its last wave.
+        let resumed = 8_200 + 3 * 86_400;
+        apply(
+            &change(Action::Resume, "1.1.0", None),
+            &mut entries,
+            &stable,
+            resumed,
+        )
+        .unwrap();
+        let e = &entries[0];
+        assert!(!e.paused);
+        assert_eq!(e.paused_since, None);
+        assert_eq!(e.rollout.as_ref().unwrap().start, 1_000 + 3 * 86_400);
+        assert_eq!(resumed - e.rollout.as_ref().unwrap().start, 7_200);
+    }
+
+    #[test]
     fn pause_resume_and_withdraw_change_one_listed_entry() {
         let stable = ChannelName::new("stable").unwrap();
         let mut entries = vec![listed("web", "1.0.0"), listed("web", "1.1.0")];
-        apply(&change(Action::Pause, "1.1.0", None), &mut entries, &stable).unwrap();
+        apply(
+            &change(Action::Pause, "1.1.0", None),
+            &mut entries,
+            &stable,
+            0,
+        )
+        .unwrap();
         assert!(entries[1].paused && !entries[0].paused);
         apply(
             &change(Action::Resume, "1.1.0", None),
             &mut entries,
             &stable,
+            0,
         )
         .unwrap();
         assert!(!entries[1].paused);
-        let err = apply(&change(Action::Pause, "1.2.0", None), &mut entries, &stable)
-            .unwrap_err()
-            .to_string();
+        let err = apply(
+            &change(Action::Pause, "1.2.0", None),
+            &mut entries,
+            &stable,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("--pause: version 1.2.0 is not in the index of channel stable"),
             "{err}"
@@ -529,25 +599,32 @@ mod tests {
             &change(Action::Withdraw, "1.1.0", None),
             &mut entries,
             &stable,
+            0,
         )
         .unwrap();
         assert!(entries[1].withdrawn);
         for action in [Action::Resume, Action::Pause] {
-            let err = apply(&change(action, "1.1.0", None), &mut entries, &stable)
+            let err = apply(&change(action, "1.1.0", None), &mut entries, &stable, 0)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("withdrawing is final"), "{err}");
         }
         // The same version for two boards: --compatible picks one.
         entries.push(listed("other", "1.0.0"));
-        let err = apply(&change(Action::Pause, "1.0.0", None), &mut entries, &stable)
-            .unwrap_err()
-            .to_string();
+        let err = apply(
+            &change(Action::Pause, "1.0.0", None),
+            &mut entries,
+            &stable,
+            0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("pass --compatible"), "{err}");
         apply(
             &change(Action::Pause, "1.0.0", Some("other")),
             &mut entries,
             &stable,
+            0,
         )
         .unwrap();
         assert!(entries[2].paused && !entries[0].paused);
@@ -555,6 +632,7 @@ mod tests {
             &change(Action::Pause, "1.0.0", Some("third")),
             &mut entries,
             &stable,
+            0,
         )
         .unwrap_err()
         .to_string();
