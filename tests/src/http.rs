@@ -96,7 +96,9 @@ struct Shared {
 
 /// A trickled download: this much at full speed, then one byte every
 /// [`TRICKLE_PAUSE`] for at most [`TRICKLE_FOR`] (or until the client leaves).
-pub const TRICKLE_HEAD: usize = 64 * 1024;
+/// Less than the agent's stall guard wants in a minute (16 KiB), so a
+/// trickled download fails in its first window.
+pub const TRICKLE_HEAD: usize = 8 * 1024;
 pub const TRICKLE_PAUSE: Duration = Duration::from_secs(5);
 pub const TRICKLE_FOR: Duration = Duration::from_secs(900);
 

@@ -231,7 +231,7 @@ fn a_device_updates_itself_past_a_stall_and_refuses_replayed_and_tampered_indexe
     assert!(published.status.success(), "{published:?}");
     // Expiry is checked against the device's clock: this index runs to 2033.
     let server = FileServer::start(&repo);
-    // The first bundle download hangs after 64 KiB (a byte every 5 s after).
+    // The first bundle download hangs after 8 KiB (a byte every 5 s after).
     server.trickle_next(".bundle");
 
     let mut vm = device(
