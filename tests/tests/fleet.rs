@@ -475,7 +475,7 @@ fn utc(secs: u64) -> String {
 /// repository whose certificate that CA signed, and refuses a server whose
 /// certificate another CA signed (its report URL here), saying why. Waves: 1.1.0
 /// is published while the device (in the second half of the fleet) watches,
-/// with a wave that opens for it a minute later; it waits, then installs.
+/// with a wave that opens for it 30 s later; it waits, then installs.
 #[test]
 fn https_with_the_images_ca_works_and_another_ca_is_refused() {
     let fx = fixture();
@@ -504,12 +504,14 @@ fn https_with_the_images_ca_works_and_another_ca_is_refused() {
         &vm,
         "[berth-update] up to date: channel stable offers nothing newer than 1.0.0",
     );
-    // 1.1.0 published now, to the first 10 % at once and to all a minute later.
+    // 1.1.0 published now, to the first 10 % at once and to all 30 s later
+    // (the device checks every 10 s, so it sees the wave closed first).
+    const WAVE_AFTER: u64 = 30;
     let published = publish_now(
         &repo,
         &fx.release,
         &[&fx.bundle110],
-        &["--rollout", "10%@0h,100%@60s", "--expires", "3650d"],
+        &["--rollout", "10%@0h,100%@30s", "--expires", "3650d"],
     );
     assert!(published.status.success(), "{published:?}");
     let start = index_start(&repo, "1.1.0");
@@ -518,7 +520,7 @@ fn https_with_the_images_ca_works_and_another_ca_is_refused() {
         "[berth-update] waiting for 1.1.0: this device's rollout wave",
     );
     assert!(
-        waiting.ends_with(&format!("opens at {}", utc(start + 60))),
+        waiting.ends_with(&format!("opens at {}", utc(start + WAVE_AFTER))),
         "{waiting}"
     );
     expect(
@@ -531,9 +533,9 @@ fn https_with_the_images_ca_works_and_another_ca_is_refused() {
         .unwrap()
         .as_secs();
     assert!(
-        offered_at + 5 >= start + 60,
+        offered_at + 5 >= start + WAVE_AFTER,
         "offered at {offered_at}, the wave opens at {}",
-        start + 60
+        start + WAVE_AFTER
     );
     expect(
         &vm,
