@@ -278,6 +278,7 @@ fn run<R: Read>(
         })
     })?;
     entries::remove_slot_entries(&system.esp, target)?;
+    remove_stale_temps(&system.esp, observer)?;
     observer.checkpoint(Checkpoint::Unbootable);
     observer.step(&format!("slot {target} marked unbootable"));
 
@@ -436,30 +437,91 @@ fn check(
     }
     let target = system.target();
     let device = system.slot(target);
-    let mut esp_bytes = 0;
     for payload in &manifest.payloads {
-        match payload.kind {
-            PayloadKind::Rootfs if payload.size > device.size => {
-                return refuse(format!(
+        if payload.kind == PayloadKind::Rootfs && payload.size > device.size {
+            return refuse(format!(
                 "the root filesystem ({} bytes) does not fit slot {target}'s partition ({} bytes)",
                 payload.size, device.size
-            ))
-            }
-            PayloadKind::Rootfs => {}
-            PayloadKind::Kernel | PayloadKind::Initramfs => esp_bytes += payload.size,
+            ));
         }
     }
-    // The target's old kernel and initramfs are replaced: their space counts.
-    let old: u64 = [target.kernel_path(), target.initramfs_path()]
-        .iter()
-        .filter_map(|path| fs::metadata(system.esp.join(path)).ok())
-        .map(|meta| meta.len())
-        .sum();
-    let free = free_bytes(&system.esp)? + old;
-    // A little room for the entry and FAT's cluster rounding.
-    if esp_bytes + (1 << 20) > free {
-        return refuse(format!(
-            "kernel and initramfs ({esp_bytes} bytes) do not fit on the ESP ({free} bytes free)"
+    let space = esp_space(&system.esp)?;
+    esp_room(&system.esp, target, manifest, space).map_err(InstallError::Refused)
+}
+
+/// Room kept on the ESP beyond the payloads: the boot entry and its temporary,
+/// FAT's directory clusters.
+const ESP_MARGIN: u64 = 1 << 20;
+
+/// Free space and allocation unit (the FAT cluster) of a file system.
+#[derive(Debug, Clone, Copy)]
+struct Space {
+    free: u64,
+    cluster: u64,
+}
+
+/// Whether the ESP can hold, at the fullest moment of the install, every file
+/// that exists then. Each ESP payload is written to a temporary beside the file
+/// it replaces (in the bundle's order, which is the manifest's), and the old file
+/// is freed only by the rename: while the kernel's temporary is written, the old
+/// kernel and the old initramfs are still there; while the initramfs's is, the
+/// new kernel and the old initramfs are. Stale temporaries of a cut install
+/// count as free: they are removed before the first write
+/// ([`remove_stale_temps`]). Sizes are rounded up to whole clusters.
+fn esp_room(esp: &Path, target: Slot, manifest: &Manifest, space: Space) -> Result<(), String> {
+    let cluster = space.cluster.max(1);
+    let on_disk = |len: u64| len.div_ceil(cluster).saturating_mul(cluster);
+    let size_of = |path: &Path| fs::metadata(path).map_or(0, |meta| on_disk(meta.len()));
+    let stale: u64 = stale_temps(esp).iter().map(|path| size_of(path)).sum();
+    let available = space.free.saturating_add(stale);
+    // Bytes held beyond today's files (signed: a smaller kernel frees some).
+    let (mut held, mut peak) = (0i128, 0i128);
+    for payload in &manifest.payloads {
+        let relative = match payload.kind {
+            PayloadKind::Kernel => target.kernel_path(),
+            PayloadKind::Initramfs => target.initramfs_path(),
+            PayloadKind::Rootfs => continue,
+        };
+        let new = i128::from(on_disk(payload.size));
+        peak = peak.max(held + new);
+        held += new - i128::from(size_of(&esp.join(relative)));
+    }
+    let needed = u64::try_from(peak)
+        .unwrap_or(u64::MAX)
+        .saturating_add(ESP_MARGIN);
+    if needed > available {
+        return Err(format!(
+            "kernel and initramfs need {needed} bytes on the ESP at once (the old files stay until each new one is in place), \
+             and it has {available} bytes free"
+        ));
+    }
+    Ok(())
+}
+
+/// The temporary files an install writes on the ESP, for both slots: after a
+/// cut install they hold space no one will free but the next install.
+fn stale_temps(esp: &Path) -> Vec<PathBuf> {
+    Slot::ALL
+        .into_iter()
+        .flat_map(|slot| [slot.kernel_path(), slot.initramfs_path()])
+        .map(|relative| temp_path(&esp.join(relative)))
+        .filter(|path| path.exists())
+        .collect()
+}
+
+/// Removes the temporaries a cut install left ([`stale_temps`]) and makes the
+/// removal durable. No install runs beside this one (the update lock), so no
+/// temporary is in use.
+fn remove_stale_temps(esp: &Path, observer: &mut dyn Observer) -> Result<(), InstallError> {
+    for path in stale_temps(esp) {
+        fs::remove_file(&path).map_err(InstallError::io("remove stale", &path))?;
+        let dir = path.parent().unwrap_or(esp);
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(InstallError::io("fsync folder", dir))?;
+        observer.step(&format!(
+            "removed {}, left by an install that was cut",
+            path.display()
         ));
     }
     Ok(())
@@ -610,7 +672,7 @@ fn syncfs(path: &Path) -> Result<(), InstallError> {
     Ok(())
 }
 
-fn free_bytes(path: &Path) -> Result<u64, InstallError> {
+fn esp_space(path: &Path) -> Result<Space, InstallError> {
     let dir = File::open(path).map_err(InstallError::io("open", path))?;
     // SAFETY: statvfs is plain old data; zeroed is a valid value for it.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -619,7 +681,10 @@ fn free_bytes(path: &Path) -> Result<u64, InstallError> {
     if rc != 0 {
         return Err(InstallError::io("statvfs", path)(io::Error::last_os_error()));
     }
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    Ok(Space {
+        free: stat.f_bavail.saturating_mul(stat.f_frsize),
+        cluster: stat.f_frsize,
+    })
 }
 
 /// Fills `buf` as far as the reader goes; 0 only at the end.
@@ -917,5 +982,112 @@ mod tests {
             .filter(|p| p.is_after_commit())
             .collect();
         assert_eq!(after, [&Checkpoint::Committed, &Checkpoint::Recorded]);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A scratch ESP whose slot B holds an old kernel and initramfs of 8 MiB
+    /// each, and a manifest whose new ones are 8 MiB each too.
+    fn eight_mib_esp(dir: &Path) -> (PathBuf, Manifest) {
+        let esp = dir.join("efi");
+        fs::create_dir_all(esp.join("berth/b")).unwrap();
+        for relative in [Slot::B.kernel_path(), Slot::B.initramfs_path()] {
+            File::create(esp.join(relative))
+                .unwrap()
+                .set_len(8 * MIB)
+                .unwrap();
+        }
+        let mut manifest = make(&Key::new()).manifest;
+        for payload in &mut manifest.payloads {
+            if payload.kind != PayloadKind::Rootfs {
+                payload.size = 8 * MIB;
+            }
+        }
+        (esp, manifest)
+    }
+
+    #[test]
+    fn the_esp_check_counts_the_old_files_beside_the_new_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, manifest) = eight_mib_esp(dir.path());
+        let space = |free| Space {
+            free,
+            cluster: 4096,
+        };
+        // The new kernel's temporary (8 MiB) is written while both old files
+        // are still there: 4 MiB free is not enough, whatever the old files
+        // will free later.
+        let short = esp_room(&esp, Slot::B, &manifest, space(4 * MIB)).unwrap_err();
+        assert!(short.contains("at once"), "{short}");
+        // 8 MiB and the margin are: the old kernel is freed before the new
+        // initramfs is written.
+        esp_room(&esp, Slot::B, &manifest, space(9 * MIB)).unwrap();
+        // Without old files (a first install into B) both new files stay.
+        fs::remove_dir_all(esp.join("berth/b")).unwrap();
+        assert!(esp_room(&esp, Slot::B, &manifest, space(16 * MIB)).is_err());
+        esp_room(&esp, Slot::B, &manifest, space(17 * MIB)).unwrap();
+    }
+
+    #[test]
+    fn the_esp_check_rounds_up_to_whole_clusters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, mut manifest) = eight_mib_esp(dir.path());
+        fs::remove_dir_all(esp.join("berth/b")).unwrap();
+        // Two files of one byte take two clusters of 64 KiB, not two bytes.
+        for payload in &mut manifest.payloads {
+            if payload.kind != PayloadKind::Rootfs {
+                payload.size = 1;
+            }
+        }
+        let space = |free| Space {
+            free,
+            cluster: 64 << 10,
+        };
+        assert!(esp_room(&esp, Slot::B, &manifest, space(MIB + (64 << 10))).is_err());
+        esp_room(&esp, Slot::B, &manifest, space(MIB + (128 << 10))).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_of_a_cut_install_count_as_free_and_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, manifest) = eight_mib_esp(dir.path());
+        // A first install into B was cut after both temporaries were whole:
+        // they hold 16 MiB that only this install will free.
+        for name in ["vmlinuz", "initramfs.img"] {
+            fs::remove_file(esp.join("berth/b").join(name)).unwrap();
+            File::create(esp.join("berth/b").join(format!("{name}.tmp")))
+                .unwrap()
+                .set_len(8 * MIB)
+                .unwrap();
+        }
+        let space = |free| Space {
+            free,
+            cluster: 4096,
+        };
+        esp_room(&esp, Slot::B, &manifest, space(MIB)).unwrap();
+        assert!(esp_room(&esp, Slot::B, &manifest, space(MIB - 4096)).is_err());
+
+        let key = Key::new();
+        let system = device(&dir.path().join("device"), &key);
+        let stale = [
+            system.esp.join("berth/b/vmlinuz.tmp"),
+            system.esp.join("berth/b/initramfs.img.tmp"),
+            system.esp.join("berth/a/vmlinuz.tmp"),
+        ];
+        for path in &stale {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, b"half a kernel").unwrap();
+        }
+        let (result, seen) = install_bytes(&system, &make(&key));
+        result.unwrap();
+        for path in &stale {
+            assert!(!path.exists(), "{} is still there", path.display());
+        }
+        assert!(
+            seen.steps.iter().any(|s| s.contains("berth/a/vmlinuz.tmp")),
+            "{:?}",
+            seen.steps
+        );
+        assert!(system.esp.join("berth/a/vmlinuz").exists());
     }
 }

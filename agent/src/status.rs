@@ -334,6 +334,7 @@ pub(crate) mod tests {
             },
             slots: [slot(Slot::A), slot(Slot::B)],
             data_partuuid: "00000009-0000-4000-8000-000000000000".into(),
+            warnings: Vec::new(),
         }
     }
 

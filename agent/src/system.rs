@@ -28,6 +28,8 @@ pub enum SystemError {
     Cmdline(&'static str),
     #[error(transparent)]
     Disk(#[from] blockdev::NotFound),
+    #[error("the booted root PARTUUID={partuuid} on {disk} is neither slot's root partition")]
+    RootNotASlot { disk: String, partuuid: String },
     #[error("the boot disk {disk} has no partition labelled {label:?}")]
     NoPartition { disk: String, label: String },
     #[error("partition {label:?} on {disk} has no device node")]
@@ -72,6 +74,9 @@ pub struct System {
     pub slots: [SlotDevice; 2],
     /// PARTUUID of the data partition, for the boot entries the agent writes.
     pub data_partuuid: String,
+    /// What looked wrong but was worked around (a `berth.slot=` word that
+    /// disagrees with the booted root); [`System::discover`] prints them.
+    pub warnings: Vec<String>,
 }
 
 impl System {
@@ -80,14 +85,18 @@ impl System {
     pub fn discover() -> Result<System, SystemError> {
         let cmdline = read(Path::new("/proc/cmdline"))?;
         let image = read(Path::new(IMAGE_CONFIG_PATH))?;
-        System::from_parts(
+        let system = System::from_parts(
             &cmdline,
             &image,
             &Roots::system(),
             Path::new(ESP_MOUNT),
             Path::new(KEYS_DIR),
             Path::new(UPDATE_STATE_PATH),
-        )
+        )?;
+        for warning in &system.warnings {
+            eprintln!("berth-update: {warning}");
+        }
+        Ok(system)
     }
 
     /// A system from its parts (the kernel command line, the image.toml text,
@@ -102,7 +111,6 @@ impl System {
         state_path: &Path,
     ) -> Result<System, SystemError> {
         let cmdline = KernelCmdline::parse(cmdline);
-        let booted = cmdline.slot.ok_or(SystemError::Cmdline("berth.slot="))?;
         let root = cmdline
             .root_partuuid
             .as_deref()
@@ -113,6 +121,22 @@ impl System {
                 message: err.message().to_string(),
             })?;
         let disk = blockdev::disk_with_partuuid(roots, root)?;
+        // The booted slot is the one whose partition the init mounted as the
+        // root (the last root= word, as the kernel and the init read it), not
+        // what a berth.slot= word says: a word can be wrong, the root cannot.
+        let booted = disk
+            .slot_of(root)
+            .ok_or_else(|| SystemError::RootNotASlot {
+                disk: disk.node.display().to_string(),
+                partuuid: root.to_string(),
+            })?;
+        let mut warnings = Vec::new();
+        if let Some(named) = cmdline.slot.filter(|named| *named != booted) {
+            warnings.push(format!(
+                "the kernel command line says berth.slot={named} but the root \
+                 (PARTUUID={root}) is slot {booted}'s partition: slot {booted} is the booted slot"
+            ));
+        }
         let part = |label: &str| {
             disk.by_label(label)
                 .ok_or_else(|| SystemError::NoPartition {
@@ -150,6 +174,7 @@ impl System {
             },
             slots,
             data_partuuid,
+            warnings,
         })
     }
 
@@ -237,8 +262,11 @@ mod tests {
         let esp = dir.path().join("efi");
         let keys = Path::new("/k");
         let state = Path::new("/s");
-        let no_slot = System::from_parts(
-            &format!("root=PARTUUID={}", fake::ROOT_A_UUID),
+        let no_root =
+            System::from_parts("berth.slot=a", IMAGE, &roots, &esp, keys, state).unwrap_err();
+        assert!(no_root.to_string().contains("root=PARTUUID="), "{no_root}");
+        let data_root = System::from_parts(
+            &format!("root=PARTUUID={} berth.slot=a", fake::DATA_UUID),
             IMAGE,
             &roots,
             &esp,
@@ -246,7 +274,10 @@ mod tests {
             state,
         )
         .unwrap_err();
-        assert!(no_slot.to_string().contains("berth.slot="), "{no_slot}");
+        assert!(
+            matches!(data_root, SystemError::RootNotASlot { .. }),
+            "{data_root}"
+        );
         let no_esp = System::from_parts(
             &format!("root=PARTUUID={} berth.slot=b", fake::ROOT_B_UUID),
             IMAGE,
@@ -257,5 +288,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(no_esp, SystemError::NoEsp(_)), "{no_esp}");
+    }
+
+    #[test]
+    fn the_booted_slot_is_the_booted_roots_not_a_word_on_the_command_line() {
+        let (dir, roots) = fake_tree();
+        let esp = dir.path().join("efi");
+        std::fs::create_dir_all(esp.join("loader")).unwrap();
+        let at = |cmdline: &str| {
+            System::from_parts(
+                cmdline,
+                IMAGE,
+                &roots,
+                &esp,
+                Path::new("/k"),
+                Path::new("/s"),
+            )
+            .unwrap()
+        };
+        // A recipe's extra words come last, and the last berth.slot= wins.
+        let lying = at(&format!(
+            "root=PARTUUID={} ro berth.slot=a console=ttyS0 berth.slot=b",
+            fake::ROOT_A_UUID
+        ));
+        assert_eq!(lying.booted, Slot::A);
+        assert_eq!(lying.target(), Slot::B);
+        assert_eq!(lying.warnings.len(), 1, "{:?}", lying.warnings);
+        assert!(
+            lying.warnings[0].contains("berth.slot=b"),
+            "{:?}",
+            lying.warnings
+        );
+        // No word at all: the root still tells.
+        let bare = at(&format!("root=PARTUUID={}", fake::ROOT_B_UUID));
+        assert_eq!(bare.booted, Slot::B);
+        assert!(bare.warnings.is_empty());
     }
 }

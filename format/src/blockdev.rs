@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::gpt::{self, GptPartition};
+use crate::layout::Slot;
 
 /// Disk name prefixes never searched: loop and RAM disks hold no berth partitions,
 /// and opening an empty CD-ROM or floppy drive can stall for seconds.
@@ -135,6 +136,16 @@ impl Disk {
     /// The partition with this label (GPT name).
     pub fn by_label(&self, label: &str) -> Option<&Partition> {
         self.partitions.iter().find(|part| part.gpt.label == label)
+    }
+
+    /// The slot whose root partition has this PARTUUID (any case), by the
+    /// partition's GPT label (`root-a`, `root-b`): the slot a system booted from
+    /// `root=PARTUUID=…` really runs, whatever else its command line says.
+    pub fn slot_of(&self, partuuid: &str) -> Option<Slot> {
+        let label = &self.by_partuuid(partuuid)?.gpt.label;
+        Slot::ALL
+            .into_iter()
+            .find(|slot| slot.partition_label() == label)
     }
 
     /// The partition with this PARTUUID (any case).
@@ -322,6 +333,19 @@ mod tests {
         (dir, roots)
     }
     use super::*;
+
+    #[test]
+    fn a_root_partuuid_names_its_slot_by_label() {
+        let (_dir, roots) = tree();
+        let disk = disk_with_partuuid(&roots, ROOT_B_UUID).unwrap();
+        assert_eq!(
+            disk.slot_of(&ROOT_B_UUID.to_ascii_uppercase()),
+            Some(Slot::B)
+        );
+        assert_eq!(disk.slot_of(ROOT_A_UUID), Some(Slot::A));
+        assert_eq!(disk.slot_of(DATA_UUID), None);
+        assert_eq!(disk.slot_of("00000000-0000-0000-0000-000000000000"), None);
+    }
 
     #[test]
     fn finds_the_disk_and_its_partitions() {

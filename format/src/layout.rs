@@ -95,6 +95,28 @@ pub const CMDLINE_VERITY_SALT: &str = "berth.verity.salt";
 pub const CMDLINE_VERITY_BLOCKS: &str = "berth.verity.blocks";
 /// Kernel command line key: byte offset of the hash tree in the slot partition.
 pub const CMDLINE_VERITY_HASH_OFFSET: &str = "berth.verity.hashoffset";
+/// Why a word of a recipe's extra kernel command line is refused: it is one of
+/// the words berth itself writes into a boot entry ([`BootEntry::cmdline`]), or
+/// one that would change what the kernel boots into. Appended after berth's own
+/// words, the kernel (and [`KernelCmdline::parse`]) would take the recipe's
+/// instead: another root, no verity, an init that is not berth's, a panic that
+/// never reboots. `None`: the word is the recipe's to add.
+pub fn reserved_cmdline_word(word: &str) -> Option<&'static str> {
+    let key = word.split_once('=').map_or(word, |(key, _)| key);
+    match key {
+        "root" | "rootfstype" | "rootflags" | "ro" | "rw" => {
+            Some("berth names the slot's root partition itself and mounts it read-only")
+        }
+        "init" | "rdinit" => Some("berth-init is PID 1"),
+        "panic" => Some("berth sets panic=5 so a failed boot reboots and counts down"),
+        "console" => Some("berth's console (ttyS0) carries the init's log"),
+        key if key.starts_with("berth.") || key == "berth" => {
+            Some("berth.* words are berth's own (slot, data partition, dm-verity)")
+        }
+        _ => None,
+    }
+}
+
 /// dm-verity block size berth uses for both data and hash blocks.
 pub const VERITY_BLOCK_SIZE: u64 = 4096;
 
@@ -572,5 +594,26 @@ mod tests {
         assert_eq!(Slot::A.other(), Slot::B);
         assert_eq!(Slot::B.partition_label(), "root-b");
         assert_eq!(Slot::A.entry_id(), "berth-a");
+    }
+
+    #[test]
+    fn every_word_berth_writes_is_reserved() {
+        let mut verity = entry();
+        verity.extra_cmdline = String::new();
+        verity.verity = Some(VerityParams {
+            root_hash: "ab".repeat(32),
+            salt: String::new(),
+            data_blocks: 10,
+            hash_offset: 4096,
+        });
+        for word in verity.cmdline().split_ascii_whitespace() {
+            assert!(reserved_cmdline_word(word).is_some(), "{word}");
+        }
+        for word in ["init=/bin/sh", "rdinit=/x", "berth.anything=1", "rw"] {
+            assert!(reserved_cmdline_word(word).is_some(), "{word}");
+        }
+        for word in ["quiet", "loglevel=3", "rootwait", "berthold=1", "nomodeset"] {
+            assert_eq!(reserved_cmdline_word(word), None, "{word}");
+        }
     }
 }

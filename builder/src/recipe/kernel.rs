@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use berth_format::layout::reserved_cmdline_word;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -49,6 +50,37 @@ pub enum KernelSource {
 }
 
 impl Validator<'_> {
+    /// Refuses a word of `[kernel] cmdline` that berth writes itself or that
+    /// would change what boots (see [`reserved_cmdline_word`]), pointing at the
+    /// word when the string is written without escapes (else at the string).
+    fn cmdline_words(&self, cmdline: &Spanned<String>) -> Result<(), RecipeError> {
+        let span = cmdline.span();
+        let value = cmdline.get_ref();
+        // The string's text as written, between its quotes: word offsets in the
+        // value are offsets in the file only when it holds no escapes.
+        let literal = self
+            .source
+            .get(span.clone())
+            .and_then(|text| text.get(1..text.len().saturating_sub(1)))
+            .filter(|inner| *inner == value.as_str());
+        let mut offset = 0;
+        for word in value.split_ascii_whitespace() {
+            let at = offset + value[offset..].find(word).unwrap_or(0);
+            offset = at + word.len();
+            if let Some(why) = reserved_cmdline_word(word) {
+                let word_span = match literal {
+                    Some(_) => span.start + 1 + at..span.start + 1 + at + word.len(),
+                    None => span.clone(),
+                };
+                return self.err(
+                    &word_span,
+                    format!("`{word}` cannot be set in [kernel] cmdline: {why}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn kernel(
         &self,
         raw: Option<Spanned<RawKernel>>,
@@ -96,7 +128,10 @@ impl Validator<'_> {
             Some(c) if c.get_ref().contains(['\n', '\r']) => {
                 return self.err(&c.span(), "the kernel command line must be one line")
             }
-            Some(c) => c.into_inner().trim().to_string(),
+            Some(c) => {
+                self.cmdline_words(&c)?;
+                c.into_inner().trim().to_string()
+            }
             None => String::new(),
         };
         let mut modules = Vec::new();
@@ -115,5 +150,53 @@ impl Validator<'_> {
             cmdline,
             modules,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::parse;
+
+    const HEAD: &str = "[image]\nname = \"x\"\nversion = \"1.0.0\"\n";
+
+    #[test]
+    fn berths_own_command_line_words_are_refused_at_the_word() {
+        for word in [
+            "root=/dev/sdb1",
+            "init=/bin/sh",
+            "rdinit=/bin/sh",
+            "panic=0",
+            "ro",
+            "rw",
+            "console=tty0",
+            "berth.slot=b",
+            "berth.data=PARTUUID=x",
+            "berth.verity.roothash=00",
+        ] {
+            let src = format!("{HEAD}[kernel]\ncmdline = \"quiet {word} loglevel=3\"\n");
+            let err = parse(Path::new("r.toml"), &src).unwrap_err();
+            let at = err.location().expect("a location");
+            // `cmdline = "quiet ` is 17 characters: the word starts at column 18.
+            assert_eq!((at.line, at.column), (5, 18), "{word}: {err}");
+            assert!(err.to_string().contains(word), "{err}");
+            assert!(err.to_string().starts_with("r.toml:5:18:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn other_command_line_words_are_kept() {
+        let src = format!("{HEAD}[kernel]\ncmdline = \" quiet loglevel=3 rootwait \"\n");
+        let plan = parse(Path::new("r.toml"), &src).unwrap();
+        assert_eq!(plan.kernel.cmdline, "quiet loglevel=3 rootwait");
+    }
+
+    #[test]
+    fn a_refused_word_in_an_escaped_string_points_at_the_string() {
+        let src = format!("{HEAD}[kernel]\ncmdline = \"quiet\\tinit=/bin/sh\"\n");
+        let err = parse(Path::new("r.toml"), &src).unwrap_err();
+        let at = err.location().unwrap();
+        assert_eq!((at.line, at.column), (5, 11), "{err}");
     }
 }

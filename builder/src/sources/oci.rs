@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::recipe::{ImageRef, RegistryRef};
 use crate::sources::cache::{sha256_file, Cache};
-use crate::sources::registry::{Registries, RegistryError};
+use crate::sources::registry::{BlobKind, Registries, RegistryError};
 use crate::tree::{normalize, TarGuard, Tree, TreeError};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -168,12 +168,31 @@ pub fn resolve(
     }
 }
 
-/// Unpacks a resolved image into a new tree staged in `staging`, its files
-/// together at most `limit` bytes.
-pub fn unpack(resolved: &Resolved, staging: &Path, limit: u64) -> Result<Unpacked, OciError> {
+/// Most archive entries the layers of one image may hold together. Real
+/// images have tens of thousands; millions of empty files cost no bytes but an
+/// inode and a staging file each, and memory for the tree.
+pub const MAX_ENTRIES: u64 = 1 << 20;
+
+/// What one image may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// File content, in bytes, of all layers together.
+    pub bytes: u64,
+    /// Archive entries of all layers together (see [`MAX_ENTRIES`]).
+    pub entries: u64,
+}
+
+/// Unpacks a resolved image into a new tree staged in `staging`, within
+/// `limits`: a layer past either is refused.
+pub fn unpack(
+    resolved: &Resolved,
+    staging: &Path,
+    limits: UnpackLimits,
+) -> Result<Unpacked, OciError> {
     let image = &resolved.reference;
     let mut tree = Tree::new(staging);
-    tree.set_limit(limit);
+    tree.set_limit(limits.bytes);
+    tree.set_entry_limit(limits.entries);
     let diff_ids = resolved.config.rootfs().diff_ids();
     for (i, layer) in resolved.layers.iter().enumerate() {
         let io = |source| OciError::Io {
@@ -393,8 +412,8 @@ fn from_registry(
     check_sha256(image, config_d.digest().as_ref())?;
     let config_path = registries.blob(
         r,
-        config_d.digest().as_ref(),
-        config_d.size(),
+        (config_d.digest().as_ref(), config_d.size()),
+        BlobKind::Config,
         &format!("config of {}", r.name()),
         cache,
     )?;
@@ -405,8 +424,8 @@ fn from_registry(
         let compression = compression_of(image, l.media_type())?;
         let path = registries.blob(
             r,
-            l.digest().as_ref(),
-            l.size(),
+            (l.digest().as_ref(), l.size()),
+            BlobKind::Layer,
             &format!(
                 "layer {}/{} of {}",
                 i + 1,
@@ -713,7 +732,11 @@ mod tests {
     /// A manifest for one image whose only layer holds the file `name`; the
     /// config's diff_id is `diff_id` or the layer's own.
     fn image(dir: &Path, name: &str, diff_id: Option<&str>) -> serde_json::Value {
-        let tar = layer(name);
+        image_of(dir, layer(name), diff_id)
+    }
+
+    /// A manifest for one image whose only layer is `tar`.
+    fn image_of(dir: &Path, tar: Vec<u8>, diff_id: Option<&str>) -> serde_json::Value {
         let l = blob(
             dir,
             "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -752,6 +775,14 @@ mod tests {
     }
 
     fn resolve_layout(dir: &Path, cache_dir: &Path) -> Result<(Resolved, Unpacked), OciError> {
+        resolve_layout_within(dir, cache_dir, MAX_ENTRIES)
+    }
+
+    fn resolve_layout_within(
+        dir: &Path,
+        cache_dir: &Path,
+        entries: u64,
+    ) -> Result<(Resolved, Unpacked), OciError> {
         let cache = Cache::open(cache_dir).unwrap();
         let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
         let sources = Sources {
@@ -765,8 +796,35 @@ mod tests {
         let resolved = resolve(&reference, None, "c", &sources)?;
         let staging = cache_dir.join("staging");
         fs::create_dir_all(&staging).unwrap();
-        let unpacked = unpack(&resolved, &staging, 1 << 30)?;
+        let limits = UnpackLimits {
+            bytes: 1 << 30,
+            entries,
+        };
+        let unpacked = unpack(&resolved, &staging, limits)?;
         Ok((resolved, unpacked))
+    }
+
+    #[test]
+    fn a_layer_of_too_many_entries_is_refused_by_count() {
+        // Empty files: no byte limit ever sees them.
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..300 {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(0);
+            h.set_mode(0o644);
+            b.append_data(&mut h, format!("f{i}"), io::empty()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        write_index(&layout, image_of(&layout, tar, None));
+        let err = match resolve_layout_within(&layout, &dir.path().join("c1"), 299) {
+            Ok(_) => panic!("300 entries unpacked within a limit of 299"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("more than 299 entries"), "{err}");
+        let (_, unpacked) = resolve_layout_within(&layout, &dir.path().join("c2"), 300).unwrap();
+        assert!(unpacked.tree.get("f299").is_some());
     }
 
     #[test]

@@ -35,6 +35,30 @@ const FIRST_PAUSE: Duration = Duration::from_millis(500);
 /// Largest manifest berth accepts (the distribution spec suggests 4 MiB).
 const MAX_MANIFEST: usize = 4 << 20;
 
+/// Largest image configuration berth downloads (real ones are kilobytes).
+pub const MAX_CONFIG: u64 = 8 << 20;
+/// Largest layer berth downloads, as stored (compressed).
+pub const MAX_LAYER: u64 = 8 << 30;
+
+/// What a blob is, for the bound on its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    /// An image configuration: at most [`MAX_CONFIG`] bytes.
+    Config,
+    /// A layer: at most [`MAX_LAYER`] bytes.
+    Layer,
+}
+
+impl BlobKind {
+    /// The most bytes a blob of this kind may have.
+    pub fn max(self) -> u64 {
+        match self {
+            BlobKind::Config => MAX_CONFIG,
+            BlobKind::Layer => MAX_LAYER,
+        }
+    }
+}
+
 /// Media types berth asks for when it pulls a manifest.
 pub const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
@@ -333,17 +357,32 @@ impl Registries {
 
     /// The blob `digest` of `image`'s repository in the cache, downloaded (or
     /// its download resumed) if it is not there yet.
+    ///
+    /// `size` is the descriptor's, and it binds: a descriptor claiming more than
+    /// `kind` allows is refused before any request, and the registry may send no
+    /// byte past `size` (so a descriptor claiming 0, or leaving the size out,
+    /// which reads as 0, takes an empty blob and nothing else).
     pub fn blob(
         &self,
         image: &RegistryRef,
-        digest: &str,
-        size: u64,
+        (digest, size): (&str, u64),
+        kind: BlobKind,
         what: &str,
         cache: &Cache,
     ) -> Result<PathBuf, RegistryError> {
         let hex = hex_of(digest).to_string();
         if let Some(path) = cache.get(&hex)? {
             return Ok(path);
+        }
+        if size > kind.max() {
+            return Err(RegistryError::Pull {
+                image: image.to_string(),
+                reason: format!(
+                    "{what}: its descriptor says {size} bytes, more than the {} berth accepts",
+                    human_bytes(kind.max())
+                ),
+                hint: String::new(),
+            });
         }
         let _lock = cache.lock_blob(&hex)?;
         // Another build may have fetched it while this one waited for the lock.
@@ -506,8 +545,9 @@ impl Registries {
             let chunk =
                 chunk.map_err(|e| DownloadError::Remote(OciDistributionError::IoError(e)))?;
             position += chunk.len() as u64;
-            // Never more than the descriptor says: a registry cannot fill the disk.
-            if size > 0 && position > size {
+            // Never more than the descriptor says (none when it says 0): a
+            // registry cannot fill the disk.
+            if position > size {
                 return Err(DownloadError::TooLarge);
             }
             file.write_all(&chunk).map_err(local)?;
@@ -534,6 +574,133 @@ enum DownloadError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    /// A registry on loopback that lies about nothing but what its manifests'
+    /// descriptors would: it serves `blob` (with its true digest) to whoever
+    /// asks for it, and records every request line.
+    struct HostileRegistry {
+        host: String,
+        requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl HostileRegistry {
+        fn start(blob: Vec<u8>) -> HostileRegistry {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let host = listener.local_addr().unwrap().to_string();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&requests);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    let _ = serve(stream, &blob, &seen);
+                }
+            });
+            HostileRegistry { host, requests }
+        }
+
+        fn blob_requests(&self) -> usize {
+            let requests = self.requests.lock().unwrap();
+            requests.iter().filter(|r| r.contains("/blobs/")).count()
+        }
+
+        fn client(&self) -> Registries {
+            let transports = BTreeMap::from([(self.host.clone(), Transport::PlainHttp)]);
+            Registries::new(&transports, Verbosity::Quiet).unwrap()
+        }
+
+        fn image(&self) -> RegistryRef {
+            RegistryRef {
+                registry: self.host.clone(),
+                repository: "hostile/app".into(),
+                tag: Some("1".into()),
+                digest: None,
+            }
+        }
+    }
+
+    /// Answers one connection: the blob for `/blobs/`, `{}` for anything else.
+    fn serve(stream: TcpStream, blob: &[u8], seen: &Mutex<Vec<String>>) -> std::io::Result<()> {
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut stream = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            seen.lock().unwrap().push(line.trim().to_string());
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let body: &[u8] = if line.contains("/blobs/") {
+                blob
+            } else {
+                b"{}"
+            };
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(body)?;
+        }
+    }
+
+    #[test]
+    fn a_descriptor_claiming_size_zero_gets_no_bytes() {
+        // Two MiB whose digest is right: only the size in the descriptor lies.
+        let blob = vec![7u8; 2 << 20];
+        let digest = format!("sha256:{}", crate::sources::cache::sha256_bytes(&blob));
+        let registry = HostileRegistry::start(blob);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let client = registry.client();
+        let image = registry.image();
+        for kind in [BlobKind::Layer, BlobKind::Config] {
+            let err = client
+                .blob(&image, (&digest, 0), kind, "layer 1/1", &cache)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than the 0 bytes"), "{err}");
+        }
+        assert!(registry.blob_requests() >= 1);
+        assert!(cache.get(hex_of(&digest)).unwrap().is_none());
+        // Nothing of it is kept for a resumed download either.
+        assert!(!cache.partial_path(hex_of(&digest)).exists());
+    }
+
+    #[test]
+    fn a_descriptor_claiming_too_much_is_refused_before_any_request() {
+        let blob = vec![1u8; 1024];
+        let digest = format!("sha256:{}", crate::sources::cache::sha256_bytes(&blob));
+        let registry = HostileRegistry::start(blob);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let client = registry.client();
+        let image = registry.image();
+        for (kind, size) in [
+            (BlobKind::Config, MAX_CONFIG + 1),
+            (BlobKind::Layer, MAX_LAYER + 1),
+            (BlobKind::Layer, u64::MAX),
+        ] {
+            let err = client
+                .blob(&image, (&digest, size), kind, "config", &cache)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("more than the"), "{err}");
+        }
+        assert_eq!(registry.blob_requests(), 0);
+        // The true size is fetched.
+        let path = client
+            .blob(&image, (&digest, 1024), BlobKind::Config, "config", &cache)
+            .unwrap();
+        assert_eq!(fs::read(path).unwrap().len(), 1024);
+    }
 
     #[test]
     fn sizes_read_well() {

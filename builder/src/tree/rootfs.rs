@@ -309,7 +309,11 @@ pub fn root_tree(
                 // The squashfs must fit the root partition; zstd rarely does
                 // better than 1:8 on real images, so more is a mistake or a bomb.
                 let limit = plan.disk.root.saturating_mul(UNPACK_LIMIT_FACTOR);
-                let unpacked = oci::unpack(&resolved, staging, limit)?;
+                let limits = oci::UnpackLimits {
+                    bytes: limit,
+                    entries: oci::MAX_ENTRIES,
+                };
+                let unpacked = oci::unpack(&resolved, staging, limits)?;
                 inputs.images.push(LockedImage {
                     container: container.name.clone(),
                     reference: written,

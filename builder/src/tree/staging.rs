@@ -87,6 +87,10 @@ pub struct Tree {
     budget: Option<u64>,
     /// The limit `budget` started from, for the message.
     limit: u64,
+    /// Archive entries this tree may still read (`None`: no limit).
+    entries_left: Option<u64>,
+    /// The limit `entries_left` started from, for the message.
+    entry_limit: u64,
 }
 
 static STAGED: AtomicU64 = AtomicU64::new(0);
@@ -119,7 +123,18 @@ impl Tree {
             staging: staging.to_path_buf(),
             budget: None,
             limit: 0,
+            entries_left: None,
+            entry_limit: 0,
         }
+    }
+
+    /// Limits the archive entries this tree reads to `entries` in all, counted
+    /// as they are read (whiteouts, links, empty files and entries that replace
+    /// earlier ones too): millions of empty files cost no bytes but an inode
+    /// and a staging file each, and a node in memory.
+    pub fn set_entry_limit(&mut self, entries: u64) {
+        self.entries_left = Some(entries);
+        self.entry_limit = entries;
     }
 
     /// Limits the file content this tree stages to `bytes` in all (a layer
@@ -442,6 +457,18 @@ impl Tree {
         let mut this_layer: Vec<String> = Vec::new();
         let entries = archive.entries().map_err(io_err(Path::new("tar")))?;
         for entry in entries {
+            if let Some(left) = self.entries_left.as_mut() {
+                if *left == 0 {
+                    return Err(refused(
+                        "tar",
+                        format!(
+                            "more than {} entries, the limit for one container",
+                            self.entry_limit
+                        ),
+                    ));
+                }
+                *left -= 1;
+            }
             let mut entry = entry.map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => refused("tar", e.to_string()),
                 _ => TreeError::Io {

@@ -91,7 +91,7 @@ pub enum Refusal {
 }
 
 /// The booted slot as the console names it: `slot a`, or `the booted slot` when the
-/// command line has no `berth.slot=`.
+/// root partition is not found to be a slot's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotName(pub Option<Slot>);
 
@@ -132,7 +132,7 @@ fn boot() -> Result<Infallible, EarlyError> {
         start.elapsed().as_millis()
     );
     let device = root_device(&root, &cmdline).map_err(|refusal| EarlyError::SlotRefused {
-        slot: SlotName(cmdline.slot),
+        slot: SlotName(cmdline::booted_slot(&Roots::system(), &cmdline).ok()),
         refusal,
     })?;
     let sysroot = Path::new(SYSROOT);

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use berth_format::KernelCmdline;
+use berth_format::blockdev::{self, Roots};
+use berth_format::{KernelCmdline, Slot};
 
 /// Where the kernel publishes its command line.
 pub const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -37,6 +38,24 @@ pub fn root_partuuid(cmdline: &KernelCmdline) -> Option<&str> {
         .filter(|uuid| looks_like_uuid(uuid))
 }
 
+/// The slot this system booted: the one whose root partition (by its GPT label,
+/// `root-a` or `root-b`) `root=PARTUUID=…` names, which is the partition the
+/// early stage mounted. A `berth.slot=` word that says otherwise is logged and
+/// ignored: the root is what really runs.
+pub fn booted_slot(roots: &Roots, cmdline: &KernelCmdline) -> Result<Slot, String> {
+    let root = root_partuuid(cmdline).ok_or("the command line names no root=PARTUUID=")?;
+    let disk = blockdev::disk_with_partuuid(roots, root).map_err(|e| e.to_string())?;
+    let slot = disk
+        .slot_of(root)
+        .ok_or_else(|| format!("the root PARTUUID={root} is neither slot's partition"))?;
+    if let Some(named) = cmdline.slot.filter(|named| *named != slot) {
+        log!(
+            "the command line says berth.slot={named} but the root PARTUUID={root} is slot {slot}'s: booted slot {slot}"
+        );
+    }
+    Ok(slot)
+}
+
 /// The data partition's PARTUUID from `berth.data=PARTUUID=…`, if well-formed.
 pub fn data_partuuid(cmdline: &KernelCmdline) -> Option<&str> {
     cmdline
@@ -59,7 +78,7 @@ fn looks_like_uuid(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_format::Slot;
+    use berth_format::blockdev::fake;
 
     const LINE: &str = "BOOT_IMAGE=/berth/a/vmlinuz root=PARTUUID=0FC63DAF-8483-4772-8E79-3D69D8477DE4 ro \
         berth.slot=a berth.data=PARTUUID=4d21b016-b534-45c2-a9fb-5c16e091fd2d console=ttyS0 panic=5 quiet\n";
@@ -103,5 +122,22 @@ mod tests {
         assert!(!looks_like_uuid("4d21b016-b534-45c2-a9fb-5c16e091fd2"));
         assert!(!looks_like_uuid("4d21b016-b534-45c2-a9fb-5c16e091fd2g"));
         assert!(!looks_like_uuid("4d21b016b534-45c2-a9fb-5c16e091fd2d0"));
+    }
+
+    #[test]
+    fn the_booted_slot_is_the_roots_partition_not_the_slot_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = fake::tree_in(dir.path(), true);
+        let lying = KernelCmdline::parse(&format!(
+            "root=PARTUUID={} ro berth.slot=a console=ttyS0 berth.slot=b",
+            fake::ROOT_A_UUID
+        ));
+        assert_eq!(lying.slot, Some(Slot::B), "the last word wins when parsed");
+        assert_eq!(booted_slot(&roots, &lying), Ok(Slot::A));
+        let plain = KernelCmdline::parse(&format!("root=PARTUUID={}", fake::ROOT_B_UUID));
+        assert_eq!(booted_slot(&roots, &plain), Ok(Slot::B));
+        let data = KernelCmdline::parse(&format!("root=PARTUUID={}", fake::DATA_UUID));
+        assert!(booted_slot(&roots, &data).is_err());
+        assert!(booted_slot(&roots, &KernelCmdline::parse("berth.slot=a")).is_err());
     }
 }

@@ -85,9 +85,7 @@ pub fn counting(esp: &Path, slot: Slot) -> Result<Counting, String> {
 /// slot's entry.
 pub fn counting_now() -> Result<Counting, String> {
     let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|e| e.to_string())?;
-    let slot = cmdline
-        .slot
-        .ok_or("the command line names no berth.slot=")?;
+    let slot = cmdline::booted_slot(&Roots::system(), &cmdline)?;
     mount(true)?;
     let result = counting(Path::new(ESP_MOUNT), slot);
     if let Err(errno) = umount2(ESP_MOUNT, MntFlags::MNT_DETACH) {

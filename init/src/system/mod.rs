@@ -151,8 +151,8 @@ fn quiet_console() {
 }
 
 /// The ESP, read-write on /efi, for the boot assessment (and the device agent).
-/// Without it, or without `berth.slot=` on the command line, the boot is not
-/// assessed.
+/// Without it, or without a booted slot (the root partition's, see
+/// [`cmdline::booted_slot`]), the boot is not assessed.
 fn mount_esp() -> Option<AssessmentInput> {
     match crate::shared::esp::mount(false) {
         Ok(node) => log!("mounted ESP {} on {}", node.display(), layout::ESP_MOUNT),
@@ -162,11 +162,14 @@ fn mount_esp() -> Option<AssessmentInput> {
         }
     }
     let slot = cmdline::read(Path::new(cmdline::PROC_CMDLINE))
-        .ok()
-        .and_then(|cmdline| cmdline.slot);
-    let Some(slot) = slot else {
-        log!("no berth.slot= on the command line: boot assessment skipped");
-        return None;
+        .map_err(|err| err.to_string())
+        .and_then(|cmdline| cmdline::booted_slot(&Roots::system(), &cmdline));
+    let slot = match slot {
+        Ok(slot) => slot,
+        Err(why) => {
+            log!("booted slot unknown ({why}): boot assessment skipped");
+            return None;
+        }
     };
     Some(AssessmentInput {
         esp: Path::new(layout::ESP_MOUNT).to_path_buf(),
@@ -176,9 +179,9 @@ fn mount_esp() -> Option<AssessmentInput> {
 
 fn slot_name() -> String {
     cmdline::read(Path::new(cmdline::PROC_CMDLINE))
-        .ok()
-        .and_then(|cmdline| cmdline.slot)
-        .map_or_else(|| "unknown".to_string(), |slot| slot.to_string())
+        .map_err(|err| err.to_string())
+        .and_then(|cmdline| cmdline::booted_slot(&Roots::system(), &cmdline))
+        .map_or_else(|_| "unknown".to_string(), |slot| slot.to_string())
 }
 
 /// Reads and parses `/etc/berth/image.toml`.

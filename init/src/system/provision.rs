@@ -382,29 +382,53 @@ impl Provision {
     }
 }
 
-/// Reads the ESP's file (else the saved one), logs what is wrong with it, keeps
+/// Reads the ESP's file (else the kept one), logs what is wrong with it, keeps
 /// what was accepted on the data partition and returns it.
+///
+/// The ESP's file replaces the kept copy only when it could be read and sets at
+/// least one valid value. A file that is there but unreadable (an I/O error, not
+/// UTF-8) or wholly invalid (not TOML, empty as a cut write on FAT leaves it, or
+/// no field valid) is logged and passed over: the kept copy and its settings stay
+/// in force, so a bad stick or a damaged ESP never takes a device's network away.
 pub fn load(esp_file: &Path, saved_file: &Path) -> Provision {
-    let (text, from_esp) = match std::fs::read_to_string(esp_file) {
-        Ok(text) => (text, true),
-        Err(_) => match std::fs::read_to_string(saved_file) {
-            Ok(text) => (text, false),
-            Err(_) => return Provision::default(),
-        },
+    match std::fs::read_to_string(esp_file) {
+        Ok(text) => {
+            let (provision, problems) = parse(&text);
+            for problem in &problems {
+                log!("provisioning {}: {problem}", esp_file.display());
+            }
+            if !provision.is_empty() {
+                keep(saved_file, &provision);
+                return applied(provision, esp_file);
+            }
+            log!(
+                "provisioning {}: no valid setting in it: passed over, the kept settings stay",
+                esp_file.display()
+            );
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => log!(
+            "provisioning {}: unreadable ({err}): passed over, the kept settings stay",
+            esp_file.display()
+        ),
+    }
+    let text = match std::fs::read_to_string(saved_file) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Provision::default(),
+        Err(err) => {
+            log!("provisioning {}: unreadable ({err})", saved_file.display());
+            return Provision::default();
+        }
     };
-    let source = if from_esp { esp_file } else { saved_file };
     let (provision, problems) = parse(&text);
     for problem in &problems {
-        log!("provisioning {}: {problem}", source.display());
+        log!("provisioning {}: {problem}", saved_file.display());
     }
-    if from_esp {
-        if let Some(dir) = saved_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(err) = std::fs::write(saved_file, provision.render()) {
-            log!("keeping provisioning in {}: {err}", saved_file.display());
-        }
-    }
+    applied(provision, saved_file)
+}
+
+/// Logs where the settings came from, keeps a provisioned seed, returns them.
+fn applied(provision: Provision, source: &Path) -> Provision {
     if let Some(seed) = &provision.update.seed {
         keep_seed(Path::new(berth_format::layout::UPDATE_SEED_PATH), seed);
     }
@@ -414,21 +438,44 @@ pub fn load(esp_file: &Path, saved_file: &Path) -> Provision {
     provision
 }
 
+/// Keeps the accepted settings on the data partition, atomically: a cut leaves
+/// the old copy or the new one, never a torn one.
+fn keep(saved_file: &Path, provision: &Provision) {
+    let text = provision.render();
+    if std::fs::read_to_string(saved_file).ok().as_deref() == Some(text.as_str()) {
+        return;
+    }
+    if let Err(err) = write_atomically(saved_file, text.as_bytes()) {
+        log!("keeping provisioning in {}: {err}", saved_file.display());
+    }
+}
+
+/// Replaces `path` with `bytes` so that a power cut leaves either the old file or
+/// the new one: a temporary file next to it, written and fsynced, renamed over
+/// it, then the folder fsynced so the rename itself is on disk.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let temp = dir.join(name);
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Writes a provisioned rollout seed where the update agent reads it (unless
-/// it is there already), through a temporary file and a rename.
+/// it is there already), atomically.
 fn keep_seed(path: &Path, seed: &str) {
     let text = format!("{seed}\n");
     if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
         return;
     }
-    let temp = path.with_extension("tmp");
-    let written = path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| std::fs::write(&temp, &text))
-        .and_then(|()| std::fs::File::open(&temp)?.sync_all())
-        .and_then(|()| std::fs::rename(&temp, path));
-    match written {
+    match write_atomically(path, text.as_bytes()) {
         Ok(()) => log!("provisioning: rollout seed set"),
         Err(err) => log!(
             "provisioning: keeping the rollout seed in {}: {err}",
@@ -606,5 +653,89 @@ color = 1
         assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
         std::fs::remove_file(&esp).unwrap();
         assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
+    }
+
+    /// Writes `hostname = "edge-1"` and a static address through the ESP, so
+    /// the kept copy holds them.
+    fn provisioned(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let esp = dir.join("efi/berth/provision.toml");
+        let saved = dir.join("var/lib/berth/provision.toml");
+        std::fs::create_dir_all(esp.parent().unwrap()).unwrap();
+        std::fs::write(
+            &esp,
+            "hostname = \"edge-1\"\n[network]\nipv4 = { address = \"192.168.1.17/24\" }\n",
+        )
+        .unwrap();
+        let first = load(&esp, &saved);
+        assert_eq!(first.hostname.as_deref(), Some("edge-1"));
+        assert!(first.ipv4.is_some());
+        (esp, saved)
+    }
+
+    #[test]
+    fn a_wholly_invalid_esp_file_leaves_the_kept_settings_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, saved) = provisioned(dir.path());
+        let kept = std::fs::read_to_string(&saved).unwrap();
+        for bad in [
+            "this is not toml [[[",
+            "",
+            "\0\0\0\0\0\0\0\0",
+            "hostname = 7\n[network]\ndns = \"nope\"\n",
+        ] {
+            std::fs::write(&esp, bad).unwrap();
+            let provision = load(&esp, &saved);
+            assert_eq!(provision.hostname.as_deref(), Some("edge-1"), "{bad:?}");
+            assert!(provision.ipv4.is_some(), "{bad:?}");
+            assert_eq!(std::fs::read_to_string(&saved).unwrap(), kept, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_esp_file_leaves_the_kept_settings_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, saved) = provisioned(dir.path());
+        let kept = std::fs::read_to_string(&saved).unwrap();
+        // Not UTF-8: read_to_string fails as an unreadable file does.
+        std::fs::write(&esp, b"hostname = \"\xff\xfe\"\n").unwrap();
+        assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
+        // A folder where the file should be: EISDIR, as an I/O error reads.
+        std::fs::remove_file(&esp).unwrap();
+        std::fs::create_dir(&esp).unwrap();
+        assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-1"));
+        assert_eq!(std::fs::read_to_string(&saved).unwrap(), kept);
+    }
+
+    #[test]
+    fn the_kept_copy_is_replaced_whole_and_no_temporary_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (esp, saved) = provisioned(dir.path());
+        std::fs::write(&esp, "hostname = \"edge-2\"\n").unwrap();
+        assert_eq!(load(&esp, &saved).hostname.as_deref(), Some("edge-2"));
+        std::fs::remove_file(&esp).unwrap();
+        let again = load(&esp, &saved);
+        assert_eq!(again.hostname.as_deref(), Some("edge-2"));
+        assert_eq!(again.ipv4, None, "the new file replaced the old settings");
+        let names: Vec<_> = std::fs::read_dir(saved.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("provision.toml")]);
+    }
+
+    #[test]
+    fn writing_atomically_never_leaves_a_torn_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/kept.toml");
+        write_atomically(&path, b"one").unwrap();
+        // A temporary left by a cut write is replaced, and the file is whole.
+        std::fs::write(dir.path().join("a/b/kept.toml.tmp"), b"torn").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert!(!dir.path().join("a/b/kept.toml.tmp").exists());
+        // A file in the way of the temporary: the write fails, the old file stays.
+        std::fs::create_dir(dir.path().join("a/b/kept.toml.tmp")).unwrap();
+        assert!(write_atomically(&path, b"three").is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
     }
 }
