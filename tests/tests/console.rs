@@ -201,3 +201,32 @@ fn sigterm_stops_the_vm_and_restores_the_terminal() {
     assert_eq!(status.code(), Some(130), "{}", term.shown());
     assert_eq!(term.settings(), before, "the terminal was not restored");
 }
+
+#[test]
+fn a_script_drives_the_debug_shell_through_standard_input() {
+    let fx = fixture();
+    // `printf 'berth-update status\n' | berth run IMAGE --snapshot --expect …`
+    // (docs/cli.md): the line waits until the shell is up, then runs.
+    let mut child = Command::new(&binaries().berth)
+        .arg("run")
+        .arg(&fx.v100)
+        .args(["--snapshot", "--expect", r"slot a: 1\.0\.0 \(booted"])
+        .args(["--timeout", &BOOT_TIMEOUT.as_secs().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting berth run: {err}"));
+    let mut stdin = child.stdin.take().expect("berth run's stdin");
+    std::io::Write::write_all(&mut stdin, b"berth-update status\n").expect("writing a line");
+    drop(stdin);
+    let output = child.wait_with_output().expect("waiting for berth run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("berth-update status"), "{stdout}");
+}
