@@ -37,13 +37,21 @@ pub enum ConsoleInput {
 }
 
 impl ConsoleInput {
-    /// [`ConsoleInput::Terminal`] when standard input is a terminal, else
+    /// [`ConsoleInput::Terminal`] when standard input is a terminal this
+    /// process may use, [`ConsoleInput::Closed`] when it is the controlling
+    /// terminal but this process runs in the background (`berth run … &`:
+    /// touching the terminal would stop it with SIGTTOU or SIGTTIN), else
     /// [`ConsoleInput::Lines`].
     pub fn detect() -> ConsoleInput {
-        if termios::isatty(std::io::stdin()) {
-            ConsoleInput::Terminal
-        } else {
-            ConsoleInput::Lines
+        let stdin = std::io::stdin();
+        if !termios::isatty(&stdin) {
+            return ConsoleInput::Lines;
+        }
+        match termios::tcgetpgrp(&stdin) {
+            // A terminal that is not this process's controlling terminal has
+            // no foreground to be in (the call fails): it is usable.
+            Ok(foreground) if foreground != rustix::process::getpgrp() => ConsoleInput::Closed,
+            _ => ConsoleInput::Terminal,
         }
     }
 }
