@@ -10,13 +10,14 @@
 //! signs and publishes built images.
 //!
 //! At the top stay the driver and what every stage uses: [`build`] (the pipeline,
-//! which knows every stage), [`progress`] (the terminal output each stage
+//! which knows every stage), [`output`] (what `--json` prints), [`progress`] (the terminal output each stage
 //! reports to), [`report`] (the build's record, filled from every stage) and
 //! [`reproducible`] (builds the whole pipeline twice and compares).
 
 pub mod build;
 pub mod disk;
 pub mod filesystem;
+pub mod output;
 pub mod progress;
 pub mod recipe;
 pub mod release;

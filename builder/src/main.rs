@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
+use berth_builder::output;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::release::bundle::{self, BundleOptions, Inspection, PayloadCheck};
 use berth_builder::release::keys::{self, Overwrite};
@@ -48,6 +50,10 @@ enum Command {
         /// changed, if RECIPE.lock would change (for CI).
         #[arg(long)]
         locked: bool,
+        /// Print what was built as one JSON document on stdout (files with
+        /// size and sha256, versions, step times); messages stay on stderr.
+        #[arg(long, conflicts_with = "check_reproducible")]
+        json: bool,
     },
     /// Resolve and fetch a recipe's images and packages and write RECIPE.lock
     /// (no image is built).
@@ -159,6 +165,10 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Print what was written as one JSON document on stdout (the index
+        /// and its signature with size and sha256, every entry).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -241,6 +251,10 @@ struct BundleArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
+    /// Print the bundle written as one JSON document on stdout (size, sha256,
+    /// versions, payloads).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,7 +279,11 @@ enum BundleCommand {
 #[derive(Debug, Subcommand)]
 enum CacheCommand {
     /// List every blob: sha256, size, days since a build used it, what it is.
-    Ls,
+    Ls {
+        /// Print the list as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove blobs no build used for a while, unfinished downloads and
     /// temporary files (refused while a build runs).
     Prune {
@@ -405,9 +423,14 @@ fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
             } else {
                 PayloadCheck::ManifestOnly
             };
+            let started = Instant::now();
             let result = bundle::inspect(&file, keys.as_ref(), check)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&result)?);
+                output::print(&output::InspectOutput {
+                    bundle: output::FileRecord::of(&file)?,
+                    inspection: &result,
+                    seconds: started.elapsed().as_secs_f64(),
+                })?;
             } else {
                 print_inspection(&file, &result);
             }
@@ -423,6 +446,7 @@ fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
             let (Some(image), Some(key)) = (args.image, args.key) else {
                 anyhow::bail!("berth bundle needs IMAGE and --key SECRET");
             };
+            let started = Instant::now();
             let interactive = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
             let mut progress = Progress::new(if interactive {
                 Verbosity::Normal
@@ -446,6 +470,13 @@ fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
                     created.size / (1024 * 1024),
                     created.key_id
                 );
+            }
+            if args.json {
+                output::print(&output::BundleOutput::new(
+                    &image,
+                    created,
+                    started.elapsed(),
+                )?)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -492,7 +523,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             check_reproducible,
             qcow2,
             locked,
+            json,
         } => {
+            let started = Instant::now();
             let mut progress = args.progress();
             let lock_mode = if locked {
                 LockMode::Locked
@@ -519,9 +552,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 built.report_data.outputs.disk.size / (1024 * 1024),
                 built.report.display()
             ));
-            if qcow2 {
+            let converted = if qcow2 {
                 let converted = berth_builder::build::convert_qcow2(&built.image)?;
                 progress.say(&format!("wrote {}", converted.display()));
+                Some(converted)
+            } else {
+                None
+            };
+            if json {
+                progress.finish();
+                let times = progress.times().to_vec();
+                output::print(&output::BuildOutput::new(
+                    built,
+                    converted.as_deref(),
+                    started.elapsed(),
+                    times,
+                )?)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -559,9 +605,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache { command, cache } => {
             let cache = Cache::open(&cache_root(cache)?)?;
             match command {
-                CacheCommand::Ls => {
+                CacheCommand::Ls { json } => {
                     let now = std::time::SystemTime::now();
                     let entries = cache.list()?;
+                    if json {
+                        output::print(&output::CacheOutput::new(cache.root(), entries, now))?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
                     let mut total = 0;
                     for e in &entries {
                         let days = now
@@ -615,6 +665,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.timeout = timeout.map(std::time::Duration::from_secs);
             options.memory_mib = memory;
             options.log = log;
+            options.input = berth_qemu::ConsoleInput::detect();
             if direct {
                 options.boot = berth_qemu::RunBoot::DirectFromImage;
             }
@@ -653,7 +704,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             withdraw,
             compatible,
             quiet,
+            json,
         } => {
+            let started = Instant::now();
             let change = [
                 (publish::Action::Pause, pause),
                 (publish::Action::Resume, resume),
@@ -716,6 +769,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     berth_format::clock::utc_datetime(published.index.expires),
                     published.key_id
                 );
+            }
+            if json {
+                let change = options
+                    .change
+                    .as_ref()
+                    .map(|c| (c.action, c.version.to_string()));
+                output::print(&output::PublishOutput::new(
+                    &repo,
+                    &channel,
+                    published,
+                    change,
+                    started.elapsed(),
+                )?)?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -19,6 +19,15 @@ pub struct Progress {
     verbosity: Verbosity,
     bar: Option<ProgressBar>,
     step: Option<(String, Instant)>,
+    /// Every finished step and how long it took, for `--json`.
+    times: Vec<StepTime>,
+}
+
+/// How long a step took.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepTime {
+    pub step: String,
+    pub seconds: f64,
 }
 
 impl Progress {
@@ -27,6 +36,7 @@ impl Progress {
             verbosity,
             bar: None,
             step: None,
+            times: Vec::new(),
         }
     }
 
@@ -34,10 +44,16 @@ impl Progress {
         self.verbosity
     }
 
+    /// The steps finished so far and how long each took.
+    pub fn times(&self) -> &[StepTime] {
+        &self.times
+    }
+
     /// Starts a step (ending the previous one).
     pub fn step(&mut self, name: &str) {
         self.finish();
         if self.verbosity == Verbosity::Quiet {
+            self.step = Some((name.to_string(), Instant::now()));
             return;
         }
         if std::io::stderr().is_terminal() {
@@ -66,6 +82,10 @@ impl Progress {
     pub fn finish(&mut self) {
         if let Some((name, start)) = self.step.take() {
             let took = start.elapsed().as_secs_f64();
+            self.times.push(StepTime {
+                step: name.clone(),
+                seconds: took,
+            });
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
             }

@@ -18,6 +18,9 @@ const STDERR_LINES: usize = 20;
 /// Unmatched console lines kept at most; older ones are dropped (a VM that nobody
 /// reads from must not grow without bound).
 const MAX_PENDING: usize = 200_000;
+/// What berth-init prints when a development image's debug shell starts on the
+/// console (`[debug] console_shell = true`).
+pub const SHELL_ANNOUNCEMENT: &str = "debug shell on the console";
 
 /// Splits a byte stream into lines: `\n` ends a line, `\r` is dropped, escape
 /// sequences and control bytes are made harmless (see [`sanitize`]).
@@ -180,6 +183,9 @@ struct State {
     closed: bool,
     /// QEMU's stderr ended.
     stderr_closed: bool,
+    /// Lines seen that announce the debug shell ([`SHELL_ANNOUNCEMENT`]): one
+    /// per boot of a development image.
+    shells: u64,
 }
 
 /// What [`Console::wait_for`] found.
@@ -208,6 +214,9 @@ impl Console {
         let mut state = self.lock();
         if state.tail.len() == TAIL_LINES {
             state.tail.pop_front();
+        }
+        if line.contains(SHELL_ANNOUNCEMENT) {
+            state.shells += 1;
         }
         state.tail.push_back(line.clone());
         if state.pending.len() == MAX_PENDING {
@@ -265,6 +274,26 @@ impl Console {
         state.stderr.iter().cloned().collect()
     }
 
+    /// How many times the debug shell was announced so far.
+    pub(crate) fn shell_announcements(&self) -> u64 {
+        self.lock().shells
+    }
+
+    /// Waits until the debug shell was announced at least once (true) or the
+    /// console closed (false).
+    pub(crate) fn wait_for_shell(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.shells > 0 {
+                return true;
+            }
+            if state.closed {
+                return false;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     pub(crate) fn line_count(&self) -> u64 {
         self.lock().count
     }
@@ -298,8 +327,22 @@ impl Console {
 pub(crate) struct Outputs {
     /// Echo, e.g. the host's stdout for `berth run`.
     pub echo: Option<Box<dyn Write + Send>>,
+    /// How `echo` gets the console.
+    pub echo_mode: Echo,
     /// The console log file, shared with the stderr reader.
     pub log: Option<Arc<Mutex<File>>>,
+}
+
+/// How the console is echoed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Echo {
+    /// Clean lines ([`sanitize`]d), each written once it ends: for logs, CI and
+    /// test output.
+    #[default]
+    Lines,
+    /// The bytes as QEMU wrote them, at once, escape sequences and partial
+    /// lines (a shell's prompt) included: for a terminal a person works in.
+    Bytes,
 }
 
 /// Writes one line to a shared log; a failing log must not stop the console.
@@ -315,7 +358,7 @@ pub(crate) fn read_console(mut source: impl Read, console: &Console, mut outputs
     let mut splitter = LineSplitter::new();
     let mut buf = [0u8; 8192];
     let emit = |line: String, outputs: &mut Outputs| {
-        if let Some(echo) = outputs.echo.as_mut() {
+        if let (Some(echo), Echo::Lines) = (outputs.echo.as_mut(), outputs.echo_mode) {
             // A closed stdout (`berth run | head`) must not stop the console.
             let _ = writeln!(echo, "{line}");
             let _ = echo.flush();
@@ -327,6 +370,10 @@ pub(crate) fn read_console(mut source: impl Read, console: &Console, mut outputs
         match source.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                if let (Some(echo), Echo::Bytes) = (outputs.echo.as_mut(), outputs.echo_mode) {
+                    let _ = echo.write_all(&buf[..n]);
+                    let _ = echo.flush();
+                }
                 for line in splitter.push(&buf[..n]) {
                     emit(line, &mut outputs);
                 }
@@ -420,6 +467,7 @@ mod tests {
             &console,
             Outputs {
                 echo: None,
+                echo_mode: Echo::Lines,
                 log: Some(log),
             },
         );
@@ -470,6 +518,43 @@ mod tests {
         let found = console.wait_for(&[&re], Instant::now() + Duration::from_secs(60));
         assert_eq!(found, Found::Line(0, "late line".into()));
         writer.join().expect("writer");
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn byte_echo_passes_prompts_and_escapes_and_counts_shells() {
+        let console = Console::default();
+        let out = Shared::default();
+        let raw =
+            b"berth-init: debug shell on the console (development image)\r\n\x1b[1m/ # \x1b[0m";
+        read_console(
+            Cursor::new(raw.to_vec()),
+            &console,
+            Outputs {
+                echo: Some(Box::new(out.clone())),
+                echo_mode: Echo::Bytes,
+                log: None,
+            },
+        );
+        assert_eq!(*out.0.lock().expect("buffer"), raw.to_vec());
+        assert_eq!(console.shell_announcements(), 1);
+        assert!(console.wait_for_shell());
+        assert_eq!(console.tail().last().map(String::as_str), Some("/ # "));
+        let quiet = Console::default();
+        quiet.close();
+        assert!(!quiet.wait_for_shell());
     }
 
     #[test]

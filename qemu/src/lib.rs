@@ -6,7 +6,8 @@
 //! - [`accel`]: KVM when a real probe boot works, TCG otherwise, cached per host boot;
 //! - [`vm`]: a running [`Vm`]: `expect` on console lines, QMP, exit, kill on drop;
 //! - [`direct`]: the boot files of an image's default entry, for `--direct`;
-//! - [`run`]: the `berth run` command.
+//! - [`run`]: the `berth run` command;
+//! - [`terminal`]: the host's terminal in raw mode and the console's input.
 
 pub mod accel;
 pub mod command;
@@ -14,6 +15,7 @@ pub mod console;
 pub mod direct;
 pub mod qmp;
 pub mod run;
+pub mod terminal;
 pub mod vm;
 
 pub use accel::Accel;
@@ -21,8 +23,9 @@ pub use command::{
     qemu_args, BootMode, DirectBoot, DiskFormat, DiskWrites, Firmware, PortForward, Runtime,
     VmConfig,
 };
-pub use console::ExpectError;
+pub use console::{Echo, ExpectError};
 pub use direct::{extract_direct_boot, DirectError};
 pub use qmp::{Qmp, QmpError};
 pub use run::{run, RunBoot, RunError, RunOptions, RunOutcome};
-pub use vm::{Vm, VmError, VmOptions};
+pub use terminal::ConsoleInput;
+pub use vm::{ShellGate, Vm, VmError, VmOptions};

@@ -1,10 +1,11 @@
 //! `berth run`: boot an image with the console on stdout, optionally until a line
 //! matches.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use regex::Regex;
@@ -13,8 +14,9 @@ use crate::command::{
     BootMode, CommandError, DirectBoot, DiskWrites, Firmware, PortForward, VmConfig, DEFAULT_CPUS,
     DEFAULT_MEMORY_MIB,
 };
-use crate::console::ExpectError;
+use crate::console::{Echo, ExpectError};
 use crate::direct::{self, DirectError};
+use crate::terminal::{self, ConsoleInput, ConsoleWriter, RawTerminal, TerminalError};
 use crate::vm::{Vm, VmError, VmOptions};
 
 /// How long `--expect` waits when no timeout is given.
@@ -55,6 +57,9 @@ pub struct RunOptions {
     pub echo: bool,
     /// Also append the console to this file.
     pub log: Option<PathBuf>,
+    /// Where the guest's console input comes from (none by default; `berth run`
+    /// uses [`ConsoleInput::detect`]).
+    pub input: ConsoleInput,
 }
 
 impl RunOptions {
@@ -71,6 +76,7 @@ impl RunOptions {
             cpus: DEFAULT_CPUS,
             echo: true,
             log: None,
+            input: ConsoleInput::Closed,
         }
     }
 }
@@ -94,16 +100,20 @@ pub enum RunOutcome {
     Exited { status: ExitStatus },
     /// No `expect`, and the timeout ran out; the VM was stopped.
     Stopped { timeout: Duration },
-    /// Ctrl-C (SIGINT) or SIGTERM on the host; the VM was stopped.
+    /// Ctrl-C (SIGINT), SIGTERM or SIGHUP on the host; the VM was stopped.
     Interrupted,
+    /// The escape key ([`terminal::ESCAPE`]) was typed at the console; the VM
+    /// was stopped.
+    Quit,
 }
 
 impl RunOutcome {
     /// The exit code `berth run` should end with: 0 on a match, 1 when it did not
-    /// come, QEMU's own status when it ran to its end, 130 on Ctrl-C.
+    /// come, QEMU's own status when it ran to its end, 130 on a signal, 0 when
+    /// the person at the console quit.
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunOutcome::Matched { .. } | RunOutcome::Stopped { .. } => 0,
+            RunOutcome::Matched { .. } | RunOutcome::Stopped { .. } | RunOutcome::Quit => 0,
             RunOutcome::TimedOut { .. } | RunOutcome::EndedBeforeMatch { .. } => 1,
             RunOutcome::Exited { status } => exit_code_of(*status),
             RunOutcome::Interrupted => 130,
@@ -138,19 +148,42 @@ pub enum RunError {
     /// The Ctrl-C handler could not be installed.
     #[error("installing the Ctrl-C handler: {0}")]
     Signal(std::io::Error),
+    /// The terminal could not be switched to raw mode.
+    #[error(transparent)]
+    Terminal(#[from] TerminalError),
 }
 
 /// Boots `opts.image`, streams its console to stdout, and returns how it ended.
 /// With `expect`, a match stops the VM at once (QMP `quit`, then kill); a timeout
-/// prints the console's tail on stderr. Ctrl-C (or SIGTERM) ends QEMU; a second
-/// Ctrl-C ends this process at once.
+/// prints the console's tail on stderr. SIGINT, SIGTERM or SIGHUP end QEMU; a
+/// second one ends this process at once (not with a terminal in raw mode: the
+/// run always ends through its loop, so the terminal is restored).
+///
+/// With [`ConsoleInput::Terminal`] standard input is in raw mode while QEMU
+/// runs, every key goes to the guest, the console is echoed byte for byte,
+/// [`terminal::ESCAPE`] (Ctrl-]) quits, and the window size is typed into the
+/// guest's debug shell (`stty rows R cols C`) each time one starts. With
+/// [`ConsoleInput::Lines`] what standard input holds is forwarded once the
+/// guest's debug shell is up.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
+    let interactive = opts.input == ConsoleInput::Terminal;
     let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // The conditional shutdown goes first: it fires on the second signal only.
-        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupted))
-            .map_err(RunError::Signal)?;
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if !interactive {
+            // The conditional shutdown goes first: it fires on the second signal only.
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&interrupted))
+                .map_err(RunError::Signal)?;
+        }
         signal_hook::flag::register(signal, Arc::clone(&interrupted)).map_err(RunError::Signal)?;
+    }
+    let resized = Arc::new(AtomicBool::new(false));
+    if interactive {
+        signal_hook::flag::register(signal_hook::consts::SIGWINCH, Arc::clone(&resized))
+            .map_err(RunError::Signal)?;
     }
 
     let mut config = VmConfig::new(&opts.image)?;
@@ -181,7 +214,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         }
     };
 
-    let mut vm = Vm::start(
+    let mut vm = Vm::start_with_echo(
         &config,
         VmOptions {
             echo: opts
@@ -190,73 +223,175 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
             log: opts.log.clone(),
             accel: None,
         },
+        if interactive {
+            Echo::Bytes
+        } else {
+            Echo::Lines
+        },
     )?;
 
+    let quit = Arc::new(AtomicBool::new(false));
+    let input = match opts.input {
+        ConsoleInput::Closed => None,
+        mode => vm.take_console_input().map(|stdin| {
+            let writer: ConsoleWriter = Arc::new(Mutex::new(Box::new(stdin)));
+            let gate = vm.shell_gate();
+            let (thread_writer, thread_quit) = (Arc::clone(&writer), Arc::clone(&quit));
+            // Blocked in a read of standard input until a key comes: it is not
+            // joined, and ends with the process.
+            std::thread::spawn(move || {
+                terminal::forward(std::io::stdin(), &thread_writer, mode, &thread_quit, || {
+                    gate.wait()
+                });
+            });
+            writer
+        }),
+    };
+
+    let raw = if interactive {
+        eprintln!(
+            "berth run: the console is on this terminal: keys go to the guest (Ctrl-C too); {} quits",
+            terminal::ESCAPE_NAME
+        );
+        Some(RawTerminal::enter()?)
+    } else {
+        None
+    };
+    let signals = Signals {
+        interrupted: &interrupted,
+        quit: &quit,
+        resized: interactive.then_some(&*resized),
+    };
+    let outcome = drive(&mut vm, opts, &signals, input.as_ref());
+    // The terminal is restored before anything more is printed, and on every
+    // way out of the loop (errors included).
+    drop(raw);
+    let outcome = outcome?;
+    report(&outcome, opts);
+    Ok(outcome)
+}
+
+/// What the run loop watches besides QEMU.
+struct Signals<'a> {
+    /// SIGINT, SIGTERM or SIGHUP came.
+    interrupted: &'a AtomicBool,
+    /// The escape key was typed.
+    quit: &'a AtomicBool,
+    /// SIGWINCH came (interactive runs only).
+    resized: Option<&'a AtomicBool>,
+}
+
+/// Runs the VM until it ends, `expect` matches or times out, a signal comes or
+/// the escape key is typed; prints nothing of its own (the terminal may be raw).
+fn drive(
+    vm: &mut Vm,
+    opts: &RunOptions,
+    signals: &Signals<'_>,
+    input: Option<&ConsoleWriter>,
+) -> Result<RunOutcome, RunError> {
     let start = Instant::now();
-    let outcome = match &opts.expect {
-        Some(pattern) => {
-            let timeout = opts.timeout.unwrap_or(DEFAULT_EXPECT_TIMEOUT);
-            let deadline = start + timeout;
-            loop {
-                if interrupted.load(Ordering::SeqCst) {
-                    vm.stop()?;
-                    break RunOutcome::Interrupted;
+    let expect_timeout = opts.timeout.unwrap_or(DEFAULT_EXPECT_TIMEOUT);
+    let mut shells = 0;
+    loop {
+        if signals.interrupted.load(Ordering::SeqCst) {
+            vm.stop()?;
+            return Ok(RunOutcome::Interrupted);
+        }
+        if signals.quit.load(Ordering::SeqCst) {
+            vm.stop()?;
+            return Ok(RunOutcome::Quit);
+        }
+        if let Some(resized) = signals.resized {
+            let announced = vm.shell_announcements();
+            if announced > shells {
+                shells = announced;
+                if let (Some((rows, cols)), Some(input)) = (terminal::window_size(), input) {
+                    let mut writer = input.lock().unwrap_or_else(|e| e.into_inner());
+                    // A closed console input shows in QEMU's exit soon enough.
+                    let _ = writeln!(writer, "{}", terminal::stty_command(rows, cols))
+                        .and_then(|()| writer.flush());
                 }
-                let now = Instant::now();
+            }
+            if resized.swap(false, Ordering::SeqCst) {
+                if let Some((rows, cols)) = terminal::window_size() {
+                    eprint!(
+                        "\r\nberth run: the window is now {rows}x{cols}; tell the guest's shell with `{}`\r\n",
+                        terminal::stty_command(rows, cols)
+                    );
+                }
+            }
+        }
+        let now = Instant::now();
+        match &opts.expect {
+            Some(pattern) => {
+                let deadline = start + expect_timeout;
                 if now >= deadline {
                     let tail = vm.tail();
                     vm.stop()?;
-                    eprintln!(
-                        "berth run: no console line matched /{}/ within {} s; last console lines:",
-                        pattern.as_str(),
-                        timeout.as_secs_f32()
-                    );
-                    for line in &tail {
-                        eprintln!("    | {line}");
-                    }
-                    break RunOutcome::TimedOut { timeout, tail };
+                    return Ok(RunOutcome::TimedOut {
+                        timeout: expect_timeout,
+                        tail,
+                    });
                 }
                 match vm.poll_any(&[pattern], deadline.min(now + TICK)) {
                     Ok(Some((_, line))) => {
                         vm.stop()?;
-                        break RunOutcome::Matched { line };
+                        return Ok(RunOutcome::Matched { line });
                     }
-                    Ok(None) => {}
+                    Ok(None) | Err(ExpectError::Timeout { .. }) => {}
                     Err(ExpectError::Ended { tail, .. }) => {
                         let status = vm.kill()?;
-                        eprintln!(
-                            "berth run: QEMU exited ({status}) before a console line matched /{}/",
-                            pattern.as_str()
-                        );
-                        break RunOutcome::EndedBeforeMatch {
+                        return Ok(RunOutcome::EndedBeforeMatch {
                             status,
                             tail: tail.0,
-                        };
+                        });
                     }
-                    Err(ExpectError::Timeout { .. }) => {}
                 }
+            }
+            None => {
+                if let Some(status) = vm.try_status()? {
+                    // Let the reader threads print the last lines.
+                    let status = vm.wait_exit(Duration::from_secs(5)).unwrap_or(status);
+                    return Ok(RunOutcome::Exited { status });
+                }
+                if let Some(timeout) = opts.timeout {
+                    if start.elapsed() >= timeout {
+                        vm.stop()?;
+                        return Ok(RunOutcome::Stopped { timeout });
+                    }
+                }
+                std::thread::sleep(TICK);
             }
         }
-        None => loop {
-            if interrupted.load(Ordering::SeqCst) {
-                vm.stop()?;
-                break RunOutcome::Interrupted;
+    }
+}
+
+/// Says on stderr how a run ended, where that is news.
+fn report(outcome: &RunOutcome, opts: &RunOptions) {
+    let pattern = opts.expect.as_ref().map_or("", Regex::as_str);
+    match outcome {
+        RunOutcome::TimedOut { timeout, tail } => {
+            eprintln!(
+                "berth run: no console line matched /{pattern}/ within {} s; last console lines:",
+                timeout.as_secs_f32()
+            );
+            for line in tail {
+                eprintln!("    | {line}");
             }
-            if let Some(status) = vm.try_status()? {
-                // Let the reader threads print the last lines.
-                let status = vm.wait_exit(Duration::from_secs(5)).unwrap_or(status);
-                break RunOutcome::Exited { status };
-            }
-            if let Some(timeout) = opts.timeout {
-                if start.elapsed() >= timeout {
-                    vm.stop()?;
-                    break RunOutcome::Stopped { timeout };
-                }
-            }
-            std::thread::sleep(TICK);
-        },
-    };
-    Ok(outcome)
+        }
+        RunOutcome::EndedBeforeMatch { status, .. } => {
+            eprintln!(
+                "berth run: QEMU exited ({status}) before a console line matched /{pattern}/"
+            );
+        }
+        RunOutcome::Quit => {
+            eprintln!("\nberth run: {} typed: QEMU stopped", terminal::ESCAPE_NAME);
+        }
+        RunOutcome::Exited { status } if opts.input == ConsoleInput::Terminal => {
+            eprintln!("\nberth run: QEMU exited ({status})");
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -298,5 +433,6 @@ mod tests {
             137
         );
         assert_eq!(RunOutcome::Interrupted.exit_code(), 130);
+        assert_eq!(RunOutcome::Quit.exit_code(), 0);
     }
 }

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::accel::{self, Accel, AccelError};
 use crate::command::{self, BootMode, CommandError, DiskWrites, Runtime, VmConfig};
-use crate::console::{self, Console, ExpectError, Found, LogHint, Outputs, Tail};
+use crate::console::{self, Console, Echo, ExpectError, Found, LogHint, Outputs, Tail};
 use crate::qmp::{Qmp, QmpError};
 
 /// How long QEMU gets to open its QMP socket.
@@ -91,6 +91,18 @@ impl std::fmt::Debug for VmOptions {
     }
 }
 
+/// Waits for a VM's debug shell from another thread (see [`Vm::shell_gate`]).
+#[derive(Debug, Clone)]
+pub struct ShellGate(Arc<Console>);
+
+impl ShellGate {
+    /// Blocks until the guest announced its debug shell (true) or QEMU closed
+    /// its console (false).
+    pub fn wait(&self) -> bool {
+        self.0.wait_for_shell()
+    }
+}
+
 /// A running QEMU.
 #[derive(Debug)]
 pub struct Vm {
@@ -115,6 +127,17 @@ impl Vm {
     /// in the scratch folder when writes are discarded (so several VMs can boot one
     /// image), or the persistent copy next to the image, made when missing.
     pub fn start(config: &VmConfig, options: VmOptions) -> Result<Vm, VmError> {
+        Vm::start_with_echo(config, options, Echo::Lines)
+    }
+
+    /// [`Vm::start`], with the console echoed as `echo_mode` says (`berth run`
+    /// on a terminal echoes bytes, so a shell's prompt shows before its line
+    /// ends).
+    pub fn start_with_echo(
+        config: &VmConfig,
+        options: VmOptions,
+        echo_mode: Echo,
+    ) -> Result<Vm, VmError> {
         let accel = match options.accel {
             Some(accel) => accel,
             None => accel::detect(&config.qemu)?,
@@ -174,6 +197,7 @@ impl Vm {
             let console = Arc::clone(&console);
             let outputs = Outputs {
                 echo: options.echo,
+                echo_mode,
                 log: log_file.clone(),
             };
             readers.push(thread::spawn(move || {
@@ -215,6 +239,23 @@ impl Vm {
         })?;
         stdin.write_all(format!("{line}\n").as_bytes())?;
         stdin.flush()
+    }
+
+    /// Takes the console's input (QEMU's standard input) for a caller that
+    /// writes to it from another thread; [`Vm::send_line`] fails afterwards.
+    pub fn take_console_input(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// How many times the guest announced its debug shell so far (one per boot
+    /// of a development image).
+    pub fn shell_announcements(&self) -> u64 {
+        self.console.shell_announcements()
+    }
+
+    /// A handle that waits, from any thread, for the guest's debug shell.
+    pub fn shell_gate(&self) -> ShellGate {
+        ShellGate(Arc::clone(&self.console))
     }
 
     /// The accelerator QEMU runs with.

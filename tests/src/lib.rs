@@ -10,6 +10,7 @@
 //!
 //! The modules follow the jobs: [`build`] (binaries and images), [`vm`] (booting
 //! and the console), [`disk`] (an image offline), [`http`] (loopback HTTP),
+//! [`pty`] (a program on a pseudo-terminal, as a person uses it),
 //! [`release`] (keys and bundles), [`tls`] (a test CA), and the [`dns`] and
 //! [`sntp`] servers some tests start. Everything is re-exported here, so a test imports `berth_tests::*`.
 
@@ -18,6 +19,7 @@ pub mod disk;
 pub mod dns;
 pub mod http;
 pub mod images;
+pub mod pty;
 pub mod release;
 pub mod sntp;
 pub mod tls;
