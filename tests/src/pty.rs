@@ -95,14 +95,16 @@ impl Terminal {
     }
 
     /// Starts `command` with this terminal as its stdin, stdout and stderr.
-    pub fn spawn(&self, command: &mut Command) -> Child {
+    pub fn spawn(&self, command: &mut Command) -> Program {
         let side = || Stdio::from(self.slave.try_clone().expect("cloning the terminal side"));
-        command
-            .stdin(side())
-            .stdout(side())
-            .stderr(side())
-            .spawn()
-            .unwrap_or_else(|err| panic!("starting {command:?}: {err}"))
+        Program(
+            command
+                .stdin(side())
+                .stdout(side())
+                .stderr(side())
+                .spawn()
+                .unwrap_or_else(|err| panic!("starting {command:?}: {err}")),
+        )
     }
 
     /// Types `bytes` as keys.
@@ -148,13 +150,41 @@ impl Terminal {
     }
 }
 
+/// A program started on a [`Terminal`], stopped when dropped, so a failing test
+/// leaves no VM behind: SIGTERM first (`berth run` then stops its QEMU), SIGKILL
+/// when it is still there after a while.
+#[derive(Debug)]
+pub struct Program(pub Child);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Waits up to `timeout` for `child` to exit; kills it and panics when it does
 /// not.
-pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+pub fn wait_exit(program: &mut Program, timeout: Duration) -> std::process::ExitStatus {
+    let child = &mut program.0;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().expect("waiting for the child") {
