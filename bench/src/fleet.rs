@@ -221,8 +221,8 @@ mod tests {
             7,
             Schedule::Agent,
         );
-        // Each device checks about 12 times in 6 h: 2 requests each.
-        let expected = 20_000.0 * 12.0 * 2.0 / (6.0 * 3600.0);
+        // Each device checks about 12 times in 6 h, REQUESTS_PER_CHECK each.
+        let expected = 20_000.0 * 12.0 * REQUESTS_PER_CHECK as f64 / (6.0 * 3600.0);
         assert!(
             (load.mean_per_s - expected).abs() / expected < 0.1,
             "{load:?}"
@@ -238,6 +238,6 @@ mod tests {
             7,
             Schedule::Fixed,
         );
-        assert_eq!(fixed.peak_per_s, 40_000);
+        assert_eq!(fixed.peak_per_s, 20_000 * REQUESTS_PER_CHECK);
     }
 }
