@@ -267,12 +267,17 @@ pub fn round(options: &DaemonOptions, observer: &mut dyn Observer) -> Result<Rou
             policy: format!("window {window}"),
         }),
     };
-    // For `status` (and so the reports): what waits for which reboot.
-    let recorded = UpdateState::update(&system.state_path, |state| {
-        state.reboot_pending = pending.clone();
-    });
-    if let Err(err) = recorded {
-        println!("recording the pending reboot: {err}");
+    // For `status` (and so the reports): what waits for which reboot. Written
+    // only when it changed: a device waiting days for its window checks (and
+    // would write its flash) every interval.
+    let known = UpdateState::load(&system.state_path).map(|state| state.reboot_pending);
+    if known.as_ref().ok() != Some(&pending) {
+        let recorded = UpdateState::update(&system.state_path, |state| {
+            state.reboot_pending = pending.clone();
+        });
+        if let Err(err) = recorded {
+            println!("recording the pending reboot: {err}");
+        }
     }
     report::send(options, Event::Installed, Some(&report), None);
     match pending {
