@@ -8,7 +8,6 @@
 //! another repository or for another signature is simply not used.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -70,20 +69,8 @@ impl IndexCache {
             signature: signature.to_string(),
             index: index.to_string(),
         };
-        fs::create_dir_all(&self.dir)?;
-        let path = self.path(channel);
-        let temp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = fs::File::create(&temp).and_then(|mut file| {
-            file.write_all(serde_json::to_string(&entry)?.as_bytes())?;
-            file.sync_all()
-        });
-        match written.and_then(|()| fs::rename(&temp, &path)) {
-            Ok(()) => Ok(()),
-            Err(err) => {
-                let _ = fs::remove_file(&temp);
-                Err(err)
-            }
-        }
+        let text = serde_json::to_string(&entry)?;
+        berth_format::atomic::write_atomically(&self.path(channel), text.as_bytes())
     }
 }
 

@@ -7,6 +7,7 @@
 //! The builder writes these formats, the init and the agent read them. The init
 //! depends on this crate alone, so everything here is plain std + serde/toml.
 
+pub mod atomic;
 pub mod blockdev;
 pub mod clock;
 pub mod entries;

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -190,23 +190,11 @@ impl UpdateState {
             path: path.to_path_buf(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(io)?;
         let text = toml::to_string(self).map_err(|err| StateError::Parse {
             path: path.to_path_buf(),
             message: err.to_string(),
         })?;
-        let mut temp_name = path.as_os_str().to_owned();
-        temp_name.push(".tmp");
-        let temp = PathBuf::from(temp_name);
-        let mut file = fs::File::create(&temp).map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        fs::rename(&temp, path).map_err(io)?;
-        fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io)
+        crate::atomic::write_atomically(path, text.as_bytes()).map_err(io)
     }
 
     /// The latest time this state proves has passed: the newest time in any of

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use berth_format::atomic::write_atomically;
 use berth_format::image_config::{RebootPolicy, StaticIpv4, MIN_INTERVAL_S};
 use berth_format::ImageConfig;
 
@@ -450,24 +451,6 @@ fn keep(saved_file: &Path, provision: &Provision) {
     }
 }
 
-/// Replaces `path` with `bytes` so that a power cut leaves either the old file or
-/// the new one: a temporary file next to it, written and fsynced, renamed over
-/// it, then the folder fsynced so the rename itself is on disk.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let temp = dir.join(name);
-    let mut file = std::fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Writes a provisioned rollout seed where the update agent reads it (unless
 /// it is there already), atomically.
 fn keep_seed(path: &Path, seed: &str) {
@@ -721,21 +704,5 @@ color = 1
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("provision.toml")]);
-    }
-
-    #[test]
-    fn writing_atomically_never_leaves_a_torn_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a/b/kept.toml");
-        write_atomically(&path, b"one").unwrap();
-        // A temporary left by a cut write is replaced, and the file is whole.
-        std::fs::write(dir.path().join("a/b/kept.toml.tmp"), b"torn").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert!(!dir.path().join("a/b/kept.toml.tmp").exists());
-        // A file in the way of the temporary: the write fails, the old file stays.
-        std::fs::create_dir(dir.path().join("a/b/kept.toml.tmp")).unwrap();
-        assert!(write_atomically(&path, b"three").is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
     }
 }
