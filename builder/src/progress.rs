@@ -99,6 +99,28 @@ impl Progress {
         }
     }
 
+    /// A byte count for the current step (a download, a file system, a disk
+    /// write): the step's spinner becomes a bar with bytes, total and rate on a
+    /// terminal; nothing otherwise, so logs and `--json` runs stay line-based.
+    /// `total` is `None` when the size is not known in advance.
+    pub fn bytes(&self, total: Option<u64>) -> Bytes {
+        let Some(bar) = &self.bar else {
+            return Bytes(None);
+        };
+        let template = match total {
+            Some(_) => "{msg} [{bar:30.cyan/dim}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            None => "{spinner:.cyan} {msg} {bytes} {bytes_per_sec} {elapsed:.dim}",
+        };
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_length(total.unwrap_or(0));
+        bar.set_position(0);
+        Bytes(Some(bar.clone()))
+    }
+
     /// A line of output that is not a step (the result).
     pub fn say(&self, text: &str) {
         if self.verbosity != Verbosity::Quiet {
@@ -112,5 +134,92 @@ impl Drop for Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Bytes done in a step, from [`Progress::bytes`]; does nothing when not on a
+/// terminal. Dropping it turns the bar back into the step's spinner.
+#[derive(Debug)]
+pub struct Bytes(Option<ProgressBar>);
+
+impl Bytes {
+    /// A counter that shows nothing (for callers without a [`Progress`]).
+    pub fn hidden() -> Bytes {
+        Bytes(None)
+    }
+
+    /// `n` more bytes done.
+    pub fn inc(&self, n: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(n);
+        }
+    }
+
+    /// Sets the bytes done so far (for work measured from outside, such as
+    /// the size of a file another program is writing).
+    pub fn set(&self, done: u64) {
+        if let Some(bar) = &self.0 {
+            bar.set_position(done);
+        }
+    }
+
+    /// Counts what passes through `reader`.
+    pub fn reader<R: std::io::Read>(&self, reader: R) -> CountingReader<'_, R> {
+        CountingReader {
+            inner: reader,
+            bytes: self,
+        }
+    }
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.set_style(
+                ProgressStyle::with_template("{spinner:.cyan} {msg} {elapsed:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+        }
+    }
+}
+
+/// A reader that counts its bytes into a [`Bytes`].
+#[derive(Debug)]
+pub struct CountingReader<'a, R> {
+    inner: R,
+    bytes: &'a Bytes,
+}
+
+impl<R: std::io::Read> std::io::Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.inc(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_hidden_counter_passes_every_byte_through() {
+        let bytes = Bytes::hidden();
+        let mut out = Vec::new();
+        bytes
+            .reader(&b"twelve bytes"[..])
+            .read_to_end(&mut out)
+            .expect("reading");
+        assert_eq!(out, b"twelve bytes");
+    }
+
+    #[test]
+    fn off_a_terminal_there_is_no_bar() {
+        // The test harness's stderr is not a terminal: steps print lines and
+        // byte counts show nothing.
+        let mut progress = Progress::new(Verbosity::Quiet);
+        progress.step("downloading");
+        assert!(progress.bytes(Some(10)).0.is_none());
     }
 }
