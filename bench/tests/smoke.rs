@@ -7,6 +7,9 @@ use regex::Regex;
 
 #[test]
 fn one_iteration_of_everything_writes_tables_with_numbers() {
+    // The harness boots one VM at a time: hold one of the suite's VM slots for
+    // the whole run, as the test command runs this beside the other tests.
+    let _permit = berth_tests::VmPermit::acquire();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("benchmarks.md");
     let status = Command::new(env!("CARGO_BIN_EXE_berth-bench"))

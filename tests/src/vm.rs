@@ -2,15 +2,16 @@
 //! consoles.
 
 use std::collections::HashSet;
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use berth_qemu::{extract_direct_boot, BootMode, DiskWrites, PortForward, Vm, VmConfig, VmOptions};
+use fs4::FileExt;
 use regex::Regex;
 
 use crate::build::{e2e_dir, run_tool};
@@ -18,42 +19,40 @@ use crate::build::{e2e_dir, run_tool};
 /// How long a test waits for a boot milestone: generous, QEMU runs under TCG here.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// VMs running at once across a test process's threads (the machines have 2 cores).
+/// VMs running at once on the machine (it has 2 cores): across a test
+/// process's threads and across test processes, since the test command runs
+/// the benchmark smoke beside the other test binaries.
 pub const MAX_VMS: usize = 2;
 
-/// Counting semaphore limiting VMs per process.
-struct Slots {
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-static SLOTS: Slots = Slots {
-    used: Mutex::new(0),
-    freed: Condvar::new(),
-};
-
 /// One of the [`MAX_VMS`] VM slots, given back on drop.
+///
+/// A slot is an exclusive `flock` on `target/e2e/vm-slots/<n>.lock`: flock
+/// locks belong to an open file, so they exclude other threads of this
+/// process as well as other processes, and the kernel frees them when a test
+/// process dies.
 #[derive(Debug)]
-pub struct VmPermit(());
+pub struct VmPermit(#[allow(dead_code)] File);
 
 impl VmPermit {
     /// Waits for a free slot.
     pub fn acquire() -> VmPermit {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= MAX_VMS {
-            used = SLOTS.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        let dir = e2e_dir().join("vm-slots");
+        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+        loop {
+            for n in 0..MAX_VMS {
+                let path = dir.join(format!("{n}.lock"));
+                let file = File::create(&path)
+                    .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
+                match FileExt::try_lock(&file) {
+                    Ok(()) => return VmPermit(file),
+                    Err(fs4::TryLockError::WouldBlock) => {}
+                    Err(fs4::TryLockError::Error(err)) => {
+                        panic!("locking {}: {err}", path.display())
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        *used += 1;
-        VmPermit(())
-    }
-}
-
-impl Drop for VmPermit {
-    fn drop(&mut self) {
-        let mut used = SLOTS.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used = used.saturating_sub(1);
-        drop(used);
-        SLOTS.freed.notify_one();
     }
 }
 
