@@ -319,26 +319,21 @@ fn prepare(
 
     progress.step("kernel");
     let kernel = match &plan.kernel.source {
-        KernelSource::Package { name, at } => {
-            kernel::from_package(&cache, name, &pins).map_err(|e| match e {
-                KernelError::Apt(crate::sources::apt::AptError::Unknown { name }) => {
-                    BuildError::Recipe(at.error(format!(
-                        "unknown kernel package {name:?}: apt has no candidate for it"
-                    )))
-                }
-                e => e.into(),
-            })?
-        }
+        KernelSource::Package { name, at } => kernel::from_package(&cache, name, &pins, progress)
+            .map_err(|e| match e {
+            KernelError::Apt(crate::sources::apt::AptError::Unknown { name }) => {
+                BuildError::Recipe(at.error(format!(
+                    "unknown kernel package {name:?}: apt has no candidate for it"
+                )))
+            }
+            e => e.into(),
+        })?,
         KernelSource::Local { image, modules_dir } => kernel::from_local(image, modules_dir)?,
     };
 
     progress.step("root filesystem tree");
-    let (root_tree, inputs) = {
-        let p = &*progress;
-        rootfs::root_tree(&plan, &sources, &pins, &staging, &init, &agent, &|d| {
-            p.detail(d)
-        })?
-    };
+    let (root_tree, inputs) =
+        { rootfs::root_tree(&plan, &sources, &pins, &staging, &init, &agent, progress)? };
 
     // The lock of what this build used.
     let mut lock = Lock {
@@ -458,7 +453,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     progress.step("squashfs root");
     // The slot's content: the squashfs, then (with verity) its hash tree.
     let root_path = work.path().join("root.img");
-    let filesystem_size = squashfs::write(&root_tree, &root_path, mtime)?;
+    let filesystem_size = squashfs::write(&root_tree, &root_path, mtime, progress)?;
     let tree: Option<HashTree> = match plan.verity {
         RootVerity::HashTree => {
             progress.step("verity hash tree");
@@ -493,6 +488,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
             entry,
             epoch,
         },
+        &progress.bytes(fs::metadata(&root_path).ok().map(|m| m.len())),
     )?;
 
     progress.step("report");

@@ -52,7 +52,8 @@ enum Command {
         locked: bool,
         /// Print what was built as one JSON document on stdout (files with
         /// size and sha256, versions, step times); messages stay on stderr.
-        #[arg(long, conflicts_with = "check_reproducible")]
+        /// With --check-reproducible: both builds' hashes and the verdict.
+        #[arg(long)]
         json: bool,
     },
     /// Resolve and fetch a recipe's images and packages and write RECIPE.lock
@@ -484,35 +485,43 @@ fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The comparison on stdout: one line per artifact, then the verdict.
-fn print_reproducibility(recipe: &std::path::Path, result: &Reproducibility) {
+/// The verdict of `--check-reproducible` for a person: each artifact's hash,
+/// both when they differ, then one line saying which.
+fn reproducibility_text(recipe: &std::path::Path, result: &Reproducibility) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
     for a in &result.artifacts {
         if a.identical() {
-            println!("  {:<17} {}  identical", a.name, a.first);
+            let _ = writeln!(text, "  {:<17} {}  identical", a.name, a.first);
         } else {
-            println!("  {:<17} {}  first build", a.name, a.first);
-            println!("  {:<17} {}  second build: DIFFERS", "", a.second);
+            let _ = writeln!(text, "  {:<17} {}  first build", a.name, a.first);
+            let _ = writeln!(text, "  {:<17} {}  second build: DIFFERS", "", a.second);
         }
     }
     if !result.differing_regions.is_empty() {
-        println!(
+        let _ = writeln!(
+            text,
             "  the disk images differ in: {}",
             result.differing_regions.join(", ")
         );
     }
     if result.is_reproducible() {
-        println!(
+        let _ = writeln!(
+            text,
             "reproducible: two builds of {} gave the same {}",
             recipe.display(),
             result.image
         );
     } else {
         let names: Vec<&str> = result.differing().iter().map(|a| a.name.as_str()).collect();
-        println!(
+        let _ = writeln!(
+            text,
             "NOT reproducible: two builds of {} differ in {}",
             recipe.display(),
             names.join(", ")
         );
     }
+    text
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -537,7 +546,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if check_reproducible {
                 let result = reproducible::check(&options, &mut progress)
                     .with_context(|| format!("building {}", recipe.display()))?;
-                print_reproducibility(&recipe, &result);
+                if json {
+                    progress.finish();
+                    output::print(&output::ReproducibleOutput::new(
+                        &recipe,
+                        &result,
+                        started.elapsed(),
+                        progress.times().to_vec(),
+                    ))?;
+                } else {
+                    print!("{}", reproducibility_text(&recipe, &result));
+                }
                 return Ok(if result.is_reproducible() {
                     ExitCode::SUCCESS
                 } else {
@@ -793,6 +812,43 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn the_reproducibility_verdict_names_what_differs() {
+        use berth_builder::reproducible::Compared;
+        let same = |name: &str| Compared {
+            name: name.into(),
+            first: "aa".into(),
+            second: "aa".into(),
+        };
+        let mut result = Reproducibility {
+            image: "hello-1.0.0.img".into(),
+            artifacts: vec![same("disk"), same("kernel")],
+            differing_regions: Vec::new(),
+        };
+        let text = reproducibility_text(std::path::Path::new("r.toml"), &result);
+        assert_eq!(
+            text,
+            "  disk              aa  identical\n  kernel            aa  identical\n\
+             reproducible: two builds of r.toml gave the same hello-1.0.0.img\n"
+        );
+        result.artifacts[0].second = "bb".into();
+        result.differing_regions = vec!["root-a".into()];
+        let text = reproducibility_text(std::path::Path::new("r.toml"), &result);
+        assert!(
+            text.contains("  disk              aa  first build\n"),
+            "{text}"
+        );
+        assert!(text.contains("bb  second build: DIFFERS\n"), "{text}");
+        assert!(
+            text.contains("the disk images differ in: root-a\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("NOT reproducible: two builds of r.toml differ in disk\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_cli_is_consistent() {

@@ -16,6 +16,7 @@ pub use crate::progress::StepTime;
 use crate::release::bundle::{Created, Inspection};
 use crate::release::publish::{Action, Published};
 use crate::report::Outputs;
+use crate::reproducible::Reproducibility;
 use crate::sources::cache::{sha256_file, CacheEntry};
 
 /// A file a command wrote (or read), as it is on disk after the run.
@@ -256,6 +257,59 @@ impl CacheOutput {
             count: blobs.len(),
             blobs,
             total_bytes,
+        }
+    }
+}
+
+/// `berth build --check-reproducible --json`: the verdict and both builds'
+/// hashes of each artifact.
+#[derive(Debug, Serialize)]
+pub struct ReproducibleOutput {
+    pub recipe: PathBuf,
+    /// The image's file name (`hello-1.0.0.img`); neither build is kept.
+    pub image: String,
+    pub reproducible: bool,
+    pub artifacts: Vec<ComparedOutput>,
+    /// Where the disk images differ (`gpt`, a partition label, `backup gpt`).
+    pub differing_regions: Vec<String>,
+    pub seconds: f64,
+    pub steps: Vec<StepTime>,
+}
+
+/// One artifact of both builds.
+#[derive(Debug, Serialize)]
+pub struct ComparedOutput {
+    /// `disk`, `kernel`, `initramfs`, `root`, `verity root hash`.
+    pub name: String,
+    pub first: String,
+    pub second: String,
+    pub identical: bool,
+}
+
+impl ReproducibleOutput {
+    pub fn new(
+        recipe: &Path,
+        result: &Reproducibility,
+        took: Duration,
+        steps: Vec<StepTime>,
+    ) -> ReproducibleOutput {
+        ReproducibleOutput {
+            recipe: recipe.to_path_buf(),
+            image: result.image.clone(),
+            reproducible: result.is_reproducible(),
+            artifacts: result
+                .artifacts
+                .iter()
+                .map(|a| ComparedOutput {
+                    name: a.name.clone(),
+                    first: a.first.clone(),
+                    second: a.second.clone(),
+                    identical: a.identical(),
+                })
+                .collect(),
+            differing_regions: result.differing_regions.clone(),
+            seconds: took.as_secs_f64(),
+            steps,
         }
     }
 }

@@ -15,13 +15,21 @@ use sha2::{Digest, Sha256};
 struct Fixture {
     dir: PathBuf,
     key: PathBuf,
+    recipe: PathBuf,
     build: Value,
+    /// What the build wrote on stderr (a pipe, not a terminal).
+    build_stderr: String,
     bundle: Value,
 }
 
 /// Runs `berth ARGS`, checks it succeeded and that stdout is exactly one JSON
 /// document, and returns it.
 fn berth_json(args: &[&std::ffi::OsStr]) -> Value {
+    berth_json_and_stderr(args).0
+}
+
+/// [`berth_json`], with what the command wrote on stderr.
+fn berth_json_and_stderr(args: &[&std::ffi::OsStr]) -> (Value, String) {
     let output = Command::new(&binaries().berth)
         .args(args)
         .output()
@@ -33,11 +41,12 @@ fn berth_json(args: &[&std::ffi::OsStr]) -> Value {
         "berth {args:?} failed ({}):\n{stdout}{stderr}",
         output.status
     );
-    serde_json::from_str(&stdout).unwrap_or_else(|err| {
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|err| {
         panic!(
             "berth {args:?}: stdout is not one JSON document ({err}):\n{stdout}\nstderr:\n{stderr}"
         )
-    })
+    });
+    (value, stderr.into_owned())
 }
 
 /// Checks a file record (`path`, `size`, `sha256`) against the file, and
@@ -85,7 +94,7 @@ restart = "never"
         )
         .expect("writing the recipe");
         let images = dir.join("images");
-        let build = berth_json(&[
+        let (build, build_stderr) = berth_json_and_stderr(&[
             "build".as_ref(),
             recipe.as_os_str(),
             "--out".as_ref(),
@@ -103,7 +112,9 @@ restart = "never"
         Fixture {
             dir,
             key,
+            recipe,
             build,
+            build_stderr,
             bundle,
         }
     })
@@ -268,4 +279,51 @@ fn cache_ls_json_lists_the_blobs_as_stored() {
 
 fn blob_path(root: &Path, sha: &str) -> PathBuf {
     root.join("blobs").join("sha256").join(sha)
+}
+
+/// A byte count as indicatif shows it in a bar: `3.20 MiB/8.13 MiB`.
+fn byte_bar() -> regex::Regex {
+    regex::Regex::new(r"\d+(\.\d+)? [KMGT]?i?B/\d+(\.\d+)? [KMGT]?i?B").expect("valid regex")
+}
+
+#[test]
+fn a_build_shows_byte_bars_on_a_terminal_and_plain_lines_off_it() {
+    let fx = fixture();
+    // Off a terminal (the fixture's build wrote to a pipe): step lines, no bar,
+    // no terminal control sequences.
+    assert!(
+        fx.build_stderr.contains("==> squashfs root"),
+        "{}",
+        fx.build_stderr
+    );
+    assert!(!fx.build_stderr.contains('\x1b'), "{:?}", fx.build_stderr);
+    assert!(
+        !byte_bar().is_match(&fx.build_stderr),
+        "{}",
+        fx.build_stderr
+    );
+
+    // On a terminal: the squashfs and disk steps draw bars with bytes done of
+    // the total, and the build still ends with its steps ticked off.
+    let out = fx.dir.join("images-on-a-terminal");
+    let terminal = berth_tests::pty::Terminal::open(24, 100);
+    let mut program = terminal.spawn(
+        Command::new(&binaries().berth)
+            .arg("build")
+            .arg(&fx.recipe)
+            .arg("--out")
+            .arg(&out),
+    );
+    let status = berth_tests::pty::wait_exit(&mut program, std::time::Duration::from_secs(600));
+    let shown = terminal.shown();
+    assert!(
+        status.success(),
+        "berth build on a terminal: {status}\n{shown}"
+    );
+    assert!(
+        byte_bar().is_match(&shown),
+        "no byte bar on the terminal:\n{shown:?}"
+    );
+    assert!(shown.contains("✓ squashfs root"), "{shown}");
+    assert!(out.join("jsondemo-2.3.4.img").is_file());
 }

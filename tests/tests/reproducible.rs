@@ -145,6 +145,7 @@ fn check_reproducible_passes_on_hello() {
         .arg("--out")
         .arg(dir.path())
         .arg("--check-reproducible")
+        .arg("--json")
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap();
@@ -157,16 +158,30 @@ fn check_reproducible_passes_on_hello() {
         output.status.success(),
         "--check-reproducible failed:\n{text}"
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("reproducible: "), "{stdout}");
-    for artifact in ["disk", "kernel", "initramfs", "root", "verity root hash"] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.trim_start().starts_with(artifact) && l.ends_with("identical")),
-            "{artifact} not reported identical:\n{stdout}"
-        );
+    // --json: one document on stdout with the verdict and both builds' hashes.
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("stdout is not one JSON document ({err}):\n{text}"));
+    assert_eq!(json["reproducible"], true, "{json:#}");
+    assert_eq!(json["image"], "hello-1.0.0.img", "{json:#}");
+    let artifacts = json["artifacts"].as_array().expect("artifacts");
+    let names: Vec<&str> = artifacts
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["disk", "kernel", "initramfs", "root", "verity root hash"],
+        "{json:#}"
+    );
+    for a in artifacts {
+        assert_eq!(a["identical"], true, "{a}");
+        assert_eq!(a["first"], a["second"], "{a}");
+        assert_eq!(a["first"].as_str().map(str::len), Some(64), "{a}");
     }
+    assert!(
+        json["steps"].as_array().is_some_and(|s| !s.is_empty()),
+        "{json:#}"
+    );
     // It keeps nothing.
     let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");

@@ -5,6 +5,7 @@
 //! Takes the plan's partition sizes, the kernel, the initramfs and the root
 //! filesystem with its hash tree; gives one raw disk image.
 
+use crate::progress::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -116,8 +117,9 @@ fn offsets(sizes: &DiskSizes) -> Offsets {
     }
 }
 
-/// Writes the disk image to `out` (replacing it).
-pub fn write(out: &Path, input: &DiskInput<'_>) -> Result<(), DiskError> {
+/// Writes the disk image to `out` (replacing it), counting the root
+/// partition's bytes on `bytes`.
+pub fn write(out: &Path, input: &DiskInput<'_>, bytes: &Bytes) -> Result<(), DiskError> {
     let sd_boot = Path::new(SYSTEMD_BOOT_EFI);
     if !sd_boot.is_file() {
         return Err(DiskError::NoSystemdBoot);
@@ -145,7 +147,7 @@ pub fn write(out: &Path, input: &DiskInput<'_>) -> Result<(), DiskError> {
     // root-a: the squashfs; root-b stays zero (sparse) until the first update.
     let mut src = File::open(input.root).map_err(io_err(input.root))?;
     let mut dst = Window::new(&file, o.root_a, input.sizes.root);
-    io::copy(&mut src, &mut dst).map_err(io_err(out))?;
+    io::copy(&mut bytes.reader(&mut src), &mut dst).map_err(io_err(out))?;
     file.sync_all().map_err(io_err(out))?;
     drop(file);
     mkfs_data(out, input, &o)?;

@@ -2,12 +2,13 @@
 //! with owners and modes from the tree and every time fixed.
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use backhand::compression::Compressor;
 use backhand::{FilesystemCompressor, FilesystemWriter, NodeHeader};
 
+use crate::progress::{Bytes, Progress};
 use crate::tree::{NodeKind, Tree};
 
 /// Failure writing the squashfs image.
@@ -24,8 +25,55 @@ fn device_number(major: u32, minor: u32) -> u32 {
     (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
-/// Writes `tree` as a squashfs image to `out`; returns its size in bytes.
-pub fn write(tree: &Tree, out: &Path, mtime: u32) -> Result<u64, SquashfsError> {
+/// A file of the tree, opened only when the squashfs writer reads it (one open
+/// file at a time, however many the tree holds), its bytes counted for the
+/// progress bar. The writer reads it exactly as it reads a path it opens
+/// itself, so the image is the same bytes.
+struct CountedFile<'a> {
+    path: PathBuf,
+    file: Option<io::BufReader<File>>,
+    done: bool,
+    bytes: &'a Bytes,
+}
+
+impl Read for CountedFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self
+                .file
+                .insert(io::BufReader::new(File::open(&self.path)?)),
+        };
+        let n = file.read(buf)?;
+        if n == 0 {
+            // Closed at its end, before the writer moves on to the next file.
+            self.file = None;
+            self.done = true;
+        }
+        self.bytes.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Writes `tree` as a squashfs image to `out`; returns its size in bytes. The
+/// bytes read from the tree's files show on `progress`.
+pub fn write(
+    tree: &Tree,
+    out: &Path,
+    mtime: u32,
+    progress: &Progress,
+) -> Result<u64, SquashfsError> {
+    let total = tree
+        .nodes()
+        .filter_map(|(_, node)| match &node.kind {
+            NodeKind::File(source) => std::fs::metadata(source).ok().map(|m| m.len()),
+            _ => None,
+        })
+        .sum();
+    let bytes = progress.bytes(Some(total));
     let mut fs = FilesystemWriter::default();
     fs.set_time(mtime);
     fs.set_root_mode(0o755);
@@ -51,7 +99,16 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32) -> Result<u64, SquashfsError> 
         let path = format!("/{key}");
         match &node.kind {
             NodeKind::Dir => fs.push_dir(&path, header),
-            NodeKind::File(source) => fs.push_file_from_path(source.clone(), &path, header),
+            NodeKind::File(source) => fs.push_file(
+                CountedFile {
+                    path: source.clone(),
+                    file: None,
+                    done: false,
+                    bytes: &bytes,
+                },
+                &path,
+                header,
+            ),
             NodeKind::Symlink(target) => fs.push_symlink(target, &path, header),
             NodeKind::CharDevice { major, minor } => {
                 fs.push_char_device(device_number(*major, *minor), &path, header)

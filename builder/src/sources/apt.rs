@@ -3,9 +3,11 @@
 //! blob cache keeps it by sha256 so a second build downloads nothing.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use crate::progress::Progress;
 use crate::sources::cache::{Cache, CacheError};
 
 /// Failure to resolve or fetch a package.
@@ -280,8 +282,24 @@ pub fn pin(packages: Vec<Package>, pins: &crate::sources::lock::Pins) -> Vec<Pac
         .collect()
 }
 
-/// Fetches a package into the blob cache (or finds it there).
-pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
+/// Bytes of the files under `dir` and its sub-folders (apt-get's `partial/`).
+fn downloaded_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => downloaded_bytes(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Fetches a package into the blob cache (or finds it there), showing the
+/// download's bytes on `progress`.
+pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fetched, AptError> {
     if let Some(path) = cache.get(&package.sha256)? {
         return Ok(Fetched {
             package: package.clone(),
@@ -289,17 +307,34 @@ pub fn fetch(cache: &Cache, package: &Package) -> Result<Fetched, AptError> {
         });
     }
     let dir = cache.tempdir()?;
-    let output = Command::new("apt-get")
+    progress.detail(&format!("downloading {} {}", package.name, package.version));
+    let bytes = progress.bytes(Some(package.size));
+    let mut child = Command::new("apt-get")
         .args(pkgcache_options(cache))
         .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
         .arg(format!("{}={}", package.name, package.version))
         .current_dir(dir.path())
         .env("LC_ALL", "C")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|source| AptError::Spawn {
             tool: "apt-get",
             source,
         })?;
+    // apt-get writes the file itself: its size, polled, is the progress. The
+    // pipes are drained by wait_with_output after the child exits; apt-get
+    // says little with -q=2, well within a pipe's buffer.
+    while child.try_wait().ok().flatten().is_none() {
+        bytes.set(downloaded_bytes(dir.path()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = child.wait_with_output().map_err(|source| AptError::Spawn {
+        tool: "apt-get",
+        source,
+    })?;
+    drop(bytes);
     if !output.status.success() {
         return Err(AptError::Download {
             name: package.name.clone(),

@@ -7,6 +7,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::progress::Progress;
 use crate::sources::apt::{self, AptError};
 use crate::sources::cache::{Cache, CacheError};
 use crate::sources::deb::{self, DebError};
@@ -90,6 +91,7 @@ pub fn from_package(
     cache: &Cache,
     name: &str,
     pins: &crate::sources::lock::Pins,
+    progress: &Progress,
 ) -> Result<Kernel, KernelError> {
     let mut package = apt::resolve(cache, &[name.to_string()], false)?
         .pop()
@@ -117,7 +119,7 @@ pub fn from_package(
         .ok_or_else(|| AptError::Unknown {
             name: name.to_string(),
         })?;
-    let fetched = apt::fetch(cache, &package)?;
+    let fetched = apt::fetch(cache, &package, progress)?;
     let deb_path = fetched.path.clone();
     let dir = cache.derived::<KernelError>(&format!("kernel-{}", package.sha256), |dir| {
         extract_kernel(&deb_path, dir)

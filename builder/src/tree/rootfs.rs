@@ -13,6 +13,7 @@ use berth_format::layout::{
 };
 use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 
+use crate::progress::Progress;
 use crate::recipe::{
     BuildPlan, ConsoleShell, ContainerNetwork, RecipeError, RootVerity, RootfsSource,
 };
@@ -84,10 +85,11 @@ fn packages_tree(
     with_depends: bool,
     inputs: &mut Inputs,
     pins: &Pins,
+    progress: &Progress,
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
     for package in apt::pin(apt::resolve(cache, names, with_depends)?, pins) {
-        let fetched = apt::fetch(cache, &package)?;
+        let fetched = apt::fetch(cache, &package, progress)?;
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
         inputs.packages.push(fetched);
@@ -103,8 +105,17 @@ fn add_crun(
     staging: &Path,
     inputs: &mut Inputs,
     pins: &Pins,
+    progress: &Progress,
 ) -> Result<(), RootfsError> {
-    let scratch = packages_tree(cache, staging, &["crun".to_string()], true, inputs, pins)?;
+    let scratch = packages_tree(
+        cache,
+        staging,
+        &["crun".to_string()],
+        true,
+        inputs,
+        pins,
+        progress,
+    )?;
     let crun = CRUN_PATH.trim_start_matches('/');
     root.copy_from(&scratch, crun)?;
     let mut queue = VecDeque::from([crun.to_string()]);
@@ -165,6 +176,7 @@ fn add_console_shell(
     staging: &Path,
     inputs: &mut Inputs,
     pins: &Pins,
+    progress: &Progress,
 ) -> Result<(), RootfsError> {
     let scratch = packages_tree(
         cache,
@@ -173,6 +185,7 @@ fn add_console_shell(
         false,
         inputs,
         pins,
+        progress,
     )?;
     root.add_dir("bin", 0o755);
     root.copy_from(&scratch, "bin/busybox")?;
@@ -188,7 +201,7 @@ pub fn root_tree(
     staging: &Path,
     init: &Path,
     update_agent: &Path,
-    progress: &dyn Fn(&str),
+    progress: &Progress,
 ) -> Result<(Tree, Inputs), RootfsError> {
     let cache = sources.cache;
     let mut inputs = Inputs::default();
@@ -217,8 +230,8 @@ pub fn root_tree(
         update_agent,
         0o755,
     );
-    progress("crun and its libraries");
-    add_crun(&mut root, cache, staging, &mut inputs, pins)?;
+    progress.detail("crun and its libraries");
+    add_crun(&mut root, cache, staging, &mut inputs, pins, progress)?;
 
     let config = ImageConfig {
         image: ImageInfo {
@@ -269,8 +282,8 @@ pub fn root_tree(
         )?;
     }
     if plan.console_shell == ConsoleShell::Busybox {
-        progress("busybox for the console shell");
-        add_console_shell(&mut root, cache, staging, &mut inputs, pins)?;
+        progress.detail("busybox for the console shell");
+        add_console_shell(&mut root, cache, staging, &mut inputs, pins, progress)?;
     }
     let os_release = format!(
         "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
@@ -282,11 +295,11 @@ pub fn root_tree(
     root.add_symlink("etc/os-release", "../usr/lib/os-release");
 
     for container in &plan.containers {
-        progress(&format!("container {}", container.name));
+        progress.detail(&format!("container {}", container.name));
         let (mut tree, defaults) = match &container.source {
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
-                let tree = packages_tree(cache, staging, &names, true, &mut inputs, pins).map_err(|e| {
+                let tree = packages_tree(cache, staging, &names, true, &mut inputs, pins, progress).map_err(|e| {
                     match e {
                         // Point at the recipe line of the unknown package.
                         RootfsError::Apt(AptError::Unknown { name }) => {
