@@ -140,8 +140,14 @@ fn a_person_types_at_the_debug_shell_and_quits_with_ctrl_bracket() {
     term.expect("berth-42", BOOT_TIMEOUT);
     term.type_keys(b"stty size\r");
     term.expect(&format!("{ROWS} {COLS}"), BOOT_TIMEOUT);
-    // Ctrl-C goes to the guest, not to berth run, which keeps running (what
-    // the guest's terminal makes of it depends on the shell's line mode).
+    // The shell's controlling terminal is the serial port itself (never
+    // /dev/console, which cannot be one), so it has job control.
+    term.type_keys(b"tty\r");
+    term.expect("/dev/ttyS0", BOOT_TIMEOUT);
+    // Ctrl-C goes to the guest, not to berth run, which keeps running; there
+    // it interrupts the foreground command and the shell stays.
+    term.type_keys(b"sleep 600\r");
+    std::thread::sleep(Duration::from_secs(2));
     term.type_keys(b"\x03");
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -150,7 +156,20 @@ fn a_person_types_at_the_debug_shell_and_quits_with_ctrl_bracket() {
         term.shown()
     );
     term.type_keys(b"echo still-$((1+1))\r");
-    term.expect("still-2", BOOT_TIMEOUT);
+    let shown = term.expect("still-2", BOOT_TIMEOUT);
+    assert!(
+        !shown.contains("debug shell exited") && !shown.contains("debug shell killed"),
+        "Ctrl-C ended the shell instead of the command:\n{shown}"
+    );
+    // A shell that exits is started again.
+    term.type_keys(b"exit\r");
+    term.expect(
+        "debug shell exited with status 0; starting it again",
+        BOOT_TIMEOUT,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    term.type_keys(b"echo again-$((2+3))\r");
+    term.expect("again-5", BOOT_TIMEOUT);
 
     term.type_keys(&[0x1d]);
     let status = wait_exit(&mut child, EXIT_TIMEOUT);

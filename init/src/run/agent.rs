@@ -167,7 +167,7 @@ impl Agent {
 /// Starts the agent with its output into two pipes, at a lower priority.
 fn spawn(args: &[String]) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
     let mut command = Command::new(UPDATE_AGENT_PATH);
-    command
+    super::unblock_signals(&mut command)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -288,7 +288,7 @@ impl Probes {
 
 /// `crun exec <name> <argv…>` with no input and no output.
 fn spawn_exec(name: &str, argv: &[String]) -> std::io::Result<i32> {
-    let child = Command::new(layout::CRUN_PATH)
+    let child = super::unblock_signals(&mut Command::new(layout::CRUN_PATH))
         .arg("exec")
         .arg(name)
         .args(argv)

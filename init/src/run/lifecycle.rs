@@ -43,7 +43,7 @@ fn policy_name(policy: RestartPolicy) -> &'static str {
 /// its output into two pipes. Returns the runtime's pid and the pipes' read
 /// ends.
 fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
-    let mut child = Command::new(layout::CRUN_PATH)
+    let mut child = super::unblock_signals(&mut Command::new(layout::CRUN_PATH))
         .arg("run")
         .arg("--bundle")
         .arg(crate::system::envmerge::bundle(name))
@@ -67,7 +67,7 @@ fn spawn_container(name: &str) -> std::io::Result<(i32, OwnedFd, OwnedFd)> {
 /// Runs `crun <args>` to completion (at most [`HELPER_TIMEOUT`]), its output on the
 /// console. Returns whether it succeeded.
 fn run_helper(args: &[&str]) -> bool {
-    let spawned = Command::new(layout::CRUN_PATH)
+    let spawned = super::unblock_signals(&mut Command::new(layout::CRUN_PATH))
         .args(args)
         .env_clear()
         .env("PATH", PATH)

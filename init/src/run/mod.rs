@@ -32,7 +32,9 @@ pub mod watchdog;
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_format::{ImageConfig, Slot};
@@ -106,10 +108,31 @@ struct Managed {
     oom_kills: u64,
 }
 
-/// Blocks every signal for PID 1 (they are read from the signalfd instead). Child
-/// processes start with an empty mask: Rust's `Command` resets it before exec.
+/// Blocks every signal for PID 1 (they are read from the signalfd instead).
+/// Every child it starts must go through [`unblock_signals`].
 pub fn block_signals() -> Result<(), LoopError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None).map_err(LoopError::Signals)
+}
+
+/// Gives a child of PID 1 an empty signal mask. A mask survives fork and exec,
+/// and Rust's `Command` does not reset it, so without this a child inherits
+/// PID 1's "everything blocked": the debug shell's commands ignore Ctrl-C and
+/// the update agent never sees its SIGTERM (it is killed at the end of the
+/// grace period instead).
+pub fn unblock_signals(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the child between fork and exec and makes two
+    // async-signal-safe calls (sigemptyset, sigprocmask) on a set on its own
+    // stack, changing only the child's mask.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// What the boot assessment needs: the mounted ESP and the booted slot.
@@ -474,6 +497,7 @@ impl EventLoop {
                 continue;
             }
             if self.shell.and_then(Shell::pid) == Some(pid.as_raw()) {
+                log!("debug shell {status}; starting it again");
                 self.shell = Some(Shell::Waiting {
                     until: Instant::now() + shell::RESPAWN_DELAY,
                 });
@@ -523,6 +547,39 @@ fn poll_timeout(wakeup: Option<Instant>, now: Instant) -> PollTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `SigBlk` line of a child started from a thread that blocks SIGUSR1.
+    fn child_mask(unblocked: bool) -> String {
+        std::thread::spawn(move || {
+            let mut usr1 = SigSet::empty();
+            usr1.add(Signal::SIGUSR1);
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&usr1), None)
+                .expect("blocking SIGUSR1 in this thread");
+            let mut command = Command::new("grep");
+            command.args(["SigBlk", "/proc/self/status"]);
+            if unblocked {
+                unblock_signals(&mut command);
+            }
+            let output = command.output().expect("running grep");
+            String::from_utf8_lossy(&output.stdout).trim().to_string()
+        })
+        .join()
+        .expect("the thread")
+    }
+
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        // Without it the child inherits the mask: the reason the init needs
+        // it (should a later std reset the mask, this still checks ours).
+        let inherited = child_mask(false);
+        assert!(
+            ["SigBlk:\t0000000000000200", "SigBlk:\t0000000000000000"]
+                .contains(&inherited.as_str()),
+            "{inherited}"
+        );
+        // With it nothing is blocked.
+        assert_eq!(child_mask(true), "SigBlk:\t0000000000000000");
+    }
 
     #[test]
     fn poll_timeout_rounds_up() {

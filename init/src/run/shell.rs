@@ -12,8 +12,10 @@ use super::EventLoop;
 
 /// The shell.
 pub const SHELL: &str = "/bin/sh";
-/// The console it runs on.
+/// The console, when the kernel does not say which device it is.
 const CONSOLE: &str = "/dev/console";
+/// The kernel's console devices, the last of them the one `/dev/console` is.
+const ACTIVE_CONSOLES: &str = "/sys/class/tty/console/active";
 /// Wait before starting the shell again, so a shell that cannot start does not
 /// spin.
 pub const RESPAWN_DELAY: Duration = Duration::from_secs(1);
@@ -49,12 +51,29 @@ impl Shell {
     }
 }
 
-/// Starts the shell on the console as a session leader with the console as its
-/// controlling terminal.
+/// The device behind `/dev/console`, from the kernel's list of active
+/// consoles (`tty0 ttyS0`: the last is the one `/dev/console` writes to).
+/// `/dev/console` itself can never become a controlling terminal, so a shell
+/// on it has no job control and Ctrl-C reaches nothing.
+pub fn console_device(active: &str) -> Option<String> {
+    active
+        .split_whitespace()
+        .last()
+        .filter(|name| !name.contains('/') && *name != "..")
+        .map(|name| format!("/dev/{name}"))
+}
+
+/// Starts the shell on the console as a session leader with the console's
+/// device as its controlling terminal.
 pub fn spawn() -> std::io::Result<i32> {
-    let console = OpenOptions::new().read(true).write(true).open(CONSOLE)?;
+    let device = std::fs::read_to_string(ACTIVE_CONSOLES)
+        .ok()
+        .and_then(|active| console_device(&active))
+        .filter(|device| std::path::Path::new(device).exists())
+        .unwrap_or_else(|| CONSOLE.to_string());
+    let console = OpenOptions::new().read(true).write(true).open(&device)?;
     let mut command = Command::new(SHELL);
-    command
+    super::unblock_signals(&mut command)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/")
@@ -100,5 +119,22 @@ impl EventLoop {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_device_is_the_last_active_console() {
+        assert_eq!(
+            console_device("tty0 ttyS0\n").as_deref(),
+            Some("/dev/ttyS0")
+        );
+        assert_eq!(console_device("ttyAMA0\n").as_deref(), Some("/dev/ttyAMA0"));
+        assert_eq!(console_device("hvc0").as_deref(), Some("/dev/hvc0"));
+        assert_eq!(console_device("\n"), None);
+        assert_eq!(console_device("../sda"), None);
     }
 }
