@@ -62,10 +62,24 @@ pub fn wait_for_partition(
     timeout: Duration,
     interval: Duration,
 ) -> Result<PathBuf, BlockError> {
+    wait_for_partition_with(roots, partuuid, timeout, interval, &mut |_| {})
+}
+
+/// [`wait_for_partition`], handing the disks of every scan that did not find
+/// the partition to `unseen` (where the init repairs a disk whose primary GPT
+/// is damaged: the kernel made no partitions of it).
+pub fn wait_for_partition_with(
+    roots: &Roots,
+    partuuid: &str,
+    timeout: Duration,
+    interval: Duration,
+    unseen: &mut dyn FnMut(&[Disk]),
+) -> Result<PathBuf, BlockError> {
     let start = Instant::now();
     loop {
         let mut notes = Vec::new();
-        if let Some(node) = find_partition(roots, partuuid, &mut notes) {
+        let disks = scan(roots, &mut notes);
+        if let Some(node) = partition_in(&disks, partuuid, &mut notes) {
             return Ok(node);
         }
         if start.elapsed() >= timeout {
@@ -79,6 +93,7 @@ pub fn wait_for_partition(
                 },
             });
         }
+        unseen(&disks);
         std::thread::sleep(interval);
     }
 }
@@ -87,17 +102,34 @@ pub fn wait_for_partition(
 /// and its node exists yet. `notes` collects what each disk looked like, for the
 /// error message when the partition never shows up.
 pub fn find_partition(roots: &Roots, partuuid: &str, notes: &mut Vec<String>) -> Option<PathBuf> {
-    for disk in scan(roots, notes) {
+    let disks = scan(roots, notes);
+    partition_in(&disks, partuuid, notes)
+}
+
+/// The device node of the partition with this PARTUUID among `disks`.
+fn partition_in(disks: &[Disk], partuuid: &str, notes: &mut Vec<String>) -> Option<PathBuf> {
+    for disk in disks {
         match disk.by_partuuid(partuuid) {
             None => notes.push(format!("{}: no such partition", disk.name)),
             Some(part) => match &part.node {
                 Some(node) if node.exists() => return Some(node.clone()),
-                Some(node) => {
-                    notes.push(format!("{}: {} not created yet", disk.name, node.display()))
-                }
+                Some(node) => notes.push(format!(
+                    "{}: {} not created yet{}",
+                    disk.name,
+                    node.display(),
+                    match disk.table {
+                        gpt::TableCopy::Backup => " (only the backup GPT is valid)",
+                        gpt::TableCopy::Primary => "",
+                    }
+                )),
                 None => notes.push(format!(
-                    "{}: partition {} not in sysfs yet",
-                    disk.name, part.gpt.number
+                    "{}: partition {} not in sysfs yet{}",
+                    disk.name,
+                    part.gpt.number,
+                    match disk.table {
+                        gpt::TableCopy::Backup => " (only the backup GPT is valid)",
+                        gpt::TableCopy::Primary => "",
+                    }
                 )),
             },
         }
@@ -115,6 +147,9 @@ pub struct Disk {
     /// Logical block size in bytes.
     pub block_size: u64,
     pub partitions: Vec<Partition>,
+    /// Which copy of the GPT the partitions were read from: the backup when
+    /// the primary is damaged (the kernel then creates no partition nodes).
+    pub table: gpt::TableCopy,
 }
 
 /// One GPT entry of a disk, with its device node when the kernel created one.
@@ -202,12 +237,13 @@ pub fn scan(roots: &Roots, notes: &mut Vec<String>) -> Vec<Disk> {
         let table = File::open(&node)
             .map_err(|err| format!("{}: {err}", node.display()))
             .and_then(|mut file| {
-                gpt::read_partitions_with_block(&mut file, block_size)
-                    .map_err(|err| err.to_string())
+                gpt::read_table(&mut file, block_size).map_err(|err| err.to_string())
             });
         match table {
             Ok(table) => {
+                let copy = table.copy;
                 let partitions = table
+                    .partitions
                     .into_iter()
                     .map(|gpt| Partition {
                         node: partition_node(&sys_dir, &roots.dev, gpt.number),
@@ -219,6 +255,7 @@ pub fn scan(roots: &Roots, notes: &mut Vec<String>) -> Vec<Disk> {
                     node,
                     block_size,
                     partitions,
+                    table: copy,
                 });
             }
             Err(note) => notes.push(format!("{name}: {note}")),

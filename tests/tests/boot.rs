@@ -31,6 +31,70 @@ fn hello_prints_with_direct_kernel_boot() {
         .unwrap_or_else(|err| panic!("{err}"));
 }
 
+/// A torn write or a bad block in the primary GPT: the kernel makes no
+/// partitions of the disk (it reads the backup only with `gpt` on its command
+/// line). The init's early stage rewrites the primary from the backup, has the
+/// kernel read it again and boots; afterwards the disk's table is whole.
+#[test]
+fn a_damaged_primary_partition_table_is_rewritten_from_the_backup_at_boot() {
+    use std::os::unix::fs::FileExt;
+    let built = build_image("recipes/hello.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("hello.img");
+    let copied = std::process::Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&built)
+        .arg(&image)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    // The primary header (LBA 1) reads as zeros, as after a torn write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .and_then(|file| file.write_all_at(&[0u8; 512], 512))
+        .expect("damaging the primary GPT header");
+    let sgdisk = |image: &std::path::Path| {
+        let out = std::process::Command::new("sgdisk")
+            .arg("-v")
+            .arg(image)
+            .output()
+            .expect("sgdisk -v");
+        // It reports a damaged copy on stderr, and still "No problems found"
+        // on stdout once it has read the backup.
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let damaged = sgdisk(&image);
+    assert!(damaged.contains("Main header: ERROR"), "{damaged}");
+    let mut vm = boot(
+        &image,
+        BootOptions {
+            direct: true,
+            persist: true,
+            ..BootOptions::default()
+        },
+    );
+    vm.expect(
+        &literal("/dev/vda: the primary partition table was damaged; rewrote it from the backup"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    vm.expect(&literal("Hello from berth!"), BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err}"));
+    vm.kill().expect("killing QEMU");
+    let verdict = sgdisk(&image);
+    assert!(
+        verdict.contains("No problems found")
+            && !verdict.contains("ERROR")
+            && !verdict.contains("corrupt"),
+        "{verdict}"
+    );
+}
+
 #[test]
 fn web_serves_its_page_on_a_forwarded_port() {
     let image = build_image("recipes/web.toml");

@@ -4,11 +4,13 @@
 //! hash, mount it on /sysroot, switch to it and exec its /sbin/init (berth-init
 //! again, which then runs the main stage).
 //!
-//! Its parts, in the order they run: [`kmod`] loads the modules, [`verity`] puts
-//! dm-verity over the root partition. The mounts, the kernel command line and the
+//! Its parts, in the order they run: [`kmod`] loads the modules, [`table`]
+//! repairs a root disk whose primary GPT is damaged, [`verity`] puts dm-verity
+//! over the root partition. The mounts, the kernel command line and the
 //! console come from [`crate::shared`], which the main stage uses too.
 
 mod kmod;
+mod table;
 mod verity;
 
 use std::convert::Infallible;
@@ -125,7 +127,29 @@ fn boot() -> Result<Infallible, EarlyError> {
     let loaded = crate::early::kmod::load_all(Path::new(layout::INITRAMFS_MODULES_PATH));
     let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE))?;
     let partuuid = cmdline::root_partuuid(&cmdline).ok_or(EarlyError::NoRoot)?;
-    let root = blockdev::wait_for_partition(&Roots::system(), partuuid, ROOT_TIMEOUT, ROOT_POLL)?;
+    let mut tried = std::collections::BTreeSet::new();
+    let root = blockdev::wait_for_partition_with(
+        &Roots::system(),
+        partuuid,
+        ROOT_TIMEOUT,
+        ROOT_POLL,
+        &mut |disks| {
+            // A disk that holds the root only in its backup GPT: repaired once.
+            for disk in disks {
+                if disk.by_partuuid(partuuid).is_none() || !tried.insert(disk.name.clone()) {
+                    continue;
+                }
+                match table::repair(disk) {
+                    Ok(true) => log!(
+                        "{}: the primary partition table was damaged; rewrote it from the backup",
+                        disk.node.display()
+                    ),
+                    Ok(false) => {}
+                    Err(err) => log!("{err}"),
+                }
+            }
+        },
+    )?;
     log!(
         "loaded {loaded} modules, root {} found after {} ms",
         root.display(),

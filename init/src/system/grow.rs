@@ -14,6 +14,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use berth_format::gpt::{crc32, seal_header};
+
 /// The only logical sector size handled (virtio, SATA and most eMMC).
 const SECTOR: u64 = berth_format::layout::SECTOR_SIZE;
 /// The same, as a buffer length.
@@ -65,18 +67,6 @@ impl Grown {
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected), as the GPT uses.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 fn u32_at(buf: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&buf[at..at + 4]);
@@ -97,13 +87,6 @@ fn put_u64(buf: &mut [u8], at: usize, value: u64) {
     buf[at..at + 8].copy_from_slice(&value.to_le_bytes());
 }
 
-/// Recomputes a header's CRC (over its first `size` bytes, CRC field zeroed).
-fn seal_header(header: &mut [u8], size: usize) {
-    put_u32(header, 16, 0);
-    let crc = crc32(&header[..size]);
-    put_u32(header, 16, crc);
-}
-
 fn table(message: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.into())
 }
@@ -112,10 +95,18 @@ fn table(message: impl Into<String>) -> std::io::Error {
 /// partition `number` (1-based), which must be the last one on the disk, to the
 /// last usable sector (aligned down to 1 MiB). Returns `None` when there is
 /// nothing to do (the backup header is at the end and the partition cannot grow).
+///
+/// The order keeps a valid table on the disk whatever a power cut leaves: the
+/// new backup (entries, then header) is written and `sync`ed while the old
+/// primary still describes the disk; only then the primary (entries, header)
+/// and the protective MBR, synced again. A cut during the primary's writes
+/// leaves a primary whose CRCs do not match and the new backup, which the
+/// init's early stage copies back to the primary (see `early::table`).
 pub fn grow_gpt<D: Read + Write + Seek>(
     disk: &mut D,
     disk_bytes: u64,
     number: u32,
+    sync: &mut dyn FnMut(&mut D) -> std::io::Result<()>,
 ) -> std::io::Result<Option<Grown>> {
     let total = disk_bytes / SECTOR;
     let mut header = [0u8; SECTOR_BYTES];
@@ -197,6 +188,7 @@ pub fn grow_gpt<D: Read + Write + Seek>(
     disk.write_all(&entries)?;
     disk.seek(SeekFrom::Start(new_alternate * SECTOR))?;
     disk.write_all(&backup)?;
+    sync(disk)?;
     disk.seek(SeekFrom::Start(entries_lba * SECTOR))?;
     disk.write_all(&entries)?;
     disk.seek(SeekFrom::Start(SECTOR))?;
@@ -212,6 +204,7 @@ pub fn grow_gpt<D: Read + Write + Seek>(
         disk.write_all(&mbr)?;
     }
     disk.flush()?;
+    sync(disk)?;
     Ok(Some(Grown {
         first_lba: first,
         old_last_lba: last,
@@ -296,10 +289,13 @@ pub fn grow_partition(node: &Path) -> Result<Option<Grown>, GrowError> {
         .write(true)
         .open(&disk_node)
         .map_err(io)?;
-    let Some(grown) = grow_gpt(&mut file, disk_bytes, number).map_err(io)? else {
+    let Some(grown) = grow_gpt(&mut file, disk_bytes, number, &mut |f: &mut File| {
+        f.sync_all()
+    })
+    .map_err(io)?
+    else {
         return Ok(None);
     };
-    file.sync_all().map_err(io)?;
     let to_i64 = |v: u64| libc::c_longlong::try_from(v).unwrap_or(libc::c_longlong::MAX);
     let mut part = BlkpgPartition {
         start: to_i64(grown.first_lba * SECTOR),
@@ -399,6 +395,10 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
+    fn no_sync(_: &mut Cursor<Vec<u8>>) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// A disk of `bytes` with a GPT of 128 entries and partitions at the given
     /// (first, last) sectors, its backup at the end.
     fn disk(bytes: u64, parts: &[(u64, u64)]) -> Vec<u8> {
@@ -434,17 +434,14 @@ mod tests {
     }
 
     #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
-
-    #[test]
     fn grows_the_last_partition_and_moves_the_backup() {
         let small = 8 * MIB;
         let mut image = disk(small, &[(2048, 4095), (4096, 14335)]);
         image.resize(usize::try_from(16 * MIB).unwrap(), 0);
         let mut cursor = Cursor::new(image);
-        let grown = grow_gpt(&mut cursor, 16 * MIB, 2).unwrap().unwrap();
+        let grown = grow_gpt(&mut cursor, 16 * MIB, 2, &mut no_sync)
+            .unwrap()
+            .unwrap();
         assert_eq!(grown.first_lba, 4096);
         assert_eq!(grown.old_last_lba, 14335);
         // 16 MiB = 32768 sectors; last usable 32734; aligned down to 1 MiB.
@@ -473,27 +470,147 @@ mod tests {
         assert_eq!(u32_at(&image, 446 + 12), 32767);
         // Twice is nothing to do.
         let mut cursor = Cursor::new(image);
-        assert_eq!(grow_gpt(&mut cursor, 16 * MIB, 2).unwrap(), None);
+        assert_eq!(
+            grow_gpt(&mut cursor, 16 * MIB, 2, &mut no_sync).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn refuses_a_partition_that_is_not_the_last() {
         let mut image = disk(8 * MIB, &[(2048, 4095), (4096, 14335)]);
         image.resize(usize::try_from(16 * MIB).unwrap(), 0);
-        let err = grow_gpt(&mut Cursor::new(image), 16 * MIB, 1).unwrap_err();
+        let err = grow_gpt(&mut Cursor::new(image), 16 * MIB, 1, &mut no_sync).unwrap_err();
         assert!(err.to_string().contains("not the last"), "{err}");
     }
 
     #[test]
     fn same_size_disk_is_left_alone() {
         let image = disk(8 * MIB, &[(2048, 14335)]);
-        assert_eq!(grow_gpt(&mut Cursor::new(image), 8 * MIB, 1).unwrap(), None);
+        assert_eq!(
+            grow_gpt(&mut Cursor::new(image), 8 * MIB, 1, &mut no_sync).unwrap(),
+            None
+        );
     }
 
     #[test]
     fn refuses_a_corrupt_entry_array() {
         let mut image = disk(8 * MIB, &[(2048, 14335)]);
         image[1024 + 40] ^= 1;
-        assert!(grow_gpt(&mut Cursor::new(image), 8 * MIB, 1).is_err());
+        assert!(grow_gpt(&mut Cursor::new(image), 8 * MIB, 1, &mut no_sync).is_err());
+    }
+
+    /// A disk in memory that records every write and every sync, to replay
+    /// the states a power cut can leave.
+    struct Recorder {
+        disk: Cursor<Vec<u8>>,
+        /// Writes (offset, bytes); `None` is a sync.
+        log: Vec<Option<(u64, Vec<u8>)>>,
+    }
+
+    impl Read for Recorder {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.disk.read(buf)
+        }
+    }
+
+    impl Seek for Recorder {
+        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+            self.disk.seek(pos)
+        }
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let at = self.disk.position();
+            let n = self.disk.write(buf)?;
+            self.log.push(Some((at, buf[..n].to_vec())));
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Every state a cut can leave: all writes before the last completed sync,
+    /// then any subset of the writes after it, each whole or torn after its
+    /// first sector (a disk may persist writes between flushes in any order,
+    /// and a multi-sector write partly).
+    fn crash_states(start: &[u8], log: &[Option<(u64, Vec<u8>)>]) -> Vec<Vec<u8>> {
+        let epochs: Vec<Vec<(u64, Vec<u8>)>> = log
+            .split(Option::is_none)
+            .map(|epoch| epoch.iter().flatten().cloned().collect())
+            .collect();
+        let mut states = Vec::new();
+        let mut base = start.to_vec();
+        let apply = |disk: &mut Vec<u8>, (at, bytes): &(u64, Vec<u8>), len: usize| {
+            let at = usize::try_from(*at).unwrap();
+            disk[at..at + len].copy_from_slice(&bytes[..len]);
+        };
+        for epoch in &epochs {
+            // Each write: 0 = lost, 1 = torn (first sector only), 2 = whole.
+            let combos = 3usize.pow(u32::try_from(epoch.len()).unwrap());
+            for mut combo in 0..combos {
+                let mut disk = base.clone();
+                for write in epoch {
+                    match combo % 3 {
+                        1 => apply(&mut disk, write, SECTOR_BYTES.min(write.1.len())),
+                        2 => apply(&mut disk, write, write.1.len()),
+                        _ => {}
+                    }
+                    combo /= 3;
+                }
+                states.push(disk);
+            }
+            for write in epoch {
+                apply(&mut base, write, write.1.len());
+            }
+        }
+        states
+    }
+
+    #[test]
+    fn every_state_a_cut_leaves_has_a_valid_table_and_the_next_boot_finishes() {
+        let mut image = disk(8 * MIB, &[(2048, 4095), (4096, 14335)]);
+        image.resize(usize::try_from(16 * MIB).unwrap(), 0);
+        let mut recorder = Recorder {
+            disk: Cursor::new(image.clone()),
+            log: Vec::new(),
+        };
+        let grown = grow_gpt(&mut recorder, 16 * MIB, 2, &mut |r: &mut Recorder| {
+            r.log.push(None);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        let syncs = recorder.log.iter().filter(|w| w.is_none()).count();
+        assert_eq!(syncs, 2, "backup synced, then primary synced");
+        let states = crash_states(&image, &recorder.log);
+        assert!(states.len() > 30, "{} states", states.len());
+        for (n, state) in states.into_iter().enumerate() {
+            // The table a reader (the init, the agent, firmware) finds: the
+            // data partition at its old or its new size, never nothing.
+            let mut cursor = Cursor::new(state);
+            let table = berth_format::gpt::read_table(&mut cursor, SECTOR)
+                .unwrap_or_else(|err| panic!("state {n}: {err}"));
+            let data = table.partitions.iter().find(|p| p.number == 2).unwrap();
+            assert!(
+                [grown.old_last_lba, grown.new_last_lba].contains(&data.last_lba),
+                "state {n}: data ends at {}",
+                data.last_lba
+            );
+            // The next boot: the early stage repairs a damaged primary, then
+            // the growth runs again and finishes.
+            berth_format::gpt::repair_primary(&mut cursor, SECTOR).unwrap();
+            grow_gpt(&mut cursor, 16 * MIB, 2, &mut no_sync).unwrap();
+            let table = berth_format::gpt::read_table(&mut cursor, SECTOR).unwrap();
+            assert_eq!(
+                table.copy,
+                berth_format::gpt::TableCopy::Primary,
+                "state {n}"
+            );
+            let data = table.partitions.iter().find(|p| p.number == 2).unwrap();
+            assert_eq!(data.last_lba, grown.new_last_lba, "state {n}");
+        }
     }
 }
