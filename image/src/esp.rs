@@ -104,6 +104,16 @@ impl<'a> Esp<'a> {
             .map_err(|e| self.error(path, e))
     }
 
+    /// Creates the folder at `path` (its parent must exist); an existing one
+    /// is kept.
+    pub fn create_dir(&self, path: &str) -> Result<(), ImageError> {
+        self.fs
+            .root_dir()
+            .create_dir(relative(path))
+            .map(drop)
+            .map_err(|e| self.error(path, e))
+    }
+
     /// Renames `from` to `to`, both in folder `dir`.
     pub fn rename(&self, dir: &str, from: &str, to: &str) -> Result<(), ImageError> {
         let folder = self

@@ -94,6 +94,38 @@ pub fn counting_now() -> Result<Counting, String> {
     result
 }
 
+/// Where the early stage records why it refused a slot and fell back to the
+/// other one (on the ESP: the data partition is not mounted yet).
+pub const FALLBACK_RECORD: &str = "berth/fallback.txt";
+
+/// For the early stage, when the booted slot's root is refused although its
+/// entry is blessed: mounts the ESP read-write, makes the other slot boot next
+/// and records why in [`FALLBACK_RECORD`]. Returns the other slot.
+pub fn fall_back(why: &str) -> Result<Slot, String> {
+    let cmdline = cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|e| e.to_string())?;
+    let slot = cmdline::booted_slot(&Roots::system(), &cmdline)?;
+    mount(false)?;
+    let result = fall_back_on(Path::new(ESP_MOUNT), slot, why);
+    if let Err(errno) = umount2(ESP_MOUNT, MntFlags::MNT_DETACH) {
+        log!("unmounting {ESP_MOUNT}: {errno}");
+    }
+    result
+}
+
+/// [`fall_back`] on the ESP mounted at `esp`: the record first, so a cut
+/// before the switch leaves the reason and the same decision to take again.
+fn fall_back_on(esp: &Path, slot: Slot, why: &str) -> Result<Slot, String> {
+    let other = slot.other();
+    let record = esp.join(FALLBACK_RECORD);
+    berth_format::atomic::write_atomically(
+        &record,
+        format!("slot {slot} refused, slot {other} boots next: {why}\n").as_bytes(),
+    )
+    .map_err(|e| format!("{}: {e}", record.display()))?;
+    berth_format::entries::make_next(esp, other).map_err(|e| e.to_string())?;
+    Ok(other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +154,34 @@ mod tests {
         let a = counting(esp, Slot::A).unwrap();
         assert_eq!(a.counter, None);
         assert!(!a.other_can_boot, "slot b's kernel is missing");
+    }
+
+    #[test]
+    fn a_refused_blessed_slot_falls_back_to_the_other_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = dir.path();
+        fs::create_dir_all(esp.join("loader/entries")).unwrap();
+        for slot in ["a", "b"] {
+            fs::create_dir_all(esp.join("berth").join(slot)).unwrap();
+            fs::write(esp.join("berth").join(slot).join("vmlinuz"), "k").unwrap();
+        }
+        fs::write(
+            esp.join("loader/entries/berth-a.conf"),
+            "title berth x 1.1.0\nversion 2\nsort-key berth\nlinux /berth/a/vmlinuz\n",
+        )
+        .unwrap();
+        fs::write(
+            esp.join("loader/entries/berth-b.conf"),
+            "title berth x 1.0.0\nversion 1\nsort-key berth\nlinux /berth/b/vmlinuz\n",
+        )
+        .unwrap();
+        assert_eq!(EspState::read(esp).unwrap().next_boot(), Some(Slot::A));
+        let other = fall_back_on(esp, Slot::A, "root failed dm-verity").unwrap();
+        assert_eq!(other, Slot::B);
+        assert_eq!(EspState::read(esp).unwrap().next_boot(), Some(Slot::B));
+        assert_eq!(
+            fs::read_to_string(esp.join(FALLBACK_RECORD)).unwrap(),
+            "slot a refused, slot b boots next: root failed dm-verity\n"
+        );
     }
 }

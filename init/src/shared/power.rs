@@ -61,20 +61,29 @@ pub enum RefusedSlotAction {
     /// Reboot: the booted entry is on trial, so the boot loader's counter runs
     /// down and the other slot comes back.
     Reboot,
+    /// The booted entry is blessed (a bad block in a slot that booted well
+    /// before) and the other slot can boot: make the other slot boot next,
+    /// record why, and reboot into it.
+    FallBack,
 }
 
 /// Decides what a refused slot leads to, from the booted entry's boot counter
 /// (read from the ESP): reboot while the entry counts and a reboot leads somewhere
 /// else — it has tries left, or it has none and the other slot's entry can boot
-/// (an exhausted entry sorts last). Halt for a blessed entry (or none, or a
-/// direct kernel boot) and for a last try with nothing to fall back to: a reboot
-/// would only boot the same broken slot again, forever.
+/// (an exhausted entry sorts last). A blessed entry falls back to the other slot
+/// when that one can boot. Halt when there is no entry (or a direct kernel
+/// boot), and when nothing else can boot: a reboot would only boot the same
+/// broken slot again, forever.
 pub fn refused_slot_action(counting: Option<crate::shared::esp::Counting>) -> RefusedSlotAction {
     match counting {
         Some(crate::shared::esp::Counting {
             counter: Some(counter),
             other_can_boot,
         }) if counter.left > 0 || other_can_boot => RefusedSlotAction::Reboot,
+        Some(crate::shared::esp::Counting {
+            counter: None,
+            other_can_boot: true,
+        }) => RefusedSlotAction::FallBack,
         _ => RefusedSlotAction::Halt,
     }
 }
@@ -92,6 +101,20 @@ pub fn refuse_slot(message: &str) -> ! {
     };
     match refused_slot_action(counting) {
         RefusedSlotAction::Halt => halt(),
+        RefusedSlotAction::FallBack => match crate::shared::esp::fall_back(message) {
+            Ok(other) => {
+                log!("the booted slot's entry is blessed and slot {other} can boot: it boots next; rebooting into it");
+                sync();
+                crate::shared::mounts::unmount_all();
+                sync();
+                log!("{}", PowerAction::Reboot.final_line());
+                power(PowerAction::Reboot)
+            }
+            Err(why) => {
+                log!("cannot fall back to the other slot: {why}");
+                halt()
+            }
+        },
         RefusedSlotAction::Reboot => {
             let left = counting.and_then(|c| c.counter).map_or(0, |c| c.left);
             log!("the boot entry is on trial ({left} tries left): rebooting, so the boot loader falls back to the other slot");
@@ -183,7 +206,12 @@ mod tests {
             counter: None,
             other_can_boot: true,
         });
-        assert_eq!(refused_slot_action(blessed), RefusedSlotAction::Halt);
+        assert_eq!(refused_slot_action(blessed), RefusedSlotAction::FallBack);
+        let blessed_alone = Some(Counting {
+            counter: None,
+            other_can_boot: false,
+        });
+        assert_eq!(refused_slot_action(blessed_alone), RefusedSlotAction::Halt);
         assert_eq!(
             refused_slot_action(counting(2, 1, true)),
             RefusedSlotAction::Reboot

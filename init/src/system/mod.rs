@@ -161,6 +161,12 @@ fn mount_esp() -> Option<AssessmentInput> {
             return None;
         }
     }
+    // Why the last fallback left a blessed slot (kept on the ESP until a
+    // later fallback replaces it).
+    let record = Path::new(layout::ESP_MOUNT).join(crate::shared::esp::FALLBACK_RECORD);
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        log!("last fallback: {}", text.trim());
+    }
     let slot = cmdline::read(Path::new(cmdline::PROC_CMDLINE))
         .map_err(|err| err.to_string())
         .and_then(|cmdline| cmdline::booted_slot(&Roots::system(), &cmdline));
