@@ -105,6 +105,9 @@ pub fn ran_out_reason(
         .then(|| format!("boot counter ran out: slot {slot} ({version}) never came up healthy"))
 }
 
+/// How often an assessment looks again.
+const TICK: Duration = Duration::from_secs(1);
+
 /// What the event loop does after an assessment tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tick {
@@ -179,6 +182,19 @@ impl Assessment {
     /// When the deadline passes.
     pub fn deadline(&self) -> Instant {
         self.start + self.timeout
+    }
+
+    /// When the event loop looks again: every second, and at the deadline. Past
+    /// the deadline (a healthy slot whose bless keeps failing) still a second
+    /// later, not at once: the loop must not spin on a deadline in the past.
+    pub fn next_tick(&self, now: Instant) -> Instant {
+        let second = now + TICK;
+        let deadline = self.deadline();
+        if deadline > now {
+            deadline.min(second)
+        } else {
+            second
+        }
     }
 
     fn record(&self, outcome: AssessmentOutcome, reason: &str) {
@@ -503,6 +519,19 @@ mod tests {
         assert_eq!(names(&entries), ["berth-a.conf"]);
         let state = UpdateState::load(&assessment.state_path).unwrap();
         assert_eq!(state.assessment.unwrap().outcome, AssessmentOutcome::Good);
+    }
+
+    #[test]
+    fn ticks_come_every_second_and_at_the_deadline_never_in_the_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let assessment = assessment(dir.path(), dir.path(), t0);
+        assert_eq!(assessment.next_tick(t0), t0 + s(1));
+        let late = t0 + Duration::from_millis(59_500);
+        assert_eq!(assessment.next_tick(late), t0 + s(60));
+        // Past the deadline (retrying a bless): a second later each time.
+        assert_eq!(assessment.next_tick(t0 + s(60)), t0 + s(61));
+        assert_eq!(assessment.next_tick(t0 + s(90)), t0 + s(91));
     }
 
     #[test]
