@@ -4,6 +4,9 @@
 //!   entry loses the counter and the update state on the data partition says good;
 //! - a slot on trial whose critical container never becomes healthy reboots when
 //!   `health_timeout` passes;
+//! - a slot on trial whose (non-critical) container crashes a few seconds after
+//!   each start is not blessed: it reboots at the deadline, its entry still
+//!   counting;
 //! - the slot that boots after the other one's counter ran out records that
 //!   release as failed;
 //! - `[debug] console_shell = true` gives a shell on the serial console.
@@ -179,6 +182,54 @@ fn unhealthy_slot_on_trial_reboots_after_the_deadline() {
         BOOT_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn crashing_container_keeps_the_slot_on_trial_without_critical_containers() {
+    let built = build_image("tests/recipes/health-crash.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_image(&built, dir.path());
+    rename_esp_entry(&image, "berth-a.conf", "berth-a+3.conf");
+
+    let vm = boot(
+        &image,
+        BootOptions {
+            persist: true,
+            ..BootOptions::default()
+        },
+    );
+    vm.expect(
+        &literal("slot a (1.3.0) is on trial (2 tries left)"),
+        BOOT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Started, and restarted after its crash: still not blessed.
+    vm.expect(&literal("[app] app crashing"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let blessed = literal("marked good");
+    let failed = Regex::new(
+        r"berth-init: slot a \(1\.3\.0\) did not become healthy within 15 s: container app .+; rebooting \(2 tries left\)",
+    )
+    .unwrap();
+    let (index, line) = vm
+        .expect_any(&[&blessed, &failed], BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(index, 1, "a crashing release was blessed: {line}");
+    vm.expect(&literal("berth-init: rebooting"), BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(vm);
+
+    // Offline: the entry still counts (systemd-boot may have counted the next
+    // boot already), and the data partition says why.
+    let names = esp_entry_names(&image);
+    let counting = Regex::new(r"^berth-a\+\d+-\d+\.conf$").unwrap();
+    assert!(
+        names.len() == 1 && counting.is_match(&names[0]),
+        "the entry was blessed: {names:?}"
+    );
+    let state = update_state(&image, dir.path());
+    assert!(state.contains("outcome = \"failed\""), "{state}");
+    assert!(state.contains("container app"), "{state}");
 }
 
 #[test]

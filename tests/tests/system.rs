@@ -147,6 +147,15 @@ fn network_dns_limits_and_isolation() {
         ),
         0
     );
+    // The data partition is mounted nosuid,nodev (and so are the volumes bound
+    // from it).
+    assert_eq!(
+        shell(
+            &mut vm,
+            "grep -Eq '^[^ ]+ /var ext4 [^ ]*nosuid,nodev' /proc/mounts"
+        ),
+        0
+    );
     // Seccomp and capabilities: a confined container cannot mount.
     assert_ne!(
         shell(

@@ -250,68 +250,219 @@ fn resources(
     Ok(Some(builder.build()?))
 }
 
-/// System calls a confined container may not make (EPERM), after Docker's
-/// default profile, reduced to a deny list: kernel modules, kexec, reboot,
-/// swap, accounting, keyrings, BPF, perf, userfaultfd, handles by inode and
-/// long-obsolete calls. Each group is lifted when the recipe adds the
-/// capability it belongs to.
-const DENIED_SYSCALLS: &[(&str, &[&str])] = &[
-    (
-        "",
-        &[
-            "acct",
-            "add_key",
-            "bpf",
-            "create_module",
-            "get_kernel_syms",
-            "keyctl",
-            "lookup_dcookie",
-            "nfsservctl",
-            "perf_event_open",
-            "query_module",
-            "request_key",
-            "_sysctl",
-            "sysfs",
-            "uselib",
-            "userfaultfd",
-            "ustat",
-            "vhangup",
-        ],
-    ),
+/// System calls every confined container may make. Everything else fails with
+/// EPERM. This is Docker's default seccomp profile (moby
+/// `profiles/seccomp/default.json`), its unconditional allow list for x86, with
+/// these differences, each stricter:
+/// - no `io_uring_setup`/`io_uring_enter`/`io_uring_register` (Docker 25 dropped
+///   them too: io_uring has been a steady source of kernel exploits, and its
+///   operations bypass this filter);
+/// - `clock_adjtime` needs CAP_SYS_TIME and `name_to_handle_at` CAP_SYS_ADMIN
+///   (berth's filter denied them before, nothing in a container needs them).
+///
+/// Not here, so denied: keyrings (`add_key`, `keyctl`, `request_key`),
+/// `userfaultfd`, `kexec_*`, `swapon`/`swapoff`, obsolete calls (`uselib`,
+/// `ustat`, `sysfs`, `_sysctl`, `create_module`, …), and the calls of
+/// [`CAPABILITY_SYSCALLS`] without their capability. `clone`, `clone3`,
+/// `socket` and `personality` have rules of their own ([`seccomp_filter`]).
+#[rustfmt::skip] // Many short names: a block, not one per line.
+const ALLOWED_SYSCALLS: &[&str] = &[
+    "accept", "accept4", "access", "adjtimex", "alarm", "arch_prctl", "bind", "brk",
+    "capget", "capset", "chdir", "chmod", "chown", "chown32", "clock_getres",
+    "clock_getres_time64", "clock_gettime", "clock_gettime64", "clock_nanosleep",
+    "clock_nanosleep_time64", "close", "close_range", "connect", "copy_file_range", "creat",
+    "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old",
+    "epoll_pwait", "epoll_pwait2", "epoll_wait", "epoll_wait_old", "eventfd", "eventfd2",
+    "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2", "fadvise64",
+    "fadvise64_64", "fallocate", "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchown",
+    "fchown32", "fchownat", "fcntl", "fcntl64", "fdatasync", "fgetxattr", "flistxattr",
+    "flock", "fork", "fremovexattr", "fsetxattr", "fstat", "fstat64", "fstatat64", "fstatfs",
+    "fstatfs64", "fsync", "ftruncate", "ftruncate64", "futex", "futex_time64", "futex_waitv",
+    "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid", "getegid32",
+    "geteuid", "geteuid32", "getgid", "getgid32", "getgroups", "getgroups32", "getitimer",
+    "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom",
+    "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit", "get_robust_list",
+    "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area", "gettid",
+    "gettimeofday", "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init",
+    "inotify_init1", "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents",
+    "io_pgetevents", "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup",
+    "io_submit", "ipc", "kill", "landlock_add_rule", "landlock_create_ruleset",
+    "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link", "linkat", "listen",
+    "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat",
+    "lstat64", "madvise", "membarrier", "memfd_create", "memfd_secret", "mincore", "mkdir",
+    "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2",
+    "modify_ldt", "mprotect", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive",
+    "mq_timedreceive_time64", "mq_timedsend", "mq_timedsend_time64", "mq_unlink", "mremap",
+    "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
+    "nanosleep", "newfstatat", "_newselect", "open", "openat", "openat2", "pause",
+    "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free",
+    "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl", "pread64", "preadv",
+    "preadv2", "prlimit64", "process_mrelease", "process_vm_readv", "process_vm_writev",
+    "pselect6", "pselect6_time64", "ptrace", "pwrite64", "pwritev", "pwritev2", "read",
+    "readahead", "readlink", "readlinkat", "readv", "recv", "recvfrom", "recvmmsg",
+    "recvmmsg_time64", "recvmsg", "remap_file_pages", "removexattr", "rename", "renameat",
+    "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
+    "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_sigtimedwait_time64", "rt_tgsigqueueinfo", "sched_getaffinity", "sched_getattr",
+    "sched_getparam", "sched_get_priority_max", "sched_get_priority_min",
+    "sched_getscheduler", "sched_rr_get_interval", "sched_rr_get_interval_time64",
+    "sched_setaffinity", "sched_setattr", "sched_setparam", "sched_setscheduler",
+    "sched_yield", "seccomp", "select", "semctl", "semget", "semop", "semtimedop",
+    "semtimedop_time64", "send", "sendfile", "sendfile64", "sendmmsg", "sendmsg", "sendto",
+    "setfsgid", "setfsgid32", "setfsuid", "setfsuid32", "setgid", "setgid32", "setgroups",
+    "setgroups32", "setitimer", "setpgid", "setpriority", "setregid", "setregid32",
+    "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32",
+    "setrlimit", "set_robust_list", "setsid", "setsockopt", "set_thread_area",
+    "set_tid_address", "setuid", "setuid32", "setxattr", "shmat", "shmctl", "shmdt",
+    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "sigprocmask", "sigreturn",
+    "socketcall", "socketpair", "splice", "stat", "stat64", "statfs", "statfs64", "statx",
+    "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill",
+    "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
+    "timer_gettime64", "timer_settime", "timer_settime64", "timerfd_create",
+    "timerfd_gettime", "timerfd_gettime64", "timerfd_settime", "timerfd_settime64", "times",
+    "tkill", "truncate", "truncate64", "ugetrlimit", "umask", "uname", "unlink", "unlinkat",
+    "utime", "utimensat", "utimensat_time64", "utimes", "vfork", "vmsplice", "wait4",
+    "waitid", "waitpid", "write", "writev",
+];
+
+/// System calls allowed only with a capability, as Docker's default profile
+/// has them (plus the two of [`ALLOWED_SYSCALLS`]'s stricter list). `cap_add`
+/// (or `privileged`, which drops the filter altogether) lifts a group;
+/// `cap_drop` of a default capability does not matter here, none of these
+/// belong to the default set.
+const CAPABILITY_SYSCALLS: &[(&str, &[&str])] = &[
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
     (
         "CAP_SYS_ADMIN",
         &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
             "mount",
+            "mount_setattr",
+            "move_mount",
+            "name_to_handle_at",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
             "umount",
             "umount2",
-            "pivot_root",
             "unshare",
-            "setns",
-            "name_to_handle_at",
-            "quotactl",
-            "swapon",
-            "swapoff",
-            "fsopen",
-            "fsmount",
-            "fsconfig",
-            "move_mount",
-            "open_tree",
-            "fspick",
-            "mount_setattr",
         ],
     ),
-    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+    ("CAP_SYS_BOOT", &["reboot"]),
+    ("CAP_SYS_CHROOT", &["chroot"]),
     (
         "CAP_SYS_MODULE",
-        &["init_module", "finit_module", "delete_module"],
+        &["delete_module", "init_module", "finit_module"],
     ),
-    ("CAP_SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
+    ("CAP_SYS_PACCT", &["acct"]),
     (
-        "CAP_SYS_TIME",
-        &["settimeofday", "stime", "clock_settime", "clock_adjtime"],
+        "CAP_SYS_PTRACE",
+        &["kcmp", "pidfd_getfd", "process_madvise"],
     ),
     ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &[
+            "settimeofday",
+            "stime",
+            "clock_settime",
+            "clock_settime64",
+            "clock_adjtime",
+            "clock_adjtime64",
+        ],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    (
+        "CAP_SYS_NICE",
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
 ];
+
+/// The `clone` flags that create namespaces (CLONE_NEWNS, CLONE_NEWCGROUP,
+/// CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET):
+/// without CAP_SYS_ADMIN, `clone` is allowed only with none of them set.
+const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+/// `personality` values allowed: PER_LINUX, PER_LINUX32, UNAME26,
+/// UNAME26|PER_LINUX32, and 0xffffffff (the query).
+const PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+/// AF_VSOCK: `socket` is allowed for every other family.
+const AF_VSOCK: u64 = 40;
+const EPERM: u32 = 1;
+/// `clone3` fails with ENOSYS without CAP_SYS_ADMIN (its flags are in memory,
+/// out of seccomp's reach): C libraries then fall back to `clone`, whose flags
+/// the filter checks.
+const ENOSYS: u32 = 38;
+
+/// The seccomp filter of a confined container holding `caps`: an allow list,
+/// everything else EPERM (see [`ALLOWED_SYSCALLS`]).
+fn seccomp_filter(caps: &BTreeSet<String>) -> serde_json::Value {
+    let mut allowed: Vec<&str> = ALLOWED_SYSCALLS.to_vec();
+    for (cap, names) in CAPABILITY_SYSCALLS {
+        if caps.contains(*cap) {
+            allowed.extend_from_slice(names);
+        }
+    }
+    allowed.sort_unstable();
+    allowed.dedup();
+    let allow = "SCMP_ACT_ALLOW";
+    let mut rules = vec![serde_json::json!({ "names": allowed, "action": allow })];
+    rules.push(serde_json::json!({
+        "names": ["socket"],
+        "action": allow,
+        "args": [{ "index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE" }],
+    }));
+    for personality in PERSONALITIES {
+        rules.push(serde_json::json!({
+            "names": ["personality"],
+            "action": allow,
+            "args": [{ "index": 0, "value": personality, "op": "SCMP_CMP_EQ" }],
+        }));
+    }
+    if !caps.contains("CAP_SYS_ADMIN") {
+        rules.push(serde_json::json!({
+            "names": ["clone"],
+            "action": allow,
+            "args": [{
+                "index": 0,
+                "value": CLONE_NAMESPACE_FLAGS,
+                "valueTwo": 0,
+                "op": "SCMP_CMP_MASKED_EQ",
+            }],
+        }));
+        rules.push(serde_json::json!({
+            "names": ["clone3"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": ENOSYS,
+        }));
+    }
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": EPERM,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": rules,
+    })
+}
 
 /// Capabilities (the OCI default set, `cap_add`, minus `cap_drop`; every one when
 /// privileged), no new privileges and the seccomp filter unless privileged.
@@ -346,16 +497,7 @@ fn confine(spec: Spec, container: &ContainerPlan) -> Result<Spec, serde_json::Er
         process.insert("noNewPrivileges".into(), (!privileged).into());
     }
     if !privileged {
-        let names: Vec<&str> = DENIED_SYSCALLS
-            .iter()
-            .filter(|(cap, _)| cap.is_empty() || !caps.contains(*cap))
-            .flat_map(|(_, names)| names.iter().copied())
-            .collect();
-        let seccomp = serde_json::json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-            "syscalls": [{ "names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }],
-        });
+        let seccomp = seccomp_filter(&caps);
         if let Some(linux) = value.get_mut("linux").and_then(|l| l.as_object_mut()) {
             linux.insert("seccomp".into(), seccomp);
         }
@@ -465,6 +607,22 @@ mod tests {
             .collect()
     }
 
+    /// The names the first (plain allow) rule of a filter allows.
+    fn allowed(config: &serde_json::Value) -> Vec<&str> {
+        strings(&config["linux"]["seccomp"]["syscalls"][0]["names"])
+    }
+
+    /// The rules for `name` after the first one (those with conditions).
+    fn conditional<'a>(config: &'a serde_json::Value, name: &str) -> Vec<&'a serde_json::Value> {
+        config["linux"]["seccomp"]["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .filter(|rule| strings(&rule["names"]).contains(&name))
+            .collect()
+    }
+
     #[test]
     fn confined_containers_get_few_capabilities_and_a_seccomp_filter() {
         let config = config_of("cap_add = [\"sys_time\"]\ncap_drop = [\"KILL\"]");
@@ -473,10 +631,165 @@ mod tests {
             ["CAP_AUDIT_WRITE", "CAP_NET_BIND_SERVICE", "CAP_SYS_TIME"]
         );
         assert_eq!(config["process"]["noNewPrivileges"], true);
-        let denied = strings(&config["linux"]["seccomp"]["syscalls"][0]["names"]);
-        assert!(denied.contains(&"kexec_load") && denied.contains(&"mount"));
+        let seccomp = &config["linux"]["seccomp"];
+        // An allow list: what it does not name fails with EPERM.
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1);
+        let allowed = allowed(&config);
+        assert!(allowed.contains(&"read") && allowed.contains(&"execve"));
+        assert!(allowed.is_sorted(), "{allowed:?}");
         // Adding CAP_SYS_TIME lifts the clock calls it belongs to.
-        assert!(!denied.contains(&"settimeofday"), "{denied:?}");
+        assert!(allowed.contains(&"settimeofday"), "{allowed:?}");
+        assert!(allowed.contains(&"clock_adjtime"), "{allowed:?}");
+    }
+
+    #[test]
+    fn the_filter_denies_what_dockers_default_profile_denies() {
+        let config = config_of("");
+        let allowed = allowed(&config);
+        for denied in [
+            // Namespaces, mounts, and other CAP_SYS_ADMIN calls.
+            "unshare",
+            "setns",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "fsopen",
+            "open_tree",
+            "clone3",
+            "sethostname",
+            "name_to_handle_at",
+            // io_uring, keyrings, BPF, perf, userfaultfd.
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
+            "add_key",
+            "keyctl",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            // Modules, kexec, reboot, swap, clocks, raw I/O, accounting, chroot.
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "kexec_load",
+            "kexec_file_load",
+            "reboot",
+            "swapon",
+            "swapoff",
+            "settimeofday",
+            "clock_settime",
+            "clock_adjtime",
+            "iopl",
+            "ioperm",
+            "acct",
+            "chroot",
+            "open_by_handle_at",
+            "kcmp",
+            "vhangup",
+            "syslog",
+            "mbind",
+            "lookup_dcookie",
+            "quotactl",
+            // Obsolete.
+            "uselib",
+            "ustat",
+            "sysfs",
+            "_sysctl",
+            "create_module",
+            "nfsservctl",
+            // Conditional: only in their own rules below.
+            "clone",
+            "socket",
+            "personality",
+        ] {
+            assert!(!allowed.contains(&denied), "{denied} is allowed");
+        }
+        // clone only without namespace flags (CLONE_NEWUSER is 0x10000000,
+        // CLONE_NEWNS 0x20000).
+        let clone = conditional(&config, "clone");
+        assert_eq!(clone.len(), 1, "{clone:?}");
+        let arg = &clone[0]["args"][0];
+        assert_eq!(arg["op"], "SCMP_CMP_MASKED_EQ");
+        assert_eq!(arg["index"], 0);
+        let mask = arg["value"].as_u64().unwrap();
+        assert_eq!(mask, 0x7E02_0000);
+        for flag in [0x1000_0000, 0x2_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000] {
+            assert_ne!(mask & flag, 0, "{flag:#x}");
+        }
+        assert_eq!(arg["valueTwo"], 0);
+        // clone3 says ENOSYS, so libc falls back to clone.
+        let clone3 = conditional(&config, "clone3");
+        assert_eq!(clone3.len(), 1);
+        assert_eq!(clone3[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(clone3[0]["errnoRet"], 38);
+        // personality: the five values Docker allows, one rule each.
+        let values: Vec<u64> = conditional(&config, "personality")
+            .iter()
+            .map(|rule| {
+                assert_eq!(rule["args"][0]["op"], "SCMP_CMP_EQ");
+                rule["args"][0]["value"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(values, [0, 8, 0x20000, 0x20008, 0xffff_ffff]);
+        // socket: every family but AF_VSOCK.
+        let socket = conditional(&config, "socket");
+        assert_eq!(socket[0]["args"][0]["op"], "SCMP_CMP_NE");
+        assert_eq!(socket[0]["args"][0]["value"], 40);
+    }
+
+    #[test]
+    fn cap_add_lifts_its_group_of_calls() {
+        let config = config_of("cap_add = [\"SYS_ADMIN\", \"BPF\", \"SYS_PTRACE\"]");
+        let allowed = allowed(&config);
+        for name in [
+            "unshare",
+            "setns",
+            "mount",
+            "clone",
+            "clone3",
+            "bpf",
+            "perf_event_open",
+            "kcmp",
+        ] {
+            assert!(allowed.contains(&name), "{name} is not allowed");
+        }
+        // With CAP_SYS_ADMIN, no conditional clone rules remain.
+        assert!(conditional(&config, "clone").is_empty());
+        assert!(conditional(&config, "clone3").is_empty());
+        // Other groups stay denied, io_uring and keyrings whatever the caps.
+        for name in ["reboot", "init_module", "io_uring_setup", "keyctl"] {
+            assert!(!allowed.contains(&name), "{name} is allowed");
+        }
+        let config = config_of("cap_add = [\"PERFMON\"]");
+        assert!(allowed_has(&config, "perf_event_open"));
+        assert!(!allowed_has(&config, "bpf"));
+    }
+
+    fn allowed_has(config: &serde_json::Value, name: &str) -> bool {
+        allowed(config).contains(&name)
+    }
+
+    #[test]
+    fn filter_names_are_well_formed_and_listed_once() {
+        // crun skips names it does not know, so a malformed name would silently
+        // allow nothing: each is a plain syscall name, listed once.
+        for name in ALLOWED_SYSCALLS.iter().chain(
+            CAPABILITY_SYSCALLS
+                .iter()
+                .flat_map(|(_, names)| names.iter()),
+        ) {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}"
+            );
+        }
+        let mut sorted = ALLOWED_SYSCALLS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ALLOWED_SYSCALLS.len(), "a name twice");
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! [`Health`] (an unhealthy container is killed and restarted), and a boot on
 //! trial blessed or failed once [`assess::decide`] says so.
 //!
-//! [`Health`]: health::Health
+//! [`Health`]: super::health::Health
 
 use std::time::Instant;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::assess::{self, Decision};
-use super::health::{self, Probes, Transition};
+use super::assess::{self, Tick};
+use super::health::{Probes, Transition};
 use super::EventLoop;
 use crate::shared::power::PowerAction;
 
@@ -98,83 +98,35 @@ impl EventLoop {
         }
     }
 
-    /// Why the boot is not healthy yet (`None`: it is). With critical containers:
-    /// each is running and its health check passed (without a check: it has run
-    /// for a moment). Without: every container was started.
+    /// Why the boot is not healthy yet (`None`: it is); see
+    /// [`assess::unhealthy_reason`].
     fn unhealthy_reason(&self, now: Instant) -> Option<String> {
-        let critical: Vec<usize> = self
-            .containers
+        let gates: Vec<assess::Gate<'_>> = self
+            .supervisor
+            .containers()
             .iter()
-            .enumerate()
-            .filter(|(_, managed)| managed.critical)
-            .map(|(index, _)| index)
+            .zip(&self.containers)
+            .map(|(container, managed)| assess::Gate {
+                container,
+                critical: managed.critical,
+                health: managed.health.as_ref(),
+            })
             .collect();
-        if critical.is_empty() {
-            return self
-                .supervisor
-                .containers()
-                .iter()
-                .find(|container| !container.ever_started)
-                .map(|container| format!("container {} has not started", container.name));
-        }
-        for index in critical {
-            let container = self.supervisor.container(index)?;
-            let name = &container.name;
-            let since = container.running_since();
-            let health = self
-                .containers
-                .get(index)
-                .and_then(|managed| managed.health.as_ref());
-            match (health, since) {
-                (health, None) => {
-                    return Some(match health.and_then(|h| h.last_error.as_ref()) {
-                        Some(error) => {
-                            format!("container {name} is not running (last check: {error})")
-                        }
-                        None => format!("container {name} is not running"),
-                    })
-                }
-                (Some(health), Some(_)) if health.status != health::Status::Healthy => {
-                    return Some(match &health.last_error {
-                        Some(error) => format!("container {name} is not healthy: {error}"),
-                        None => format!("container {name} has not passed a health check yet"),
-                    })
-                }
-                (None, Some(since))
-                    if now.saturating_duration_since(since) < health::RUNNING_IS_HEALTHY_AFTER =>
-                {
-                    return Some(format!(
-                        "container {name} has not run for {} s yet",
-                        health::RUNNING_IS_HEALTHY_AFTER.as_secs()
-                    ))
-                }
-                _ => {}
-            }
-        }
-        None
+        assess::unhealthy_reason(&gates, now)
     }
 
-    /// Blesses the booted slot once healthy, or reboots when its time is up.
+    /// Blesses the booted slot once healthy, or reboots when its time is up. A
+    /// bless that fails keeps the assessment: the next tick (a second later)
+    /// tries again while the system stays healthy.
     pub(super) fn assess(&mut self, now: Instant) {
-        let Some(assessment) = &self.assessment else {
+        let reason = self.unhealthy_reason(now);
+        let Some(assessment) = self.assessment.as_mut() else {
             return;
         };
-        let reason = self.unhealthy_reason(now);
-        let elapsed = now.saturating_duration_since(assessment.start);
-        match assess::decide(
-            Some(assessment.counter),
-            reason.is_none(),
-            elapsed,
-            assessment.timeout,
-        ) {
-            Decision::Nothing | Decision::Wait => {}
-            Decision::Bless => {
-                assessment.bless();
-                self.assessment = None;
-            }
-            Decision::Reboot => {
-                let line = assessment.fail(reason.as_deref().unwrap_or("unknown"));
-                log!("{line}");
+        match assessment.tick(reason.as_deref(), now) {
+            Tick::Continue => {}
+            Tick::Done => self.assessment = None,
+            Tick::Reboot => {
                 self.assessment = None;
                 self.begin_shutdown(PowerAction::Reboot, "boot assessment failed");
             }

@@ -19,9 +19,6 @@ use nix::fcntl::OFlag;
 /// interval, if that is shorter), not a whole interval later: the boot assessment
 /// waits for it.
 pub const FIRST_CHECK_AFTER: Duration = Duration::from_secs(1);
-/// A critical container without a health check counts as healthy once it has run
-/// this long without exiting.
-pub const RUNNING_IS_HEALTHY_AFTER: Duration = Duration::from_secs(2);
 /// Most bytes of an HTTP response read to find its status line.
 const MAX_STATUS_LINE: usize = 1024;
 

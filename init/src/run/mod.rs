@@ -312,11 +312,10 @@ impl EventLoop {
                     self.probes.as_ref().and_then(Probes::next_deadline),
                     self.shell.and_then(Shell::due),
                     self.agent.as_ref().and_then(agent::Agent::due),
-                    // While assessing, look again every second (critical
-                    // containers without checks count once they ran a while).
-                    self.assessment
-                        .as_ref()
-                        .map(|a| a.deadline().min(now + Duration::from_secs(1))),
+                    // While assessing, look again every second (containers
+                    // count as up once they ran a while; a failed bless is
+                    // tried again).
+                    self.assessment.as_ref().map(|a| a.next_tick(now)),
                 ]
                 .into_iter()
                 .flatten()

@@ -14,6 +14,12 @@ pub const MAX_DELAY: Duration = Duration::from_secs(30);
 /// A container that ran at least this long before stopping starts over at
 /// [`INITIAL_DELAY`].
 pub const RESET_AFTER: Duration = Duration::from_secs(10);
+/// A container counts as up once its current run lasted this long without
+/// exiting: past its restart backoff, the point where the supervisor itself
+/// takes a run for a success. A container that crashes sooner, however often it
+/// is restarted, never counts as up (the boot assessment waits for every
+/// container to be up).
+pub const UP_AFTER: Duration = RESET_AFTER;
 
 /// Exponential restart backoff: 0.5 s, 1 s, 2 s, … 30 s, back to 0.5 s after a run
 /// of 10 s or more.
@@ -107,6 +113,8 @@ pub struct Container {
     pub state: State,
     /// Its runtime process was started at least once.
     pub ever_started: bool,
+    /// How its last run ended (`None`: it has not ended a run yet).
+    pub last_exit: Option<ExitStatus>,
     /// Its health check failed: the next exit restarts it whatever the policy.
     restart_next_exit: bool,
     backoff: Backoff,
@@ -119,6 +127,7 @@ impl Container {
             policy,
             state: State::Pending,
             ever_started: false,
+            last_exit: None,
             restart_next_exit: false,
             backoff: Backoff::default(),
         }
@@ -155,6 +164,41 @@ impl Container {
         match self.state {
             State::Running { since, pid, .. } if pid != 0 => Some(since),
             _ => None,
+        }
+    }
+
+    /// Whether it is up at `now`, and if not, why (a line for the console):
+    /// running for [`UP_AFTER`] without exiting, or stopped for good after a
+    /// successful exit its restart policy does not restart (a one-shot job that
+    /// finished). Not up: not started yet, waiting for a restart (it exited or
+    /// crashed), running for less than [`UP_AFTER`], or stopped after a failure.
+    pub fn up(&self, now: Instant) -> Result<(), String> {
+        let name = &self.name;
+        match (self.state, self.last_exit) {
+            (State::Running { since, pid, .. }, _) if pid != 0 => {
+                let ran = now.saturating_duration_since(since);
+                if ran >= UP_AFTER {
+                    return Ok(());
+                }
+                Err(match self.last_exit {
+                    Some(status) => format!(
+                        "container {name} has not run for {} s since it {status}",
+                        UP_AFTER.as_secs()
+                    ),
+                    None => format!(
+                        "container {name} has not run for {} s yet",
+                        UP_AFTER.as_secs()
+                    ),
+                })
+            }
+            (State::Stopped, Some(status)) if status.success() && !self.policy.restarts(true) => {
+                Ok(())
+            }
+            (State::Stopped, Some(status)) => Err(format!("container {name} {status}")),
+            (State::Waiting { .. }, Some(status)) => {
+                Err(format!("container {name} {status} and is restarting"))
+            }
+            _ => Err(format!("container {name} has not started")),
         }
     }
 }
@@ -252,6 +296,7 @@ impl Supervisor {
             State::Running { since, .. } => now.saturating_duration_since(since),
             _ => Duration::ZERO,
         };
+        container.last_exit = Some(status);
         let forced = std::mem::take(&mut container.restart_next_exit);
         if stopping || !(forced || container.policy.restarts(status.success())) {
             container.state = State::Stopped;
@@ -475,6 +520,75 @@ mod tests {
         assert_eq!(
             sup.exited(0, ExitStatus::Code(1), t0 + ms(700)),
             AfterExit::Stay
+        );
+    }
+
+    #[test]
+    fn up_only_past_the_restart_backoff() {
+        let t0 = Instant::now();
+        let up = |sup: &Supervisor, now| sup.container(0).unwrap().up(now);
+        let mut sup = supervisor(&[RestartPolicy::Always]);
+        assert_eq!(up(&sup, t0).unwrap_err(), "container c0 has not started");
+        sup.started(0, 10, t0);
+        assert_eq!(
+            up(&sup, t0 + ms(9_999)).unwrap_err(),
+            "container c0 has not run for 10 s yet"
+        );
+        assert_eq!(up(&sup, t0 + UP_AFTER), Ok(()));
+        // A crash loop is never up: waiting for its restart, then running again
+        // for less than the backoff's reset time.
+        let mut t = t0;
+        for _ in 0..20 {
+            t += ms(3_000);
+            let AfterExit::Restart(delay) = sup.exited(0, ExitStatus::Code(1), t) else {
+                panic!("always restarts");
+            };
+            assert_eq!(
+                up(&sup, t).unwrap_err(),
+                "container c0 exited with status 1 and is restarting"
+            );
+            t += delay;
+            sup.started(0, 11, t);
+            assert_eq!(
+                up(&sup, t + ms(2_999)).unwrap_err(),
+                "container c0 has not run for 10 s since it exited with status 1"
+            );
+        }
+        // Once a run lasts, it is up.
+        assert_eq!(up(&sup, t + UP_AFTER), Ok(()));
+    }
+
+    #[test]
+    fn a_finished_one_shot_job_is_up_a_failed_one_is_not() {
+        let t0 = Instant::now();
+        let mut sup = supervisor(&[
+            RestartPolicy::Never,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+            RestartPolicy::Always,
+        ]);
+        for index in 0..4 {
+            sup.started(index, 10, t0);
+        }
+        sup.exited(0, ExitStatus::Code(0), t0 + ms(10));
+        sup.exited(1, ExitStatus::Code(0), t0 + ms(10));
+        sup.exited(2, ExitStatus::Signal(11), t0 + ms(10));
+        sup.exited(3, ExitStatus::Code(0), t0 + ms(10));
+        let now = t0 + Duration::from_secs(60);
+        assert_eq!(sup.container(0).unwrap().up(now), Ok(()));
+        assert_eq!(sup.container(1).unwrap().up(now), Ok(()));
+        assert_eq!(
+            sup.container(2).unwrap().up(now).unwrap_err(),
+            "container c2 killed by signal SIGSEGV"
+        );
+        // Exit 0 under `always` is restarted: not finished, not up.
+        assert!(sup.container(3).unwrap().up(now).is_err());
+        // A start that failed is a failure.
+        let mut sup = supervisor(&[RestartPolicy::Never]);
+        sup.start_failed(0, t0);
+        assert_eq!(
+            sup.container(0).unwrap().up(now).unwrap_err(),
+            "container c0 exited with status 127"
         );
     }
 

@@ -260,6 +260,17 @@ fn filesystems() {
     }
 }
 
+/// The data partition's mount flags: nosuid and nodev. Nothing on /var needs a
+/// set-uid program or a device node: confined containers run with no new
+/// privileges anyway, a writable root is an overlay mount of its own (its own
+/// flags apply), and named volumes, bind mounts of folders here, inherit
+/// nosuid and nodev, so a container cannot plant a set-uid program or a
+/// device node that another container or the host would honour. Not noexec:
+/// writable roots and volumes may hold programs.
+pub const DATA_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME
+    .union(MsFlags::MS_NOSUID)
+    .union(MsFlags::MS_NODEV);
+
 /// The data partition on /var; a tmpfs when it cannot be had, so the system still
 /// runs (without persistence, and saying so).
 fn mount_var() {
@@ -275,13 +286,7 @@ fn mount_var() {
                 Ok(None) => {}
                 Err(err) => log!("growing data partition {device}: {err}"),
             }
-            match mounts::mount_on_dir(
-                &device,
-                var,
-                "ext4",
-                MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
-                None,
-            ) {
+            match mounts::mount_on_dir(&device, var, "ext4", DATA_MOUNT_FLAGS, None) {
                 Ok(()) => {
                     log!("mounted data partition {device} on /var");
                     match crate::system::grow::grow_filesystem(Path::new(&device), var) {
@@ -423,6 +428,13 @@ fn dhcp(config: &ImageConfig, write_dns: bool) -> Vec<DhcpLink> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_partition_is_nosuid_and_nodev_but_not_noexec() {
+        assert!(DATA_MOUNT_FLAGS.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
+        assert!(!DATA_MOUNT_FLAGS.contains(MsFlags::MS_NOEXEC));
+        assert!(!DATA_MOUNT_FLAGS.contains(MsFlags::MS_RDONLY));
+    }
 
     #[test]
     fn config_errors_name_the_file() {
