@@ -60,6 +60,8 @@ pub struct BuildOutput {
     pub compatible: String,
     /// The disk image (raw).
     pub image: FileRecord,
+    /// Its block map (`NAME-VERSION.bmap`, the format bmaptool reads).
+    pub bmap: FileRecord,
     /// The build report next to it (`NAME-VERSION.json`).
     pub report: FileRecord,
     /// The qcow2 copy, with `--qcow2`.
@@ -90,6 +92,7 @@ impl BuildOutput {
             version: report.image.version,
             compatible: report.image.compatible,
             image: FileRecord::of(&built.image)?,
+            bmap: FileRecord::of(&built.bmap)?,
             report: FileRecord::of(&built.report)?,
             qcow2: qcow2.map(FileRecord::of).transpose()?,
             contents: report.outputs,

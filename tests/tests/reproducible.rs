@@ -122,6 +122,12 @@ fn builds_are_identical(recipe: &str) {
         recipe.display()
     );
     assert_eq!(ra["outputs"]["disk"]["sha256"], ha.as_str());
+    let bmap = |image: &Path| fs::read(image.with_extension("bmap")).unwrap();
+    assert!(
+        bmap(&a) == bmap(&b),
+        "two builds of {} gave different block maps",
+        recipe.display()
+    );
 }
 
 #[test]
@@ -159,7 +165,14 @@ fn check_reproducible_passes_on_hello() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("reproducible: "), "{stdout}");
-    for artifact in ["disk", "kernel", "initramfs", "root", "verity root hash"] {
+    for artifact in [
+        "disk",
+        "block map",
+        "kernel",
+        "initramfs",
+        "root",
+        "verity root hash",
+    ] {
         assert!(
             stdout
                 .lines()

@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 use crate::recipe::DiskSizes;
 
+pub mod bmap;
+
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = layout::SECTOR_SIZE;
 /// Where systemd-boot comes from (Debian's systemd-boot-efi).
