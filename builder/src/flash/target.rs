@@ -192,6 +192,25 @@ pub fn check(
             disk,
         });
     }
+    // The host's own disk first: it is also mounted, but this says why.
+    if let Ok(root_meta) = fs::metadata(&roots.host_root) {
+        let root_dev = (
+            rustix::fs::major(root_meta.dev()),
+            rustix::fs::minor(root_meta.dev()),
+        );
+        let disks = underlying_disks(&roots.sys, root_dev);
+        if disks.contains(&dev) {
+            return Err(TargetError::HostRoot {
+                path: path.to_path_buf(),
+                root: format!(
+                    "{} on device {}:{}",
+                    roots.host_root.display(),
+                    root_dev.0,
+                    root_dev.1
+                ),
+            });
+        }
+    }
     // The disk and every partition on it: none may be in use.
     let mut members = vec![(name_of(&sys_dir), dev)];
     for entry in fs::read_dir(&sys_dir).map_err(io)?.flatten() {
@@ -257,24 +276,6 @@ pub fn check(
                 path: path.to_path_buf(),
                 what: format!("/dev/{name}"),
                 holders: holders.join(", "),
-            });
-        }
-    }
-    if let Ok(root_meta) = fs::metadata(&roots.host_root) {
-        let root_dev = (
-            rustix::fs::major(root_meta.dev()),
-            rustix::fs::minor(root_meta.dev()),
-        );
-        let disks = underlying_disks(&roots.sys, root_dev);
-        if disks.contains(&dev) {
-            return Err(TargetError::HostRoot {
-                path: path.to_path_buf(),
-                root: format!(
-                    "{} on device {}:{}",
-                    roots.host_root.display(),
-                    root_dev.0,
-                    root_dev.1
-                ),
             });
         }
     }
