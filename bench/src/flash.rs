@@ -98,9 +98,10 @@ pub fn measure(images: &[PathBuf], runs: usize) -> anyhow::Result<Vec<FlashTimes
 
 /// The mapped bytes a bmap lists (block size 4096).
 fn mapped_bytes(bmap: &str) -> anyhow::Result<u64> {
+    // The last one: the header comment names the element too.
     let count = bmap
-        .split("<MappedBlocksCount>")
-        .nth(1)
+        .rsplit("<MappedBlocksCount>")
+        .next()
         .and_then(|rest| rest.split('<').next())
         .and_then(|n| n.trim().parse::<u64>().ok())
         .context("no MappedBlocksCount in the block map")?;
