@@ -5,6 +5,7 @@
 pub mod baseline;
 pub mod boots;
 pub mod builds;
+pub mod flash;
 pub mod fleet;
 pub mod footprint;
 pub mod registry_build;

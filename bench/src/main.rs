@@ -69,6 +69,13 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         devices: usize,
     },
+    /// `berth flash` against dd (whole image, conv=fsync) and `bmaptool copy`
+    /// of the hello and web images onto the same file: time and bytes written.
+    Flash {
+        /// Runs of each tool on each image.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
         /// Seconds to let the system settle after the containers started.
@@ -115,5 +122,6 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
+        Bench::Flash { runs } => berth_bench::flash::run(runs),
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use berth_format::layout::{self, BootEntry, Slot};
 
+use crate::disk::bmap::{BlockMap, BmapError};
 use crate::disk::{self, DiskError, DiskIds, DiskInput};
 use crate::filesystem::initramfs::{self, InitramfsError};
 use crate::filesystem::squashfs::{self, SquashfsError};
@@ -39,6 +40,8 @@ pub enum BuildError {
     Verity(#[from] VerityError),
     #[error(transparent)]
     Disk(#[from] DiskError),
+    #[error(transparent)]
+    Bmap(#[from] BmapError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -124,6 +127,8 @@ pub const UPDATE_AGENT: ImageBinary = ImageBinary {
 #[derive(Debug)]
 pub struct Built {
     pub image: PathBuf,
+    /// The image's block map (`NAME-VERSION.bmap`, bmaptool's format).
+    pub bmap: PathBuf,
     pub report: PathBuf,
     pub report_data: BuildReport,
     /// What went over the network to registries.
@@ -491,6 +496,12 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         &progress.bytes(fs::metadata(&root_path).ok().map(|m| m.len())),
     )?;
 
+    progress.step("block map");
+    // From the image's holes, as written: the ranges a flasher writes.
+    let bmap = options.out_dir.join(format!("{stem}.bmap"));
+    let tmp_bmap = work.path().join(format!("{stem}.bmap"));
+    BlockMap::of_file(&tmp_image)?.write(&tmp_bmap)?;
+
     progress.step("report");
     let disk_artifact = artifact(&tmp_image)?;
     let offsets = disk::partition_offsets(&plan.disk);
@@ -587,7 +598,9 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     })?;
     let tmp_report = work.path().join("report.json");
     fs::write(&tmp_report, json + "\n").map_err(io_err(&tmp_report))?;
-    // The image and its report appear together, each by one rename.
+    // The image, its block map and its report appear together, each by one
+    // rename (the map first: a flasher that finds the image finds its map).
+    fs::rename(&tmp_bmap, &bmap).map_err(io_err(&bmap))?;
     fs::rename(&tmp_image, &image).map_err(io_err(&image))?;
     fs::rename(&tmp_report, &report_path).map_err(io_err(&report_path))?;
     progress.finish();
@@ -598,6 +611,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
     ));
     Ok(Built {
         image,
+        bmap,
         report: report_path,
         report_data: report,
         fetched,

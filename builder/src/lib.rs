@@ -17,6 +17,7 @@
 pub mod build;
 pub mod disk;
 pub mod filesystem;
+pub mod flash;
 pub mod output;
 pub mod progress;
 pub mod recipe;

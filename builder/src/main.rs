@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use berth_builder::build::{build, BuildOptions};
+use berth_builder::flash;
 use berth_builder::output;
 use berth_builder::progress::{Progress, Verbosity};
 use berth_builder::release::bundle::{self, BundleOptions, Inspection, PayloadCheck};
@@ -118,6 +119,32 @@ enum Command {
         /// Also append the console to this file.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
+    },
+    /// Write an image onto a disk (or into a file): only its mapped blocks
+    /// (from IMAGE.bmap), then read back and checked.
+    ///
+    /// Refuses, before writing anything: a mounted or otherwise used disk, the
+    /// host's own disk, a partition, a disk smaller than the image, anything
+    /// but a block device or a regular file. Exit 3 when refused.
+    Flash {
+        /// The built raw image (images/NAME-VERSION.img).
+        image: PathBuf,
+        /// A whole disk (/dev/sdX, /dev/mmcblkN) or a file (made the image's size).
+        target: PathBuf,
+        /// The block map (default: IMAGE.bmap next to the image; without one,
+        /// the image's holes are mapped here).
+        #[arg(long, value_name = "FILE")]
+        bmap: Option<PathBuf>,
+        /// Put this provisioning file on the flashed ESP as berth/provision.toml
+        /// (host name, network, repository, environment); checked first.
+        #[arg(long, value_name = "FILE")]
+        provision: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print what was written as one JSON document on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage release keys (minisign format).
     Key {
@@ -484,6 +511,77 @@ fn run_bundle(args: BundleArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `berth flash`: exit 0 when written and verified, 3 when refused (nothing
+/// written), 1 on any other error.
+fn run_flash(
+    image: PathBuf,
+    target: PathBuf,
+    bmap: Option<PathBuf>,
+    provision: Option<PathBuf>,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut progress = Progress::new(if quiet {
+        Verbosity::Quiet
+    } else {
+        Verbosity::Normal
+    });
+    let options = flash::FlashOptions {
+        image: image.clone(),
+        target: target.clone(),
+        bmap,
+        provision,
+        roots: flash::target::SystemRoots::system(),
+    };
+    let flashed = match flash::flash(&options, &mut progress) {
+        Ok(flashed) => flashed,
+        Err(e) if e.nothing_written() => {
+            drop(progress);
+            eprintln!(
+                "error: refusing to flash {} onto {}: {e} (nothing was written)",
+                image.display(),
+                target.display()
+            );
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "flashing {} onto {}",
+                image.display(),
+                target.display()
+            )))
+        }
+    };
+    if !quiet {
+        let mib = |b: u64| b / (1024 * 1024);
+        eprintln!(
+            "flashed {} onto {} ({}): {} MiB mapped of {} MiB, {} MiB written in {:.1} s ({:.0} MB/s), read back and verified in {:.1} s{}",
+            image.display(),
+            target.display(),
+            flashed.target.kind.name(),
+            mib(flashed.mapped_bytes),
+            mib(flashed.image_size),
+            mib(flashed.written_bytes),
+            flashed.write_time.as_secs_f64(),
+            flashed.write_rate(),
+            flashed.verify_time.as_secs_f64(),
+            match &flashed.provisioned {
+                Some((path, _)) => format!(
+                    "; {} written to the ESP as {}",
+                    path.display(),
+                    flash::PROVISION_ESP_PATH
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    if json {
+        output::print(&output::FlashOutput::new(&flashed, started.elapsed())?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The comparison on stdout: one line per artifact, then the verdict.
 /// The verdict of `--check-reproducible` for a person: each artifact's hash,
 /// both when they differ, then one line saying which.
@@ -711,6 +809,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bundle(args) => run_bundle(args),
+        Command::Flash {
+            image,
+            target,
+            bmap,
+            provision,
+            quiet,
+            json,
+        } => run_flash(image, target, bmap, provision, quiet, json),
         Command::Publish {
             bundles,
             repo,

@@ -12,6 +12,7 @@ use berth_bundle::manifest::PayloadInfo;
 use serde::Serialize;
 
 use crate::build::Built;
+use crate::flash::{Flashed, MapSource};
 pub use crate::progress::StepTime;
 use crate::release::bundle::{Created, Inspection};
 use crate::release::publish::{Action, Published};
@@ -61,6 +62,8 @@ pub struct BuildOutput {
     pub compatible: String,
     /// The disk image (raw).
     pub image: FileRecord,
+    /// Its block map (`NAME-VERSION.bmap`, the format bmaptool reads).
+    pub bmap: FileRecord,
     /// The build report next to it (`NAME-VERSION.json`).
     pub report: FileRecord,
     /// The qcow2 copy, with `--qcow2`.
@@ -91,6 +94,7 @@ impl BuildOutput {
             version: report.image.version,
             compatible: report.image.compatible,
             image: FileRecord::of(&built.image)?,
+            bmap: FileRecord::of(&built.bmap)?,
             report: FileRecord::of(&built.report)?,
             qcow2: qcow2.map(FileRecord::of).transpose()?,
             contents: report.outputs,
@@ -208,6 +212,72 @@ impl PublishOutput {
                 version,
             }),
             entries: published.index.bundles,
+            seconds: took.as_secs_f64(),
+        })
+    }
+}
+
+/// `berth flash --json`.
+#[derive(Debug, Serialize)]
+pub struct FlashOutput {
+    /// The image flashed (path and size).
+    pub image: PathBuf,
+    pub image_size: u64,
+    /// The block map used; `null` when there was none and one was made.
+    pub bmap: Option<FileRecord>,
+    pub target: TargetOutput,
+    /// Blocks in the map's ranges, as bytes; every one was written.
+    pub mapped_bytes: u64,
+    pub written_bytes: u64,
+    /// Bytes read back from the target and checked against the map's sha256.
+    pub verified_bytes: u64,
+    pub ranges: usize,
+    /// Writing, with the final fsync.
+    pub write_seconds: f64,
+    pub verify_seconds: f64,
+    /// Written megabytes (10^6) per second of writing.
+    pub write_mb_per_s: f64,
+    /// The provisioning file put on the ESP as `berth/provision.toml`.
+    pub provision: Option<FileRecord>,
+    pub seconds: f64,
+}
+
+/// Where `berth flash` wrote.
+#[derive(Debug, Serialize)]
+pub struct TargetOutput {
+    pub path: PathBuf,
+    /// `block device` or `file`.
+    pub kind: &'static str,
+    /// Its size after the flash.
+    pub size: u64,
+}
+
+impl FlashOutput {
+    pub fn new(flashed: &Flashed, took: Duration) -> Result<FlashOutput, RecordError> {
+        Ok(FlashOutput {
+            image: flashed.image.clone(),
+            image_size: flashed.image_size,
+            bmap: match &flashed.map {
+                MapSource::File(path) => Some(FileRecord::of(path)?),
+                MapSource::Computed => None,
+            },
+            target: TargetOutput {
+                path: flashed.target.path.clone(),
+                kind: flashed.target.kind.name(),
+                size: flashed.target_size,
+            },
+            mapped_bytes: flashed.mapped_bytes,
+            written_bytes: flashed.written_bytes,
+            verified_bytes: flashed.verified_bytes,
+            ranges: flashed.ranges,
+            write_seconds: flashed.write_time.as_secs_f64(),
+            verify_seconds: flashed.verify_time.as_secs_f64(),
+            write_mb_per_s: flashed.write_rate(),
+            provision: flashed
+                .provisioned
+                .as_ref()
+                .map(|(path, _)| FileRecord::of(path))
+                .transpose()?,
             seconds: took.as_secs_f64(),
         })
     }

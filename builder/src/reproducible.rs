@@ -124,8 +124,12 @@ pub fn check(
             .as_ref()
             .map_or_else(|| "(no verity)".to_string(), |v| v.root_hash.clone())
     };
+    let bmap_sha = |built: &Built| {
+        crate::sources::cache::sha256_file(&built.bmap).map_err(io_err(&built.bmap))
+    };
     let artifacts = vec![
         pair("disk", &a.disk.sha256, &b.disk.sha256),
+        pair("block map", &bmap_sha(first)?, &bmap_sha(second)?),
         pair("kernel", &a.kernel.sha256, &b.kernel.sha256),
         pair("initramfs", &a.initramfs.sha256, &b.initramfs.sha256),
         pair("root", &a.root.sha256, &b.root.sha256),
@@ -133,6 +137,7 @@ pub fn check(
     ];
     let mut differing_regions = Vec::new();
     if !artifacts[0].identical() {
+        // the disk
         let mut regions = vec![("gpt".to_string(), 0, first_partition(first))];
         regions.extend(
             first

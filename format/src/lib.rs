@@ -14,6 +14,7 @@ pub mod entries;
 pub mod gpt;
 pub mod image_config;
 pub mod layout;
+pub mod provision;
 pub mod reboot;
 pub mod state;
 pub mod window;

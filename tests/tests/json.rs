@@ -128,6 +128,8 @@ fn build_json_names_the_image_and_report_as_written() {
     assert_eq!(b["version"], "2.3.4", "{b:#}");
     let image = check_record(&b["image"]);
     assert_eq!(image, fx.dir.join("images").join("jsondemo-2.3.4.img"));
+    let bmap = check_record(&b["bmap"]);
+    assert_eq!(bmap, image.with_extension("bmap"));
     let report_path = check_record(&b["report"]);
     let report: Value = serde_json::from_slice(&fs::read(&report_path).expect("the report"))
         .expect("the report is JSON");

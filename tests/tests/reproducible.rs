@@ -122,6 +122,12 @@ fn builds_are_identical(recipe: &str) {
         recipe.display()
     );
     assert_eq!(ra["outputs"]["disk"]["sha256"], ha.as_str());
+    let bmap = |image: &Path| fs::read(image.with_extension("bmap")).unwrap();
+    assert!(
+        bmap(&a) == bmap(&b),
+        "two builds of {} gave different block maps",
+        recipe.display()
+    );
 }
 
 #[test]
@@ -170,7 +176,14 @@ fn check_reproducible_passes_on_hello() {
         .collect();
     assert_eq!(
         names,
-        ["disk", "kernel", "initramfs", "root", "verity root hash"],
+        [
+            "disk",
+            "block map",
+            "kernel",
+            "initramfs",
+            "root",
+            "verity root hash"
+        ],
         "{json:#}"
     );
     for a in artifacts {

@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use crate::recipe::DiskSizes;
 
+pub mod bmap;
+
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = layout::SECTOR_SIZE;
 /// Where systemd-boot comes from (Debian's systemd-boot-efi).
@@ -313,6 +315,62 @@ fn write_esp(
     fs.unmount().map_err(fat)?;
     fat32_fix_dot_entries(&mut Window::new(file, o.esp, input.sizes.esp)).map_err(fat)?;
     Ok(())
+}
+
+/// Writes `content` as `path` (`berth/provision.toml`) into the FAT file
+/// system of an ESP that is `size` bytes at `offset` of `file` (a flashed disk),
+/// creating its folders and replacing the file if it is there.
+pub fn write_esp_file(
+    file: &File,
+    offset: u64,
+    size: u64,
+    path: &str,
+    content: &[u8],
+) -> Result<(), DiskError> {
+    let fat = |e: io::Error| DiskError::Fat(e);
+    {
+        let window = Window::new(file, offset, size);
+        let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new().time_provider(&FAT_EPOCH))
+            .map_err(fat)?;
+        let mut dir = fs.root_dir();
+        let mut parts: Vec<&str> = path.split('/').collect();
+        let name = parts.pop().unwrap_or(path);
+        for p in parts {
+            dir = match dir.open_dir(p) {
+                Ok(d) => d,
+                Err(_) => dir.create_dir(p).map_err(fat)?,
+            };
+        }
+        let mut f = dir.create_file(name).map_err(fat)?;
+        f.truncate().map_err(fat)?;
+        f.write_all(content).map_err(fat)?;
+        f.flush().map_err(fat)?;
+        drop(f);
+        drop(dir);
+        fs.unmount().map_err(fat)?;
+    }
+    // A folder fatfs created needs the same repair as at build time.
+    fat32_fix_dot_entries(&mut Window::new(file, offset, size)).map_err(fat)?;
+    Ok(())
+}
+
+/// Reads `path` from the FAT file system of an ESP at `offset` of `file`.
+pub fn read_esp_file(
+    file: &File,
+    offset: u64,
+    size: u64,
+    path: &str,
+) -> Result<Vec<u8>, DiskError> {
+    let fat = |e: io::Error| DiskError::Fat(e);
+    let window = Window::new(file, offset, size);
+    let fs = fatfs::FileSystem::new(window, fatfs::FsOptions::new()).map_err(fat)?;
+    let mut out = Vec::new();
+    fs.root_dir()
+        .open_file(path)
+        .map_err(fat)?
+        .read_to_end(&mut out)
+        .map_err(fat)?;
+    Ok(out)
 }
 
 /// fatfs 0.3.6 (the released version) writes long-name entries in front of the
