@@ -107,6 +107,12 @@ mod tests {
         for (i, unit) in "esp".encode_utf16().enumerate() {
             disk[entry + 56 + 2 * i..entry + 58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
         }
+        // A valid primary: readers check its CRCs (there is no backup).
+        disk[header + 12..header + 16].copy_from_slice(&92u32.to_le_bytes());
+        disk[header + 24..header + 32].copy_from_slice(&1u64.to_le_bytes());
+        let entries_crc = berth_format::gpt::crc32(&disk[entry..entry + 128 * 128]);
+        disk[header + 88..header + 92].copy_from_slice(&entries_crc.to_le_bytes());
+        berth_format::gpt::seal_header(&mut disk[header..2 * header], 92);
         let start = usize::try_from(FIRST * BLOCK).expect("start");
         let end = usize::try_from((FIRST + SECTORS) * BLOCK).expect("end");
         let esp = &mut disk[start..end];
