@@ -357,6 +357,8 @@ fn run<R: Read>(
             hash_offset: v.hash_offset,
         }),
         extra_cmdline: manifest.cmdline.clone(),
+        // The manifest's architecture was checked to be this device's.
+        arch: berth_format::Arch::native(),
     };
     let path = entries::install_entry_observed(&system.esp, &entry, options.tries, &mut || {
         observer.checkpoint(Checkpoint::EntryWritten)
@@ -840,6 +842,17 @@ mod tests {
                 "another compatible",
                 make_with(&key, |m, _| m.compatible = "other-board".into()),
                 "\"other-board\"",
+            ),
+            (
+                "another architecture",
+                make_with(&key, |m, _| {
+                    let other = berth_format::Arch::ALL
+                        .into_iter()
+                        .find(|a| *a != berth_format::Arch::native())
+                        .unwrap();
+                    m.architecture = other.manifest_name().into();
+                }),
+                "the bundle is for architecture",
             ),
             (
                 "same version",

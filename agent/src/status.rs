@@ -352,6 +352,7 @@ pub(crate) mod tests {
             data_partuuid: system.data_partuuid.clone(),
             verity: None,
             extra_cmdline: String::new(),
+            arch: berth_format::Arch::native(),
         };
         entries::install_entry(&system.esp, &entry, tries.unwrap_or(3)).unwrap();
         if tries.is_none() {

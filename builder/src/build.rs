@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use berth_format::layout::{self, BootEntry, Slot};
+use berth_format::Arch;
 
 use crate::disk::bmap::{BlockMap, BmapError};
 use crate::disk::{self, DiskError, DiskIds, DiskInput};
@@ -13,6 +14,7 @@ use crate::filesystem::verity::{self, HashTree, VerityError};
 use crate::progress::Progress;
 use crate::recipe::{self, BuildPlan, KernelSource, RecipeError, RootVerity};
 use crate::report::*;
+use crate::sources::boot_loader::{self, BootLoaderError};
 use crate::sources::cache::{sha256_file, Cache, CacheError};
 use crate::sources::kernel::{self, Kernel, KernelError};
 use crate::sources::lock::{Lock, LockError, LockMode, LockedPackage, Pins};
@@ -45,6 +47,8 @@ pub enum BuildError {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
+    BootLoader(#[from] BootLoaderError),
+    #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error("berth lock --update: no container or locked package is called {name:?} (containers: {containers}; see the lock file for packages)")]
     UnknownName { name: String, containers: String },
@@ -53,12 +57,20 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{name} not found (looked in {looked}): build it with `{build}`, or pass {flag} PATH")]
+    #[error("{name} for {arch} not found (looked in {looked}): build it with `{build}`, or pass {flag} PATH")]
     NoBinary {
         name: &'static str,
+        arch: Arch,
         looked: String,
-        build: &'static str,
+        build: String,
         flag: &'static str,
+    },
+    #[error("{path} is a binary for another CPU than {arch}: the {arch} image needs {name} built with `{build}`")]
+    WrongArch {
+        path: PathBuf,
+        name: &'static str,
+        arch: Arch,
+        build: String,
     },
     #[error("qemu-img convert to qcow2 failed (install qemu-utils): {0}")]
     Qcow2(String),
@@ -66,7 +78,7 @@ pub enum BuildError {
     NotStatic {
         path: PathBuf,
         name: &'static str,
-        build: &'static str,
+        build: String,
     },
 }
 
@@ -99,12 +111,29 @@ pub struct BuildOptions {
 #[derive(Debug, Clone, Copy)]
 pub struct ImageBinary {
     pub name: &'static str,
-    /// Environment variable that names it.
+    /// Environment variable that names it for x86_64 images; arm64 images take
+    /// `<env>_ARM64` (a build of each architecture can run in one environment).
     pub env: &'static str,
     /// The `berth build` flag that names it.
     pub flag: &'static str,
-    /// How to build it.
-    pub build: &'static str,
+}
+
+impl ImageBinary {
+    /// How to build it for `arch`.
+    pub fn build(self, arch: Arch) -> String {
+        format!(
+            "cargo build --release -p berth-init -p berth-agent --target {}",
+            arch.rust_target()
+        )
+    }
+
+    /// The environment variable that names it for `arch`.
+    pub fn env(self, arch: Arch) -> String {
+        match arch {
+            Arch::X86_64 => self.env.to_string(),
+            other => format!("{}_{}", self.env, other.recipe_name().to_ascii_uppercase()),
+        }
+    }
 }
 
 /// PID 1.
@@ -112,7 +141,6 @@ pub const INIT: ImageBinary = ImageBinary {
     name: "berth-init",
     env: "BERTH_INIT",
     flag: "--init",
-    build: "cargo build --release -p berth-init -p berth-agent --target x86_64-unknown-linux-musl",
 };
 
 /// The device agent.
@@ -120,7 +148,6 @@ pub const UPDATE_AGENT: ImageBinary = ImageBinary {
     name: "berth-update",
     env: "BERTH_UPDATE_AGENT",
     flag: "--update-agent",
-    build: "cargo build --release -p berth-init -p berth-agent --target x86_64-unknown-linux-musl",
 };
 
 /// What a build produced.
@@ -154,56 +181,57 @@ pub struct Locked {
     pub fetched: Fetched,
 }
 
-/// Finds one of berth's image binaries: the path its environment variable names
-/// (taken as given), else the first *static* one of: next to the running
-/// executable, then the musl target folders of the cargo target folder it was
-/// built in. A dynamic one on the way is passed over, because
-/// `cargo build --release --workspace` puts a host build of berth-init next to
-/// `berth`, which could never run in an image.
-pub fn find_binary(binary: ImageBinary) -> Result<PathBuf, BuildError> {
-    if let Some(p) = std::env::var_os(binary.env) {
-        return image_binary(Some(Path::new(&p)), binary);
+/// Finds one of berth's image binaries for `arch`: the path its environment
+/// variable names (taken as given), else the first *static* one *for `arch`* of:
+/// next to the running executable, then the musl target folders of the cargo
+/// target folder it was built in. A dynamic one on the way is passed over,
+/// because `cargo build --release --workspace` puts a host build of berth-init
+/// next to `berth`, which could never run in an image; so is one for another CPU.
+pub fn find_binary(binary: ImageBinary, arch: Arch) -> Result<PathBuf, BuildError> {
+    if let Some(p) = std::env::var_os(binary.env(arch)) {
+        return image_binary(Some(Path::new(&p)), binary, arch);
     }
     let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    first_static(&candidates(dir, binary.name), binary)
+    first_static(&candidates(dir, binary.name, arch), binary, arch)
 }
 
 /// Where a binary is looked for when `berth` runs from `dir`: `dir` itself, then
 /// the musl release folder one and two levels up (`target/release/berth` and
 /// `target/<triple>/release/berth` both find `target/x86_64-unknown-linux-musl/release`).
-fn candidates(dir: &Path, name: &str) -> Vec<PathBuf> {
+fn candidates(dir: &Path, name: &str, arch: Arch) -> Vec<PathBuf> {
     let mut found = vec![dir.join(name)];
     for up in [dir.parent(), dir.parent().and_then(Path::parent)]
         .into_iter()
         .flatten()
     {
-        found.push(up.join("x86_64-unknown-linux-musl/release").join(name));
+        found.push(up.join(arch.rust_target()).join("release").join(name));
     }
     found
 }
 
-/// The first of `candidates` that exists and is static.
-fn first_static(candidates: &[PathBuf], binary: ImageBinary) -> Result<PathBuf, BuildError> {
-    let mut dynamic = None;
+/// The first of `candidates` that exists, is static and is for `arch`.
+fn first_static(
+    candidates: &[PathBuf],
+    binary: ImageBinary,
+    arch: Arch,
+) -> Result<PathBuf, BuildError> {
+    let mut unfit = None;
     for path in candidates.iter().filter(|p| p.is_file()) {
-        match image_binary(Some(path), binary) {
+        match image_binary(Some(path), binary, arch) {
             Ok(path) => return Ok(path),
-            Err(BuildError::NotStatic { .. }) => {
-                dynamic.get_or_insert(path);
+            Err(e @ (BuildError::NotStatic { .. } | BuildError::WrongArch { .. })) => {
+                unfit.get_or_insert(e);
             }
             Err(other) => return Err(other),
         }
     }
-    Err(match dynamic {
-        Some(path) => BuildError::NotStatic {
-            path: path.clone(),
-            name: binary.name,
-            build: binary.build,
-        },
+    Err(match unfit {
+        Some(e) => e,
         None => BuildError::NoBinary {
             name: binary.name,
-            build: binary.build,
+            arch,
+            build: binary.build(arch),
             flag: binary.flag,
             looked: candidates
                 .iter()
@@ -214,19 +242,31 @@ fn first_static(candidates: &[PathBuf], binary: ImageBinary) -> Result<PathBuf, 
     })
 }
 
-/// The given path or the found one, checked to be a static binary.
-fn image_binary(given: Option<&Path>, binary: ImageBinary) -> Result<PathBuf, BuildError> {
+/// The given path or the found one, checked to be a static binary for `arch`.
+fn image_binary(
+    given: Option<&Path>,
+    binary: ImageBinary,
+    arch: Arch,
+) -> Result<PathBuf, BuildError> {
     let path = match given {
         Some(p) => p.to_path_buf(),
-        None => return find_binary(binary),
+        None => return find_binary(binary, arch),
     };
     let bytes = fs::read(&path).map_err(io_err(&path))?;
     let not_static = || BuildError::NotStatic {
         path: path.clone(),
         name: binary.name,
-        build: binary.build,
+        build: binary.build(arch),
     };
     let elf = goblin::elf::Elf::parse(&bytes).map_err(|_| not_static())?;
+    if elf.header.e_machine != arch.elf_machine() {
+        return Err(BuildError::WrongArch {
+            path: path.clone(),
+            name: binary.name,
+            arch,
+            build: binary.build(arch),
+        });
+    }
     if elf.interpreter.is_some() || !elf.libraries.is_empty() {
         return Err(not_static());
     }
@@ -264,6 +304,8 @@ struct Prepared {
     work: tempfile::TempDir,
     staging: PathBuf,
     kernel: Kernel,
+    /// systemd-boot's EFI binary for the image's architecture.
+    boot_loader: PathBuf,
     root_tree: Tree,
     inputs: Inputs,
     lock_path: PathBuf,
@@ -282,8 +324,8 @@ fn prepare(
 ) -> Result<Prepared, BuildError> {
     progress.step("recipe");
     let plan = recipe::load(&options.recipe)?;
-    let init = image_binary(options.init.as_deref(), INIT)?;
-    let agent = image_binary(options.update_agent.as_deref(), UPDATE_AGENT)?;
+    let init = image_binary(options.init.as_deref(), INIT, plan.arch)?;
+    let agent = image_binary(options.update_agent.as_deref(), UPDATE_AGENT, plan.arch)?;
     let epoch = epoch(&plan);
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
     let lock_path = plan.lock_path();
@@ -313,6 +355,7 @@ fn prepare(
     let sources = Sources {
         cache: &cache,
         registries: &registries,
+        arch: plan.arch,
     };
     fs::create_dir_all(work_parent).map_err(io_err(work_parent))?;
     let work = tempfile::Builder::new()
@@ -324,21 +367,24 @@ fn prepare(
 
     progress.step("kernel");
     let kernel = match &plan.kernel.source {
-        KernelSource::Package { name, at } => kernel::from_package(&cache, name, &pins, progress)
-            .map_err(|e| match e {
-            KernelError::Apt(crate::sources::apt::AptError::Unknown { name }) => {
-                BuildError::Recipe(at.error(format!(
-                    "unknown kernel package {name:?}: apt has no candidate for it"
-                )))
-            }
-            e => e.into(),
-        })?,
+        KernelSource::Package { name, at } => {
+            kernel::from_package(&cache, plan.arch, name, &pins, progress).map_err(|e| match e {
+                KernelError::Apt(e @ crate::sources::apt::AptError::Unknown { .. }) => {
+                    BuildError::Recipe(at.error(format!("kernel: {e}")))
+                }
+                e => e.into(),
+            })?
+        }
         KernelSource::Local { image, modules_dir } => kernel::from_local(image, modules_dir)?,
     };
 
     progress.step("root filesystem tree");
-    let (root_tree, inputs) =
+    let (root_tree, mut inputs) =
         { rootfs::root_tree(&plan, &sources, &pins, &staging, &init, &agent, progress)? };
+    let (boot_loader, loader_package) =
+        boot_loader::systemd_boot(&cache, plan.arch, &pins, progress)?;
+    // Pinned and reported like the root's packages.
+    inputs.packages.extend(loader_package);
 
     // The lock of what this build used.
     let mut lock = Lock {
@@ -394,6 +440,7 @@ fn prepare(
         work,
         staging,
         kernel,
+        boot_loader,
         root_tree,
         inputs,
         lock_path,
@@ -432,6 +479,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         work,
         staging,
         kernel,
+        boot_loader,
         root_tree,
         inputs,
         lock_path,
@@ -481,6 +529,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
         data_partuuid: ids.data.to_string(),
         verity: tree.as_ref().map(HashTree::params),
         extra_cmdline: plan.kernel.cmdline.clone(),
+        arch: plan.arch,
     };
     disk::write(
         &tmp_image,
@@ -491,6 +540,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
             initramfs: &initramfs_path,
             root: &root_path,
             entry,
+            boot_loader: &boot_loader,
             epoch,
         },
         &progress.bytes(fs::metadata(&root_path).ok().map(|m| m.len())),
@@ -577,7 +627,7 @@ pub fn build(options: &BuildOptions, progress: &mut Progress) -> Result<Built, B
             },
             init: artifact(&init)?,
             update_agent: artifact(&agent)?,
-            systemd_boot: artifact(Path::new(disk::SYSTEMD_BOOT_EFI))?,
+            systemd_boot: artifact(&boot_loader)?,
             packages,
             images: inputs
                 .images
@@ -652,6 +702,24 @@ mod tests {
     // busybox-static (scripts/install-deps) is a static ELF, /bin/true a dynamic one.
     const STATIC_ELF: &str = "/bin/busybox";
     const DYNAMIC_ELF: &str = "/bin/true";
+    const X86: Arch = Arch::X86_64;
+
+    #[test]
+    fn an_arm64_image_passes_over_static_binaries_for_x86_64() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = dir.path().join("release");
+        put(STATIC_ELF, &release.join("berth-init"));
+        let arm = Arch::Arm64;
+        let err = first_static(&candidates(&release, INIT.name, arm), INIT, arm).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, BuildError::WrongArch { .. }), "{text}");
+        assert!(
+            text.contains("--target aarch64-unknown-linux-musl"),
+            "{text}"
+        );
+        assert_eq!(INIT.env(arm), "BERTH_INIT_ARM64");
+        assert_eq!(INIT.env(X86), "BERTH_INIT");
+    }
 
     #[test]
     fn a_host_build_next_to_berth_is_passed_over_for_the_musl_one() {
@@ -664,7 +732,7 @@ mod tests {
             .join("x86_64-unknown-linux-musl/release/berth-init");
         put(DYNAMIC_ELF, &release.join("berth-init"));
         put(STATIC_ELF, &musl);
-        let found = first_static(&candidates(&release, INIT.name), INIT).unwrap();
+        let found = first_static(&candidates(&release, INIT.name, X86), INIT, X86).unwrap();
         assert_eq!(found, musl);
     }
 
@@ -678,7 +746,7 @@ mod tests {
             &dir.path()
                 .join("x86_64-unknown-linux-musl/release/berth-init"),
         );
-        let found = first_static(&candidates(&release, INIT.name), INIT).unwrap();
+        let found = first_static(&candidates(&release, INIT.name, X86), INIT, X86).unwrap();
         assert_eq!(found, release.join("berth-init"));
     }
 
@@ -687,7 +755,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
         put(DYNAMIC_ELF, &release.join("berth-update"));
-        let err = first_static(&candidates(&release, UPDATE_AGENT.name), UPDATE_AGENT).unwrap_err();
+        let err = first_static(
+            &candidates(&release, UPDATE_AGENT.name, X86),
+            UPDATE_AGENT,
+            X86,
+        )
+        .unwrap_err();
         assert!(matches!(err, BuildError::NotStatic { .. }), "{err}");
         let text = err.to_string();
         assert!(
@@ -704,7 +777,7 @@ mod tests {
     fn nothing_found_names_every_place_looked() {
         let dir = tempfile::tempdir().unwrap();
         let release = dir.path().join("release");
-        let err = first_static(&candidates(&release, INIT.name), INIT).unwrap_err();
+        let err = first_static(&candidates(&release, INIT.name, X86), INIT, X86).unwrap_err();
         assert!(matches!(err, BuildError::NoBinary { .. }), "{err}");
         assert!(
             err.to_string()

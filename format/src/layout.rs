@@ -5,12 +5,14 @@
 //! | # | label    | type (Discoverable Partitions Specification) |
 //! |---|----------|----------------------------------------------|
 //! | 1 | `esp`    | EFI System Partition                         |
-//! | 2 | `root-a` | root (x86-64)                                |
-//! | 3 | `root-b` | root (x86-64)                                |
+//! | 2 | `root-a` | root (x86-64 or arm64, [`Arch::root_type_guid`]) |
+//! | 3 | `root-b` | root (the same)                              |
 //! | 4 | `data`   | variable data (`/var`)                       |
 
 use std::fmt;
 use std::str::FromStr;
+
+pub use crate::arch::Arch;
 
 /// Logical sector size of berth disk images, in bytes: the unit of the GPT's LBAs
 /// (the builder writes 512-byte sectors; QEMU's and most real disks' default).
@@ -23,8 +25,6 @@ pub const DATA_LABEL: &str = "data";
 
 /// EFI System Partition type GUID.
 pub const ESP_TYPE_GUID: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
-/// Root partition (x86-64) type GUID, from the Discoverable Partitions Specification.
-pub const ROOT_X86_64_TYPE_GUID: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
 /// Variable data partition (`/var`) type GUID, from the same specification.
 pub const VAR_TYPE_GUID: &str = "4d21b016-b534-45c2-a9fb-5c16e091fd2d";
 
@@ -77,9 +77,10 @@ pub const PROVISION_ESP_FILE: &str = "/efi/berth/provision.toml";
 /// Where the init keeps the provisioning settings it accepted (on the data
 /// partition); the device agent reads `[update] repository` from it.
 pub const PROVISION_SAVED_FILE: &str = "/var/lib/berth/provision.toml";
-/// Architecture name in bundle manifests (the Discoverable Partitions
-/// Specification's spelling).
-pub const ARCHITECTURE: &str = "x86-64";
+/// The running program's architecture as bundle manifests name it (the
+/// Discoverable Partitions Specification's spelling): on a device, the agent
+/// refuses a bundle for any other.
+pub const ARCHITECTURE: &str = Arch::native().manifest_name();
 
 /// Kernel command line key naming the booted slot (`berth.slot=a`).
 pub const CMDLINE_SLOT: &str = "berth.slot";
@@ -109,7 +110,7 @@ pub fn reserved_cmdline_word(word: &str) -> Option<&'static str> {
         }
         "init" | "rdinit" => Some("berth-init is PID 1"),
         "panic" => Some("berth sets panic=5 so a failed boot reboots and counts down"),
-        "console" => Some("berth's console (ttyS0) carries the init's log"),
+        "console" => Some("berth's console (ttyS0, ttyAMA0 on arm64) carries the init's log"),
         key if key.starts_with("berth.") || key == "berth" => {
             Some("berth.* words are berth's own (slot, data partition, dm-verity)")
         }
@@ -228,6 +229,8 @@ pub struct BootEntry {
     pub verity: Option<VerityParams>,
     /// Extra kernel command line from the recipe, appended last.
     pub extra_cmdline: String,
+    /// The image's architecture: it names the serial console.
+    pub arch: Arch,
 }
 
 /// How the init sets up dm-verity for a slot: the hash tree (format 1, sha256,
@@ -265,8 +268,13 @@ impl BootEntry {
         // panic=5: a kernel panic (for instance PID 1 dying) reboots, so the boot
         // counter runs down instead of the machine hanging forever.
         let mut line = format!(
-            "root=PARTUUID={} ro {}={} {}=PARTUUID={} console=ttyS0 panic=5",
-            self.root_partuuid, CMDLINE_SLOT, self.slot, CMDLINE_DATA, self.data_partuuid
+            "root=PARTUUID={} ro {}={} {}=PARTUUID={} console={} panic=5",
+            self.root_partuuid,
+            CMDLINE_SLOT,
+            self.slot,
+            CMDLINE_DATA,
+            self.data_partuuid,
+            self.arch.console()
         );
         if let Some(verity) = &self.verity {
             line.push(' ');
@@ -355,6 +363,14 @@ impl BootEntry {
                 .ok_or_else(|| bad(format!("options have no {CMDLINE_DATA}=PARTUUID=")))?,
             verity: parsed.verity,
             extra_cmdline: String::new(),
+            // The console berth wrote tells the architecture (ttyAMA0: arm64).
+            arch: Arch::ALL
+                .into_iter()
+                .find(|a| {
+                    let word = format!("console={}", a.console());
+                    options.split_whitespace().any(|w| w == word)
+                })
+                .unwrap_or_default(),
         };
         if parsed.slot != Some(slot) {
             return Err(bad(format!(
@@ -485,6 +501,7 @@ mod tests {
             data_partuuid: "66666666-7777-8888-9999-aaaaaaaaaaaa".into(),
             verity: None,
             extra_cmdline: " quiet ".into(),
+            arch: Arch::X86_64,
         }
     }
 
@@ -556,7 +573,14 @@ mod tests {
         });
         let mut bare = entry();
         bare.extra_cmdline = String::new();
-        for e in [plain, verity, bare] {
+        let mut arm = entry();
+        arm.arch = Arch::Arm64;
+        assert!(
+            arm.cmdline().contains(" console=ttyAMA0 "),
+            "{}",
+            arm.cmdline()
+        );
+        for e in [plain, verity, bare, arm] {
             let expected = BootEntry {
                 extra_cmdline: e.extra_cmdline.trim().to_string(),
                 ..e.clone()

@@ -7,6 +7,7 @@
 //! The builder writes these formats, the init and the agent read them. The init
 //! depends on this crate alone, so everything here is plain std + serde/toml.
 
+pub mod arch;
 pub mod atomic;
 pub mod blockdev;
 pub mod clock;
@@ -19,6 +20,7 @@ pub mod reboot;
 pub mod state;
 pub mod window;
 
+pub use arch::Arch;
 pub use image_config::{
     ContainerConfig, DebugConfig, HealthCheck, HealthProbe, ImageConfig, NetworkConfig,
     RestartPolicy, UpdateConfig,

@@ -32,6 +32,7 @@ fn entry(slot: Slot, version: &str) -> BootEntry {
         data_partuuid: "0000000d-0000-0000-0000-000000000000".into(),
         verity: None,
         extra_cmdline: "quiet".into(),
+        arch: berth_format::Arch::X86_64,
     }
 }
 

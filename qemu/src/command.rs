@@ -11,12 +11,42 @@ use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
+use berth_format::Arch;
+
 use crate::accel::Accel;
 
-/// The QEMU binary used unless a [`VmConfig`] names another.
+/// The QEMU binary used for x86_64 images unless a [`VmConfig`] names another.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
-/// The machine type every berth VM uses. UEFI variable stores are tied to it.
+/// The QEMU binary of arm64 images (Debian's qemu-system-arm).
+pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
+/// The machine type every x86_64 berth VM uses. UEFI variable stores are tied to it.
 pub const MACHINE: &str = "q35";
+/// The machine type of arm64 VMs: QEMU's generic Arm board (PCIe, a PL011
+/// UART, UEFI through AAVMF).
+pub const MACHINE_AARCH64: &str = "virt";
+/// The CPU arm64 VMs emulate under TCG (QEMU's `virt` default is a 32-bit
+/// Cortex-A15): an ARMv8.0 core every arm64 Debian kernel runs on, without the
+/// pointer authentication that `max` emulates slowly.
+pub const TCG_CPU_AARCH64: &str = "cortex-a72";
+/// AAVMF (OVMF for Arm, Debian's qemu-efi-aarch64): code and variable store.
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
+pub const AAVMF_VARS_TEMPLATE: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
+
+/// The QEMU binary for guests of `arch`.
+pub fn qemu_program(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => DEFAULT_QEMU,
+        Arch::Arm64 => QEMU_AARCH64,
+    }
+}
+
+/// The machine type for guests of `arch`.
+pub fn machine(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => MACHINE,
+        Arch::Arm64 => MACHINE_AARCH64,
+    }
+}
 /// Guest memory unless the caller asks for more.
 pub const DEFAULT_MEMORY_MIB: u32 = 512;
 /// Virtual CPUs unless the caller asks for another count.
@@ -146,9 +176,20 @@ pub struct Firmware {
 
 impl Default for Firmware {
     fn default() -> Self {
+        Firmware::for_arch(Arch::X86_64)
+    }
+}
+
+impl Firmware {
+    /// The UEFI firmware for guests of `arch`: OVMF or AAVMF.
+    pub fn for_arch(arch: Arch) -> Firmware {
+        let (code, vars) = match arch {
+            Arch::X86_64 => (OVMF_CODE, OVMF_VARS_TEMPLATE),
+            Arch::Arm64 => (AAVMF_CODE, AAVMF_VARS_TEMPLATE),
+        };
         Firmware {
-            code: PathBuf::from(OVMF_CODE),
-            vars_template: PathBuf::from(OVMF_VARS_TEMPLATE),
+            code: PathBuf::from(code),
+            vars_template: PathBuf::from(vars),
         }
     }
 }
@@ -168,6 +209,8 @@ pub enum BootMode {
 pub struct VmConfig {
     /// The QEMU binary.
     pub qemu: PathBuf,
+    /// The guest's architecture: the machine type, CPU and firmware follow it.
+    pub arch: Arch,
     pub image: PathBuf,
     pub format: DiskFormat,
     pub writes: DiskWrites,
@@ -188,19 +231,24 @@ pub struct VmConfig {
 impl VmConfig {
     /// A UEFI VM booting `image` with the defaults: 512 MiB, 2 CPUs, writes kept, no
     /// forwarded ports; the disk format is read from the image (raw unless it starts
-    /// with the qcow2 magic).
+    /// with the qcow2 magic), and so is its architecture ([`image_arch`]).
     pub fn new(image: impl Into<PathBuf>) -> Result<VmConfig, CommandError> {
         let image = image.into();
         let format = DiskFormat::detect(&image)?;
+        let arch = match format {
+            DiskFormat::Raw => image_arch(&image),
+            DiskFormat::Qcow2 => Arch::X86_64,
+        };
         Ok(VmConfig {
-            qemu: PathBuf::from(DEFAULT_QEMU),
+            qemu: PathBuf::from(qemu_program(arch)),
+            arch,
             image,
             format,
             writes: DiskWrites::default(),
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
             ports: Vec::new(),
-            boot: BootMode::Uefi(Firmware::default()),
+            boot: BootMode::Uefi(Firmware::for_arch(arch)),
             watchdog: false,
             extra_nics: 0,
             extra_args: Vec::new(),
@@ -216,8 +264,25 @@ impl VmConfig {
             .file_name()
             .map(OsStr::to_os_string)
             .unwrap_or_default();
-        name.push(format!(".{MACHINE}.vars.fd"));
+        name.push(format!(".{}.vars.fd", machine(self.arch)));
         self.image.with_file_name(name)
+    }
+}
+
+/// The architecture of a raw berth image: arm64 when its ESP holds the arm64
+/// removable-media boot file (`EFI/BOOT/BOOTAA64.EFI`), else x86_64 (also for a
+/// disk that is no berth image).
+pub fn image_arch(image: &Path) -> Arch {
+    let Ok(disk) = berth_image::Image::open(image) else {
+        return Arch::X86_64;
+    };
+    let arm64 = disk
+        .esp()
+        .is_ok_and(|esp| esp.is_file(&Arch::Arm64.efi_boot_path()));
+    if arm64 {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
     }
 }
 
@@ -263,9 +328,14 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
             args.push(part.as_ref().to_os_string());
         }
     };
-    push(&[&"-nodefaults", &"-machine", &MACHINE]);
+    push(&[&"-nodefaults", &"-machine", &machine(config.arch)]);
     push(&[&"-accel", &runtime.accel.as_str()]);
-    if let Some(model) = runtime.accel.cpu_model() {
+    let cpu = match (runtime.accel.cpu_model(), config.arch) {
+        (Some(model), _) => Some(model),
+        (None, Arch::Arm64) => Some(TCG_CPU_AARCH64),
+        (None, Arch::X86_64) => None,
+    };
+    if let Some(model) = cpu {
         push(&[&"-cpu", &model]);
     }
     push(&[&"-m", &config.memory_mib.to_string()]);
@@ -346,6 +416,7 @@ mod tests {
     fn config(boot: BootMode) -> VmConfig {
         VmConfig {
             qemu: PathBuf::from(DEFAULT_QEMU),
+            arch: Arch::X86_64,
             image: PathBuf::from("/images/hello-1.0.0.img"),
             format: DiskFormat::Raw,
             writes: DiskWrites::Persist,

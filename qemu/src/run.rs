@@ -198,7 +198,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
     // Kept alive until QEMU has read the files.
     let mut _direct_dir = None;
     config.boot = match &opts.boot {
-        RunBoot::Uefi => BootMode::Uefi(Firmware::default()),
+        RunBoot::Uefi => BootMode::Uefi(Firmware::for_arch(config.arch)),
         RunBoot::Direct(direct) => BootMode::Direct(direct.clone()),
         RunBoot::DirectFromImage => {
             let dir = tempfile::Builder::new()

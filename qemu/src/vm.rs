@@ -140,6 +140,8 @@ impl Vm {
     ) -> Result<Vm, VmError> {
         let accel = match options.accel {
             Some(accel) => accel,
+            // KVM runs guests of the host's own architecture only.
+            None if config.arch != berth_format::Arch::native() => accel::Accel::Tcg,
             None => accel::detect(&config.qemu)?,
         };
         let scratch = tempfile::Builder::new()
@@ -154,7 +156,7 @@ impl Vm {
             (BootMode::Uefi(firmware), DiskWrites::Discard) => {
                 let path = scratch
                     .path()
-                    .join(format!("efivars.{}.fd", command::MACHINE));
+                    .join(format!("efivars.{}.fd", command::machine(config.arch)));
                 command::ensure_vars_copy(firmware, &path)?;
                 path
             }

@@ -12,6 +12,8 @@ use fs4::FileExt;
 
 /// The init's target triple.
 pub const INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+/// The init's target triple in arm64 images.
+pub const INIT_TARGET_ARM64: &str = "aarch64-unknown-linux-musl";
 
 /// The workspace root (this crate's parent folder).
 pub fn workspace_root() -> PathBuf {
@@ -88,6 +90,36 @@ pub fn binaries() -> &'static Binaries {
     })
 }
 
+/// Cross-compiles the device binaries for arm64 images once per test process
+/// (only the tests that build one pay for it) and returns them: berth-init and
+/// berth-update in `target/aarch64-unknown-linux-musl/release`, where `berth
+/// build` finds them for an `arch = "arm64"` recipe.
+pub fn arm64_binaries() -> &'static [PathBuf; 2] {
+    static BINARIES: OnceLock<[PathBuf; 2]> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        cargo_build(&[
+            "build",
+            "--release",
+            "-p",
+            "berth-init",
+            "-p",
+            "berth-agent",
+            "--target",
+            INIT_TARGET_ARM64,
+        ]);
+        let release = target_dir().join(INIT_TARGET_ARM64).join("release");
+        let binaries = [release.join("berth-init"), release.join("berth-update")];
+        for path in &binaries {
+            assert!(
+                path.is_file(),
+                "cargo build succeeded but {} is missing",
+                path.display()
+            );
+        }
+        binaries
+    })
+}
+
 fn cargo_build(args: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(&cargo)
@@ -113,9 +145,21 @@ pub fn workspace_path(relative: impl AsRef<Path>) -> PathBuf {
 /// absolute) into `target/e2e/<recipe-stem>/` and returns the `NAME-VERSION.img`
 /// path. An image newer than the recipe and both binaries is reused; a file lock
 /// keeps concurrent test processes and threads from building the same one twice.
+/// For a recipe with `arch = "arm64"`, the arm64 device binaries are built first
+/// and are inputs too.
 pub fn build_image(recipe: impl AsRef<Path>) -> PathBuf {
     let recipe = workspace_path(recipe);
     let binaries = binaries();
+    let text = fs::read_to_string(&recipe)
+        .unwrap_or_else(|err| panic!("reading the recipe {}: {err}", recipe.display()));
+    let arm64 = text
+        .lines()
+        .any(|line| line.split('#').next().unwrap_or("").replace(' ', "") == "arch=\"arm64\"");
+    let more_inputs: Vec<&Path> = if arm64 {
+        arm64_binaries().iter().map(PathBuf::as_path).collect()
+    } else {
+        Vec::new()
+    };
     let stem = recipe
         .file_stem()
         .unwrap_or_else(|| panic!("recipe path {} has no file name", recipe.display()))
@@ -130,12 +174,13 @@ pub fn build_image(recipe: impl AsRef<Path>) -> PathBuf {
     FileExt::lock(&lock).unwrap_or_else(|err| panic!("locking {}: {err}", lock_path.display()));
 
     let out = e2e.join(&stem);
-    let inputs = [
+    let mut inputs = vec![
         recipe.as_path(),
         &binaries.berth,
         &binaries.init,
         &binaries.update_agent,
     ];
+    inputs.extend(more_inputs);
     if let Some(image) = find_image(&out) {
         if is_newer_than_all(&image, &inputs) {
             return image;

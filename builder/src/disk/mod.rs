@@ -21,8 +21,6 @@ pub mod bmap;
 
 const MIB: u64 = 1024 * 1024;
 const SECTOR: u64 = layout::SECTOR_SIZE;
-/// Where systemd-boot comes from (Debian's systemd-boot-efi).
-pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 /// Failure writing the disk image.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +38,6 @@ pub enum DiskError {
         size: u64,
         room: u64,
     },
-    #[error("{SYSTEMD_BOOT_EFI} is missing: install Debian's systemd-boot-efi (see the README's setup command)")]
-    NoSystemdBoot,
     #[error("mkfs.ext4 failed on the data partition: {0}")]
     Mkfs(String),
 }
@@ -88,7 +84,11 @@ pub struct DiskInput<'a> {
     pub initramfs: &'a Path,
     /// The slot's content: the filesystem, then its hash tree if any.
     pub root: &'a Path,
+    /// The slot's boot entry; its architecture names the root partitions' type
+    /// and the firmware's boot file.
     pub entry: BootEntry,
+    /// systemd-boot's EFI binary for that architecture.
+    pub boot_loader: &'a Path,
     /// Fixed time for the data filesystem (reproducibility).
     pub epoch: u64,
 }
@@ -122,10 +122,7 @@ fn offsets(sizes: &DiskSizes) -> Offsets {
 /// Writes the disk image to `out` (replacing it), counting the root
 /// partition's bytes on `bytes`.
 pub fn write(out: &Path, input: &DiskInput<'_>, bytes: &Bytes) -> Result<(), DiskError> {
-    let sd_boot = Path::new(SYSTEMD_BOOT_EFI);
-    if !sd_boot.is_file() {
-        return Err(DiskError::NoSystemdBoot);
-    }
+    let sd_boot = input.boot_loader;
     let root_size = fs::metadata(input.root).map_err(io_err(input.root))?.len();
     if root_size > input.sizes.root {
         return Err(DiskError::TooBig {
@@ -198,7 +195,7 @@ fn write_gpt(file: &File, input: &DiskInput<'_>, o: &Offsets) -> Result<(), Disk
         ),
         (
             2,
-            layout::ROOT_X86_64_TYPE_GUID,
+            input.entry.arch.root_type_guid(),
             ids.root_a,
             o.root_a,
             s.root,
@@ -206,7 +203,7 @@ fn write_gpt(file: &File, input: &DiskInput<'_>, o: &Offsets) -> Result<(), Disk
         ),
         (
             3,
-            layout::ROOT_X86_64_TYPE_GUID,
+            input.entry.arch.root_type_guid(),
             ids.root_b,
             o.root_b,
             s.root,
@@ -301,8 +298,12 @@ fn write_esp(
         put(path, &mut File::open(source).map_err(io_err(source))?)
     };
     // The removable-media path boots with a fresh firmware variable store.
-    put_file("EFI/BOOT/BOOTX64.EFI", sd_boot)?;
-    put_file("EFI/systemd/systemd-bootx64.efi", sd_boot)?;
+    let arch = input.entry.arch;
+    put_file(&arch.efi_boot_path(), sd_boot)?;
+    put_file(
+        &format!("EFI/systemd/{}", arch.systemd_boot_name()),
+        sd_boot,
+    )?;
     put("loader/loader.conf", &mut layout::LOADER_CONF.as_bytes())?;
     let slot = input.entry.slot;
     put_file(&slot.kernel_path(), input.kernel)?;
@@ -554,7 +555,9 @@ mod tests {
                         data_partuuid: String::new(),
                         verity: None,
                         extra_cmdline: String::new(),
+                        arch: berth_format::Arch::X86_64,
                     },
+                    boot_loader: Path::new("/nonexistent"),
                     epoch,
                 };
                 mkfs_data(&path, &input, &o).unwrap();

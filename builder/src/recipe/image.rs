@@ -1,7 +1,8 @@
-//! `[image]`: the image's name, version, compatible string, host name, file times
-//! and whether its root is protected by dm-verity.
+//! `[image]`: the image's name, version, architecture, compatible string, host
+//! name, file times and whether its root is protected by dm-verity.
 
 use berth_bundle::ImageVersion;
+use berth_format::Arch;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -12,6 +13,9 @@ use super::{RecipeError, Validator};
 pub(super) struct RawImage {
     name: Spanned<String>,
     version: Spanned<String>,
+    /// `x86_64` (the default) or `arm64`.
+    #[serde(default)]
+    arch: Option<Spanned<String>>,
     #[serde(default)]
     compatible: Option<Spanned<String>>,
     #[serde(default)]
@@ -30,6 +34,7 @@ pub(super) struct RawImage {
 pub(super) struct ImagePlan {
     pub(super) name: String,
     pub(super) version: ImageVersion,
+    pub(super) arch: Arch,
     pub(super) compatible: String,
     pub(super) hostname: String,
     pub(super) epoch: Option<u64>,
@@ -58,6 +63,13 @@ impl Validator<'_> {
                 e.reason
             ))
         })?;
+        let arch = match &image.arch {
+            Some(a) => a.get_ref().parse::<Arch>().map_err(|e| {
+                self.at(&a.span())
+                    .error(format!("{e} (the image's CPU architecture)"))
+            })?,
+            None => Arch::default(),
+        };
         let compatible = match &image.compatible {
             Some(c) => self.name(c, "compatible string")?,
             None => name.clone(),
@@ -80,6 +92,7 @@ impl Validator<'_> {
         Ok(ImagePlan {
             name,
             version,
+            arch,
             compatible,
             hostname,
             epoch,
@@ -128,5 +141,23 @@ mod tests {
         .unwrap_err();
         let at = err.location().unwrap();
         assert_eq!((at.line, at.column), (4, 10), "{err}");
+    }
+
+    #[test]
+    fn the_architecture_defaults_to_x86_64_and_unknown_ones_are_refused_where_written() {
+        let head = "[image]\nname = \"x\"\nversion = \"1.2.3\"\n";
+        let plan = parse(Path::new("x.toml"), head).unwrap();
+        assert_eq!(plan.arch, berth_format::Arch::X86_64);
+        let plan = parse(Path::new("x.toml"), &format!("{head}arch = \"arm64\"\n")).unwrap();
+        assert_eq!(plan.arch, berth_format::Arch::Arm64);
+        assert_eq!(
+            plan.kernel_package(),
+            Some("linux-image-cloud-arm64"),
+            "the default kernel follows the architecture"
+        );
+        let err = parse(Path::new("x.toml"), &format!("{head}arch = \"riscv64\"\n")).unwrap_err();
+        let at = err.location().unwrap();
+        assert_eq!((at.line, at.column), (4, 8), "{err}");
+        assert!(err.to_string().contains("\"x86_64\" or \"arm64\""), "{err}");
     }
 }

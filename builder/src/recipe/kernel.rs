@@ -4,13 +4,24 @@
 use std::path::PathBuf;
 
 use berth_format::layout::reserved_cmdline_word;
+use berth_format::Arch;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Location, RecipeError, Validator};
 
-/// Default Debian kernel package.
+/// Default Debian kernel package of x86_64 images.
 pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The default kernel package of an architecture: Debian's cloud flavour, small
+/// and made for virtual machines (virtio, no sound or graphics drivers). Real
+/// hardware takes the generic `linux-image-amd64` / `linux-image-arm64`.
+pub fn default_kernel_package(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => DEFAULT_KERNEL_PACKAGE,
+        Arch::Arm64 => "linux-image-cloud-arm64",
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,11 +95,12 @@ impl Validator<'_> {
     pub(super) fn kernel(
         &self,
         raw: Option<Spanned<RawKernel>>,
+        arch: Arch,
     ) -> Result<KernelPlan, RecipeError> {
         let Some(raw) = raw else {
             return Ok(KernelPlan {
                 source: KernelSource::Package {
-                    name: DEFAULT_KERNEL_PACKAGE.to_string(),
+                    name: default_kernel_package(arch).to_string(),
                     at: self.at(&(0..0)),
                 },
                 cmdline: String::new(),
@@ -120,7 +132,7 @@ impl Validator<'_> {
                 return self.err(&m.span(), "`modules_dir` needs a kernel `path`")
             }
             (None, None, None) => KernelSource::Package {
-                name: DEFAULT_KERNEL_PACKAGE.to_string(),
+                name: default_kernel_package(arch).to_string(),
                 at: self.at(&span),
             },
         };

@@ -175,6 +175,8 @@ pub struct BuildPlan {
     pub name: String,
     pub version: ImageVersion,
     pub compatible: String,
+    /// The CPU architecture the image is for (`[image] arch`).
+    pub arch: berth_format::Arch,
     pub hostname: String,
     /// Recipe's fixed timestamp, if any (`SOURCE_DATE_EPOCH` wins over it).
     pub epoch: Option<u64>,
@@ -208,6 +210,14 @@ impl BuildPlan {
     /// next to Cargo.toml: `web.toml` → `web.lock`.
     pub fn lock_path(&self) -> PathBuf {
         self.recipe.with_extension("lock")
+    }
+
+    /// The Debian kernel package, when the kernel comes from one.
+    pub fn kernel_package(&self) -> Option<&str> {
+        match &self.kernel.source {
+            KernelSource::Package { name, .. } => Some(name),
+            KernelSource::Local { .. } => None,
+        }
     }
 }
 
@@ -266,7 +276,7 @@ impl Validator<'_> {
     /// with several is refused with: keep it.
     fn plan(&self, raw: RawRecipe) -> Result<BuildPlan, RecipeError> {
         let image = self.image(raw.image)?;
-        let kernel = self.kernel(raw.kernel)?;
+        let kernel = self.kernel(raw.kernel, image.arch)?;
         let disk = self.disk(raw.disk)?;
         let network = self.network(raw.network)?;
         let update = self.update(raw.update)?;
@@ -280,6 +290,7 @@ impl Validator<'_> {
             name: image.name,
             version: image.version,
             compatible: image.compatible,
+            arch: image.arch,
             hostname: image.hostname,
             epoch: image.epoch,
             verity: image.verity,

@@ -208,7 +208,8 @@ pub fn create(options: &BundleOptions, progress: &mut Progress) -> Result<Create
                 source,
             }
         })?,
-        architecture: layout::ARCHITECTURE.to_string(),
+        // The image's own, as its boot entry tells it (the console it names).
+        architecture: parts.entry.arch.manifest_name().to_string(),
         min_version,
         created: parts.created,
         title: parts.entry.title.clone(),

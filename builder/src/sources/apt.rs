@@ -1,11 +1,18 @@
 //! Debian packages through the host's own apt configuration: `apt-cache show` tells
 //! the candidate version and its sha256, `apt-get download` fetches the file, and the
 //! blob cache keeps it by sha256 so a second build downloads nothing.
+//!
+//! Every name is looked up for the image's architecture (`NAME:arm64`), so an arm64
+//! image is built on an x86_64 host from apt's multi-arch lists
+//! (`dpkg --add-architecture arm64`, which the README's setup command does); a name
+//! with no package of that architecture falls back to an `Architecture: all` one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use berth_format::Arch;
 
 use crate::progress::Progress;
 use crate::sources::cache::{Cache, CacheError};
@@ -19,9 +26,9 @@ pub enum AptError {
         tool: &'static str,
         source: std::io::Error,
     },
-    /// apt knows no such package.
-    #[error("unknown Debian package {name:?}: apt has no candidate for it (check the name, or run `apt-get update`)")]
-    Unknown { name: String },
+    /// apt knows no such package (for the image's architecture).
+    #[error("unknown Debian package {name:?}: apt has no {arch} candidate for it (check the name, or run `apt-get update`{hint})", arch = arch.debian(), hint = foreign_hint(*arch))]
+    Unknown { name: String, arch: Arch },
     /// A dependency could not be satisfied by any alternative.
     #[error("package {package:?} depends on {dependency:?}, which apt cannot provide")]
     Dependency { package: String, dependency: String },
@@ -63,9 +70,55 @@ pub struct Fetched {
     pub path: PathBuf,
 }
 
-/// Looks up the candidate versions of `names`. Names apt does not know are absent
-/// from the answer.
-pub fn show(cache: &Cache, names: &[String]) -> Result<BTreeMap<String, Package>, AptError> {
+/// For an image of a foreign architecture, how to get apt's lists of it.
+fn foreign_hint(arch: Arch) -> String {
+    if arch == Arch::X86_64 {
+        return String::new();
+    }
+    format!(
+        "; an {0} image needs apt's {0} lists: `dpkg --add-architecture {0} && apt-get update`, which the README's setup command runs",
+        arch.debian()
+    )
+}
+
+/// Looks up the candidate versions of `names` for `arch`: each name's package of
+/// that architecture, else its `Architecture: all` package. Names apt does not
+/// know for `arch` are absent from the answer. A name may carry an architecture
+/// qualifier (`apt-cache showpkg` prints `exim4:arm64`): it is dropped.
+pub fn show(
+    cache: &Cache,
+    arch: Arch,
+    names: &[String],
+) -> Result<BTreeMap<String, Package>, AptError> {
+    let names: Vec<String> = names
+        .iter()
+        .map(|n| n.split(':').next().unwrap_or(n).to_string())
+        .collect();
+    let qualified: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}:{}", arch.debian()))
+        .collect();
+    let mut out = show_stanzas(cache, &qualified, |a| a == arch.debian())?;
+    // `NAME:ARCH` finds no `Architecture: all` package; the bare name finds it
+    // (and the host's own architecture's package, which is not taken).
+    let rest: Vec<String> = names
+        .iter()
+        .filter(|n| !out.contains_key(*n))
+        .cloned()
+        .collect();
+    if !rest.is_empty() {
+        out.extend(show_stanzas(cache, &rest, |a| a == "all")?);
+    }
+    Ok(out)
+}
+
+/// `apt-cache show` of `names`, keeping the stanzas whose architecture `keep`
+/// accepts.
+fn show_stanzas(
+    cache: &Cache,
+    names: &[String],
+    keep: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, Package>, AptError> {
     let mut out = BTreeMap::new();
     if names.is_empty() {
         return Ok(out);
@@ -97,7 +150,9 @@ pub fn show(cache: &Cache, names: &[String]) -> Result<BTreeMap<String, Package>
             size: get("Size")?.parse().unwrap_or(0),
             depends,
         };
-        out.entry(name.clone()).or_insert(package);
+        if keep(&package.architecture) {
+            out.entry(name.clone()).or_insert(package);
+        }
     }
     Ok(out)
 }
@@ -183,18 +238,22 @@ pub fn parse_depends(value: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Resolves `roots` and, if `with_depends`, everything they depend on, recursively.
-/// Returns packages sorted by name.
+/// Resolves `roots` and, if `with_depends`, everything they depend on, recursively,
+/// for `arch`. Returns packages sorted by name.
 pub fn resolve(
     cache: &Cache,
+    arch: Arch,
     roots: &[String],
     with_depends: bool,
 ) -> Result<Vec<Package>, AptError> {
     let mut found: BTreeMap<String, Package> = BTreeMap::new();
-    let known = show(cache, roots)?;
+    let known = show(cache, arch, roots)?;
     for root in roots {
         if !known.contains_key(root) {
-            return Err(AptError::Unknown { name: root.clone() });
+            return Err(AptError::Unknown {
+                name: root.clone(),
+                arch,
+            });
         }
     }
     let mut queue: VecDeque<Package> = known.into_values().collect();
@@ -216,7 +275,7 @@ pub fn resolve(
             .filter(|n| !asked.contains(*n) && !found.contains_key(*n))
             .cloned()
             .collect();
-        let answers = show(cache, &wanted)?;
+        let answers = show(cache, arch, &wanted)?;
         asked.extend(wanted);
         for group in depends {
             if group.iter().any(|n| found.contains_key(n)) {
@@ -230,7 +289,7 @@ pub fn resolve(
                     if group.iter().any(|n| queue.iter().any(|q| &q.name == n)) {
                         continue;
                     }
-                    let provided = show_provider(cache, &group)?;
+                    let provided = show_provider(cache, arch, &group)?;
                     match provided {
                         Some(p) => queue.push_back(p),
                         None => {
@@ -248,7 +307,7 @@ pub fn resolve(
 }
 
 /// For a virtual package, the first real package apt lists as providing it.
-fn show_provider(cache: &Cache, group: &[String]) -> Result<Option<Package>, AptError> {
+fn show_provider(cache: &Cache, arch: Arch, group: &[String]) -> Result<Option<Package>, AptError> {
     for name in group {
         let text = apt_cache(cache, &["showpkg"], std::slice::from_ref(name))?;
         let providers = text
@@ -258,7 +317,7 @@ fn show_provider(cache: &Cache, group: &[String]) -> Result<Option<Package>, Apt
             .lines()
             .filter_map(|l| l.split_whitespace().next().map(str::to_string))
             .collect::<Vec<_>>();
-        if let Some(p) = show(cache, &providers)?.into_values().next() {
+        if let Some(p) = show(cache, arch, &providers)?.into_values().next() {
             return Ok(Some(p));
         }
     }
@@ -312,7 +371,7 @@ pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fe
     let mut child = Command::new("apt-get")
         .args(pkgcache_options(cache))
         .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
-        .arg(format!("{}={}", package.name, package.version))
+        .arg(download_name(package))
         .current_dir(dir.path())
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
@@ -365,6 +424,15 @@ pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fe
     })
 }
 
+/// `apt-get download`'s name for a package: `NAME:ARCH=VERSION`, or
+/// `NAME=VERSION` for an `Architecture: all` one (which takes no qualifier).
+fn download_name(package: &Package) -> String {
+    match package.architecture.as_str() {
+        "all" => format!("{}={}", package.name, package.version),
+        arch => format!("{}:{arch}={}", package.name, package.version),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +446,7 @@ mod tests {
             "busybox-static".to_string(),
             "no-such-package-x".to_string(),
         ];
-        let first = show(&cache, &names).unwrap();
+        let first = show(&cache, Arch::X86_64, &names).unwrap();
         assert!(
             pkgcache.is_file(),
             "apt-cache wrote no {}",
@@ -386,10 +454,37 @@ mod tests {
         );
         let built = pkgcache.metadata().unwrap().modified().unwrap();
         // The second call reads the cache apt built, and answers the same.
-        assert_eq!(show(&cache, &names).unwrap(), first);
+        assert_eq!(show(&cache, Arch::X86_64, &names).unwrap(), first);
         assert_eq!(pkgcache.metadata().unwrap().modified().unwrap(), built);
         assert_eq!(first.keys().collect::<Vec<_>>(), ["busybox-static"]);
         assert_eq!(first["busybox-static"].sha256.len(), 64);
+    }
+
+    #[test]
+    fn packages_are_looked_up_for_the_image_architecture_or_all() {
+        // The README's setup command adds apt's arm64 lists on the x86_64 host.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let names = ["crun".to_string(), "tzdata".to_string()];
+        for arch in Arch::ALL {
+            let found = show(&cache, arch, &names).unwrap();
+            assert_eq!(found["crun"].architecture, arch.debian());
+            assert_eq!(found["tzdata"].architecture, "all");
+            let crun = download_name(&found["crun"]);
+            assert!(
+                crun.starts_with(&format!("crun:{}=", arch.debian())),
+                "{crun}"
+            );
+            assert!(download_name(&found["tzdata"]).starts_with("tzdata="));
+        }
+        let amd = show(&cache, Arch::X86_64, &names).unwrap();
+        let arm = show(&cache, Arch::Arm64, &names).unwrap();
+        assert_ne!(amd["crun"].sha256, arm["crun"].sha256);
+        // A package that exists only for another architecture is unknown here.
+        let only_amd = ["linux-image-cloud-amd64".to_string()];
+        assert!(show(&cache, Arch::Arm64, &only_amd).unwrap().is_empty());
+        let err = resolve(&cache, Arch::Arm64, &only_amd, false).unwrap_err();
+        assert!(err.to_string().contains("no arm64 candidate"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use berth_format::Arch;
+
 use crate::progress::Progress;
 use crate::sources::apt::{self, AptError};
 use crate::sources::cache::{Cache, CacheError};
@@ -89,14 +91,16 @@ pub struct Kernel {
 /// is followed to the image package it depends on), fetches and extracts it.
 pub fn from_package(
     cache: &Cache,
+    arch: Arch,
     name: &str,
     pins: &crate::sources::lock::Pins,
     progress: &Progress,
 ) -> Result<Kernel, KernelError> {
-    let mut package = apt::resolve(cache, &[name.to_string()], false)?
+    let mut package = apt::resolve(cache, arch, &[name.to_string()], false)?
         .pop()
         .ok_or_else(|| AptError::Unknown {
             name: name.to_string(),
+            arch,
         })?;
     if !is_image_package(&package.name) {
         let target = package
@@ -108,7 +112,7 @@ pub fn from_package(
             .ok_or_else(|| KernelError::NotKernel {
                 package: name.to_string(),
             })?;
-        package = apt::resolve(cache, &[target], false)?
+        package = apt::resolve(cache, arch, &[target], false)?
             .pop()
             .ok_or_else(|| KernelError::NotKernel {
                 package: name.to_string(),
@@ -118,6 +122,7 @@ pub fn from_package(
         .pop()
         .ok_or_else(|| AptError::Unknown {
             name: name.to_string(),
+            arch,
         })?;
     let fetched = apt::fetch(cache, &package, progress)?;
     let deb_path = fetched.path.clone();

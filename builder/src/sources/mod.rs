@@ -8,6 +8,7 @@
 //! [`credentials`]), each pinned in the [`lock`] file.
 
 pub mod apt;
+pub mod boot_loader;
 pub mod cache;
 pub mod credentials;
 pub mod deb;

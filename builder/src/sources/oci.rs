@@ -13,9 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{
-    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
-};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os};
 use sha2::{Digest as _, Sha256};
 
 use crate::recipe::{ImageRef, RegistryRef};
@@ -110,7 +108,7 @@ pub struct Resolved {
     /// What the reference stands for now: the digest of the manifest or index
     /// it names (a docker archive's: its configuration's, the image ID).
     pub digest: String,
-    /// The linux/amd64 image manifest used (the configuration's digest for a
+    /// The `linux/<arch>` image manifest used (the configuration's digest for a
     /// docker archive).
     pub manifest: String,
     config: ImageConfiguration,
@@ -131,6 +129,8 @@ pub struct Unpacked {
 pub struct Sources<'a> {
     pub cache: &'a Cache,
     pub registries: &'a Registries,
+    /// The image's architecture: an index resolves to its `linux/<arch>` entry.
+    pub arch: berth_format::Arch,
 }
 
 /// Finds and verifies the image `reference` names, for `container`. With `pin`
@@ -143,11 +143,12 @@ pub fn resolve(
     sources: &Sources<'_>,
 ) -> Result<Resolved, OciError> {
     let image = reference.to_string();
-    match reference {
+    let resolved = match reference {
         ImageRef::Layout { dir, tag } => {
             let layout = Layout {
                 dir: dir.clone(),
                 image,
+                arch: sources.arch,
             };
             layout.resolve(tag.as_deref(), pin, container, None)
         }
@@ -160,12 +161,27 @@ pub fn resolve(
             let layout = Layout {
                 dir: scratch.path().to_path_buf(),
                 image,
+                arch: sources.arch,
             };
             layout.resolve(tag.as_deref(), pin, container, Some(scratch))
         }
         ImageRef::DockerArchive { file } => docker_archive(file, &image, pin, container, sources),
         ImageRef::Registry(r) => from_registry(r, &image, pin, sources),
+    }?;
+    // A single-platform image names its architecture only in its configuration:
+    // an amd64 program in an arm64 image would fail only on the device.
+    let arch = resolved.config.architecture().to_string();
+    if arch != sources.arch.oci() {
+        return Err(OciError::Select {
+            image: resolved.reference.clone(),
+            reason: format!(
+                "the image is for linux/{arch}, and this image is {} (linux/{})",
+                sources.arch,
+                sources.arch.oci()
+            ),
+        });
     }
+    Ok(resolved)
 }
 
 /// Most archive entries the layers of one image may hold together. Real
@@ -318,15 +334,20 @@ fn media_type_of(bytes: &[u8]) -> MediaType {
     }
 }
 
-/// The linux/amd64 entry of an index.
-fn amd64(index: &ImageIndex, image: &str) -> Result<Descriptor, OciError> {
+/// The `linux/<arch>` entry of an index (the first, whatever its variant: arm64
+/// images are `v8`).
+fn platform(
+    index: &ImageIndex,
+    image: &str,
+    arch: berth_format::Arch,
+) -> Result<Descriptor, OciError> {
     index
         .manifests()
         .iter()
         .find(|m| {
             m.platform()
                 .as_ref()
-                .is_some_and(|p| *p.architecture() == Arch::Amd64 && *p.os() == Os::Linux)
+                .is_some_and(|p| p.architecture().to_string() == arch.oci() && *p.os() == Os::Linux)
         })
         .cloned()
         .ok_or_else(|| {
@@ -339,7 +360,8 @@ fn amd64(index: &ImageIndex, image: &str) -> Result<Descriptor, OciError> {
             OciError::Select {
                 image: image.to_string(),
                 reason: format!(
-                    "the image index has no linux/amd64 manifest (it has: {})",
+                    "the image index has no linux/{} manifest (it has: {})",
+                    arch.oci(),
                     if platforms.is_empty() {
                         "no platforms".to_string()
                     } else {
@@ -396,7 +418,7 @@ fn from_registry(
             break;
         }
         let index: ImageIndex = parse_json(&bytes, &here)?;
-        let entry = amd64(&index, image)?;
+        let entry = platform(&index, image, sources.arch)?;
         let (b, d) = registries.manifest(&r.pinned(entry.digest().as_ref()), cache)?;
         bytes = b;
         manifest_digest = d;
@@ -453,6 +475,7 @@ fn from_registry(
 struct Layout {
     dir: PathBuf,
     image: String,
+    arch: berth_format::Arch,
 }
 
 impl Layout {
@@ -513,7 +536,9 @@ impl Layout {
                 break;
             }
             let index: ImageIndex = parse_json(&bytes, &self.dir)?;
-            digest = amd64(&index, &self.image)?.digest().to_string();
+            digest = platform(&index, &self.image, self.arch)?
+                .digest()
+                .to_string();
             bytes = read(&self.blob(&digest)?)?;
         }
         if is_index(&media_type_of(&bytes)) {
@@ -732,11 +757,22 @@ mod tests {
     /// A manifest for one image whose only layer holds the file `name`; the
     /// config's diff_id is `diff_id` or the layer's own.
     fn image(dir: &Path, name: &str, diff_id: Option<&str>) -> serde_json::Value {
-        image_of(dir, layer(name), diff_id)
+        // `arm64-file` is an arm64 image's only file; anything else an amd64 one's.
+        let arch = if name.starts_with("arm64") {
+            "arm64"
+        } else {
+            "amd64"
+        };
+        image_for(dir, layer(name), diff_id, arch)
     }
 
     /// A manifest for one image whose only layer is `tar`.
     fn image_of(dir: &Path, tar: Vec<u8>, diff_id: Option<&str>) -> serde_json::Value {
+        image_for(dir, tar, diff_id, "amd64")
+    }
+
+    /// [`image_of`] for the OCI architecture `arch`.
+    fn image_for(dir: &Path, tar: Vec<u8>, diff_id: Option<&str>, arch: &str) -> serde_json::Value {
         let l = blob(
             dir,
             "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -746,7 +782,7 @@ mod tests {
             || format!("sha256:{}", crate::sources::cache::sha256_bytes(&tar)),
             str::to_string,
         );
-        let config = json!({"architecture": "amd64", "os": "linux",
+        let config = json!({"architecture": arch, "os": "linux",
             "config": {"Cmd": ["/x"], "ExposedPorts": {"80/tcp": {}, "53/udp": {}}},
             "rootfs": {"type": "layers", "diff_ids": [diff]}});
         let c = blob(
@@ -783,11 +819,21 @@ mod tests {
         cache_dir: &Path,
         entries: u64,
     ) -> Result<(Resolved, Unpacked), OciError> {
+        resolve_layout_as(dir, cache_dir, entries, berth_format::Arch::X86_64)
+    }
+
+    fn resolve_layout_as(
+        dir: &Path,
+        cache_dir: &Path,
+        entries: u64,
+        arch: berth_format::Arch,
+    ) -> Result<(Resolved, Unpacked), OciError> {
         let cache = Cache::open(cache_dir).unwrap();
         let registries = Registries::new(&BTreeMap::new(), Verbosity::Quiet).unwrap();
         let sources = Sources {
             cache: &cache,
             registries: &registries,
+            arch,
         };
         let reference = ImageRef::Layout {
             dir: dir.to_path_buf(),
@@ -851,6 +897,23 @@ mod tests {
         assert!(unpacked.tree.get("amd64-file").is_some());
         assert!(unpacked.tree.get("arm64-file").is_none());
         assert_eq!(unpacked.defaults.exposed_ports, ["53/udp", "80/tcp"]);
+        // An arm64 build takes the index's other entry.
+        let arm64 = berth_format::Arch::Arm64;
+        let (resolved, unpacked) =
+            resolve_layout_as(&layout, &dir.path().join("cache"), MAX_ENTRIES, arm64).unwrap();
+        assert_eq!(resolved.manifest, arm["digest"].as_str().unwrap());
+        assert!(unpacked.tree.get("arm64-file").is_some());
+        assert!(unpacked.tree.get("amd64-file").is_none());
+        // A single-platform amd64 image is refused by an arm64 build.
+        write_index(&layout, amd.clone());
+        let err = resolve_layout_as(&layout, &dir.path().join("cache"), MAX_ENTRIES, arm64)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the image is for linux/amd64, and this image is arm64"),
+            "{err}"
+        );
+        write_index(&layout, nested.clone());
 
         // An index without linux/amd64 is refused, naming what it has.
         let only_arm = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -898,6 +961,7 @@ mod tests {
         let sources = Sources {
             cache: &cache,
             registries: &registries,
+            arch: berth_format::Arch::X86_64,
         };
         let err = resolve(
             &ImageRef::DockerArchive { file: archive },

@@ -18,7 +18,6 @@ use crate::recipe::{
     BuildPlan, ConsoleShell, ContainerNetwork, RecipeError, RootVerity, RootfsSource,
 };
 use crate::sources::apt::{self, AptError, Fetched};
-use crate::sources::cache::Cache;
 use crate::sources::deb::{self, DebError};
 use crate::sources::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
@@ -28,10 +27,13 @@ use crate::sources::oci::{self, ImageDefaults, OciError, Sources};
 use crate::tree::runtime_spec::{self, RuntimeSpecError};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
-/// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian.
+/// Library folders searched for `DT_NEEDED` entries, in ld.so's order on Debian
+/// (a tree holds one architecture's packages, so only its triple's folders exist).
 const LIB_DIRS: &[&str] = &[
     "lib/x86_64-linux-gnu",
     "usr/lib/x86_64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
     "lib64",
     "lib",
     "usr/lib",
@@ -79,7 +81,7 @@ pub struct Inputs {
 
 /// Unpacks packages (with their dependencies) into a new tree.
 fn packages_tree(
-    cache: &Cache,
+    sources: &Sources<'_>,
     staging: &Path,
     names: &[String],
     with_depends: bool,
@@ -88,7 +90,8 @@ fn packages_tree(
     progress: &Progress,
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
-    for package in apt::pin(apt::resolve(cache, names, with_depends)?, pins) {
+    let (cache, arch) = (sources.cache, sources.arch);
+    for package in apt::pin(apt::resolve(cache, arch, names, with_depends)?, pins) {
         let fetched = apt::fetch(cache, &package, progress)?;
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
@@ -101,14 +104,14 @@ fn packages_tree(
 /// closure, with the dynamic loader) to `root`.
 fn add_crun(
     root: &mut Tree,
-    cache: &Cache,
+    sources: &Sources<'_>,
     staging: &Path,
     inputs: &mut Inputs,
     pins: &Pins,
     progress: &Progress,
 ) -> Result<(), RootfsError> {
     let scratch = packages_tree(
-        cache,
+        sources,
         staging,
         &["crun".to_string()],
         true,
@@ -172,14 +175,14 @@ fn add_crun(
 /// for the init's debug shell on the console.
 fn add_console_shell(
     root: &mut Tree,
-    cache: &Cache,
+    sources: &Sources<'_>,
     staging: &Path,
     inputs: &mut Inputs,
     pins: &Pins,
     progress: &Progress,
 ) -> Result<(), RootfsError> {
     let scratch = packages_tree(
-        cache,
+        sources,
         staging,
         &[CONSOLE_SHELL_PACKAGE.to_string()],
         false,
@@ -203,7 +206,6 @@ pub fn root_tree(
     update_agent: &Path,
     progress: &Progress,
 ) -> Result<(Tree, Inputs), RootfsError> {
-    let cache = sources.cache;
     let mut inputs = Inputs::default();
     let mut root = Tree::new(staging);
     for dir in [
@@ -231,7 +233,7 @@ pub fn root_tree(
         0o755,
     );
     progress.detail("crun and its libraries");
-    add_crun(&mut root, cache, staging, &mut inputs, pins, progress)?;
+    add_crun(&mut root, sources, staging, &mut inputs, pins, progress)?;
 
     let config = ImageConfig {
         image: ImageInfo {
@@ -283,7 +285,7 @@ pub fn root_tree(
     }
     if plan.console_shell == ConsoleShell::Busybox {
         progress.detail("busybox for the console shell");
-        add_console_shell(&mut root, cache, staging, &mut inputs, pins, progress)?;
+        add_console_shell(&mut root, sources, staging, &mut inputs, pins, progress)?;
     }
     let os_release = format!(
         "NAME=\"berth\"\nID=berth\nPRETTY_NAME=\"berth {name} {version}\"\nIMAGE_ID={name}\nIMAGE_VERSION={version}\nBERTH_VERSION={berth}\n",
@@ -299,20 +301,26 @@ pub fn root_tree(
         let (mut tree, defaults) = match &container.source {
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
-                let tree = packages_tree(cache, staging, &names, true, &mut inputs, pins, progress).map_err(|e| {
-                    match e {
-                        // Point at the recipe line of the unknown package.
-                        RootfsError::Apt(AptError::Unknown { name }) => {
-                            match list.iter().find(|(n, _)| *n == name) {
-                                Some((_, at)) => RootfsError::Recipe(at.error(format!(
-                                    "unknown Debian package {name:?}: apt has no candidate for it (check the name, or run `apt-get update`)"
-                                ))),
-                                None => RootfsError::Apt(AptError::Unknown { name }),
+                let tree =
+                    packages_tree(sources, staging, &names, true, &mut inputs, pins, progress)
+                        .map_err(|e| {
+                            match e {
+                                // Point at the recipe line of the unknown package.
+                                RootfsError::Apt(AptError::Unknown { name, arch }) => {
+                                    match list.iter().find(|(n, _)| *n == name) {
+                                        Some((_, at)) => RootfsError::Recipe(at.error(format!(
+                                            "{}",
+                                            AptError::Unknown {
+                                                name: name.clone(),
+                                                arch
+                                            }
+                                        ))),
+                                        None => RootfsError::Apt(AptError::Unknown { name, arch }),
+                                    }
+                                }
+                                e => e,
                             }
-                        }
-                        e => e,
-                    }
-                })?;
+                        })?;
                 (tree, ImageDefaults::default())
             }
             RootfsSource::Image { reference, .. } => {

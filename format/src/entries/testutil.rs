@@ -84,5 +84,6 @@ pub(super) fn boot_entry(slot: Slot, version: &str) -> BootEntry {
         data_partuuid: "dddddddd-0000-0000-0000-000000000000".into(),
         verity: None,
         extra_cmdline: String::new(),
+        arch: crate::Arch::X86_64,
     }
 }
