@@ -444,6 +444,32 @@ mod tests {
     }
 
     #[test]
+    fn arm64_guests_run_on_the_virt_board_with_a_64_bit_cpu_and_aavmf() {
+        let mut config = config(BootMode::Uefi(Firmware::for_arch(Arch::Arm64)));
+        config.arch = Arch::Arm64;
+        let args = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).expect(flag);
+            args[at + 1].clone()
+        };
+        assert_eq!(after("-machine"), "virt");
+        assert_eq!(after("-cpu"), TCG_CPU_AARCH64);
+        assert!(
+            args.iter().any(|a| a
+                == "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"),
+            "{args:?}"
+        );
+        // KVM (an arm64 host) gives the host's CPU.
+        let kvm = strings(qemu_args(&config, &runtime(Accel::Kvm)));
+        let at = kvm.iter().position(|a| a == "-cpu").unwrap();
+        assert_eq!(kvm[at + 1], "host");
+        assert_eq!(qemu_program(Arch::Arm64), "qemu-system-aarch64");
+        assert!(config
+            .persistent_vars_path()
+            .ends_with("hello-1.0.0.img.virt.vars.fd"));
+    }
+
+    #[test]
     fn watchdog_device_when_asked() {
         let mut config = config(BootMode::Uefi(Firmware::default()));
         let without = strings(qemu_args(&config, &runtime(Accel::Tcg)));
