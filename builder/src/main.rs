@@ -116,6 +116,15 @@ enum Command {
         /// Memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory: u32,
+        /// How the disk is attached: virtio (default), or as real hardware
+        /// has it: nvme, sata (AHCI) or usb (mass storage on xHCI). The
+        /// default cloud kernel drives virtio only: the others need
+        /// `[kernel] package = "linux-image-amd64"` (or -arm64).
+        #[arg(long, value_name = "BUS", default_value = "virtio")]
+        disk_bus: berth_qemu::DiskBus,
+        /// Add an Intel 6300ESB hardware watchdog (the init arms it).
+        #[arg(long)]
+        watchdog: bool,
         /// Also append the console to this file.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
@@ -772,6 +781,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             direct,
             memory,
+            disk_bus,
+            watchdog,
             log,
         } => {
             check_disk_image(&image)?;
@@ -781,6 +792,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             options.expect = expect;
             options.timeout = timeout.map(std::time::Duration::from_secs);
             options.memory_mib = memory;
+            options.disk_bus = disk_bus;
+            options.watchdog = watchdog;
             options.log = log;
             options.input = berth_qemu::ConsoleInput::detect();
             if direct {

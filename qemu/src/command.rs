@@ -131,6 +131,56 @@ pub enum DiskWrites {
     Discard,
 }
 
+/// How the guest sees its disk: the paravirtual disk of VMs, or one of the
+/// controllers of real hardware, as QEMU presents each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskBus {
+    /// virtio-blk (`/dev/vda`): the default.
+    #[default]
+    Virtio,
+    /// An NVMe controller (`/dev/nvme0n1`).
+    Nvme,
+    /// A SATA disk on the AHCI controller (`/dev/sda`; q35's own ICH9 AHCI, a
+    /// PCI one added on arm64's `virt`).
+    Sata,
+    /// A USB mass-storage stick on an xHCI controller (`/dev/sda`).
+    Usb,
+}
+
+/// A name that is no disk bus.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown disk bus {0:?}: expected virtio, nvme, sata or usb")]
+pub struct UnknownDiskBus(pub String);
+
+impl std::str::FromStr for DiskBus {
+    type Err = UnknownDiskBus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "virtio" => Ok(DiskBus::Virtio),
+            "nvme" => Ok(DiskBus::Nvme),
+            "sata" | "ahci" => Ok(DiskBus::Sata),
+            "usb" => Ok(DiskBus::Usb),
+            other => Err(UnknownDiskBus(other.to_string())),
+        }
+    }
+}
+
+impl DiskBus {
+    /// The `-device` arguments that attach drive `disk` (several for a bus that
+    /// needs its controller first).
+    fn devices(self, arch: Arch) -> Vec<&'static str> {
+        match (self, arch) {
+            (DiskBus::Virtio, _) => vec!["virtio-blk-pci,drive=disk"],
+            (DiskBus::Nvme, _) => vec!["nvme,drive=disk,serial=berth-disk"],
+            (DiskBus::Sata, Arch::X86_64) => vec!["ide-hd,drive=disk,bus=ide.0"],
+            (DiskBus::Sata, Arch::Arm64) => {
+                vec!["ich9-ahci,id=ahci", "ide-hd,drive=disk,bus=ahci.0"]
+            }
+            (DiskBus::Usb, _) => vec!["qemu-xhci,id=xhci", "usb-storage,drive=disk,bus=xhci.0"],
+        }
+    }
+}
+
 /// A TCP port of the guest reachable from the host through QEMU's user networking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortForward {
@@ -214,6 +264,8 @@ pub struct VmConfig {
     pub image: PathBuf,
     pub format: DiskFormat,
     pub writes: DiskWrites,
+    /// How the disk is attached.
+    pub disk_bus: DiskBus,
     pub memory_mib: u32,
     pub cpus: u32,
     pub ports: Vec<PortForward>,
@@ -245,6 +297,7 @@ impl VmConfig {
             image,
             format,
             writes: DiskWrites::default(),
+            disk_bus: DiskBus::default(),
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
             ports: Vec::new(),
@@ -375,7 +428,9 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
         &"-drive",
         &option_value("file=", &config.image, &drive_tail),
     ]);
-    push(&[&"-device", &"virtio-blk-pci,drive=disk"]);
+    for device in config.disk_bus.devices(config.arch) {
+        push(&[&"-device", &device]);
+    }
     let mut netdev = String::from("user,id=net0");
     for port in &config.ports {
         netdev.push_str(&format!(
@@ -420,6 +475,7 @@ mod tests {
             image: PathBuf::from("/images/hello-1.0.0.img"),
             format: DiskFormat::Raw,
             writes: DiskWrites::Persist,
+            disk_bus: DiskBus::Virtio,
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
             ports: Vec::new(),
@@ -467,6 +523,30 @@ mod tests {
         assert!(config
             .persistent_vars_path()
             .ends_with("hello-1.0.0.img.virt.vars.fd"));
+    }
+
+    #[test]
+    fn the_disk_goes_on_the_bus_asked_for() {
+        let mut config = config(BootMode::Uefi(Firmware::default()));
+        let devices = |config: &VmConfig| {
+            let args = strings(qemu_args(config, &runtime(Accel::Tcg)));
+            args.windows(2)
+                .filter(|w| w[0] == "-device" && !w[1].starts_with("virtio-net"))
+                .map(|w| w[1].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(devices(&config), ["virtio-blk-pci,drive=disk"]);
+        config.disk_bus = "nvme".parse().unwrap();
+        assert_eq!(devices(&config), ["nvme,drive=disk,serial=berth-disk"]);
+        config.disk_bus = "sata".parse().unwrap();
+        assert_eq!(devices(&config), ["ide-hd,drive=disk,bus=ide.0"]);
+        config.disk_bus = "usb".parse().unwrap();
+        assert_eq!(
+            devices(&config),
+            ["qemu-xhci,id=xhci", "usb-storage,drive=disk,bus=xhci.0"]
+        );
+        let err = "scsi".parse::<DiskBus>().unwrap_err().to_string();
+        assert!(err.contains("virtio, nvme, sata or usb"), "{err}");
     }
 
     #[test]

@@ -20,8 +20,8 @@ pub mod vm;
 
 pub use accel::Accel;
 pub use command::{
-    qemu_args, BootMode, DirectBoot, DiskFormat, DiskWrites, Firmware, PortForward, Runtime,
-    VmConfig,
+    qemu_args, BootMode, DirectBoot, DiskBus, DiskFormat, DiskWrites, Firmware, PortForward,
+    Runtime, VmConfig,
 };
 pub use console::{Echo, ExpectError};
 pub use direct::{extract_direct_boot, DirectError};

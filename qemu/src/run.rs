@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 
 use crate::command::{
-    BootMode, CommandError, DirectBoot, DiskWrites, Firmware, PortForward, VmConfig, DEFAULT_CPUS,
-    DEFAULT_MEMORY_MIB,
+    BootMode, CommandError, DirectBoot, DiskBus, DiskWrites, Firmware, PortForward, VmConfig,
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
 };
 use crate::console::{Echo, ExpectError};
 use crate::direct::{self, DirectError};
@@ -53,6 +53,10 @@ pub struct RunOptions {
     pub boot: RunBoot,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// `--disk-bus`: how the disk is attached (virtio by default).
+    pub disk_bus: DiskBus,
+    /// `--watchdog`: an i6300esb hardware watchdog.
+    pub watchdog: bool,
     /// Stream the console to stdout (on by default).
     pub echo: bool,
     /// Also append the console to this file.
@@ -74,6 +78,8 @@ impl RunOptions {
             boot: RunBoot::Uefi,
             memory_mib: DEFAULT_MEMORY_MIB,
             cpus: DEFAULT_CPUS,
+            disk_bus: DiskBus::Virtio,
+            watchdog: false,
             echo: true,
             log: None,
             input: ConsoleInput::Closed,
@@ -195,6 +201,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
     };
     config.memory_mib = opts.memory_mib;
     config.cpus = opts.cpus;
+    config.disk_bus = opts.disk_bus;
+    config.watchdog = opts.watchdog;
     // Kept alive until QEMU has read the files.
     let mut _direct_dir = None;
     config.boot = match &opts.boot {

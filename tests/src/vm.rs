@@ -78,6 +78,8 @@ pub struct BootOptions {
     pub watchdog: bool,
     /// NICs after the first, each on its own user-mode network (`eth1`, …).
     pub extra_nics: u32,
+    /// How the disk is attached (virtio by default).
+    pub disk_bus: berth_qemu::DiskBus,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -143,6 +145,7 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     config.ports = opts.ports.clone();
     config.watchdog = opts.watchdog;
     config.extra_nics = opts.extra_nics;
+    config.disk_bus = opts.disk_bus;
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }

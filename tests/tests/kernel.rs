@@ -28,7 +28,8 @@ fn local_kernel_and_modules_folder_boot() {
         .as_str()
         .unwrap();
     let release = report["inputs"]["kernel"]["release"].as_str().unwrap();
-    let extracted = cache_root().join(format!("extracted/kernel-{sha}"));
+    // `-2`: the builder's kernel::EXTRACT_FORMAT.
+    let extracted = cache_root().join(format!("extracted/kernel-{sha}-2"));
     let vmlinuz = extracted.join(format!("boot/vmlinuz-{release}"));
     let modules = extracted.join(format!("lib/modules/{release}"));
     assert!(vmlinuz.is_file(), "{}", vmlinuz.display());

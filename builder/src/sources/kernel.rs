@@ -21,7 +21,9 @@ pub const REQUIRED_MODULES: &[&str] = &["squashfs"];
 /// `dm-bufio` come in through `modules.dep`).
 pub const VERITY_MODULES: &[&str] = &["dm_verity"];
 /// Modules loaded when the kernel has them (drivers for the disks and NICs berth
-/// is run on, the ACPI power button, ext4 where it is not built in, and FAT with
+/// is run on: virtio in VMs; NVMe, SATA through AHCI and USB mass storage on
+/// xHCI on real hardware, which Debian's generic kernel has and the cloud
+/// kernel mostly lacks; the ACPI power button, ext4 where it is not built in, and FAT with
 /// the code pages the init mounts the ESP with, `codepage=437,iocharset=iso8859-1`:
 /// the boot assessment renames boot entries there; overlay for containers with a
 /// writable root, and QEMU's i6300esb watchdog). They are loaded in the early
@@ -33,6 +35,9 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "virtio_net",
     "nvme",
     "ahci",
+    "xhci_pci",
+    "usb_storage",
+    "uas",
     "sd_mod",
     "ext4",
     "button",
@@ -43,6 +48,11 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "overlay",
     "i6300esb",
 ];
+
+/// Version of what an extracted kernel folder in the cache holds: part of its
+/// name, so a folder made by an older berth is made anew. 2: `modules.dep`
+/// lists the modules of each one's `softdep pre:` too.
+pub const EXTRACT_FORMAT: u32 = 2;
 
 /// Failure to get the kernel ready.
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +136,8 @@ pub fn from_package(
         })?;
     let fetched = apt::fetch(cache, &package, progress)?;
     let deb_path = fetched.path.clone();
-    let dir = cache.derived::<KernelError>(&format!("kernel-{}", package.sha256), |dir| {
-        extract_kernel(&deb_path, dir)
-    })?;
+    let key = format!("kernel-{}-{EXTRACT_FORMAT}", package.sha256);
+    let dir = cache.derived::<KernelError>(&key, |dir| extract_kernel(&deb_path, dir))?;
     let boot = dir.join("boot");
     // The first by name, not in the folder's (file system dependent) order.
     let image = fs::read_dir(&boot)
@@ -228,7 +237,9 @@ fn extract_kernel(deb_path: &Path, dir: &Path) -> Result<(), KernelError> {
 /// equivalent of depmod's `modules.dep` (direct dependencies; resolution recurses).
 pub fn generate_modules_dep(modules_dir: &Path) -> Result<String, KernelError> {
     let mut paths: BTreeMap<String, String> = BTreeMap::new();
-    let mut depends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut depends: BTreeMap<String, ModInfo> = BTreeMap::new();
+    // Alias (`crypto-crc32c`) → the modules that declare it.
+    let mut providers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for entry in walkdir::WalkDir::new(modules_dir).sort_by_file_name() {
         let entry = entry.map_err(|e| KernelError::Io {
             path: modules_dir.to_path_buf(),
@@ -245,15 +256,36 @@ pub fn generate_modules_dep(modules_dir: &Path) -> Result<String, KernelError> {
         }
         let bytes = read_module(entry.path())?;
         let name = module_name(&rel);
-        depends.insert(name.clone(), modinfo_depends(&bytes));
+        let info = modinfo(&bytes);
+        for alias in &info.aliases {
+            providers
+                .entry(alias.clone())
+                .or_default()
+                .push(name.clone());
+        }
+        depends.insert(name.clone(), info);
         paths.insert(name, rel);
     }
     let mut out = String::new();
     for (name, path) in &paths {
-        let deps: Vec<&str> = depends[name]
-            .iter()
-            .filter_map(|d| paths.get(d).map(String::as_str))
-            .collect();
+        let info = &depends[name];
+        // A `softdep pre:` names a module or an alias (ext4's `crypto-crc32c`:
+        // crc32c_generic and crc32c-intel provide it). modprobe loads them first;
+        // berth has no modprobe, so they go in front of the hard dependencies.
+        let soft = info.soft_pre.iter().flat_map(|wanted| {
+            let by_name = paths.contains_key(wanted).then(|| wanted.clone());
+            by_name
+                .into_iter()
+                .chain(providers.get(wanted).cloned().unwrap_or_default())
+        });
+        let mut deps: Vec<&str> = Vec::new();
+        for dep in soft.chain(info.depends.iter().cloned()) {
+            if let Some(path) = paths.get(&dep).filter(|_| dep != *name) {
+                if !deps.contains(&path.as_str()) {
+                    deps.push(path);
+                }
+            }
+        }
         out.push_str(&format!("{path}: {}\n", deps.join(" ")));
     }
     Ok(out)
@@ -276,10 +308,29 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     }
 }
 
-/// The `depends=` list of a module's `.modinfo` section.
-fn modinfo_depends(elf_bytes: &[u8]) -> Vec<String> {
+/// What berth reads of a module's `.modinfo` section (names with `_`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ModInfo {
+    /// `depends=`: modules whose symbols it uses.
+    depends: Vec<String>,
+    /// `softdep=pre: …`: modules or aliases to load before it.
+    soft_pre: Vec<String>,
+    /// `alias=`: other names it is loaded by (only plain names: no wildcards).
+    aliases: Vec<String>,
+}
+
+/// The `depends=`, `softdep=pre:` and plain `alias=` fields of a module.
+fn modinfo(elf_bytes: &[u8]) -> ModInfo {
+    let mut info = ModInfo::default();
+    let names = |list: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(list)
+            .split([',', ' '])
+            .filter(|d| !d.is_empty())
+            .map(|d| d.replace('-', "_"))
+            .collect()
+    };
     let Ok(elf) = goblin::elf::Elf::parse(elf_bytes) else {
-        return Vec::new();
+        return info;
     };
     for section in &elf.section_headers {
         if elf.shdr_strtab.get_at(section.sh_name) != Some(".modinfo") {
@@ -288,19 +339,32 @@ fn modinfo_depends(elf_bytes: &[u8]) -> Vec<String> {
         let start = usize::try_from(section.sh_offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(usize::try_from(section.sh_size).unwrap_or(0));
         let Some(data) = elf_bytes.get(start..end) else {
-            return Vec::new();
+            return info;
         };
         for field in data.split(|b| *b == 0) {
             if let Some(list) = field.strip_prefix(b"depends=") {
-                return String::from_utf8_lossy(list)
-                    .split(',')
-                    .filter(|d| !d.is_empty())
-                    .map(|d| d.replace('-', "_"))
-                    .collect();
+                info.depends = names(list);
+            } else if let Some(soft) = field.strip_prefix(b"softdep=") {
+                // `pre: a b post: c`: the words between `pre:` and `post:`.
+                let text = String::from_utf8_lossy(soft);
+                let mut pre = false;
+                for word in text.split_whitespace() {
+                    match word {
+                        "pre:" => pre = true,
+                        "post:" => pre = false,
+                        w if pre => info.soft_pre.push(w.replace('-', "_")),
+                        _ => {}
+                    }
+                }
+            } else if let Some(alias) = field.strip_prefix(b"alias=") {
+                if !alias.iter().any(|b| matches!(b, b'*' | b'?' | b'[' | b':')) {
+                    info.aliases.extend(names(alias));
+                }
             }
         }
+        return info;
     }
-    Vec::new()
+    info
 }
 
 /// The parsed module index of a kernel.

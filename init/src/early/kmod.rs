@@ -29,11 +29,15 @@ pub enum KmodError {
 
 /// What happened to one module.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Loaded {
+pub enum Outcome {
     /// Newly loaded.
     Loaded,
     /// The kernel already had it (built in, or loaded before).
     AlreadyLoaded,
+    /// The module is not for this machine: its init answered ENODEV (a CPU
+    /// feature it needs is missing, as crc32c-intel's SSE 4.2 under TCG). The
+    /// kernel's generic code does the job; modprobe skips these too.
+    NotForThisMachine,
 }
 
 /// The module paths of a list file's text: one absolute path per line; blank lines
@@ -57,14 +61,15 @@ pub fn read_list(path: &Path) -> Result<Vec<PathBuf>, KmodError> {
 }
 
 /// Loads one uncompressed module with `finit_module`.
-pub fn load(path: &Path) -> Result<Loaded, KmodError> {
+pub fn load(path: &Path) -> Result<Outcome, KmodError> {
     let file = File::open(path).map_err(|source| KmodError::Open {
         path: path.to_path_buf(),
         source,
     })?;
     match finit_module(&file, c"", ModuleInitFlags::empty()) {
-        Ok(()) => Ok(Loaded::Loaded),
-        Err(Errno::EEXIST) => Ok(Loaded::AlreadyLoaded),
+        Ok(()) => Ok(Outcome::Loaded),
+        Err(Errno::EEXIST) => Ok(Outcome::AlreadyLoaded),
+        Err(Errno::ENODEV) => Ok(Outcome::NotForThisMachine),
         Err(errno) => Err(KmodError::Load {
             path: path.to_path_buf(),
             errno,
@@ -86,8 +91,14 @@ pub fn load_all(list: &Path) -> usize {
     let mut loaded = 0;
     for path in &paths {
         match load(path) {
-            Ok(Loaded::Loaded) => loaded += 1,
-            Ok(Loaded::AlreadyLoaded) => log!("module {} already loaded", module_name(path)),
+            Ok(Outcome::Loaded) => loaded += 1,
+            Ok(Outcome::AlreadyLoaded) => log!("module {} already loaded", module_name(path)),
+            Ok(Outcome::NotForThisMachine) => {
+                log!(
+                    "module {} is not for this machine: skipped",
+                    module_name(path)
+                )
+            }
             Err(err) => log!("{err}"),
         }
     }
