@@ -1,7 +1,7 @@
 //! arm64 images: built on the x86_64 host from apt's arm64 lists (kernel, crun,
 //! systemd-boot, container packages) and the cross-compiled berth-init and
 //! berth-update, booted in qemu-system-aarch64 through AAVMF and systemd-boot
-//! under TCG; and an arm64 device that refuses an x86_64 bundle its repository
+//! under TCG, and directly; and an arm64 device that refuses an x86_64 bundle its repository
 //! offers, before writing anything. A production image: no debug shell; what
 //! it does is read from its console.
 
@@ -138,6 +138,19 @@ fn an_arm64_image_boots_its_containers_and_refuses_a_bundle_for_x86_64() {
             server.guest_url("").trim_end_matches('/')
         ),
     );
+
+    // Direct: QEMU loads the entry's kernel (Debian's arm64 vmlinuz) and
+    // initramfs itself.
+    let direct = boot(
+        &arm,
+        BootOptions {
+            direct: true,
+            log_name: Some("arm64-direct".into()),
+            ..BootOptions::default()
+        },
+    );
+    expect(&direct, "[hello] Hello from berth on aarch64!");
+    drop(direct);
 
     // UEFI: AAVMF, then systemd-boot for arm64, then the slot's entry.
     let vm = boot(

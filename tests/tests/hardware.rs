@@ -35,7 +35,10 @@ fn boots_on(bus: DiskBus, disk: &str) {
         }
     };
     let found = expect(&vm, "berth-init: loaded ");
-    assert!(found.contains(&format!("root {} found", part(2))), "{found}");
+    assert!(
+        found.contains(&format!("root {} found", part(2))),
+        "{found}"
+    );
     expect(&vm, "berth-init: generic 1.0.0 (slot a)");
     expect(
         &vm,
