@@ -157,12 +157,23 @@ pub fn table(results: &[FlashTimes]) -> String {
 }
 
 /// `berth-bench flash`: the hello and web images, `runs` times each.
-pub fn run(runs: usize) -> anyhow::Result<()> {
+pub fn run(runs: usize, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let images = [
         berth_tests::build_image("recipes/hello.toml"),
         berth_tests::build_image("recipes/web.toml"),
     ];
     let results = measure(&images, runs)?;
-    print!("{}", table(&results));
+    let body = table(&results);
+    print!("{body}");
+    if let Some(out) = out {
+        crate::report::write_section(
+            out,
+            "Flashing: berth flash, bmaptool copy and dd",
+            &format!("berth-bench flash --runs {runs}"),
+            &format!(
+                "Onto the same file in `target/` (a file target: page-cache and fsync figures, not a USB stick's); berth flash includes its read-back check.\n\n{body}"
+            ),
+        )?;
+    }
     Ok(())
 }

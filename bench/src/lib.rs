@@ -2,6 +2,7 @@
 //! times, update throughput and the init's footprint, measured in one run and
 //! written to `docs/benchmarks.md` with plots under `docs/bench/`.
 
+pub mod arm64;
 pub mod baseline;
 pub mod boots;
 pub mod builds;
@@ -138,13 +139,13 @@ pub fn all(opts: &Options) -> anyhow::Result<report::Results> {
     Ok(results)
 }
 
-fn load() -> String {
+pub(crate) fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

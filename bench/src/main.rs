@@ -75,6 +75,21 @@ enum Bench {
         /// Runs of each tool on each image.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also write the table as a section that `all` includes in its
+        /// report (docs/bench/flash.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The hello image for arm64 beside x86_64: boot breakdown along both
+    /// paths (same run, interleaved) and sizes.
+    Arm64 {
+        /// Boots of each image along each path.
+        #[arg(long, default_value_t = 3)]
+        boots: usize,
+        /// Also write the tables as a section that `all` includes in its
+        /// report (docs/bench/arm64.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
@@ -122,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
-        Bench::Flash { runs } => berth_bench::flash::run(runs),
+        Bench::Flash { runs, out } => berth_bench::flash::run(runs, out.as_deref()),
+        Bench::Arm64 { boots, out } => berth_bench::arm64::run(boots, out.as_deref()),
     }
 }

@@ -44,6 +44,68 @@ fn sum(runs: &[Milestones], f: impl Fn(&Milestones) -> Option<f64>) -> Option<Su
     Summary::of(&runs.iter().filter_map(f).collect::<Vec<_>>())
 }
 
+/// Sections that single benchmarks write under `bench/` with `--out`, included
+/// in the report `all` writes.
+pub const SECTIONS: [&str; 2] = ["flash.md", "arm64.md"];
+
+/// Writes a single benchmark's section: a heading, which command wrote it and
+/// when, on how loaded a machine, then `body`.
+pub fn write_section(out: &Path, title: &str, command: &str, body: &str) -> anyhow::Result<()> {
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let text = format!(
+        "## {title}\n\nWritten by `{command}` on {}, load average {}.\n\n{body}",
+        crate::date(),
+        crate::load()
+    );
+    std::fs::write(out, text)?;
+    Ok(())
+}
+
+/// The boot breakdown table of `series` (header and one row each).
+pub fn boot_table(series: &[Series]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| image | path | QEMU start → kernel start | kernel start → PID 1 | PID 1 → first container started | PID 1 → container ÷ kernel | PID 1 → container output | QEMU start → container output |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for series in series {
+        let r = &series.runs;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            series.name,
+            series.path.label(),
+            Shown(sum(r, |m| m.kernel_start), 2, " s"),
+            Shown(sum(r, |m| m.pid1), 2, " s"),
+            Shown(sum(r, Milestones::pid1_to_container), 2, " s"),
+            Shown(sum(r, Milestones::ratio), 2, ""),
+            Shown(sum(r, Milestones::pid1_to_output), 2, " s"),
+            Shown(sum(r, |m| m.qemu_to_output), 2, " s"),
+        );
+    }
+    s
+}
+
+/// The sizes table (header and one row per image).
+pub fn sizes_table(sizes: &[(String, Sizes)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| image | kernel | initramfs | root squashfs | kernel + initramfs + root | whole disk, allocated | whole disk, apparent |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for (name, z) in sizes {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            mb(z.kernel),
+            mb(z.initramfs),
+            mb(z.root),
+            mb(z.boot_set()),
+            mb(z.disk_allocated),
+            mb(z.disk_apparent)
+        );
+    }
+    s
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.2} MB", bytes as f64 / 1e6)
 }
@@ -247,23 +309,7 @@ impl Results {
             self.accel, self.boots
         );
         let _ = writeln!(s, "![boot breakdown](bench/boot.svg)\n");
-        let _ = writeln!(s, "| image | path | QEMU start → kernel start | kernel start → PID 1 | PID 1 → first container started | PID 1 → container ÷ kernel | PID 1 → container output | QEMU start → container output |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-        for series in &self.series {
-            let r = &series.runs;
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                series.name,
-                series.path.label(),
-                Shown(sum(r, |m| m.kernel_start), 2, " s"),
-                Shown(sum(r, |m| m.pid1), 2, " s"),
-                Shown(sum(r, Milestones::pid1_to_container), 2, " s"),
-                Shown(sum(r, Milestones::ratio), 2, ""),
-                Shown(sum(r, Milestones::pid1_to_output), 2, " s"),
-                Shown(sum(r, |m| m.qemu_to_output), 2, " s"),
-            );
-        }
+        s.push_str(&boot_table(&self.series));
         match &self.baseline {
             Ok((_, r)) => {
                 let _ = writeln!(
@@ -302,20 +348,7 @@ impl Results {
         let _ = writeln!(s, "\n\"Container output\" is the first line the container prints (`Hello from berth!`); the web recipe's httpd prints nothing at start, so its rows stop at \"container started\".\n");
 
         let _ = writeln!(s, "## Sizes\n\n![sizes](bench/sizes.svg)\n");
-        let _ = writeln!(s, "| image | kernel | initramfs | root squashfs | kernel + initramfs + root | whole disk, allocated | whole disk, apparent |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-        for (name, z) in &self.sizes {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} | {} | {} | {} |",
-                mb(z.kernel),
-                mb(z.initramfs),
-                mb(z.root),
-                mb(z.boot_set()),
-                mb(z.disk_allocated),
-                mb(z.disk_apparent)
-            );
-        }
+        s.push_str(&sizes_table(&self.sizes));
         if let Ok((b, _)) = &self.baseline {
             let k = std::fs::metadata(&b.kernel).map(|m| m.len()).unwrap_or(0);
             let i = std::fs::metadata(&b.initrd).map(|m| m.len()).unwrap_or(0);
@@ -443,7 +476,16 @@ impl Results {
         if let Some(parent) = out.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(out, self.markdown())?;
+        let mut text = self.markdown();
+        // The single benchmarks that are not part of `all` (they take minutes
+        // each) leave their section next to the plots; it is carried over.
+        for section in SECTIONS {
+            if let Ok(part) = std::fs::read_to_string(plots.join(section)) {
+                text.push('\n');
+                text.push_str(&part);
+            }
+        }
+        std::fs::write(out, text)?;
         let mut bars: Vec<Bar> = self
             .series
             .iter()
