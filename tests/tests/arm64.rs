@@ -2,7 +2,8 @@
 //! systemd-boot, container packages) and the cross-compiled berth-init and
 //! berth-update, booted in qemu-system-aarch64 through AAVMF and systemd-boot
 //! under TCG, and directly; and an arm64 device that refuses an x86_64 bundle its repository
-//! offers, before writing anything. A production image: no debug shell; what
+//! offers, before writing anything, then installs, boots and blesses an arm64
+//! release. A production image: no debug shell; what
 //! it does is read from its console.
 
 use std::fs;
@@ -63,7 +64,7 @@ fn inspect(bundle: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn an_arm64_image_boots_its_containers_and_refuses_a_bundle_for_x86_64() {
+fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
     let ws = ReleaseWorkspace::new("arm64");
     let key = ws.release.with_extension("pub");
     let arm = ws.build(
@@ -193,4 +194,56 @@ fn an_arm64_image_boots_its_containers_and_refuses_a_bundle_for_x86_64() {
         "the device never fetched the bundle: {:#?}",
         log.requests
     );
+    drop(esp);
+    drop(image);
+
+    // An arm64 release: the same device installs it into slot b, reboots
+    // through systemd-boot's boot counting into it, and blesses it.
+    let v120 = ws.build(
+        &format!("{NAME}-1.2.0.toml"),
+        &recipe("1.2.0", "arm64", &key),
+    );
+    let arm_bundle = make_bundle(&v120, &ws.release, ws.bundles.join("arm64-1.2.0.bundle"));
+    berth_cli(&[
+        "publish".as_ref(),
+        arm_bundle.as_os_str(),
+        "--repo".as_ref(),
+        repo.as_os_str(),
+        "--key".as_ref(),
+        ws.release.with_extension("key").as_os_str(),
+        "--expires".as_ref(),
+        "30d".as_ref(),
+    ]);
+    let vm = boot(
+        &device,
+        BootOptions {
+            persist: true,
+            log_name: Some("arm64-update".into()),
+            ..BootOptions::default()
+        },
+    );
+    expect(&vm, &format!("berth-init: {NAME} 1.0.0 (slot a)"));
+    expect(
+        &vm,
+        "[berth-update] update available: 1.2.0 (running 1.0.0)",
+    );
+    expect(
+        &vm,
+        "[berth-update] installed 1.2.0 into slot b; it boots next",
+    );
+    expect(&vm, &format!("berth-init: {NAME} 1.2.0 (slot b)"));
+    expect(&vm, "[hello] Hello from berth on aarch64!");
+    expect(&vm, "slot b (1.2.0) is healthy: marked good");
+    drop(vm);
+    let image = berth_image::Image::open(&device).unwrap();
+    let mut entries: Vec<String> = image
+        .esp()
+        .unwrap()
+        .entry_files()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.file_name)
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["berth-a.conf", "berth-b.conf"], "{entries:?}");
 }
