@@ -60,16 +60,7 @@ pub fn binaries() -> &'static Binaries {
     BINARIES.get_or_init(|| {
         cargo_build(&["build", "--release", "-p", "berth-builder"]);
         // The device binaries, static: berth-init and berth-update (the agent).
-        cargo_build(&[
-            "build",
-            "--release",
-            "-p",
-            "berth-init",
-            "-p",
-            "berth-agent",
-            "--target",
-            INIT_TARGET,
-        ]);
+        build_device_binaries(INIT_TARGET);
         let target = target_dir();
         let binaries = Binaries {
             berth: target.join("release").join("berth"),
@@ -97,16 +88,7 @@ pub fn binaries() -> &'static Binaries {
 pub fn arm64_binaries() -> &'static [PathBuf; 2] {
     static BINARIES: OnceLock<[PathBuf; 2]> = OnceLock::new();
     BINARIES.get_or_init(|| {
-        cargo_build(&[
-            "build",
-            "--release",
-            "-p",
-            "berth-init",
-            "-p",
-            "berth-agent",
-            "--target",
-            INIT_TARGET_ARM64,
-        ]);
+        build_device_binaries(INIT_TARGET_ARM64);
         let release = target_dir().join(INIT_TARGET_ARM64).join("release");
         let binaries = [release.join("berth-init"), release.join("berth-update")];
         for path in &binaries {
@@ -118,6 +100,20 @@ pub fn arm64_binaries() -> &'static [PathBuf; 2] {
         }
         binaries
     })
+}
+
+/// `cargo build --release -p berth-init -p berth-agent --target TARGET`.
+fn build_device_binaries(target: &str) {
+    cargo_build(&[
+        "build",
+        "--release",
+        "-p",
+        "berth-init",
+        "-p",
+        "berth-agent",
+        "--target",
+        target,
+    ]);
 }
 
 fn cargo_build(args: &[&str]) {

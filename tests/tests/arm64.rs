@@ -112,16 +112,19 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
     // A repository that offers the x86_64 1.1.0 to the arm64 device.
     let repo = ws.dir.join("repo");
     let _ = fs::remove_dir_all(&repo);
-    berth_cli(&[
-        "publish".as_ref(),
-        x86_bundle.as_os_str(),
-        "--repo".as_ref(),
-        repo.as_os_str(),
-        "--key".as_ref(),
-        ws.release.with_extension("key").as_os_str(),
-        "--expires".as_ref(),
-        "30d".as_ref(),
-    ]);
+    let publish = |bundle: &Path| {
+        berth_cli(&[
+            "publish".as_ref(),
+            bundle.as_os_str(),
+            "--repo".as_ref(),
+            repo.as_os_str(),
+            "--key".as_ref(),
+            ws.release.with_extension("key").as_os_str(),
+            "--expires".as_ref(),
+            "30d".as_ref(),
+        ])
+    };
+    publish(&x86_bundle);
     let server = FileServer::start(&repo);
     let device = ws.dir.join("device.img");
     let _ = fs::remove_file(&device);
@@ -204,16 +207,7 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
         &recipe("1.2.0", "arm64", &key),
     );
     let arm_bundle = make_bundle(&v120, &ws.release, ws.bundles.join("arm64-1.2.0.bundle"));
-    berth_cli(&[
-        "publish".as_ref(),
-        arm_bundle.as_os_str(),
-        "--repo".as_ref(),
-        repo.as_os_str(),
-        "--key".as_ref(),
-        ws.release.with_extension("key").as_os_str(),
-        "--expires".as_ref(),
-        "30d".as_ref(),
-    ]);
+    publish(&arm_bundle);
     let vm = boot(
         &device,
         BootOptions {
