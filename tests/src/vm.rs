@@ -78,6 +78,10 @@ pub struct BootOptions {
     pub watchdog: bool,
     /// NICs after the first, each on its own user-mode network (`eth1`, …).
     pub extra_nics: u32,
+    /// Record the guest's disk requests into this dm-log-writes file (an
+    /// existing, empty file; with `persist` only): see
+    /// [`crate::crashstates`].
+    pub write_log: Option<PathBuf>,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -143,6 +147,13 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     config.ports = opts.ports.clone();
     config.watchdog = opts.watchdog;
     config.extra_nics = opts.extra_nics;
+    if opts.write_log.is_some() {
+        assert!(
+            opts.persist,
+            "a write log records the image's own writes: persist"
+        );
+        config.write_log = opts.write_log.clone();
+    }
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }
