@@ -596,13 +596,23 @@ fn write_esp_file(
         done += n as u64;
         observer.progress(what, done, size);
         if !half_reported && done * 2 >= size {
+            flush_device_of(&temp)?;
             file.sync_all().map_err(InstallError::io("fsync", &temp))?;
             observer.checkpoint(Checkpoint::KernelPartial);
             half_reported = true;
         }
     }
+    flush_device_of(&temp)?;
     file.sync_all().map_err(InstallError::io("fsync", &temp))?;
     Ok(digest.digest())
+}
+
+/// The FAT chain of what was written durable before the `fsync` that points the
+/// file's entry at it (see [`berth_format::fatsync`]).
+fn flush_device_of(temp: &Path) -> Result<(), InstallError> {
+    berth_format::fatsync::flush_device_of(temp)
+        .map(|_| ())
+        .map_err(InstallError::io("flush the device of", temp))
 }
 
 /// Renames `path.tmp` over `path` and makes the rename durable.

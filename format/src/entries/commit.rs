@@ -78,6 +78,8 @@ fn write_temp(temp: &Path, content: &str) -> Result<()> {
         .map_err(io_error("create", temp))?;
     file.write_all(content.as_bytes())
         .map_err(io_error("write", temp))?;
+    // On the ESP's FAT: the new cluster chain durable before the entry names it.
+    crate::fatsync::flush_device_of(temp).map_err(io_error("flush the device of", temp))?;
     file.sync_all().map_err(io_error("fsync", temp))
 }
 
