@@ -616,13 +616,29 @@ fn flush_device_of(temp: &Path) -> Result<(), InstallError> {
 }
 
 /// Renames `path.tmp` over `path` and makes the rename durable.
+///
+/// The old file is removed (durably) first: renamed over, vfat would free its
+/// clusters at once but point the entry at the new ones only at inode
+/// writeback, leaving the entry on freed clusters a later write takes. The
+/// target slot has no boot entry at this point, so its files may go missing.
+/// The folder is synced before the renamed file: a cut in between leaves the
+/// file empty and its clusters leaked (never shared) until the next install
+/// writes it again.
 fn commit_esp_file(path: &Path) -> Result<(), InstallError> {
     let temp = temp_path(path);
-    fs::rename(&temp, path).map_err(InstallError::io("rename to", path))?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(InstallError::io("fsync folder", dir))
+    let sync_dir = || {
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(InstallError::io("fsync folder", dir))
+    };
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(InstallError::io("remove", path)(e)),
+    }
+    fs::rename(&temp, path).map_err(InstallError::io("rename to", path))?;
+    sync_dir()
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -286,7 +286,9 @@ fn benign_finding(line: &str) -> bool {
         "Reclaimed",
         "There are differences between boot sector and its backup",
         "This is mostly harmless",
-        "Automatically removing dirty bit",
+        // A chain longer than the file's size (`is > N bytes`): clusters a
+        // growing file had allocated, leaked, not shared.
+        "cluster chain length is >",
     ];
     BENIGN.iter().any(|b| line.contains(b))
 }
@@ -299,30 +301,43 @@ fn fsck(path: &Path) -> Result<(Vec<String>, Vec<String>), CheckError> {
         .map_err(CheckError::Fsck)?;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let (mut harmful, mut benign) = (Vec::new(), Vec::new());
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        let line = line.trim();
+    // One finding: a line, or a path line (`/loader/entries/x.conf`) with the
+    // indented lines that say what is wrong with it.
+    let mut findings: Vec<String> = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        let continues = raw.starts_with(' ') && !findings.is_empty();
         if line.is_empty()
             || line.starts_with("fsck.fat ")
             || line.contains(" files, ")
             || line.starts_with("Leaving filesystem unchanged")
             // The bytes a "differences" finding lists (`65:01/00`).
             || line.starts_with(|c: char| c.is_ascii_digit()) && line.contains(':') && line.contains('/')
-            || line.starts_with("1) ")
-            || line.starts_with("2) ")
             || line.starts_with("Not automatically fixing")
             || line.starts_with("Auto-correcting")
-            || line.starts_with("Perform changes")
+            || line.starts_with("Automatically removing dirty bit")
+            || line.starts_with("Truncating file to")
+            || line.starts_with("Using first FAT")
         {
             continue;
         }
-        if benign_finding(line) {
-            benign.push(line.to_string());
+        let last_is_path = findings
+            .last()
+            .is_some_and(|f| f.starts_with('/') && !f.contains(": "));
+        if continues && last_is_path {
+            let last = findings.last_mut().expect("a finding");
+            last.push_str(": ");
+            last.push_str(line);
+        } else if continues {
+            let last = findings.last_mut().expect("a finding");
+            last.push(' ');
+            last.push_str(line);
         } else {
-            harmful.push(line.to_string());
+            findings.push(line.to_string());
         }
     }
+    let (benign, harmful): (Vec<String>, Vec<String>) =
+        findings.into_iter().partition(|f| benign_finding(f));
     if !out.status.success() && harmful.is_empty() && benign.is_empty() {
         harmful.push(format!("fsck.fat -n exited with {}", out.status));
     }

@@ -45,6 +45,18 @@ impl Commit {
                 let target = dir.join(name);
                 let result = write_temp(&temp, content).and_then(|()| {
                     sync_dir(dir)?;
+                    // Never rename over a file on FAT: vfat frees the replaced
+                    // file's clusters at once but points its directory entry at
+                    // the new ones only at inode writeback, so a cut between
+                    // the two leaves the entry on freed clusters, which the
+                    // next write on the ESP takes. Remove it durably first
+                    // (the slot boots on its other entry, or not at all, for a
+                    // moment), then rename into a free name.
+                    match fs::remove_file(&target) {
+                        Ok(()) => sync_dir(dir)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_error("remove", &target)(e)),
+                    }
                     before_rename();
                     fs::rename(&temp, &target).map_err(|source| EntriesError::Rename {
                         from: temp.clone(),
