@@ -336,7 +336,7 @@ fn fsck(path: &Path) -> Result<(Vec<String>, Vec<String>), CheckError> {
             findings.push(line.to_string());
         }
     }
-    let (benign, harmful): (Vec<String>, Vec<String>) =
+    let (benign, mut harmful): (Vec<String>, Vec<String>) =
         findings.into_iter().partition(|f| benign_finding(f));
     if !out.status.success() && harmful.is_empty() && benign.is_empty() {
         harmful.push(format!("fsck.fat -n exited with {}", out.status));
