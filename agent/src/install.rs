@@ -514,11 +514,15 @@ fn stale_temps(esp: &Path) -> Vec<PathBuf> {
 /// temporary is in use.
 fn remove_stale_temps(esp: &Path, observer: &mut dyn Observer) -> Result<(), InstallError> {
     for path in stale_temps(esp) {
+        // Held until its removal is durable: its clusters are freed only then
+        // (see berth_format::fatsync).
+        let held = File::open(&path).ok();
         fs::remove_file(&path).map_err(InstallError::io("remove stale", &path))?;
         let dir = path.parent().unwrap_or(esp);
         File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(InstallError::io("fsync folder", dir))?;
+        drop(held);
         observer.step(&format!(
             "removed {}, left by an install that was cut",
             path.display()
@@ -632,11 +636,14 @@ fn commit_esp_file(path: &Path) -> Result<(), InstallError> {
             .and_then(|dir| dir.sync_all())
             .map_err(InstallError::io("fsync folder", dir))
     };
+    // Held until its removal is durable: its clusters are freed only then.
+    let held = File::open(path).ok();
     match fs::remove_file(path) {
         Ok(()) => sync_dir()?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(InstallError::io("remove", path)(e)),
     }
+    drop(held);
     fs::rename(&temp, path).map_err(InstallError::io("rename to", path))?;
     sync_dir()
 }

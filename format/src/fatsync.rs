@@ -19,6 +19,14 @@
 //! the entry at a chain that is already durable. A cut in between leaves an
 //! empty file and a chain no entry reaches: clusters leaked until `fsck`, never
 //! shared.
+//!
+//! Removing a file has the opposite order to keep: its directory entry gone
+//! before its clusters are free. vfat frees them when the inode is evicted,
+//! and a folder's `fsync` writes the FAT with the folder's sectors, so the
+//! files berth removes on the ESP are held open ([`File::open`]) until the
+//! folder's `fsync` made the removal durable: the clusters are freed only
+//! after, when the handle is dropped. (A rename over a file removes it the
+//! same way; berth never renames over a file on the ESP.)
 
 use std::fs::{self, File};
 use std::io;

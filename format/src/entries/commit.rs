@@ -52,6 +52,9 @@ impl Commit {
                     // next write on the ESP takes. Remove it durably first
                     // (the slot boots on its other entry, or not at all, for a
                     // moment), then rename into a free name.
+                    // Held open until the end: its clusters are freed only
+                    // once its removal is durable (see crate::fatsync).
+                    let held = File::open(&target).ok();
                     match fs::remove_file(&target) {
                         Ok(()) => sync_dir(dir)?,
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -62,15 +65,20 @@ impl Commit {
                         from: temp.clone(),
                         to: target.clone(),
                         source,
-                    })
+                    })?;
+                    Ok(held)
                 });
-                if let Err(e) = result {
-                    // Best effort: the error that matters is the one above.
-                    let _ = fs::remove_file(&temp);
-                    return Err(e);
-                }
+                let held = match result {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // Best effort: the error that matters is the one above.
+                        let _ = fs::remove_file(&temp);
+                        return Err(e);
+                    }
+                };
                 sync_file(&target)?;
                 sync_dir(dir)?;
+                drop(held);
                 Ok(target)
             }
         }
@@ -108,11 +116,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_error("fsync folder", dir))
 }
 
-/// Removes `names` from `dir`, then fsyncs the folder once.
+/// Removes `names` from `dir`, then fsyncs the folder once. The files are held
+/// open until then, so their clusters are freed only after their removal is
+/// durable (see [`crate::fatsync`]).
 fn remove_files(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    let mut held = Vec::new();
     for name in names {
         let path = dir.join(name);
+        held.extend(File::open(&path).ok());
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -122,6 +134,7 @@ fn remove_files(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
     if !removed.is_empty() {
         sync_dir(dir)?;
     }
+    drop(held);
     Ok(removed)
 }
 
