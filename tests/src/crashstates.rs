@@ -794,7 +794,7 @@ fn record(
             } => {
                 verdict.boots == Some(to)
                     || verdict.boots == Some(from)
-                        && !(fresh_target && !view.slot_files[slot_index(to)].is_empty())
+                        && (!fresh_target || view.slot_files[slot_index(to)].is_empty())
             }
         };
     }

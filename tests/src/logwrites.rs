@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The log's magic number (`"rhswfsj"` little-endian).
-pub const MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const MAGIC: u64 = 0x006a_7366_7773_6872;
 /// The only version there is.
 pub const VERSION: u64 = 1;
 /// The request was a flush (a preflush, for the kernel's target).
@@ -328,12 +328,14 @@ impl Replay {
     /// Reads `buf.len()` bytes at `at`.
     pub fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
         let size = self.sector_size;
+        // A sector is at most 8 MiB (checked when the log was read).
+        let size_usize = usize::try_from(size).unwrap_or(usize::MAX);
         let mut done = 0usize;
         while done < buf.len() {
             let pos = at + done as u64;
             let sector = pos / size;
-            let within = (pos % size) as usize;
-            let take = (size as usize - within).min(buf.len() - done);
+            let within = usize::try_from(pos % size).unwrap_or(0);
+            let take = (size_usize - within).min(buf.len() - done);
             let out = &mut buf[done..done + take];
             match self.sectors.get(&sector) {
                 Some(data) => out.copy_from_slice(&data[within..within + take]),
@@ -458,14 +460,18 @@ mod tests {
         assert!(log.flushes().len() >= 2, "{:?}", log.entries);
         let last_flush = *log.flushes().last().expect("a flush");
         assert!(
-            log.counted as usize > last_flush && (log.counted as usize) < log.len(),
+            log.counted > last_flush as u64 && log.counted < log.len() as u64,
             "counted {}, last flush {last_flush}, {} entries",
             log.counted,
             log.len()
         );
 
-        let mut replay =
-            Replay::new(&disk_before(&base, dir.path()), 512, vec![0..1 << 20]).expect("replay");
+        let mut replay = Replay::new(
+            &disk_before(&base, dir.path()),
+            512,
+            std::iter::once(0..1 << 20).collect(),
+        )
+        .expect("replay");
         for entry in &log.entries {
             replay.apply(&log, entry).expect("apply");
         }
@@ -473,8 +479,12 @@ mod tests {
         replay.read_to_end(&mut state).expect("read");
         assert_eq!(state, std::fs::read(&disk).expect("disk after"));
         // And the durable state, up to the last flush, lacks the last write.
-        let mut durable =
-            Replay::new(&disk_before(&base, dir.path()), 512, vec![0..1 << 20]).expect("replay");
+        let mut durable = Replay::new(
+            &disk_before(&base, dir.path()),
+            512,
+            std::iter::once(0..1 << 20).collect(),
+        )
+        .expect("replay");
         for entry in &log.entries[..last_flush] {
             durable.apply(&log, entry).expect("apply");
         }
