@@ -516,11 +516,15 @@ fn stale_temps(esp: &Path) -> Vec<PathBuf> {
 /// temporary is in use.
 fn remove_stale_temps(esp: &Path, observer: &mut dyn Observer) -> Result<(), InstallError> {
     for path in stale_temps(esp) {
+        // Held until its removal is durable: its clusters are freed only then
+        // (see berth_format::fatsync).
+        let held = File::open(&path).ok();
         fs::remove_file(&path).map_err(InstallError::io("remove stale", &path))?;
         let dir = path.parent().unwrap_or(esp);
         File::open(dir)
             .and_then(|dir| dir.sync_all())
             .map_err(InstallError::io("fsync folder", dir))?;
+        drop(held);
         observer.step(&format!(
             "removed {}, left by an install that was cut",
             path.display()
@@ -598,23 +602,52 @@ fn write_esp_file(
         done += n as u64;
         observer.progress(what, done, size);
         if !half_reported && done * 2 >= size {
+            flush_device_of(&temp)?;
             file.sync_all().map_err(InstallError::io("fsync", &temp))?;
             observer.checkpoint(Checkpoint::KernelPartial);
             half_reported = true;
         }
     }
+    flush_device_of(&temp)?;
     file.sync_all().map_err(InstallError::io("fsync", &temp))?;
     Ok(digest.digest())
 }
 
+/// The FAT chain of what was written durable before the `fsync` that points the
+/// file's entry at it (see [`berth_format::fatsync`]).
+fn flush_device_of(temp: &Path) -> Result<(), InstallError> {
+    berth_format::fatsync::flush_device_of(temp)
+        .map(|_| ())
+        .map_err(InstallError::io("flush the device of", temp))
+}
+
 /// Renames `path.tmp` over `path` and makes the rename durable.
+///
+/// The old file is removed (durably) first: renamed over, vfat would free its
+/// clusters at once but point the entry at the new ones only at inode
+/// writeback, leaving the entry on freed clusters a later write takes. The
+/// target slot has no boot entry at this point, so its files may go missing.
+/// The folder is synced before the renamed file: a cut in between leaves the
+/// file empty and its clusters leaked (never shared) until the next install
+/// writes it again.
 fn commit_esp_file(path: &Path) -> Result<(), InstallError> {
     let temp = temp_path(path);
-    fs::rename(&temp, path).map_err(InstallError::io("rename to", path))?;
     let dir = path.parent().unwrap_or(Path::new("/"));
-    File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(InstallError::io("fsync folder", dir))
+    let sync_dir = || {
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(InstallError::io("fsync folder", dir))
+    };
+    // Held until its removal is durable: its clusters are freed only then.
+    let held = File::open(path).ok();
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(InstallError::io("remove", path)(e)),
+    }
+    drop(held);
+    fs::rename(&temp, path).map_err(InstallError::io("rename to", path))?;
+    sync_dir()
 }
 
 fn temp_path(path: &Path) -> PathBuf {

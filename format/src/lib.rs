@@ -12,6 +12,7 @@ pub mod atomic;
 pub mod blockdev;
 pub mod clock;
 pub mod entries;
+pub mod fatsync;
 pub mod gpt;
 pub mod image_config;
 pub mod layout;

@@ -276,6 +276,14 @@ pub struct VmConfig {
     /// More virtio NICs after the first, each on its own user-mode network
     /// (no forwarded ports): the guest sees `eth1`, `eth2`, … .
     pub extra_nics: u32,
+    /// Record every request the guest makes to the disk — writes with their
+    /// data, flushes, discards, in the order they completed — into this file,
+    /// in the dm-log-writes format (QEMU's `blklogwrites` driver, 512-byte log
+    /// sectors; the file must exist and is written from its start). For
+    /// power-cut tests: with the disk as it was, the log gives every state a
+    /// cut could leave. Ignored with [`DiskWrites::Discard`] (the writes would
+    /// go to the throwaway overlay above the log).
+    pub write_log: Option<PathBuf>,
     /// Appended to the command line as they are.
     pub extra_args: Vec<OsString>,
 }
@@ -304,6 +312,7 @@ impl VmConfig {
             boot: BootMode::Uefi(Firmware::for_arch(arch)),
             watchdog: false,
             extra_nics: 0,
+            write_log: None,
             extra_args: Vec::new(),
         })
     }
@@ -420,14 +429,31 @@ pub fn qemu_args(config: &VmConfig, runtime: &Runtime) -> Vec<OsString> {
             push(&[&"-append", &direct.cmdline]);
         }
     }
-    let mut drive_tail = format!(",if=none,id=disk,format={}", config.format);
-    if config.writes == DiskWrites::Discard {
-        drive_tail.push_str(",snapshot=on");
+    match (&config.write_log, config.writes) {
+        (Some(log), DiskWrites::Persist) => {
+            // The logging filter on top of the image's format driver.
+            let mut drive = option_value(
+                &format!(
+                    "driver=blklogwrites,if=none,id=disk,log-sector-size=512,file.driver={},file.file.filename=",
+                    config.format
+                ),
+                &config.image,
+                ",log.driver=file,log.filename=",
+            );
+            drive.push(option_value("", log, ""));
+            push(&[&"-drive", &drive]);
+        }
+        _ => {
+            let mut drive_tail = format!(",if=none,id=disk,format={}", config.format);
+            if config.writes == DiskWrites::Discard {
+                drive_tail.push_str(",snapshot=on");
+            }
+            push(&[
+                &"-drive",
+                &option_value("file=", &config.image, &drive_tail),
+            ]);
+        }
     }
-    push(&[
-        &"-drive",
-        &option_value("file=", &config.image, &drive_tail),
-    ]);
     for device in config.disk_bus.devices(config.arch) {
         push(&[&"-device", &device]);
     }
@@ -482,6 +508,7 @@ mod tests {
             boot,
             watchdog: false,
             extra_nics: 0,
+            write_log: None,
             extra_args: Vec::new(),
         }
     }
@@ -638,6 +665,28 @@ mod tests {
             "virtio-net-pci,netdev=net0",
         ];
         assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn a_write_log_puts_blklogwrites_over_the_disk() {
+        let mut config = config(BootMode::Uefi(Firmware::default()));
+        config.image = PathBuf::from("/w/a,b.img");
+        config.write_log = Some(PathBuf::from("/w/writes.log"));
+        let args = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        let drive = args
+            .iter()
+            .find(|a| a.contains("id=disk"))
+            .expect("a disk drive");
+        assert_eq!(
+            drive,
+            "driver=blklogwrites,if=none,id=disk,log-sector-size=512,file.driver=raw,\
+             file.file.filename=/w/a,,b.img,log.driver=file,log.filename=/w/writes.log"
+        );
+        // With writes discarded the log would see none of them: not used.
+        config.writes = DiskWrites::Discard;
+        let args = strings(qemu_args(&config, &runtime(Accel::Tcg)));
+        assert!(args.iter().any(|a| a.ends_with("snapshot=on")), "{args:?}");
+        assert!(!args.iter().any(|a| a.contains("blklogwrites")), "{args:?}");
     }
 
     #[test]

@@ -11,14 +11,17 @@
 //! The modules follow the jobs: [`build`] (binaries and images), [`vm`] (booting
 //! and the console), [`disk`] (an image offline), [`http`] (loopback HTTP),
 //! [`pty`] (a program on a pseudo-terminal, as a person uses it),
-//! [`release`] (keys and bundles), [`tls`] (a test CA), and the [`dns`] and
+//! [`release`] (keys and bundles), [`logwrites`] (the guest's writes as QEMU
+//! logged them) and [`crashstates`] (every state a power cut leaves, checked), [`tls`] (a test CA), and the [`dns`] and
 //! [`sntp`] servers some tests start. Everything is re-exported here, so a test imports `berth_tests::*`.
 
 pub mod build;
+pub mod crashstates;
 pub mod disk;
 pub mod dns;
 pub mod http;
 pub mod images;
+pub mod logwrites;
 pub mod pty;
 pub mod release;
 pub mod sntp;

@@ -80,6 +80,10 @@ pub struct BootOptions {
     pub extra_nics: u32,
     /// How the disk is attached (virtio by default).
     pub disk_bus: berth_qemu::DiskBus,
+    /// Record the guest's disk requests into this dm-log-writes file (an
+    /// existing, empty file; with `persist` only): see
+    /// [`crate::crashstates`].
+    pub write_log: Option<PathBuf>,
 }
 
 /// A booted VM holding one VM slot; derefs to [`Vm`]. Dropping it kills QEMU, then
@@ -146,6 +150,13 @@ pub fn boot(image: &Path, opts: BootOptions) -> TestVm {
     config.watchdog = opts.watchdog;
     config.extra_nics = opts.extra_nics;
     config.disk_bus = opts.disk_bus;
+    if opts.write_log.is_some() {
+        assert!(
+            opts.persist,
+            "a write log records the image's own writes: persist"
+        );
+        config.write_log = opts.write_log.clone();
+    }
     if let Some(memory) = opts.memory_mib {
         config.memory_mib = memory;
     }

@@ -308,6 +308,12 @@ fn write_esp(
     let slot = input.entry.slot;
     put_file(&slot.kernel_path(), input.kernel)?;
     put_file(&slot.initramfs_path(), input.initramfs)?;
+    // The other slot's folder, empty: the first install then makes no folder on
+    // the device (vfat cannot make a new folder's clusters durable before the
+    // entry that names them; see berth_format::fatsync).
+    root.open_dir("berth")
+        .and_then(|berth| berth.create_dir(slot.other().letter()))
+        .map_err(fat)?;
     put(
         &format!("loader/entries/{}.conf", slot.entry_id()),
         &mut input.entry.render().as_bytes(),

@@ -45,20 +45,40 @@ impl Commit {
                 let target = dir.join(name);
                 let result = write_temp(&temp, content).and_then(|()| {
                     sync_dir(dir)?;
+                    // Never rename over a file on FAT: vfat frees the replaced
+                    // file's clusters at once but points its directory entry at
+                    // the new ones only at inode writeback, so a cut between
+                    // the two leaves the entry on freed clusters, which the
+                    // next write on the ESP takes. Remove it durably first
+                    // (the slot boots on its other entry, or not at all, for a
+                    // moment), then rename into a free name.
+                    // Held open until the end: its clusters are freed only
+                    // once its removal is durable (see crate::fatsync).
+                    let held = File::open(&target).ok();
+                    match fs::remove_file(&target) {
+                        Ok(()) => sync_dir(dir)?,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_error("remove", &target)(e)),
+                    }
                     before_rename();
                     fs::rename(&temp, &target).map_err(|source| EntriesError::Rename {
                         from: temp.clone(),
                         to: target.clone(),
                         source,
-                    })
+                    })?;
+                    Ok(held)
                 });
-                if let Err(e) = result {
-                    // Best effort: the error that matters is the one above.
-                    let _ = fs::remove_file(&temp);
-                    return Err(e);
-                }
+                let held = match result {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // Best effort: the error that matters is the one above.
+                        let _ = fs::remove_file(&temp);
+                        return Err(e);
+                    }
+                };
                 sync_file(&target)?;
                 sync_dir(dir)?;
+                drop(held);
                 Ok(target)
             }
         }
@@ -78,6 +98,8 @@ fn write_temp(temp: &Path, content: &str) -> Result<()> {
         .map_err(io_error("create", temp))?;
     file.write_all(content.as_bytes())
         .map_err(io_error("write", temp))?;
+    // On the ESP's FAT: the new cluster chain durable before the entry names it.
+    crate::fatsync::flush_device_of(temp).map_err(io_error("flush the device of", temp))?;
     file.sync_all().map_err(io_error("fsync", temp))
 }
 
@@ -94,11 +116,15 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_error("fsync folder", dir))
 }
 
-/// Removes `names` from `dir`, then fsyncs the folder once.
+/// Removes `names` from `dir`, then fsyncs the folder once. The files are held
+/// open until then, so their clusters are freed only after their removal is
+/// durable (see [`crate::fatsync`]).
 fn remove_files(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
+    let mut held = Vec::new();
     for name in names {
         let path = dir.join(name);
+        held.extend(File::open(&path).ok());
         match fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -108,6 +134,7 @@ fn remove_files(dir: &Path, names: &[String]) -> Result<Vec<PathBuf>> {
     if !removed.is_empty() {
         sync_dir(dir)?;
     }
+    drop(held);
     Ok(removed)
 }
 

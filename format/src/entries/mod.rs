@@ -66,7 +66,18 @@
 //! so the slot still boots; [`EspState`] reports the extra names as
 //! [`SlotEntry::duplicates`], and the next [`bless`], [`install_entry`] or
 //! [`remove_slot_entries`] of that slot removes them, as well as stale temporary
-//! files.
+//! files. (Two such names point at one cluster chain: removing one frees the
+//! other's clusters. The crash-state test, `tests/tests/crash_states.rs`, has
+//! not seen the state — the two names shared a folder sector in every recorded
+//! rename — but nothing here prevents it.)
+//!
+//! On that FAT, three more rules keep every cut state free of entries on freed
+//! or shared clusters ([`crate::fatsync`]): a temporary's cluster chain is
+//! flushed before its entry names it; a file is never renamed over another
+//! (the old one is removed first, durably); and a removed file is held open
+//! until its removal is durable, so its clusters are freed after. A cut inside
+//! [`make_next`] between the removal of the old entry and the rename leaves the
+//! slot's promoted entry in its temporary file: the other slot keeps booting.
 
 mod commit;
 mod file;
