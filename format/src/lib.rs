@@ -10,6 +10,7 @@
 pub mod atomic;
 pub mod blockdev;
 pub mod clock;
+pub mod data;
 pub mod entries;
 pub mod gpt;
 pub mod image_config;
