@@ -293,12 +293,14 @@ fn mount_var() -> DataReport {
     };
     if state == DataState::Unavailable {
         log!("/var is a tmpfs: nothing written there survives a reboot");
+        // A quarter of the memory at most: a container filling its volume
+        // there must not take the memory the system runs in.
         if let Err(err) = mounts::mount_on_dir(
             "tmpfs",
             var,
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
+            Some("mode=0755,size=25%"),
         ) {
             log!("{err}");
         }
