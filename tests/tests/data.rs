@@ -188,11 +188,12 @@ fn a_container_that_fills_the_data_partition_does_not_stop_an_update_or_its_bles
     let mut vm = start(&disk, "data_full");
     running(&vm, "1.0.0", "a");
     expect(&vm, FULL);
-    // Nothing is left for anyone without CAP_SYS_RESOURCE (df's "Available").
+    // Less than a MiB is left for anyone without CAP_SYS_RESOURCE (df's
+    // "Available"; ext4 keeps a few clusters of its own besides the reserve).
     assert_eq!(
         shell(
             &mut vm,
-            "busybox df -k /var | busybox awk 'NR == 2 {exit $4 != 0}'"
+            "busybox df -k /var; busybox df -k /var | busybox awk 'NR == 2 {exit $4 >= 1024}'"
         ),
         0
     );
