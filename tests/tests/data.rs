@@ -226,17 +226,19 @@ fn a_damaged_data_partition_is_repaired_and_an_unrepairable_one_runs_the_contain
     // The primary superblock lost: e2fsck finds a backup and repairs it.
     zero_data(&disk, 1024, Some(1024));
     let mut vm = start(&disk, "data_damaged");
-    running(&vm, "1.0.0", "a");
-    expect_all(
-        &vm,
-        &[
-            "data partition /dev/vda4 needs a check: its superblock is not an ext4 superblock",
-            "e2fsck repaired data partition /dev/vda4",
-            "mounted data partition /dev/vda4 on /var",
-            "data partition fault: /dev/vda4 checked",
-            FULL,
-        ],
-    );
+    // The console is read in order: the data partition's lines come after the
+    // release's and before the shell's.
+    expect(&vm, &format!("berth-init: {NAME} 1.0.0 (slot a)"));
+    for line in [
+        "data partition /dev/vda4 needs a check: its superblock is not an ext4 superblock",
+        "e2fsck repaired data partition /dev/vda4",
+        "mounted data partition /dev/vda4 on /var",
+        "data partition fault: /dev/vda4 checked",
+        "debug shell on the console",
+        FULL,
+    ] {
+        expect(&vm, line);
+    }
     let repaired = status(&mut vm);
     assert_eq!(repaired["data"]["state"], "repaired", "{repaired:#}");
     power_off(&mut vm);
@@ -245,16 +247,16 @@ fn a_damaged_data_partition_is_repaired_and_an_unrepairable_one_runs_the_contain
     // containers run on a tmpfs /var.
     zero_data(&disk, 0, None);
     let mut vm = start(&disk, "data_damaged");
-    running(&vm, "1.0.0", "a");
-    expect_all(
-        &vm,
-        &[
-            "e2fsck could not repair data partition /dev/vda4: e2fsck -y exited with status 8",
-            "/var is a tmpfs: nothing written there survives a reboot",
-            "data partition fault: /dev/vda4 checked",
-            FULL,
-        ],
-    );
+    expect(&vm, &format!("berth-init: {NAME} 1.0.0 (slot a)"));
+    for line in [
+        "e2fsck could not repair data partition /dev/vda4: e2fsck -y exited with status 8",
+        "/var is a tmpfs: nothing written there survives a reboot",
+        "data partition fault: /dev/vda4 checked",
+        "debug shell on the console",
+        FULL,
+    ] {
+        expect(&vm, line);
+    }
     let fallback = status(&mut vm);
     assert_eq!(fallback["data"]["state"], "unavailable", "{fallback:#}");
     let detail = fallback["data"]["detail"].as_str().unwrap_or_default();
