@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::system::System;
 use berth_bundle::channel::DeviceSeed;
 use berth_format::clock::utc_datetime;
+use berth_format::data::{DataReport, DataState};
 use berth_format::entries::{self, EntriesError, EspState};
 use berth_format::layout::Slot;
 use berth_format::state::{
@@ -67,6 +68,9 @@ pub struct Status {
     /// An installed update the agent reboots into later (its window) or never
     /// by itself (`manual`): shown while the slot that boots next holds it.
     pub reboot_pending: Option<PendingReboot>,
+    /// What became of the data partition at this boot (mounted, repaired, or
+    /// not mounted: `/var` a tmpfs); `None` when the init wrote no report.
+    pub data: Option<DataReport>,
 }
 
 /// Reads the ESP and the state file.
@@ -103,6 +107,12 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
             s.next && !s.booted && s.version.as_deref() == Some(pending.version.as_str())
         })
     });
+    // An unreadable report must not hide the rest of the status (fleet reports
+    // carry it): said on stderr, left out.
+    let data = DataReport::load(&system.data_report).unwrap_or_else(|err| {
+        eprintln!("berth-update: {err}");
+        None
+    });
     Ok(Status {
         compatible: system.image.compatible.clone(),
         booted: system.booted,
@@ -114,6 +124,7 @@ pub fn status(system: &System) -> Result<Status, StatusError> {
         check: state.check,
         position,
         reboot_pending,
+        data,
     })
 }
 
@@ -122,6 +133,14 @@ impl Status {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "compatible: {}", self.compatible);
+        if let Some(data) = &self.data {
+            let state = match data.state {
+                DataState::Mounted => "mounted",
+                DataState::Repaired => "repaired by e2fsck",
+                DataState::Unavailable => "NOT MOUNTED (/var is a tmpfs: nothing persists)",
+            };
+            let _ = writeln!(out, "data partition: {state}{}", suffix(&data.detail));
+        }
         for slot in &self.slots {
             let mut marks = Vec::new();
             if slot.booted {
@@ -325,6 +344,7 @@ pub(crate) mod tests {
         System {
             esp,
             state_path: dir.join("var/lib/berth/update/state.toml"),
+            data_report: dir.join("run/berth/data.toml"),
             keys_dir: dir.join("keys"),
             booted,
             image: RunningImage {
@@ -384,6 +404,39 @@ pub(crate) mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["slots"][1]["tries_left"], 3);
         assert_eq!(json["next"], "b");
+    }
+
+    #[test]
+    fn status_reports_what_became_of_the_data_partition() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = scratch_system(dir.path(), Slot::A, "1.0.0");
+        put_slot(&system, Slot::A, "1.0.0", None);
+        // An init that wrote no report: nothing said, JSON null.
+        let before = status(&system).unwrap();
+        assert!(!before.render().contains("data partition"));
+        assert!(serde_json::to_value(&before).unwrap()["data"].is_null());
+
+        let report = DataReport {
+            state: DataState::Unavailable,
+            detail: "/dev/vda4 does not mount (EUCLEAN)".into(),
+            at: 1_700_000_000,
+        };
+        report.save(&system.data_report).unwrap();
+        let after = status(&system).unwrap();
+        let text = after.render();
+        assert!(
+            text.contains("data partition: NOT MOUNTED (/var is a tmpfs: nothing persists) — /dev/vda4 does not mount (EUCLEAN)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&after).unwrap();
+        assert_eq!(json["data"]["state"], "unavailable", "{json:#}");
+        assert_eq!(json["data"]["detail"], "/dev/vda4 does not mount (EUCLEAN)");
+
+        // A report that cannot be read leaves the rest of the status intact.
+        std::fs::write(&system.data_report, "state = 7\n").unwrap();
+        let broken = status(&system).unwrap();
+        assert_eq!(broken.data, None);
+        assert_eq!(broken.booted, Slot::A);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use berth_format::blockdev::{self, Roots};
 use berth_format::image_config::ImageConfig;
 use berth_format::layout::{
-    KernelCmdline, Slot, DATA_LABEL, ESP_MOUNT, IMAGE_CONFIG_PATH, KEYS_DIR, UPDATE_STATE_PATH,
+    KernelCmdline, Slot, DATA_LABEL, DATA_REPORT_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, KEYS_DIR,
+    UPDATE_STATE_PATH,
 };
 
 /// Why the running system could not be described.
@@ -65,6 +66,9 @@ pub struct System {
     pub esp: PathBuf,
     /// The update state file (on the data partition).
     pub state_path: PathBuf,
+    /// What became of the data partition at this boot, written by the init
+    /// ([`berth_format::layout::DATA_REPORT_PATH`] on a device).
+    pub data_report: PathBuf,
     /// Folder of trusted public keys.
     pub keys_dir: PathBuf,
     /// The slot the running system booted from.
@@ -165,6 +169,7 @@ impl System {
         Ok(System {
             esp: esp.to_path_buf(),
             state_path: state_path.to_path_buf(),
+            data_report: PathBuf::from(DATA_REPORT_PATH),
             keys_dir: keys_dir.to_path_buf(),
             booted,
             image: RunningImage {

@@ -72,6 +72,18 @@ pub const UPDATE_LOCK_PATH: &str = "/run/berth/update.lock";
 /// it places the device in every release's rollout waves, the same place each
 /// time. Created by the agent on first use.
 pub const UPDATE_SEED_PATH: &str = "/var/lib/berth/update/seed";
+/// What became of the data partition at this boot (mounted, repaired, or not
+/// mounted and `/var` a tmpfs), written by the init on the tmpfs `/run`.
+pub const DATA_REPORT_PATH: &str = "/run/berth/data.toml";
+/// `e2fsck` inside the root filesystem (Debian's e2fsprogs, with its shared
+/// libraries): the init checks and repairs the data partition with it.
+pub const E2FSCK_PATH: &str = "/sbin/e2fsck";
+/// The data partition's reserved blocks (mkfs.ext4 keeps 5 % by default)
+/// belong to this user id, which no process runs as, instead of root: ext4
+/// then lets only processes with `CAP_SYS_RESOURCE` (the init, the update
+/// agent; no container unless the recipe grants it) use them, so a container
+/// running as root cannot fill what the system needs to update and bless.
+pub const DATA_RESERVE_UID: u32 = 0xFFFF_FFFE;
 /// The per-device provisioning file on the mounted ESP (read by the init).
 pub const PROVISION_ESP_FILE: &str = "/efi/berth/provision.toml";
 /// Where the init keeps the provisioning settings it accepted (on the data

@@ -11,6 +11,7 @@ pub mod arch;
 pub mod atomic;
 pub mod blockdev;
 pub mod clock;
+pub mod data;
 pub mod entries;
 pub mod fatsync;
 pub mod gpt;

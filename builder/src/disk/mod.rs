@@ -495,8 +495,10 @@ fn mkfs_time(epoch: u64) -> u64 {
 
 /// Makes the ext4 data filesystem in place with `mkfs.ext4 -E offset=`.
 fn mkfs_data(out: &Path, input: &DiskInput<'_>, o: &Offsets) -> Result<(), DiskError> {
+    // `-m 5`: mkfs.ext4's default, said outright: the init keeps these
+    // reserved blocks for the system (see `layout::DATA_RESERVE_UID`).
     let output = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", layout::DATA_LABEL, "-U"])
+        .args(["-q", "-F", "-m", "5", "-L", layout::DATA_LABEL, "-U"])
         .arg(input.ids.data.to_string())
         .arg("-E")
         .arg(format!(

@@ -1,5 +1,5 @@
-//! Assembling the trees: the image's read-only root (init, crun with exactly the
-//! shared libraries it needs, the containers' bundles, the image configuration)
+//! Assembling the trees: the image's read-only root (init, crun and e2fsck with
+//! exactly the shared libraries they need, the containers' bundles, the image configuration)
 //! and the initramfs (init + the modules needed to reach the root). Each
 //! container's `config.json` comes from [`runtime_spec`].
 
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use berth_format::image_config::ImageInfo;
 use berth_format::layout::{
-    CONTAINERS_DIR, CRUN_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH, KEYS_DIR,
+    CONTAINERS_DIR, CRUN_PATH, E2FSCK_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH,
+    KEYS_DIR,
 };
 use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 
@@ -100,9 +101,14 @@ fn packages_tree(
     Ok(tree)
 }
 
-/// Adds `crun` and exactly the shared libraries it needs (the `DT_NEEDED`
-/// closure, with the dynamic loader) to `root`.
-fn add_crun(
+/// The system's programs from Debian packages, each added with exactly the
+/// shared libraries it needs: the OCI runtime, and `e2fsck`, with which the
+/// init checks and repairs the data partition before mounting it.
+const SYSTEM_PROGRAMS: &[(&str, &str)] = &[("crun", CRUN_PATH), ("e2fsprogs", E2FSCK_PATH)];
+
+/// Adds each of [`SYSTEM_PROGRAMS`] and exactly the shared libraries they need
+/// (the `DT_NEEDED` closure, with the dynamic loader) to `root`.
+fn add_system_programs(
     root: &mut Tree,
     sources: &Sources<'_>,
     staging: &Path,
@@ -110,18 +116,17 @@ fn add_crun(
     pins: &Pins,
     progress: &Progress,
 ) -> Result<(), RootfsError> {
-    let scratch = packages_tree(
-        sources,
-        staging,
-        &["crun".to_string()],
-        true,
-        inputs,
-        pins,
-        progress,
-    )?;
-    let crun = CRUN_PATH.trim_start_matches('/');
-    root.copy_from(&scratch, crun)?;
-    let mut queue = VecDeque::from([crun.to_string()]);
+    let packages: Vec<String> = SYSTEM_PROGRAMS
+        .iter()
+        .map(|(package, _)| package.to_string())
+        .collect();
+    let scratch = packages_tree(sources, staging, &packages, true, inputs, pins, progress)?;
+    let mut queue = VecDeque::new();
+    for (_, path) in SYSTEM_PROGRAMS {
+        let path = path.trim_start_matches('/');
+        root.copy_from(&scratch, path)?;
+        queue.push_back(path.to_string());
+    }
     let mut seen = BTreeSet::new();
     while let Some(key) = queue.pop_front() {
         let resolved = scratch.resolve(&key, true)?.unwrap_or_default();
@@ -232,8 +237,8 @@ pub fn root_tree(
         update_agent,
         0o755,
     );
-    progress.detail("crun and its libraries");
-    add_crun(&mut root, sources, staging, &mut inputs, pins, progress)?;
+    progress.detail("crun, e2fsck and their libraries");
+    add_system_programs(&mut root, sources, staging, &mut inputs, pins, progress)?;
 
     let config = ImageConfig {
         image: ImageInfo {

@@ -120,13 +120,20 @@ pub fn writable_root(name: &str, version: &str) -> Result<WritableRoot, PrepareE
         state.join("upper").display(),
         state.join("work").display()
     );
-    mounts::mount_fs(
-        "overlay",
-        &rootfs,
-        "overlay",
-        MsFlags::MS_NODEV,
-        Some(&data),
-    )?;
+    // Without CAP_SYS_RESOURCE: overlayfs writes the upper layer with the
+    // mounter's credentials, and that capability opens the data partition's
+    // reserve (see `caps`).
+    let mount = || {
+        mounts::mount_fs(
+            "overlay",
+            &rootfs,
+            "overlay",
+            MsFlags::MS_NODEV,
+            Some(&data),
+        )
+    };
+    super::caps::without_sys_resource(mount)
+        .map_err(io("lowering CAP_SYS_RESOURCE to mount", &rootfs))??;
     Ok(outcome)
 }
 

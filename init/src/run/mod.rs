@@ -17,6 +17,7 @@
 
 mod agent;
 mod assess;
+mod caps;
 mod checks;
 pub mod containers;
 mod health;

@@ -7,6 +7,7 @@
 //! ([`crate::net`]), then the run loop ([`crate::run`]), which never returns.
 
 pub mod envmerge;
+mod fsck;
 mod grow;
 mod provision;
 pub mod rtc;
@@ -14,6 +15,7 @@ pub mod rtc;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use berth_format::data::{DataReport, DataState};
 use berth_format::{layout, ImageConfig};
 use nix::mount::MsFlags;
 
@@ -251,13 +253,14 @@ fn filesystems() {
             log!("{err}");
         }
     }
-    mount_var();
+    let data = mount_var();
     crate::run::containers::delegate_controllers();
     for dir in [crate::shared::logfile::LOG_DIR, "/run/crun", "/run/berth"] {
         if let Err(err) = std::fs::create_dir_all(dir) {
             log!("creating {dir}: {err}");
         }
     }
+    report_data(&data);
 }
 
 /// The data partition's mount flags: nosuid and nodev. Nothing on /var needs a
@@ -271,49 +274,134 @@ pub const DATA_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME
     .union(MsFlags::MS_NOSUID)
     .union(MsFlags::MS_NODEV);
 
-/// The data partition on /var; a tmpfs when it cannot be had, so the system still
-/// runs (without persistence, and saying so).
-fn mount_var() {
+/// The data partition's mount options: its reserved blocks belong to a user id
+/// no process runs as, so only `CAP_SYS_RESOURCE` (the init, the update agent;
+/// not a container, whatever its user) opens them: a container that fills the
+/// partition leaves the system room to record, update and bless.
+fn data_mount_options() -> String {
+    format!("resuid={}", layout::DATA_RESERVE_UID)
+}
+
+/// The data partition on /var, checked and repaired first when it needs it; a
+/// tmpfs when it cannot be had, so the system still runs (without persistence,
+/// and saying so). Returns what became of it, for [`report_data`].
+fn mount_var() -> DataReport {
     let var = Path::new("/var");
-    match data_partition() {
-        Ok(device) => {
-            match crate::system::grow::grow_partition(Path::new(&device)) {
-                Ok(Some(grown)) => log!(
-                    "data partition {device} grown from {} MiB to {} MiB",
-                    grown.old_bytes() >> 20,
-                    grown.new_bytes() >> 20
-                ),
-                Ok(None) => {}
-                Err(err) => log!("growing data partition {device}: {err}"),
-            }
-            match mounts::mount_on_dir(&device, var, "ext4", DATA_MOUNT_FLAGS, None) {
-                Ok(()) => {
-                    log!("mounted data partition {device} on /var");
-                    match crate::system::grow::grow_filesystem(Path::new(&device), var) {
-                        Ok(Some((old, new))) => log!(
-                            "data file system grown online from {} MiB to {} MiB",
-                            old >> 20,
-                            new >> 20
-                        ),
-                        Ok(None) => {}
-                        Err(err) => log!("growing the data file system: {err}"),
-                    }
-                    return;
-                }
-                Err(err) => log!("{err}"),
+    let (state, detail) = match data_partition() {
+        Ok(device) => mount_data(&device, var),
+        Err(why) => (DataState::Unavailable, why),
+    };
+    if state == DataState::Unavailable {
+        log!("/var is a tmpfs: nothing written there survives a reboot");
+        // A quarter of the memory at most: a container filling its volume
+        // there must not take the memory the system runs in.
+        if let Err(err) = mounts::mount_on_dir(
+            "tmpfs",
+            var,
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=25%"),
+        ) {
+            log!("{err}");
+        }
+    }
+    DataReport {
+        state,
+        detail,
+        at: berth_format::state::now(),
+    }
+}
+
+/// Grows, checks (when [`fsck::read_check_needed`] says so, or the mount
+/// fails), mounts and grows the file system of the data partition `device` on
+/// `var`.
+fn mount_data(device: &str, var: &Path) -> (DataState, String) {
+    let node = Path::new(device);
+    match crate::system::grow::grow_partition(node) {
+        Ok(Some(grown)) => log!(
+            "data partition {device} grown from {} MiB to {} MiB",
+            grown.old_bytes() >> 20,
+            grown.new_bytes() >> 20
+        ),
+        Ok(None) => {}
+        Err(err) => log!("growing data partition {device}: {err}"),
+    }
+    let options = data_mount_options();
+    let mount = || mounts::mount_on_dir(device, var, "ext4", DATA_MOUNT_FLAGS, Some(&options));
+    let check = |why: &str| {
+        log!("data partition {device} needs a check: {why}");
+        let outcome = fsck::check_and_repair(node);
+        match &outcome {
+            fsck::Outcome::Clean => log!("e2fsck found {device} clean"),
+            fsck::Outcome::Repaired => log!("e2fsck repaired data partition {device}"),
+            fsck::Outcome::Failed(why) => {
+                log!("e2fsck could not repair data partition {device}: {why}")
             }
         }
-        Err(why) => log!("{why}"),
+        outcome
+    };
+    let mut checked = fsck::read_check_needed(node).map(|why| (check(&why), why));
+    let mut mounted = mount();
+    if let (Err(err), None) = (&mounted, &checked) {
+        let why = format!("the mount failed: {err}");
+        checked = Some((check(&why), why));
+        mounted = mount();
     }
-    log!("/var is a tmpfs: nothing written there survives a reboot");
-    if let Err(err) = mounts::mount_on_dir(
-        "tmpfs",
-        var,
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    ) {
-        log!("{err}");
+    let report = data_outcome(device, checked.as_ref(), mounted.as_ref().err());
+    if mounted.is_ok() {
+        log!("mounted data partition {device} on /var");
+        match crate::system::grow::grow_filesystem(node, var) {
+            Ok(Some((old, new))) => log!(
+                "data file system grown online from {} MiB to {} MiB",
+                old >> 20,
+                new >> 20
+            ),
+            Ok(None) => {}
+            Err(err) => log!("growing the data file system: {err}"),
+        }
+    }
+    report
+}
+
+/// What a check (its outcome and why it ran) and a mount (its error) of
+/// `device` amount to.
+fn data_outcome(
+    device: &str,
+    checked: Option<&(fsck::Outcome, String)>,
+    mount_error: Option<&mounts::MountError>,
+) -> (DataState, String) {
+    let check = checked.map(|(outcome, why)| match outcome {
+        fsck::Outcome::Clean => format!("checked ({why}): clean"),
+        fsck::Outcome::Repaired => format!("checked ({why}): e2fsck repaired it"),
+        fsck::Outcome::Failed(how) => format!("checked ({why}): e2fsck could not repair it: {how}"),
+    });
+    match (mount_error, check) {
+        (None, None) => (DataState::Mounted, format!("{device} mounted on /var")),
+        (None, Some(check)) => {
+            let state = match checked {
+                Some((fsck::Outcome::Clean, _)) => DataState::Mounted,
+                _ => DataState::Repaired,
+            };
+            (state, format!("{device} {check}; mounted on /var"))
+        }
+        (Some(err), check) => (
+            DataState::Unavailable,
+            format!(
+                "{device} {}does not mount ({err}): /var is a tmpfs, containers run without persistent data",
+                check.map(|check| format!("{check}; it still ")).unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// Writes the data report where `berth-update status` finds it, and logs a
+/// fault so the console and the log say it too.
+fn report_data(report: &DataReport) {
+    if report.is_fault() {
+        log!("data partition fault: {}", report.detail);
+    }
+    if let Err(err) = report.save(Path::new(layout::DATA_REPORT_PATH)) {
+        log!("writing the data partition report: {err}");
     }
 }
 
@@ -434,6 +522,51 @@ mod tests {
         assert!(DATA_MOUNT_FLAGS.contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
         assert!(!DATA_MOUNT_FLAGS.contains(MsFlags::MS_NOEXEC));
         assert!(!DATA_MOUNT_FLAGS.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn the_reserve_is_not_roots_so_root_containers_cannot_use_it() {
+        assert_eq!(data_mount_options(), "resuid=4294967294");
+        assert_ne!(layout::DATA_RESERVE_UID, 0);
+        // (uid_t)-1 means "no change" to the kernel; it is not a user id.
+        assert_ne!(layout::DATA_RESERVE_UID, u32::MAX);
+    }
+
+    #[test]
+    fn a_check_and_a_mount_make_the_data_report() {
+        let failed = mounts::MountError::Mount {
+            device: "/dev/vda4".into(),
+            target: "/var".into(),
+            fstype: "ext4".into(),
+            errno: nix::errno::Errno::EUCLEAN,
+        };
+        let (state, detail) = data_outcome("/dev/vda4", None, None);
+        assert_eq!(state, DataState::Mounted, "{detail}");
+
+        let repaired = (fsck::Outcome::Repaired, "the mount failed".to_string());
+        let (state, detail) = data_outcome("/dev/vda4", Some(&repaired), None);
+        assert_eq!(state, DataState::Repaired);
+        assert!(detail.contains("e2fsck repaired it"), "{detail}");
+
+        let clean = (fsck::Outcome::Clean, "not marked clean".to_string());
+        let (state, _) = data_outcome("/dev/vda4", Some(&clean), None);
+        assert_eq!(state, DataState::Mounted);
+
+        let broken = (
+            fsck::Outcome::Failed("e2fsck -y exited with status 8".into()),
+            "its superblock is not an ext4 superblock".to_string(),
+        );
+        let (state, detail) = data_outcome("/dev/vda4", Some(&broken), Some(&failed));
+        assert_eq!(state, DataState::Unavailable);
+        assert!(
+            detail.contains("could not repair it: e2fsck -y exited with status 8")
+                && detail.contains("does not mount")
+                && detail.contains("/var is a tmpfs"),
+            "{detail}"
+        );
+        let (state, detail) = data_outcome("/dev/vda4", None, Some(&failed));
+        assert_eq!(state, DataState::Unavailable);
+        assert!(detail.starts_with("/dev/vda4 does not mount"), "{detail}");
     }
 
     #[test]
