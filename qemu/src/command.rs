@@ -66,7 +66,7 @@ pub enum CommandError {
         source: std::io::Error,
     },
     /// The UEFI variable store copy could not be made.
-    #[error("copying the UEFI variable store {template} to {path}: {source}")]
+    #[error("copying the UEFI variable store {template} to {path}: {source} (the UEFI firmware comes with the README's setup command: ovmf for x86_64 images, qemu-efi-aarch64 for arm64 ones)")]
     CopyVars {
         template: PathBuf,
         path: PathBuf,

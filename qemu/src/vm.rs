@@ -45,7 +45,7 @@ pub enum VmError {
         source: std::io::Error,
     },
     /// QEMU did not start.
-    #[error("starting {program} for {image}: {source}")]
+    #[error("starting {program} for {image}: {source} (QEMU comes with the README's setup command: qemu-system-x86 for x86_64 images, qemu-system-arm for arm64 ones)")]
     Spawn {
         program: PathBuf,
         image: PathBuf,
