@@ -209,6 +209,53 @@ pub fn literal(text: &str) -> Regex {
 /// Waits until each of `texts` was on the console, in any order (lines that
 /// come in no fixed order: a late DHCP lease, a container's output around a
 /// health check); panics after [`BOOT_TIMEOUT`] for one of them.
+/// A copy of `image` at `disk` that a test may write to: sparse (cheap), with
+/// any earlier copy and its UEFI variable stores removed first.
+pub fn scratch_copy(image: &Path, disk: &Path) {
+    let _ = fs::remove_file(disk);
+    for machine in [
+        berth_qemu::command::MACHINE,
+        berth_qemu::command::MACHINE_AARCH64,
+    ] {
+        let mut vars = disk.as_os_str().to_os_string();
+        vars.push(format!(".{machine}.vars.fd"));
+        let _ = fs::remove_file(vars);
+    }
+    crate::run_tool(
+        Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(image)
+            .arg(disk),
+    );
+}
+
+/// [`scratch_copy`] of `image` as `<dir>/<name>.img` (the folder made if need be).
+pub fn device_copy(image: &Path, dir: &Path, name: &str) -> PathBuf {
+    fs::create_dir_all(dir).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
+    let disk = dir.join(format!("{name}.img"));
+    scratch_copy(image, &disk);
+    disk
+}
+
+/// Boots `disk` writing to it (a scratch copy), its console logged as `log`.
+pub fn boot_persistent(disk: &Path, log: &str) -> TestVm {
+    boot(
+        disk,
+        BootOptions {
+            persist: true,
+            log_name: Some(log.to_string()),
+            ..BootOptions::default()
+        },
+    )
+}
+
+/// Waits up to [`BOOT_TIMEOUT`] for a console line holding `text` and returns
+/// it; panics naming the console log.
+pub fn expect_line(vm: &TestVm, text: &str) -> String {
+    vm.expect(&literal(text), BOOT_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err} (log: {})", vm.log().display()))
+}
+
 pub fn expect_all(vm: &TestVm, texts: &[&str]) {
     let patterns: Vec<Regex> = texts.iter().map(|t| literal(t)).collect();
     let mut waiting: Vec<usize> = (0..texts.len()).collect();

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 
 use berth_tests::{
-    arm64_binaries, berth_cli, boot, literal, make_bundle, run_tool, write_esp_file, BootOptions,
-    FileServer, ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
+    arm64_binaries, berth_cli, boot, boot_persistent, device_copy, expect_line, make_bundle,
+    run_tool, write_esp_file, BootOptions, FileServer, ReleaseWorkspace, TestVm,
 };
 
 const NAME: &str = "edge64";
@@ -43,8 +43,7 @@ restart = "always"
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {
-    vm.expect(&literal(text), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"))
+    expect_line(vm, text)
 }
 
 fn sha256_hex(path: &Path) -> String {
@@ -126,14 +125,7 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
     };
     publish(&x86_bundle);
     let server = FileServer::start(&repo);
-    let device = ws.dir.join("device.img");
-    let _ = fs::remove_file(&device);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(&arm)
-            .arg(&device),
-    );
+    let device = device_copy(&arm, &ws.dir, "device");
     write_esp_file(
         &device,
         "berth/provision.toml",
@@ -157,13 +149,7 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
     drop(direct);
 
     // UEFI: AAVMF, then systemd-boot for arm64, then the slot's entry.
-    let vm = boot(
-        &device,
-        BootOptions {
-            persist: true,
-            ..BootOptions::default()
-        },
-    );
+    let vm = boot_persistent(&device, "arm64-refusal");
     expect(&vm, &format!("berth-init: {NAME} 1.0.0 (slot a)"));
     expect(&vm, "[hello] Hello from berth on aarch64!");
     expect(
@@ -208,14 +194,7 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
     );
     let arm_bundle = make_bundle(&v120, &ws.release, ws.bundles.join("arm64-1.2.0.bundle"));
     publish(&arm_bundle);
-    let vm = boot(
-        &device,
-        BootOptions {
-            persist: true,
-            log_name: Some("arm64-update".into()),
-            ..BootOptions::default()
-        },
-    );
+    let vm = boot_persistent(&device, "arm64-update");
     expect(&vm, &format!("berth-init: {NAME} 1.0.0 (slot a)"));
     expect(
         &vm,

@@ -6,14 +6,15 @@
 //! Each test boots one VM at a time through the real `berth run` binary; run
 //! them with `--test-threads=1` on a small machine.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use berth_tests::pty::{wait_exit, Program, Terminal};
-use berth_tests::{berth_cli, binaries, run_tool, FileServer, ReleaseWorkspace, BOOT_TIMEOUT};
+use berth_tests::{
+    berth_cli, binaries, device_copy, run_tool, FileServer, ReleaseWorkspace, BOOT_TIMEOUT,
+};
 
 const NAME: &str = "app";
 /// The terminal's size, which the guest's shell should learn.
@@ -91,18 +92,7 @@ health = {{ http = "http://127.0.0.1:80/" }}
 
 /// A copy of `image` that a test may write to (sparse, so cheap).
 fn device(image: &Path, name: &str) -> PathBuf {
-    let dir = fixture().dir.join("devices");
-    fs::create_dir_all(&dir).expect("creating the devices folder");
-    let disk = dir.join(format!("{name}.img"));
-    let _ = fs::remove_file(&disk);
-    let _ = fs::remove_file(disk.with_extension("img.q35.vars.fd"));
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(image)
-            .arg(&disk),
-    );
-    disk
+    device_copy(image, &fixture().dir.join("devices"), name)
 }
 
 /// `berth run ARGS` on a fresh terminal; returns once it said how to quit and the

@@ -14,15 +14,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_format::Slot;
 use berth_tests::crashstates::{self, Expect, Phase, Report, Sampling};
 use berth_tests::logwrites::WriteLog;
 use berth_tests::{
-    boot, literal, make_bundle, run_tool, shell, BootOptions, FileServer, ReleaseWorkspace, TestVm,
-    BOOT_TIMEOUT,
+    boot, expect_line, make_bundle, scratch_copy, shell, BootOptions, FileServer, ReleaseWorkspace,
+    TestVm, BOOT_TIMEOUT,
 };
 
 const NAME: &str = "crashdemo";
@@ -79,8 +78,7 @@ health = {{ http = "http://127.0.0.1:80/" }}
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {
-    vm.expect(&literal(text), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err} (log: {})", vm.log().display()))
+    expect_line(vm, text)
 }
 
 fn running(vm: &TestVm, version: &str, slot: &str) {
@@ -186,15 +184,7 @@ fn record_anew(fx: &Fixture, dir: &Path) -> Vec<usize> {
         let _ = fs::remove_file(path);
     }
     let _ = fs::remove_file(dir.join("device.img.q35.vars.fd"));
-    let copy = |from: &Path, to: &Path| {
-        run_tool(
-            Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto"])
-                .arg(from)
-                .arg(to),
-        )
-    };
-    copy(&fx.v100, &device);
+    scratch_copy(&fx.v100, &device);
     // A disk larger than the image: the first boot grows the data partition.
     let file = fs::OpenOptions::new()
         .write(true)
@@ -203,7 +193,7 @@ fn record_anew(fx: &Fixture, dir: &Path) -> Vec<usize> {
     let len = file.metadata().expect("stat").len();
     file.set_len(len + (64 << 20)).expect("growing the device");
     drop(file);
-    copy(&device, &base);
+    scratch_copy(&device, &base);
     fs::write(&log, b"").expect("creating the log");
 
     let mut vm = boot(

@@ -15,11 +15,10 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    boot, expect_all, literal, make_bundle, run_tool, shell, BootOptions, FileServer,
+    boot_persistent, device_copy, expect_all, expect_line, make_bundle, shell, FileServer,
     ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 use regex::Regex;
@@ -92,33 +91,15 @@ volumes = ["fill:/data"]
 
 /// A scratch copy of `image` (sparse) for one test.
 fn device(image: &Path, name: &str) -> PathBuf {
-    let dir = fixture().dir.join("devices");
-    fs::create_dir_all(&dir).expect("creating the devices folder");
-    let disk = dir.join(format!("{name}.img"));
-    let _ = fs::remove_file(&disk);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(image)
-            .arg(&disk),
-    );
-    disk
+    device_copy(image, &fixture().dir.join("devices"), name)
 }
 
 fn start(disk: &Path, log: &str) -> TestVm {
-    boot(
-        disk,
-        BootOptions {
-            persist: true,
-            log_name: Some(log.to_string()),
-            ..BootOptions::default()
-        },
-    )
+    boot_persistent(disk, log)
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {
-    vm.expect(&literal(text), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err} (log: {})", vm.log().display()))
+    expect_line(vm, text)
 }
 
 fn running(vm: &TestVm, version: &str, slot: &str) {

@@ -14,9 +14,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_tests::{
-    binaries, boot, literal, make_bundle, run_tool, tls::TestCa, write_esp_file, BootOptions,
-    FileServer, ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
+    binaries, make_bundle, tls::TestCa, write_esp_file, FileServer, ReleaseWorkspace, TestVm,
+    BOOT_TIMEOUT,
 };
+use berth_tests::{boot_persistent, device_copy, expect_line};
 
 const NAME: &str = "fleetdemo";
 
@@ -214,8 +215,7 @@ fn publish_writes_an_index_minisign_verifies_and_keeps_earlier_versions() {
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {
-    vm.expect(&literal(text), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"))
+    expect_line(vm, text)
 }
 
 fn running(vm: &TestVm, version: &str, slot: &str) {
@@ -698,26 +698,10 @@ fn device(fx: &Fixture, name: &str, provision: &str) -> TestVm {
 
 /// [`device`] from another base image.
 fn device_on(base: &Path, version: &str, fx: &Fixture, name: &str, provision: &str) -> TestVm {
-    let devices = fx.dir.join("devices");
-    fs::create_dir_all(&devices).unwrap();
-    let disk = devices.join(format!("{name}.img"));
-    let _ = fs::remove_file(&disk);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(base)
-            .arg(&disk),
-    );
+    let disk = device_copy(base, &fx.dir.join("devices"), name);
     write_esp_file(&disk, "berth/provision.toml", provision);
-    let vm = boot(
-        &disk,
-        BootOptions {
-            persist: true,
-            // Its own console log: a test may run two devices.
-            log_name: Some(name.to_string()),
-            ..BootOptions::default()
-        },
-    );
+    // Its own console log: a test may run two devices.
+    let vm = boot_persistent(&disk, name);
     running(&vm, version, "a");
     vm
 }

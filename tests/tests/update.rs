@@ -13,13 +13,12 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use berth_format::layout::Slot;
 use berth_tests::{
-    boot, esp_state, expect_all, literal, make_bundle, run_tool, shell, BootOptions, FileServer,
-    ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
+    boot_persistent, device_copy, esp_state, expect_all, expect_line, make_bundle, shell,
+    FileServer, ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -202,33 +201,15 @@ fn signature_line_offset(sig: &[u8]) -> usize {
 
 /// A scratch copy of `image` for one test (sparse, so cheap), in a folder of its own.
 fn device(image: &Path, name: &str) -> PathBuf {
-    let dir = fixture().dir.join("devices");
-    fs::create_dir_all(&dir).expect("creating the devices folder");
-    let disk = dir.join(format!("{name}.img"));
-    let _ = fs::remove_file(&disk);
-    run_tool(
-        Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(image)
-            .arg(&disk),
-    );
-    disk
+    device_copy(image, &fixture().dir.join("devices"), name)
 }
 
 fn start(disk: &Path, log: &str) -> TestVm {
-    boot(
-        disk,
-        BootOptions {
-            persist: true,
-            log_name: Some(log.to_string()),
-            ..BootOptions::default()
-        },
-    )
+    boot_persistent(disk, log)
 }
 
 fn expect(vm: &TestVm, text: &str) -> String {
-    vm.expect(&literal(text), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"))
+    expect_line(vm, text)
 }
 
 fn expect_re(vm: &TestVm, pattern: &str) -> String {
