@@ -78,6 +78,9 @@ pub const DATA_REPORT_PATH: &str = "/run/berth/data.toml";
 /// `e2fsck` inside the root filesystem (Debian's e2fsprogs, with its shared
 /// libraries): the init checks and repairs the data partition with it.
 pub const E2FSCK_PATH: &str = "/sbin/e2fsck";
+/// dosfstools' checker, run on the ESP before the main stage mounts it when
+/// the last mount did not end cleanly.
+pub const FSCK_FAT_PATH: &str = "/sbin/fsck.fat";
 /// The data partition's reserved blocks (mkfs.ext4 keeps 5 % by default)
 /// belong to this user id, which no process runs as, instead of root: ext4
 /// then lets only processes with `CAP_SYS_RESOURCE` (the init, the update

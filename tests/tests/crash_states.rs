@@ -248,7 +248,15 @@ fn boot_state(rec: &Recording, upto: usize, version: &str, slot: &str) {
             ..BootOptions::default()
         },
     );
-    running(&vm, version, slot);
+    expect(&vm, &format!("berth-init: {NAME} {version} (slot {slot})"));
+    // Cut while the ESP was mounted read-write: the init repairs it before
+    // mounting it.
+    expect(
+        &vm,
+        "was not unmounted cleanly: checking it with fsck.fat -a",
+    );
+    expect(&vm, "berth-init: ESP checked: ");
+    expect(&vm, "debug shell on the console");
     drop(vm);
     let _ = fs::remove_file(&disk);
 }

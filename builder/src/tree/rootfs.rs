@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use berth_format::image_config::ImageInfo;
 use berth_format::layout::{
-    CONTAINERS_DIR, CRUN_PATH, E2FSCK_PATH, ESP_MOUNT, IMAGE_CONFIG_PATH, INITRAMFS_MODULES_PATH,
-    KEYS_DIR,
+    CONTAINERS_DIR, CRUN_PATH, E2FSCK_PATH, ESP_MOUNT, FSCK_FAT_PATH, IMAGE_CONFIG_PATH,
+    INITRAMFS_MODULES_PATH, KEYS_DIR,
 };
 use berth_format::{ContainerConfig, DebugConfig, ImageConfig, UpdateConfig};
 
@@ -102,9 +102,14 @@ fn packages_tree(
 }
 
 /// The system's programs from Debian packages, each added with exactly the
-/// shared libraries it needs: the OCI runtime, and `e2fsck`, with which the
-/// init checks and repairs the data partition before mounting it.
-const SYSTEM_PROGRAMS: &[(&str, &str)] = &[("crun", CRUN_PATH), ("e2fsprogs", E2FSCK_PATH)];
+/// shared libraries it needs: the OCI runtime, `e2fsck`, with which the init
+/// checks and repairs the data partition before mounting it, and `fsck.fat`,
+/// with which it repairs the ESP after a cut.
+const SYSTEM_PROGRAMS: &[(&str, &str)] = &[
+    ("crun", CRUN_PATH),
+    ("e2fsprogs", E2FSCK_PATH),
+    ("dosfstools", FSCK_FAT_PATH),
+];
 
 /// Adds each of [`SYSTEM_PROGRAMS`] and exactly the shared libraries they need
 /// (the `DT_NEEDED` closure, with the dynamic loader) to `root`.

@@ -4,8 +4,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::file::{is_berth_temp_name, split_key, temp_name};
-use super::state::esp_relative;
+use super::file::{is_berth_temp_name, promoted_name, promotion_temp_name, split_key, temp_name};
+use super::state::kernel_on_esp;
 use super::{choose, entry_file_name, io_error, parse_slot_file_name, split_counter};
 use super::{Counter, EntriesError, EntryFile, EspState, Result, ENTRIES_DIR};
 use crate::layout::{BootEntry, Slot, IMAGE_VERSION_COMMENT};
@@ -15,8 +15,13 @@ use crate::layout::{BootEntry, Slot, IMAGE_VERSION_COMMENT};
 enum Commit {
     /// Rename `from` to `to` in the entries folder.
     Rename { from: String, to: String },
-    /// Write `content` to a temporary file, fsync it, rename it to `name`.
-    Write { name: String, content: String },
+    /// Write `content` to the temporary file `temp`, fsync it, rename it to
+    /// `name`.
+    Write {
+        name: String,
+        temp: String,
+        content: String,
+    },
 }
 
 impl Commit {
@@ -40,8 +45,12 @@ impl Commit {
                 sync_dir(dir)?;
                 Ok(to)
             }
-            Commit::Write { name, content } => {
-                let temp = dir.join(temp_name(name));
+            Commit::Write {
+                name,
+                temp,
+                content,
+            } => {
+                let temp = dir.join(temp);
                 let target = dir.join(name);
                 let result = write_temp(&temp, content).and_then(|()| {
                     sync_dir(dir)?;
@@ -221,6 +230,7 @@ pub fn install_entry_observed(
     // never repeat.
     let state = EspState::read(esp)?;
     let commit = Commit::Write {
+        temp: temp_name(&name),
         name,
         content: entry.render_ranked(&state.rank()?),
     };
@@ -242,11 +252,18 @@ pub fn bless(esp: &Path, slot: Slot) -> Result<PathBuf> {
     let blessed = entry_file_name(slot, None);
     let path = match current.counter() {
         None => dir.join(current.file_name()),
-        Some(_) => Commit::Rename {
-            from: current.file_name().to_string(),
-            to: blessed.clone(),
+        Some(_) => {
+            // Never rename over a file on FAT: a blessed name left beside the
+            // counted one (empty, after fsck.fat) goes first.
+            if current.duplicates.contains(&blessed) {
+                remove_files(dir, std::slice::from_ref(&blessed))?;
+            }
+            Commit::Rename {
+                from: current.file_name().to_string(),
+                to: blessed.clone(),
+            }
+            .apply(dir)?
         }
-        .apply(dir)?,
     };
     let strays: Vec<String> = current
         .duplicates
@@ -263,6 +280,9 @@ pub fn bless(esp: &Path, slot: Slot) -> Result<PathBuf> {
 /// already boots next. Refused when the slot has no entry, its kernel is missing,
 /// or its counter has no tries left.
 pub fn make_next(esp: &Path, slot: Slot) -> Result<()> {
+    // A promotion of this slot that a cut left in its temporary is finished
+    // first, so the slot is a target again.
+    recover_promotions(esp)?;
     let state = EspState::read(esp)?;
     let dir = state.dir();
     let target = state.slot(slot).ok_or_else(|| EntriesError::NoEntry {
@@ -301,7 +321,7 @@ pub fn make_next(esp: &Path, slot: Slot) -> Result<()> {
     let first = choose(&planned, |e| {
         e.linux
             .as_deref()
-            .is_some_and(|linux| esp.join(esp_relative(linux)).is_file())
+            .is_some_and(|linux| kernel_on_esp(esp, linux))
     });
     if let Some(first) = first.filter(|e| e.file_name != target.file_name()) {
         return Err(EntriesError::WouldNotBootFirst {
@@ -312,10 +332,55 @@ pub fn make_next(esp: &Path, slot: Slot) -> Result<()> {
     }
     Commit::Write {
         name: target.file_name().to_string(),
+        temp: promotion_temp_name(target.file_name()),
         content,
     }
     .apply(dir)?;
     Ok(())
+}
+
+/// Finishes promotions ([`make_next`]) that a cut left half done: the slot's
+/// entry removed, its promoted copy only in `.NAME.next.tmp`. For each such
+/// temporary whose slot has no entry systemd-boot can read (none, or only an
+/// empty one: what `fsck.fat` leaves of a name that shared its clusters with
+/// the temporary), the temporary is renamed into place and the slot boots
+/// again, first, as the promotion meant. An install's temporary (`.NAME.tmp`)
+/// is never finished this way: it holds an entry that was not committed.
+/// Returns the recovered entries' paths.
+pub fn recover_promotions(esp: &Path) -> Result<Vec<PathBuf>> {
+    let state = EspState::read(esp)?;
+    let dir = state.dir();
+    let mut recovered = Vec::new();
+    for temp in state.temp_files() {
+        let Some(name) = promoted_name(temp) else {
+            continue;
+        };
+        let Some((slot, _)) = parse_slot_file_name(name) else {
+            continue;
+        };
+        if state.slot(slot).is_some_and(|e| e.entry.linux.is_some()) {
+            // The promotion got past its rename (or never removed the
+            // entry): the temporary is stale, for the usual cleanup.
+            continue;
+        }
+        let path = dir.join(temp);
+        let text = fs::read(&path).map_err(io_error("read", &path))?;
+        let entry = EntryFile::parse(name, &String::from_utf8_lossy(&text));
+        if entry.linux.is_none() {
+            continue;
+        }
+        // Empty leftovers of the slot go first: never rename over a file on FAT.
+        let leftovers = slot_file_names(dir, slot, false)?;
+        remove_files(dir, &leftovers)?;
+        recovered.push(
+            Commit::Rename {
+                from: temp.clone(),
+                to: name.to_string(),
+            }
+            .apply(dir)?,
+        );
+    }
+    Ok(recovered)
 }
 
 /// Entry text with its `version` line(s) replaced by `rank`, and a
@@ -656,5 +721,77 @@ mod tests {
         bless(esp.path(), Slot::B).expect("bless");
         assert_eq!(esp.names(), ["berth-a.conf", "berth-b.conf"]);
         assert!(esp.state().slot(Slot::B).expect("b").duplicates.is_empty());
+    }
+
+    /// What `make_next(A)` leaves when cut after the durable removal of
+    /// `berth-a.conf` and before the rename: the promoted copy, only in its
+    /// temporary. Returns the promoted text.
+    fn cut_promotion(esp: &Esp) -> String {
+        let entries = esp.path().join(ENTRIES_DIR);
+        let text = fs::read_to_string(entries.join("berth-a.conf")).expect("read");
+        let promoted = with_rank(&text, &esp.state().rank().expect("rank"), Some("1.0.0"));
+        fs::write(entries.join(".berth-a.conf.next.tmp"), &promoted).expect("temp");
+        fs::remove_file(entries.join("berth-a.conf")).expect("remove");
+        promoted
+    }
+
+    fn blessed_b(esp: &Esp) {
+        install_entry(esp.path(), &boot_entry(Slot::B, "1.1.0"), 3).expect("install");
+        esp.boot();
+        bless(esp.path(), Slot::B).expect("bless");
+        assert_eq!(esp.next(), Some(Slot::B));
+    }
+
+    #[test]
+    fn a_rollback_cut_between_removal_and_rename_is_finished_by_the_next_one() {
+        let esp = Esp::built("1.0.0");
+        blessed_b(&esp);
+        let promoted = cut_promotion(&esp);
+        assert!(esp.state().slot(Slot::A).is_none(), "slot a has no entry");
+        // The init's fallback (or the agent's rollback) asks again.
+        make_next(esp.path(), Slot::A).expect("finished");
+        assert_eq!(esp.names(), ["berth-a.conf", "berth-b.conf"]);
+        assert_eq!(esp.next(), Some(Slot::A));
+        assert_eq!(
+            fs::read_to_string(esp.path().join("loader/entries/berth-a.conf")).expect("read"),
+            promoted
+        );
+    }
+
+    #[test]
+    fn only_a_promotion_is_recovered_and_only_when_its_slot_has_no_readable_entry() {
+        let esp = Esp::built("1.0.0");
+        blessed_b(&esp);
+        cut_promotion(&esp);
+        // What fsck.fat -a leaves of a name that shared its clusters with the
+        // temporary: the name, empty.
+        esp.write("berth-a.conf", "");
+        let recovered = recover_promotions(esp.path()).expect("recover");
+        assert_eq!(recovered, [esp.path().join("loader/entries/berth-a.conf")]);
+        assert_eq!(esp.names(), ["berth-a.conf", "berth-b.conf"]);
+        assert_eq!(esp.next(), Some(Slot::A), "the promotion is finished");
+        assert!(recover_promotions(esp.path()).expect("again").is_empty());
+
+        // A stale promotion temporary beside a readable entry stays for the
+        // usual cleanup (it may share the entry's clusters until fsck.fat).
+        let entries = esp.path().join(ENTRIES_DIR);
+        fs::copy(
+            entries.join("berth-b.conf"),
+            entries.join(".berth-b.conf.next.tmp"),
+        )
+        .expect("cp");
+        assert!(recover_promotions(esp.path()).expect("stale").is_empty());
+        assert_eq!(esp.state().temp_files(), [".berth-b.conf.next.tmp"]);
+        remove_slot_entries(esp.path(), Slot::B).expect("cleanup");
+
+        // An install's temporary is an entry that was never committed: the
+        // slot stays without one.
+        let install = boot_entry(Slot::B, "1.2.0").render_ranked("99");
+        fs::write(entries.join(".berth-b+3.conf.tmp"), install).expect("temp");
+        assert!(recover_promotions(esp.path())
+            .expect("install temp")
+            .is_empty());
+        assert!(esp.state().slot(Slot::B).is_none());
+        assert_eq!(esp.next(), Some(Slot::A));
     }
 }

@@ -1,6 +1,6 @@
 //! The entry file format: names with boot counters, and the keys systemd-boot reads.
 
-use super::TEMP_SUFFIX;
+use super::{PROMOTION_SUFFIX, TEMP_SUFFIX};
 use crate::layout::{Slot, IMAGE_VERSION_COMMENT};
 
 /// A boot counter in an entry's file name: `+LEFT` or `+LEFT-DONE`.
@@ -195,6 +195,24 @@ pub(super) fn is_berth_temp_name(name: &str) -> bool {
     name.starts_with(".berth-") && name.ends_with(TEMP_SUFFIX)
 }
 
+/// The temporary file of a promotion ([`super::make_next`]): `.NAME.next.tmp`.
+/// Unlike an install's temporary, it holds an entry that was already on the
+/// ESP (only its rank is new), so a cut that left nothing else of its slot
+/// may be finished from it ([`super::recover_promotions`]). Still a berth
+/// temporary for every cleanup ([`is_berth_temp_name`]).
+pub(super) fn promotion_temp_name(final_name: &str) -> String {
+    format!(".{final_name}{PROMOTION_SUFFIX}{TEMP_SUFFIX}")
+}
+
+/// The entry file name a promotion's temporary was written for.
+pub(super) fn promoted_name(temp: &str) -> Option<&str> {
+    let name = temp
+        .strip_prefix('.')?
+        .strip_suffix(TEMP_SUFFIX)?
+        .strip_suffix(PROMOTION_SUFFIX)?;
+    is_entry_file_name(name).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +301,17 @@ mod tests {
         assert!(!is_entry_file_name(".conf"));
         assert!(!is_entry_file_name("berth-a.conf.tmp"));
         assert!(!is_entry_file_name("loader.cfg"));
+    }
+
+    #[test]
+    fn promotion_temporaries_name_their_entry_and_are_berth_temporaries() {
+        let temp = promotion_temp_name("berth-a+2-1.conf");
+        assert_eq!(temp, ".berth-a+2-1.conf.next.tmp");
+        assert!(is_berth_temp_name(&temp));
+        assert!(!is_entry_file_name(&temp));
+        assert_eq!(promoted_name(&temp), Some("berth-a+2-1.conf"));
+        // An install's temporary is not a promotion's.
+        assert_eq!(promoted_name(&temp_name("berth-b+3.conf")), None);
+        assert_eq!(promoted_name(".next.tmp"), None);
     }
 }

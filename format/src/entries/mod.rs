@@ -69,7 +69,10 @@
 //! files. (Two such names point at one cluster chain: removing one frees the
 //! other's clusters. The crash-state test, `tests/tests/crash_states.rs`, has
 //! not seen the state — the two names shared a folder sector in every recorded
-//! rename — but nothing here prevents it.)
+//! rename. The init's main stage runs `fsck.fat -a` on an ESP a cut left
+//! marked dirty before mounting it, which truncates the second name to
+//! nothing; [`EspState`] skips empty entries and empty kernels, as
+//! systemd-boot does.)
 //!
 //! On that FAT, three more rules keep every cut state free of entries on freed
 //! or shared clusters ([`crate::fatsync`]): a temporary's cluster chain is
@@ -77,7 +80,12 @@
 //! (the old one is removed first, durably); and a removed file is held open
 //! until its removal is durable, so its clusters are freed after. A cut inside
 //! [`make_next`] between the removal of the old entry and the rename leaves the
-//! slot's promoted entry in its temporary file: the other slot keeps booting.
+//! slot's promoted entry in its temporary file (`.NAME.next.tmp`, apart from an
+//! install's `.NAME.tmp`): the other slot keeps booting, and
+//! [`recover_promotions`] (run by the main stage after mounting the ESP, and by
+//! [`make_next`] itself) renames it into place when its slot has no readable
+//! entry. An install's temporary is never recovered: it was cut before the
+//! commit point.
 
 mod commit;
 mod file;
@@ -92,8 +100,8 @@ use std::path::{Path, PathBuf};
 use crate::layout::Slot;
 
 pub use commit::{
-    bless, install_entry, install_entry_observed, make_next, remove_slot_entries, rollback,
-    simulate_boot,
+    bless, install_entry, install_entry_observed, make_next, recover_promotions,
+    remove_slot_entries, rollback, simulate_boot,
 };
 pub use file::{
     entry_file_name, is_entry_file_name, parse_slot_file_name, split_counter, Counter, EntryFile,
@@ -107,6 +115,8 @@ pub const ENTRIES_DIR: &str = "loader/entries";
 pub const DEFAULT_TRIES: u32 = 3;
 /// Suffix of the temporary files written before a rename (`.berth-b+3.conf.tmp`).
 const TEMP_SUFFIX: &str = ".tmp";
+/// What sets a promotion's temporary apart (`.berth-a.conf.next.tmp`).
+const PROMOTION_SUFFIX: &str = ".next";
 
 /// A failure reading or changing the boot entries; every variant names the path.
 #[derive(Debug, thiserror::Error)]

@@ -106,21 +106,29 @@ impl EspState {
         let kernel_present = |e: &EntryFile| {
             e.linux
                 .as_deref()
-                .is_some_and(|linux| esp.join(esp_relative(linux)).is_file())
+                .is_some_and(|linux| kernel_on_esp(esp, linux))
         };
         let next = entries
             .iter()
             .position(|e| e.linux.is_some() && kernel_present(e));
         let slots = Slot::ALL.map(|slot| {
-            let mut files = entries
+            let files: Vec<&EntryFile> = entries
                 .iter()
-                .filter(|e| parse_slot_file_name(&e.file_name).is_some_and(|(s, _)| s == slot));
-            let entry = files.next()?;
+                .filter(|e| parse_slot_file_name(&e.file_name).is_some_and(|(s, _)| s == slot))
+                .collect();
+            // The first that names a kernel, as systemd-boot skips those that
+            // do not (an empty file `fsck.fat -a` left of a name that shared
+            // its clusters with another); the rest are duplicates.
+            let entry = *files.iter().find(|e| e.linux.is_some()).or(files.first())?;
             Some(SlotEntry {
                 slot,
                 entry: entry.clone(),
                 kernel_present: kernel_present(entry),
-                duplicates: files.map(|e| e.file_name.clone()).collect(),
+                duplicates: files
+                    .iter()
+                    .filter(|e| e.file_name != entry.file_name)
+                    .map(|e| e.file_name.clone())
+                    .collect(),
             })
         });
         Ok(EspState {
@@ -198,15 +206,22 @@ fn slot_index(slot: Slot) -> usize {
 
 /// An ESP path from an entry (`/berth/a/vmlinuz`, maybe with `\`) relative to the
 /// ESP root.
-pub(super) fn esp_relative(path: &str) -> PathBuf {
+/// Whether the kernel an entry's `linux` line names is on the ESP. An empty
+/// file is no kernel: `fsck.fat -a` truncates a file that shared its clusters
+/// with another to nothing.
+pub(super) fn kernel_on_esp(esp: &Path, linux: &str) -> bool {
+    fs::metadata(esp.join(esp_relative(linux))).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+fn esp_relative(path: &str) -> PathBuf {
     PathBuf::from(path.replace('\\', "/").trim_start_matches('/'))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entries::testutil::boot_entry;
-    use crate::entries::{install_entry, simulate_boot};
+    use crate::entries::testutil::{boot_entry, Esp};
+    use crate::entries::{bless, install_entry, simulate_boot};
 
     #[test]
     fn empty_esp_reads_as_no_entries() {
@@ -224,5 +239,28 @@ mod tests {
                 .file_name(),
             "berth-a+3.conf"
         );
+    }
+
+    #[test]
+    fn an_empty_entry_or_kernel_is_skipped_as_systemd_boot_skips_it() {
+        let esp = Esp::built("1.0.0");
+        install_entry(esp.path(), &boot_entry(Slot::B, "1.1.0"), 3).expect("install");
+        esp.boot();
+        // fsck.fat -a truncated the blessed name that shared its clusters with
+        // the counted one to nothing.
+        esp.write("berth-b.conf", "");
+        let state = esp.state();
+        let b = state.slot(Slot::B).expect("b");
+        assert_eq!(b.file_name(), "berth-b+2-1.conf");
+        assert_eq!(b.duplicates, ["berth-b.conf"]);
+        assert_eq!(state.next_boot(), Some(Slot::B));
+        bless(esp.path(), Slot::B).expect("bless");
+        assert_eq!(esp.names(), ["berth-a.conf", "berth-b.conf"]);
+        assert!(esp.state().slot(Slot::B).expect("b").is_good());
+
+        fs::write(esp.path().join(Slot::B.kernel_path()), b"").expect("truncate");
+        let state = esp.state();
+        assert!(!state.slot(Slot::B).expect("b").kernel_present);
+        assert_eq!(state.next_boot(), Some(Slot::A));
     }
 }

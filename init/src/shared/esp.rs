@@ -43,6 +43,12 @@ pub fn find() -> Result<PathBuf, String> {
 /// Mounts the ESP on [`ESP_MOUNT`] (read-write unless `read_only`).
 pub fn mount(read_only: bool) -> Result<PathBuf, String> {
     let node = find()?;
+    mount_node(&node, read_only)?;
+    Ok(node)
+}
+
+/// Mounts the ESP's device node `node` on [`ESP_MOUNT`].
+pub fn mount_node(node: &Path, read_only: bool) -> Result<(), String> {
     // noatime: reading entries must not write access dates to the FAT.
     let mut flags =
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
@@ -57,8 +63,7 @@ pub fn mount(read_only: bool) -> Result<PathBuf, String> {
         flags,
         Some(VFAT_OPTIONS),
     )
-    .map_err(|e| e.to_string())?;
-    Ok(node)
+    .map_err(|e| e.to_string())
 }
 
 /// What the boot loader does after a reboot, as far as the booted slot's entry

@@ -7,6 +7,7 @@
 //! ([`crate::net`]), then the run loop ([`crate::run`]), which never returns.
 
 pub mod envmerge;
+mod espcheck;
 mod fsck;
 mod grow;
 mod provision;
@@ -156,12 +157,40 @@ fn quiet_console() {
 /// Without it, or without a booted slot (the root partition's, see
 /// [`cmdline::booted_slot`]), the boot is not assessed.
 fn mount_esp() -> Option<AssessmentInput> {
-    match crate::shared::esp::mount(false) {
+    let mounted = crate::shared::esp::find().and_then(|node| {
+        match espcheck::check_if_unclean(&node) {
+            espcheck::Outcome::Clean => {}
+            espcheck::Outcome::Checked { repaired } => log!(
+                "ESP checked: {}",
+                if repaired {
+                    "repaired"
+                } else {
+                    "nothing to repair"
+                }
+            ),
+            espcheck::Outcome::Failed(why) => log!("ESP not checked: {why}"),
+        }
+        crate::shared::esp::mount_node(&node, false).map(|()| node)
+    });
+    match mounted {
         Ok(node) => log!("mounted ESP {} on {}", node.display(), layout::ESP_MOUNT),
         Err(why) => {
             log!("no ESP ({why}): boot assessment skipped");
             return None;
         }
+    }
+    // A rollback or fallback a cut left half done is finished, so its slot
+    // boots next as it was meant to (see entries::recover_promotions).
+    match berth_format::entries::recover_promotions(Path::new(layout::ESP_MOUNT)) {
+        Ok(recovered) => {
+            for path in recovered {
+                log!(
+                    "finished a change of the boot order a cut had interrupted: {}",
+                    path.display()
+                );
+            }
+        }
+        Err(err) => log!("boot entries: {err}"),
     }
     // Why the last fallback left a blessed slot (kept on the ESP until a
     // later fallback replaces it).
