@@ -301,6 +301,18 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
             "interval must be at least 10 s",
         ),
         (
+            "no boot tries",
+            c("[update]\ntries = 0\n"),
+            5,
+            "tries must be 1 to 10, got 0",
+        ),
+        (
+            "too many boot tries",
+            c("[update]\ntries = 11\n"),
+            5,
+            "tries must be 1 to 10, got 11",
+        ),
+        (
             "bad reboot policy",
             c("[update]\nreboot = \"sometimes\"\n"),
             5,

@@ -112,6 +112,10 @@ pub struct UpdateConfig {
     /// absent); the agent adds random jitter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_s: Option<u64>,
+    /// Boot tries the agent gives an update it installs (the agent's default,
+    /// 3, when absent; 1 to [`MAX_TRIES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
     /// When the agent reboots into an installed update: [`RebootPolicy`]'s text
     /// (`auto`, `manual` or a window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,6 +124,10 @@ pub struct UpdateConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
 }
+
+/// The most boot tries an update may get: each failed try is a full boot
+/// before the device is back on the release that worked.
+pub const MAX_TRIES: u32 = 10;
 
 /// The channel a device follows unless told otherwise.
 pub const DEFAULT_CHANNEL: &str = "stable";
@@ -167,6 +175,7 @@ impl Default for UpdateConfig {
             repository: None,
             channel: None,
             interval_s: None,
+            tries: None,
             reboot: None,
             report: None,
         }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_bundle::channel::ChannelName;
-use berth_format::image_config::{RebootPolicy, DEFAULT_HEALTH_TIMEOUT_MS, MIN_INTERVAL_S};
+use berth_format::image_config::{
+    RebootPolicy, DEFAULT_HEALTH_TIMEOUT_MS, MAX_TRIES, MIN_INTERVAL_S,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -30,6 +32,9 @@ pub(super) struct RawUpdate {
     /// Time between two checks.
     #[serde(default)]
     interval: Option<Spanned<String>>,
+    /// Boot tries an installed update gets.
+    #[serde(default)]
+    tries: Option<Spanned<i64>>,
     /// `auto`, `manual` or a maintenance window.
     #[serde(default)]
     reboot: Option<Spanned<String>>,
@@ -59,6 +64,8 @@ pub struct UpdatePlan {
     pub channel: Option<ChannelName>,
     /// Time between two checks, when not the default.
     pub interval: Option<Duration>,
+    /// Boot tries the device's agent gives an update, when not its default.
+    pub tries: Option<u32>,
     /// When the agent reboots into an update, when not the default.
     pub reboot: Option<RebootPolicy>,
     /// Where the device POSTs its status (`http://` or `https://`).
@@ -76,6 +83,7 @@ impl Default for UpdatePlan {
             repository: None,
             channel: None,
             interval: None,
+            tries: None,
             reboot: None,
             report: None,
             ca: None,
@@ -172,6 +180,18 @@ impl Validator<'_> {
                 );
             }
             plan.interval = Some(value);
+        }
+        if let Some(tries) = &raw.tries {
+            let value = *tries.get_ref();
+            match u32::try_from(value) {
+                Ok(n) if (1..=MAX_TRIES).contains(&n) => plan.tries = Some(n),
+                _ => {
+                    return self.err(
+                        &tries.span(),
+                        format!("tries must be 1 to {MAX_TRIES}, got {value}"),
+                    )
+                }
+            }
         }
         if let (Some(_), Some(window)) = (&raw.reboot, &raw.reboot_window) {
             return self.err(

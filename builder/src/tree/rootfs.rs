@@ -260,6 +260,7 @@ pub fn root_tree(
             repository: plan.update.repository.clone(),
             channel: plan.update.channel.as_ref().map(|c| c.as_str().to_string()),
             interval_s: plan.update.interval.map(|i| i.as_secs()),
+            tries: plan.update.tries,
             reboot: plan.update.reboot.map(|r| r.to_string()),
             report: plan.update.report.clone(),
         },

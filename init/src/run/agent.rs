@@ -102,6 +102,9 @@ pub fn command_line(config: &ImageConfig, keys_dir: &Path) -> Result<Vec<String>
     if let Some(report) = &update.report {
         args.extend(["--report".into(), report.clone()]);
     }
+    if let Some(tries) = update.tries {
+        args.extend(["--tries".into(), tries.to_string()]);
+    }
     Ok(args)
 }
 
@@ -301,12 +304,12 @@ mod tests {
             ]
         );
         let custom = config(
-            "repository = 'http://r/'\nchannel = 'beta'\ninterval_s = 60\nreboot = 'manual'\nreport = 'http://f/'\n",
+            "repository = 'http://r/'\nchannel = 'beta'\ninterval_s = 60\nreboot = 'manual'\nreport = 'http://f/'\ntries = 1\n",
         );
         let args = command_line(&custom, &keys).unwrap().join(" ");
         assert_eq!(
             args,
-            "daemon --repo http://r/ --channel beta --interval 60 --reboot manual --report http://f/"
+            "daemon --repo http://r/ --channel beta --interval 60 --reboot manual --report http://f/ --tries 1"
         );
     }
 
