@@ -5,7 +5,14 @@
 //! REPO/bundles/<sha256>.bundle   each bundle, named by the sha256 of the file
 //! REPO/<channel>.json            the channel index
 //! REPO/<channel>.json.minisig    its minisign signature, by the release key
+//! REPO/chunks/<aa>/<sha256>.zst  content-defined chunks of every payload
+//! REPO/chunk-index/<bundle-sha256>.json[.minisig]  each bundle's chunk index
 //! ```
+//!
+//! Every bundle the index lists gets its chunks and its signed chunk index
+//! (format: `berth_bundle::delta`) when it has none yet, so a repository
+//! written before delta updates gains them at its next publish. Chunks are
+//! named by their content and never rewritten: releases share them.
 //!
 //! Every bundle is copied into the repository first and the copy is verified
 //! (signature with the key's public half, every payload streamed and hashed), so
@@ -40,7 +47,9 @@ use berth_bundle::channel::{
 use berth_bundle::rollout::format_schedule;
 use berth_bundle::{ImageVersion, SecretKey, SecretKeyError, TrustedKeys};
 
-use berth_bundle::writer::Hashing;
+use berth_bundle::delta::{self, ChunkIndex, ChunkRef, ChunkedPayload, CHUNKING};
+use berth_bundle::writer::{Hashing, BOOT_FILES_LEVEL, ROOTFS_LEVEL};
+use berth_bundle::{BundleReader, PayloadKind};
 
 use crate::release::bundle::{inspect, PayloadCheck};
 
@@ -81,6 +90,8 @@ pub enum PublishError {
         existing: String,
         path: PathBuf,
     },
+    #[error("{path}: cutting it into chunks: {reason}")]
+    Chunks { path: PathBuf, reason: String },
     #[error("--expires {0:?} is not a duration like 30d, 12h, 90m or 3600s")]
     Lifetime(String),
     #[error("{compatible} {version} is already published {existing}: a rollout is set when a release is first published, not changed later")]
@@ -270,6 +281,11 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     };
     index.sort();
     index.validate()?;
+    // Chunks and chunk indexes before the channel index that makes devices
+    // look for them.
+    for entry in &index.bundles {
+        write_chunks(repo, entry, &key, &keys)?;
+    }
     let json = index.to_json();
     let signature = key.sign(&json, &channel::trusted_comment(&index));
     write_atomic(&index_path, &json)?;
@@ -281,6 +297,116 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
         added,
         unchanged,
         key_id: key.key_id(),
+    })
+}
+
+/// Cuts the payloads of the listed bundle `entry` into chunks, stores the new
+/// ones and writes its signed chunk index — unless that index exists already
+/// (it is a function of the bundle, the key and [`CHUNKING`]). Returns whether
+/// it wrote one.
+pub fn write_chunks(
+    repo: &Path,
+    entry: &IndexEntry,
+    key: &SecretKey,
+    keys: &TrustedKeys,
+) -> Result<bool, PublishError> {
+    let index_path = repo.join(delta::chunk_index_path(&entry.sha256));
+    let signature_path = minisig_path(&index_path);
+    if index_path.exists() && signature_path.exists() {
+        return Ok(false);
+    }
+    let bundle_path = repo.join(&entry.path);
+    let chunk_err = |reason: String| PublishError::Chunks {
+        path: bundle_path.clone(),
+        reason,
+    };
+    let file = File::open(&bundle_path).map_err(io_err(&bundle_path))?;
+    let mut reader = BundleReader::open(io::BufReader::with_capacity(1 << 20, file), keys)
+        .map_err(|e| chunk_err(e.to_string()))?;
+    let manifest = reader.manifest().clone();
+    let manifest_text = String::from_utf8(reader.manifest_bytes().to_vec())
+        .map_err(|_| chunk_err("the manifest is not UTF-8".into()))?;
+    let signature_text = String::from_utf8(reader.signature_bytes().to_vec())
+        .map_err(|_| chunk_err("the manifest signature is not UTF-8".into()))?;
+    let mut payloads = Vec::new();
+    while let Some(mut payload) = reader
+        .next_payload()
+        .map_err(|e| chunk_err(e.to_string()))?
+    {
+        let info = payload.info().clone();
+        // The bundle's own levels: squashfs data is compressed already.
+        let level = match info.kind {
+            PayloadKind::Rootfs => ROOTFS_LEVEL,
+            PayloadKind::Kernel | PayloadKind::Initramfs => BOOT_FILES_LEVEL,
+        };
+        let mut chunks = Vec::new();
+        delta::cut(&mut payload, CHUNKING, |_, bytes| {
+            chunks.push(store_chunk(repo, bytes, level)?);
+            Ok(())
+        })
+        .map_err(|e| match berth_bundle::BundleError::from_io(&e) {
+            Some(bundle) => chunk_err(bundle.to_string()),
+            None => chunk_err(e.to_string()),
+        })?;
+        payload.finish().map_err(|e| chunk_err(e.to_string()))?;
+        payloads.push(ChunkedPayload {
+            kind: info.kind,
+            size: info.size,
+            sha256: info.sha256,
+            chunks,
+        });
+    }
+    let index = ChunkIndex {
+        format: delta::CHUNK_INDEX_FORMAT,
+        bundle_sha256: entry.sha256.clone(),
+        bundle_size: entry.size,
+        manifest: manifest_text,
+        manifest_signature: signature_text,
+        chunking: CHUNKING,
+        payloads,
+    };
+    index
+        .validate(&manifest)
+        .map_err(|e| chunk_err(e.to_string()))?;
+    let json = index.to_json();
+    let signature = key.sign(&json, &delta::trusted_comment(&index, &manifest));
+    let dir = index_path.parent().unwrap_or(repo);
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_atomic(&index_path, &json)?;
+    write_atomic(&signature_path, signature.as_bytes())?;
+    Ok(true)
+}
+
+/// `PATH.minisig`.
+fn minisig_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".minisig");
+    PathBuf::from(name)
+}
+
+/// Stores one chunk compressed under its name unless it is there already.
+fn store_chunk(repo: &Path, bytes: &[u8], level: i32) -> io::Result<ChunkRef> {
+    let sha256 = delta::sha256_hex(bytes);
+    let path = repo.join(delta::chunk_path(&sha256));
+    let size = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    let stored_size = match fs::metadata(&path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let compressed = zstd::bulk::compress(bytes, level)?;
+            let dir = path.parent().unwrap_or(repo);
+            fs::create_dir_all(dir)?;
+            write_atomic(&path, &compressed).map_err(|e| match e {
+                PublishError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })?;
+            compressed.len() as u64
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ChunkRef {
+        sha256,
+        size,
+        stored_size: u32::try_from(stored_size).map_err(io::Error::other)?,
     })
 }
 
@@ -485,6 +611,95 @@ fn sync_dir(dir: &Path) -> Result<(), PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Every file under `dir/chunks` with its inode.
+    fn chunk_files(repo: &Path) -> BTreeMap<PathBuf, u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = BTreeMap::new();
+        let Ok(dirs) = fs::read_dir(repo.join(delta::CHUNKS_DIR)) else {
+            return out;
+        };
+        for dir in dirs {
+            for file in fs::read_dir(dir.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                let ino = fs::metadata(&path).unwrap().ino();
+                out.insert(path, ino);
+            }
+        }
+        out
+    }
+
+    fn release(dir: &Path, key: &SecretKey, version: &str, payloads: &[Vec<u8>]) -> PathBuf {
+        let path = dir.join(format!("hello-{version}.bundle"));
+        fs::write(
+            &path,
+            berth_bundle::testkit::bundle_signed_by(key, version, payloads),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn publishing_writes_shared_chunks_and_a_signed_chunk_index() {
+        use berth_bundle::testkit::content;
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let key_path = dir.path().join("release.key");
+        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        let repo = dir.path().join("repo");
+        let rootfs = content(1, 3 << 20);
+        let v1 = [rootfs.clone(), content(2, 1 << 20), content(3, 300_000)];
+        let mut rootfs2 = rootfs.clone();
+        rootfs2[1 << 20..(1 << 20) + 5000].fill(b'z');
+        let v2 = [rootfs2, v1[1].clone(), v1[2].clone()];
+        let options = |bundle: PathBuf| PublishOptions {
+            bundles: vec![bundle],
+            repo: repo.clone(),
+            key: key_path.clone(),
+            channel: ChannelName::new("stable").unwrap(),
+            lifetime: 86_400,
+            now: 1_000,
+            rollout: None,
+            change: None,
+        };
+        let first = publish(&options(release(dir.path(), &key, "1.0.0", &v1))).unwrap();
+        let after_first = chunk_files(&repo);
+        let entry = &first.added[0];
+        let read = |entry: &IndexEntry| {
+            let path = repo.join(delta::chunk_index_path(&entry.sha256));
+            let json = fs::read(&path).unwrap();
+            let signature = fs::read(minisig_path(&path)).unwrap();
+            delta::verify_chunk_index(&json, &signature, &keys, &entry.sha256).unwrap()
+        };
+        let index = read(entry).index;
+        assert_eq!(index.bundle_size, entry.size);
+        // Every chunk is there, compressed, and decompresses to its name.
+        for chunk in index.payloads.iter().flat_map(|p| &p.chunks) {
+            let stored = fs::read(repo.join(chunk.path())).unwrap();
+            assert_eq!(stored.len() as u64, u64::from(chunk.stored_size));
+            let raw = zstd::decode_all(stored.as_slice()).unwrap();
+            assert_eq!(delta::sha256_hex(&raw), chunk.sha256);
+        }
+        let second = publish(&options(release(dir.path(), &key, "1.1.0", &v2))).unwrap();
+        let after_second = chunk_files(&repo);
+        // The chunks of 1.0.0 are untouched (same inode: never rewritten), and
+        // 1.1.0 added only the few around the change.
+        for (path, ino) in &after_first {
+            assert_eq!(after_second.get(path), Some(ino), "{}", path.display());
+        }
+        let new = after_second.len() - after_first.len();
+        assert!((1..=3).contains(&new), "{new} new chunks");
+        let index2 = read(&second.added[0]).index;
+        assert_eq!(
+            index2.payloads[1], index.payloads[1],
+            "same kernel, same chunks"
+        );
+        // Publishing again writes nothing new.
+        publish(&options(release(dir.path(), &key, "1.1.0", &v2))).unwrap();
+        assert_eq!(chunk_files(&repo), after_second);
+    }
 
     #[test]
     fn lifetimes() {
