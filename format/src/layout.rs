@@ -260,6 +260,21 @@ pub struct VerityParams {
 }
 
 impl VerityParams {
+    /// Bytes of the slot content these parameters describe: the (padded)
+    /// filesystem and the hash tree after it (format 1, sha256, 4096-byte
+    /// blocks, 128 digests a hash block, no superblock; none for one block).
+    pub fn slot_bytes(&self) -> u64 {
+        const PER_BLOCK: u64 = VERITY_BLOCK_SIZE / 32;
+        let mut tree = 0u64;
+        let mut level = self.data_blocks;
+        while level > 1 {
+            level = level.div_ceil(PER_BLOCK);
+            tree = tree.saturating_add(level);
+        }
+        self.hash_offset
+            .saturating_add(tree.saturating_mul(VERITY_BLOCK_SIZE))
+    }
+
     /// The command line words that carry these parameters.
     pub fn cmdline(&self) -> String {
         let salt = if self.salt.is_empty() {
