@@ -205,11 +205,20 @@ pub fn install<R: Read>(
     observer: &mut dyn Observer,
 ) -> Result<Installed, InstallError> {
     install_from(system, origin, options, None, observer, |keys| {
-        // The payloads' signed sha256 is checked as they stream; their stored
-        // (compressed) digest adds nothing to what is written, only a hash pass.
-        let bundle = BundleReader::open(source, keys)?.without_stored_digests();
-        Ok(Box::new(BundleSource { bundle }))
+        open_bundle(source, keys)
     })
+}
+
+/// A bundle read front to back as a [`PayloadSource`]: its signature is
+/// checked here, before anything else is read.
+pub fn open_bundle<'s, R: Read + 's>(
+    source: R,
+    keys: &TrustedKeys,
+) -> Result<Box<dyn PayloadSource + 's>, InstallError> {
+    // The payloads' signed sha256 is checked as they stream; their stored
+    // (compressed) digest adds nothing to what is written, only a hash pass.
+    let bundle = BundleReader::open(source, keys)?.without_stored_digests();
+    Ok(Box::new(BundleSource { bundle }))
 }
 
 /// A payload's manifest entry and a reader of its bytes.

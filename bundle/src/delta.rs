@@ -28,12 +28,16 @@
 //! signature, every chunk against its sha256 before it is used, and each whole
 //! payload against the manifest's signed sha256 before the commit point.
 
-use std::io::{self, Read};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{BundleError, Manifest, PayloadKind, TrustedKeys};
+use crate::writer::{BOOT_FILES_LEVEL, ROOTFS_LEVEL};
+use crate::{BundleError, BundleReader, Manifest, PayloadKind, SecretKey, TrustedKeys};
 
 /// Version of the chunk index format this crate reads and writes.
 pub const CHUNK_INDEX_FORMAT: u32 = 1;
@@ -287,6 +291,125 @@ pub fn trusted_comment(index: &ChunkIndex, manifest: &Manifest) -> String {
         manifest.name,
         manifest.version
     )
+}
+
+/// `PATH.minisig`: where a chunk index's signature is.
+pub fn signature_path(index: &Path) -> PathBuf {
+    let mut name = index.as_os_str().to_owned();
+    name.push(".minisig");
+    PathBuf::from(name)
+}
+
+/// The publishing side: cuts the payloads of the bundle at `bundle` (listed in
+/// the channel index with `bundle_sha256` and `bundle_size`) into chunks,
+/// stores the ones `repo` lacks, compressed, and writes the bundle's chunk
+/// index and its signature by `key` — unless both exist already (the index is
+/// a function of the bundle, the key and [`CHUNKING`]: deterministic
+/// signatures make it the same bytes). The bundle is verified with `keys` (the
+/// key's public half) on the way. Every file goes through a temporary file,
+/// fsync and rename; chunks are named by their content, so an existing one is
+/// never rewritten. Returns whether it wrote an index.
+pub fn write_chunks(
+    repo: &Path,
+    bundle: &Path,
+    bundle_sha256: &str,
+    bundle_size: u64,
+    key: &SecretKey,
+    keys: &TrustedKeys,
+) -> Result<bool, DeltaError> {
+    let index_path = repo.join(chunk_index_path(bundle_sha256));
+    let sig_path = signature_path(&index_path);
+    if index_path.exists() && sig_path.exists() {
+        return Ok(false);
+    }
+    let file = File::open(bundle)?;
+    let mut reader = BundleReader::open(io::BufReader::with_capacity(1 << 20, file), keys)
+        .map_err(DeltaError::Manifest)?;
+    let manifest = reader.manifest().clone();
+    let text = |bytes: &[u8], what: &str| {
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| DeltaError::Invalid(format!("the bundle's {what} is not UTF-8")))
+    };
+    let manifest_text = text(reader.manifest_bytes(), "manifest")?;
+    let signature_text = text(reader.signature_bytes(), "manifest signature")?;
+    let mut payloads = Vec::new();
+    while let Some(mut payload) = reader.next_payload().map_err(DeltaError::Manifest)? {
+        let info = payload.info().clone();
+        // The bundle's own levels: squashfs data is compressed already.
+        let level = match info.kind {
+            PayloadKind::Rootfs => ROOTFS_LEVEL,
+            PayloadKind::Kernel | PayloadKind::Initramfs => BOOT_FILES_LEVEL,
+        };
+        let mut chunks = Vec::new();
+        cut(&mut payload, CHUNKING, |_, bytes| {
+            chunks.push(store_chunk(repo, bytes, level)?);
+            Ok(())
+        })
+        .map_err(|e| match BundleError::from_io(&e) {
+            Some(bundle) => DeltaError::Invalid(bundle.to_string()),
+            None => DeltaError::Io(e),
+        })?;
+        payload.finish().map_err(DeltaError::Manifest)?;
+        payloads.push(ChunkedPayload {
+            kind: info.kind,
+            size: info.size,
+            sha256: info.sha256,
+            chunks,
+        });
+    }
+    let index = ChunkIndex {
+        format: CHUNK_INDEX_FORMAT,
+        bundle_sha256: bundle_sha256.to_string(),
+        bundle_size,
+        manifest: manifest_text,
+        manifest_signature: signature_text,
+        chunking: CHUNKING,
+        payloads,
+    };
+    index.validate(&manifest)?;
+    let json = index.to_json();
+    let signature = key.sign(&json, &trusted_comment(&index, &manifest));
+    write_atomic(&index_path, &json)?;
+    write_atomic(&sig_path, signature.as_bytes())?;
+    Ok(true)
+}
+
+/// Stores one chunk compressed under its name unless it is there already.
+fn store_chunk(repo: &Path, bytes: &[u8], level: i32) -> io::Result<ChunkRef> {
+    let sha256 = sha256_hex(bytes);
+    let path = repo.join(chunk_path(&sha256));
+    let size = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    let stored_size = match fs::metadata(&path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let compressed = zstd::bulk::compress(bytes, level)?;
+            write_atomic(&path, &compressed)?;
+            compressed.len() as u64
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(ChunkRef {
+        sha256,
+        size,
+        stored_size: u32::try_from(stored_size).map_err(io::Error::other)?,
+    })
+}
+
+/// `bytes` to `path` through a temporary file in the same folder (created
+/// when missing), fsync, mode 0644 (a repository is public), rename, fsync of
+/// the folder.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".berth-publish-")
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))?;
+    temp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
 }
 
 /// Cuts `source` into content-defined chunks with `chunking` and hands each

@@ -47,9 +47,8 @@ use berth_bundle::channel::{
 use berth_bundle::rollout::format_schedule;
 use berth_bundle::{ImageVersion, SecretKey, SecretKeyError, TrustedKeys};
 
-use berth_bundle::delta::{self, ChunkIndex, ChunkRef, ChunkedPayload, CHUNKING};
-use berth_bundle::writer::{Hashing, BOOT_FILES_LEVEL, ROOTFS_LEVEL};
-use berth_bundle::{BundleReader, PayloadKind};
+use berth_bundle::delta;
+use berth_bundle::writer::Hashing;
 
 use crate::release::bundle::{inspect, PayloadCheck};
 
@@ -301,112 +300,20 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
 }
 
 /// Cuts the payloads of the listed bundle `entry` into chunks, stores the new
-/// ones and writes its signed chunk index — unless that index exists already
-/// (it is a function of the bundle, the key and [`CHUNKING`]). Returns whether
-/// it wrote one.
-pub fn write_chunks(
+/// ones and writes its signed chunk index, unless it has one
+/// ([`delta::write_chunks`]).
+fn write_chunks(
     repo: &Path,
     entry: &IndexEntry,
     key: &SecretKey,
     keys: &TrustedKeys,
 ) -> Result<bool, PublishError> {
-    let index_path = repo.join(delta::chunk_index_path(&entry.sha256));
-    let signature_path = minisig_path(&index_path);
-    if index_path.exists() && signature_path.exists() {
-        return Ok(false);
-    }
-    let bundle_path = repo.join(&entry.path);
-    let chunk_err = |reason: String| PublishError::Chunks {
-        path: bundle_path.clone(),
-        reason,
-    };
-    let file = File::open(&bundle_path).map_err(io_err(&bundle_path))?;
-    let mut reader = BundleReader::open(io::BufReader::with_capacity(1 << 20, file), keys)
-        .map_err(|e| chunk_err(e.to_string()))?;
-    let manifest = reader.manifest().clone();
-    let manifest_text = String::from_utf8(reader.manifest_bytes().to_vec())
-        .map_err(|_| chunk_err("the manifest is not UTF-8".into()))?;
-    let signature_text = String::from_utf8(reader.signature_bytes().to_vec())
-        .map_err(|_| chunk_err("the manifest signature is not UTF-8".into()))?;
-    let mut payloads = Vec::new();
-    while let Some(mut payload) = reader
-        .next_payload()
-        .map_err(|e| chunk_err(e.to_string()))?
-    {
-        let info = payload.info().clone();
-        // The bundle's own levels: squashfs data is compressed already.
-        let level = match info.kind {
-            PayloadKind::Rootfs => ROOTFS_LEVEL,
-            PayloadKind::Kernel | PayloadKind::Initramfs => BOOT_FILES_LEVEL,
-        };
-        let mut chunks = Vec::new();
-        delta::cut(&mut payload, CHUNKING, |_, bytes| {
-            chunks.push(store_chunk(repo, bytes, level)?);
-            Ok(())
-        })
-        .map_err(|e| match berth_bundle::BundleError::from_io(&e) {
-            Some(bundle) => chunk_err(bundle.to_string()),
-            None => chunk_err(e.to_string()),
-        })?;
-        payload.finish().map_err(|e| chunk_err(e.to_string()))?;
-        payloads.push(ChunkedPayload {
-            kind: info.kind,
-            size: info.size,
-            sha256: info.sha256,
-            chunks,
-        });
-    }
-    let index = ChunkIndex {
-        format: delta::CHUNK_INDEX_FORMAT,
-        bundle_sha256: entry.sha256.clone(),
-        bundle_size: entry.size,
-        manifest: manifest_text,
-        manifest_signature: signature_text,
-        chunking: CHUNKING,
-        payloads,
-    };
-    index
-        .validate(&manifest)
-        .map_err(|e| chunk_err(e.to_string()))?;
-    let json = index.to_json();
-    let signature = key.sign(&json, &delta::trusted_comment(&index, &manifest));
-    let dir = index_path.parent().unwrap_or(repo);
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    write_atomic(&index_path, &json)?;
-    write_atomic(&signature_path, signature.as_bytes())?;
-    Ok(true)
-}
-
-/// `PATH.minisig`.
-fn minisig_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".minisig");
-    PathBuf::from(name)
-}
-
-/// Stores one chunk compressed under its name unless it is there already.
-fn store_chunk(repo: &Path, bytes: &[u8], level: i32) -> io::Result<ChunkRef> {
-    let sha256 = delta::sha256_hex(bytes);
-    let path = repo.join(delta::chunk_path(&sha256));
-    let size = u32::try_from(bytes.len()).map_err(io::Error::other)?;
-    let stored_size = match fs::metadata(&path) {
-        Ok(meta) => meta.len(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let compressed = zstd::bulk::compress(bytes, level)?;
-            let dir = path.parent().unwrap_or(repo);
-            fs::create_dir_all(dir)?;
-            write_atomic(&path, &compressed).map_err(|e| match e {
-                PublishError::Io { source, .. } => source,
-                other => io::Error::other(other.to_string()),
-            })?;
-            compressed.len() as u64
+    let bundle = repo.join(&entry.path);
+    delta::write_chunks(repo, &bundle, &entry.sha256, entry.size, key, keys).map_err(|e| {
+        PublishError::Chunks {
+            path: bundle.clone(),
+            reason: e.to_string(),
         }
-        Err(e) => return Err(e),
-    };
-    Ok(ChunkRef {
-        sha256,
-        size,
-        stored_size: u32::try_from(stored_size).map_err(io::Error::other)?,
     })
 }
 
@@ -670,7 +577,7 @@ mod tests {
         let read = |entry: &IndexEntry| {
             let path = repo.join(delta::chunk_index_path(&entry.sha256));
             let json = fs::read(&path).unwrap();
-            let signature = fs::read(minisig_path(&path)).unwrap();
+            let signature = fs::read(delta::signature_path(&path)).unwrap();
             delta::verify_chunk_index(&json, &signature, &keys, &entry.sha256).unwrap()
         };
         let index = read(entry).index;
