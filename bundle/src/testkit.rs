@@ -244,7 +244,11 @@ pub fn bundle_signed_by(key: &SecretKey, version: &str, payloads: &[Vec<u8>]) ->
         .iter()
         .zip(payloads)
         .map(|(kind, data)| {
-            writer::compress(*kind, data.as_slice(), 1, dir.path()).expect("compressed")
+            let level = match kind {
+                PayloadKind::Rootfs => writer::ROOTFS_LEVEL,
+                _ => writer::BOOT_FILES_LEVEL,
+            };
+            writer::compress(*kind, data.as_slice(), level, dir.path()).expect("compressed")
         })
         .collect();
     let mut manifest = manifest_for(payloads, payloads);
