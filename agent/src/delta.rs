@@ -90,6 +90,11 @@ pub enum DeltaError {
     },
     #[error("chunk {url}: {message}")]
     Chunk { url: String, message: String },
+    /// The release is refused whatever way it comes; the full bundle's
+    /// install then refuses it too (after reading its manifest only), and
+    /// records why.
+    #[error("the release is refused ({0})")]
+    Refused(String),
 }
 
 /// Where the repository's files are read from: one HTTP client for all of a
@@ -227,6 +232,7 @@ pub fn prepare(
     system: &crate::System,
     repo: &str,
     entry: &IndexEntry,
+    options: &crate::install::InstallOptions,
     observer: &mut dyn Observer,
 ) -> Result<Prepared, DeltaError> {
     let keys = TrustedKeys::load_dir(&system.keys_dir).map_err(DeltaError::Keys)?;
@@ -246,6 +252,9 @@ pub fn prepare(
     let index = get_small(&index_url, MAX_CHUNK_INDEX_SIZE)?;
     let verified = format::verify_chunk_index(&index, &signature, &keys, &entry.sha256)?;
     let mut fetched = (index.len() + signature.len()) as u64;
+    // Nothing is fetched or read for a release the install would refuse.
+    crate::install::check(system, &verified.manifest, options)
+        .map_err(|e| DeltaError::Refused(e.to_string()))?;
 
     let local = local_chunks(system, verified.index.chunking)?;
     let staging = system

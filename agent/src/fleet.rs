@@ -486,7 +486,7 @@ pub fn install_offer(
         "channel {} offers {} {}: installing {url}",
         report.channel, entry.compatible, entry.version
     ));
-    let reason = match delta::prepare(system, &report.repository, entry, observer) {
+    let reason = match delta::prepare(system, &report.repository, entry, options, observer) {
         Ok(prepared) => {
             let summary = prepared.summary();
             observer.step(&format!("installing by delta: {summary}"));

@@ -465,7 +465,7 @@ fn run<'s>(
 }
 
 /// Everything checked before the first write.
-fn check(
+pub(crate) fn check(
     system: &System,
     manifest: &Manifest,
     options: &InstallOptions,
