@@ -83,6 +83,7 @@ impl Repo {
             now: berth_format::state::now(),
             rollout: None,
             change: None,
+            prune: None,
         })
         .unwrap();
         published.added[0].sha256.clone()

@@ -176,6 +176,21 @@ pub struct PublishOptions {
     pub rollout: Option<Vec<Wave>>,
     /// A change to a listed release.
     pub change: Option<EntryChange>,
+    /// Keep only the newest N releases per compatible string in this
+    /// channel, and remove the files no channel references any more.
+    pub prune: Option<usize>,
+}
+
+/// What `--prune` removed.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Entries dropped from this channel's index.
+    pub entries: Vec<IndexEntry>,
+    pub bundles: usize,
+    pub chunk_indexes: usize,
+    pub chunks: usize,
+    /// Bytes of the files removed.
+    pub bytes: u64,
 }
 
 /// What a publish did.
@@ -189,6 +204,8 @@ pub struct Published {
     /// Bundles given that were already listed with the same content.
     pub unchanged: Vec<IndexEntry>,
     pub key_id: String,
+    /// What `--prune` removed.
+    pub pruned: Option<Pruned>,
 }
 
 /// The index's `generated` time: `SOURCE_DATE_EPOCH` when set, else now.
@@ -271,6 +288,10 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     if let Some(change) = &options.change {
         apply(change, &mut entries, &options.channel, options.now)?;
     }
+    let dropped = match options.prune {
+        Some(keep) => keep_newest(&mut entries, keep),
+        None => Vec::new(),
+    };
     let mut index = ChannelIndex {
         format: INDEX_FORMAT,
         channel: options.channel.to_string(),
@@ -289,6 +310,16 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     let signature = key.sign(&json, &channel::trusted_comment(&index));
     write_atomic(&index_path, &json)?;
     write_atomic(&signature_path, signature.as_bytes())?;
+    // Only after the new index is in place: a device that reads it finds
+    // everything it lists.
+    let pruned = match options.prune {
+        Some(_) => {
+            let mut pruned = remove_unreferenced(repo, &keys)?;
+            pruned.entries = dropped;
+            Some(pruned)
+        }
+        None => None,
+    };
     Ok(Published {
         index_path,
         signature_path,
@@ -296,6 +327,7 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
         added,
         unchanged,
         key_id: key.key_id(),
+        pruned,
     })
 }
 
@@ -315,6 +347,146 @@ fn write_chunks(
             reason: e.to_string(),
         }
     })
+}
+
+/// Keeps the newest `keep` entries of each compatible string; returns the others.
+fn keep_newest(entries: &mut Vec<IndexEntry>, keep: usize) -> Vec<IndexEntry> {
+    let mut sorted = std::mem::take(entries);
+    // By compatible string, newest first.
+    sorted.sort_by(|a, b| {
+        a.compatible
+            .cmp(&b.compatible)
+            .then_with(|| b.version.cmp(&a.version))
+    });
+    let mut dropped = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for entry in sorted {
+        let count = seen.entry(entry.compatible.clone()).or_default();
+        *count += 1;
+        if *count <= keep {
+            entries.push(entry);
+        } else {
+            dropped.push(entry);
+        }
+    }
+    dropped
+}
+
+/// Removes the bundles, chunk indexes and chunks that no channel index of the
+/// repository references. Every `*.json` beside its `.minisig` at the top of
+/// the repository is a channel index; one that does not verify with `keys`
+/// stops the pruning (its references cannot be trusted to be complete, and
+/// removing what it may list could break its devices).
+fn remove_unreferenced(repo: &Path, keys: &TrustedKeys) -> Result<Pruned, PublishError> {
+    use std::collections::HashSet;
+    let mut bundles = HashSet::new();
+    let mut chunks = HashSet::new();
+    for file in fs::read_dir(repo).map_err(io_err(repo))? {
+        let path = file.map_err(io_err(repo))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(channel) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(channel) = ChannelName::new(channel) else {
+            continue;
+        };
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let signature_path = repo.join(channel.signature_file());
+        let signature = fs::read(&signature_path).map_err(io_err(&signature_path))?;
+        let verified = verify_index(
+            &bytes,
+            &signature,
+            keys,
+            &channel,
+            Expiry::IgnoreForRepublishing,
+        )
+        .map_err(|source| PublishError::ExistingIndex {
+            index: path.clone(),
+            source,
+        })?;
+        for entry in verified.index.bundles {
+            let index_path = repo.join(delta::chunk_index_path(&entry.sha256));
+            if let Ok(json) = fs::read(&index_path) {
+                let index: delta::ChunkIndex =
+                    serde_json::from_slice(&json).map_err(|e| PublishError::Chunks {
+                        path: index_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                chunks.extend(
+                    index
+                        .payloads
+                        .into_iter()
+                        .flat_map(|p| p.chunks)
+                        .map(|c| c.sha256),
+                );
+            }
+            bundles.insert(entry.sha256);
+        }
+    }
+    let mut pruned = Pruned::default();
+    let mut remove = |path: &Path| -> Result<(), PublishError> {
+        let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        fs::remove_file(path).map_err(io_err(path))?;
+        pruned.bytes += len;
+        Ok(())
+    };
+    let listing = |dir: &Path| -> Result<Vec<PathBuf>, PublishError> {
+        match fs::read_dir(dir) {
+            Ok(files) => files
+                .map(|f| f.map(|f| f.path()).map_err(io_err(dir)))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(dir)(e)),
+        }
+    };
+    let stem = |path: &Path, suffix: &str| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(suffix))
+            .map(str::to_string)
+    };
+    for path in listing(&repo.join(BUNDLES_DIR))? {
+        if let Some(sha) = stem(&path, ".bundle") {
+            if !bundles.contains(&sha) {
+                remove(&path)?;
+                pruned.bundles += 1;
+            }
+        }
+    }
+    for path in listing(&repo.join(delta::CHUNK_INDEX_DIR))? {
+        let sha = stem(&path, ".json.minisig").or_else(|| stem(&path, ".json"));
+        if let Some(sha) = sha {
+            if !bundles.contains(&sha) {
+                if path.extension().is_some_and(|e| e == "json") {
+                    pruned.chunk_indexes += 1;
+                }
+                remove(&path)?;
+            }
+        }
+    }
+    for dir in listing(&repo.join(delta::CHUNKS_DIR))? {
+        for path in listing(&dir)? {
+            if let Some(sha) = stem(&path, ".zst") {
+                if !chunks.contains(&sha) {
+                    remove(&path)?;
+                    pruned.chunks += 1;
+                }
+            }
+        }
+    }
+    for dir in [
+        repo.join(BUNDLES_DIR),
+        repo.join(delta::CHUNK_INDEX_DIR),
+        repo.join(delta::CHUNKS_DIR),
+    ] {
+        sync_dir(&dir).or_else(|e| match &e {
+            PublishError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })?;
+    }
+    Ok(pruned)
 }
 
 /// Pauses, resumes or withdraws the listed entry `change` names, at `now`.
@@ -570,6 +742,7 @@ mod tests {
             now: 1_000,
             rollout: None,
             change: None,
+            prune: None,
         };
         let first = publish(&options(release(dir.path(), &key, "1.0.0", &v1))).unwrap();
         let after_first = chunk_files(&repo);
@@ -606,6 +779,70 @@ mod tests {
         // Publishing again writes nothing new.
         publish(&options(release(dir.path(), &key, "1.1.0", &v2))).unwrap();
         assert_eq!(chunk_files(&repo), after_second);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_releases_and_what_any_channel_references() {
+        use berth_bundle::testkit::content;
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let key_path = dir.path().join("release.key");
+        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let repo = dir.path().join("repo");
+        let release_payloads = |seed: u32| {
+            vec![
+                content(seed, 1 << 20),
+                content(2, 100_000),
+                content(3, 5000),
+            ]
+        };
+        let options = |bundles: Vec<PathBuf>, channel: &str, prune: Option<usize>| PublishOptions {
+            bundles,
+            repo: repo.clone(),
+            key: key_path.clone(),
+            channel: ChannelName::new(channel).unwrap(),
+            lifetime: 86_400,
+            now: 1_000,
+            rollout: None,
+            change: None,
+            prune,
+        };
+        let mut shas = Vec::new();
+        for (seed, version) in (10..).zip(["1.0.0", "1.1.0", "1.2.0"]) {
+            let bundle = release(dir.path(), &key, version, &release_payloads(seed));
+            let published = publish(&options(vec![bundle], "stable", None)).unwrap();
+            shas.push(published.added[0].sha256.clone());
+        }
+        // 1.1.0 is also on channel beta: pruning stable must keep it.
+        let beta = release(dir.path(), &key, "1.1.0", &release_payloads(11));
+        publish(&options(vec![beta], "beta", None)).unwrap();
+        let chunks_before = chunk_files(&repo).len();
+
+        let pruned = publish(&options(Vec::new(), "stable", Some(1))).unwrap();
+        let versions: Vec<String> = pruned
+            .index
+            .bundles
+            .iter()
+            .map(|e| e.version.to_string())
+            .collect();
+        assert_eq!(versions, ["1.2.0"]);
+        let report = pruned.pruned.unwrap();
+        assert_eq!(report.entries.len(), 2);
+        assert_eq!((report.bundles, report.chunk_indexes), (1, 1), "{report:?}");
+        assert!(report.chunks > 0 && report.bytes > 0, "{report:?}");
+        assert!(!repo.join(format!("bundles/{}.bundle", shas[0])).exists());
+        assert!(!repo.join(delta::chunk_index_path(&shas[0])).exists());
+        // Every release an index still lists is whole: bundle, chunk index, chunks.
+        for sha in &shas[1..] {
+            assert!(repo.join(format!("bundles/{sha}.bundle")).exists());
+            let index: delta::ChunkIndex =
+                serde_json::from_slice(&fs::read(repo.join(delta::chunk_index_path(sha))).unwrap())
+                    .unwrap();
+            for chunk in index.payloads.iter().flat_map(|p| &p.chunks) {
+                assert!(repo.join(chunk.path()).exists(), "{}", chunk.sha256);
+            }
+        }
+        assert_eq!(chunk_files(&repo).len(), chunks_before - report.chunks);
     }
 
     #[test]
