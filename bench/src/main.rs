@@ -92,6 +92,9 @@ enum Bench {
         out: Option<PathBuf>,
     },
     /// berth-init's static binary size and its RSS supervising three containers.
+    /// Bytes a delta update fetches against the full bundle, and what chunks
+    /// cost the repository (no VM).
+    Delta,
     Footprint {
         /// Seconds to let the system settle after the containers started.
         #[arg(long, default_value_t = 10)]
@@ -135,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             println!("{u:#?}");
             Ok(())
         }
+        Bench::Delta => berth_bench::delta::run().map(|_| ()),
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
         Bench::Flash { runs, out } => berth_bench::flash::run(runs, out.as_deref()),
