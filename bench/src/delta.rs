@@ -122,7 +122,11 @@ pub fn run() -> anyhow::Result<DeltaResults> {
         "Hello again from berth!",
         &["busybox-static", "zstd"],
     ) {
-        Ok(bundle) => releases.push(("1.0.3", "one Debian package (zstd) added to the container", bundle)),
+        Ok(bundle) => releases.push((
+            "1.0.3",
+            "one Debian package (zstd) added to the container",
+            bundle,
+        )),
         Err(e) => not_measured.push(format!("one Debian package added: {e:#}")),
     }
 
@@ -133,17 +137,19 @@ pub fn run() -> anyhow::Result<DeltaResults> {
     let repo = scratch.path().join("repo");
     let mut sizes = Vec::new();
     let mut publish_one = |version: &str, bundle: &Path| -> anyhow::Result<()> {
-        berth_builder::release::publish::publish(&berth_builder::release::publish::PublishOptions {
-            bundles: vec![bundle.to_path_buf()],
-            repo: repo.clone(),
-            key: ws.release.with_extension("key"),
-            channel: ChannelName::new("stable")?,
-            lifetime: 3650 * 86_400,
-            now: berth_format::state::now(),
-            rollout: None,
-            change: None,
-            prune: None,
-        })?;
+        berth_builder::release::publish::publish(
+            &berth_builder::release::publish::PublishOptions {
+                bundles: vec![bundle.to_path_buf()],
+                repo: repo.clone(),
+                key: ws.release.with_extension("key"),
+                channel: ChannelName::new("stable")?,
+                lifetime: 3650 * 86_400,
+                now: berth_format::state::now(),
+                rollout: None,
+                change: None,
+                prune: None,
+            },
+        )?;
         sizes.push(RepoSize {
             version: version.to_string(),
             bundles: du(&repo.join("bundles")),
@@ -230,6 +236,87 @@ pub fn run() -> anyhow::Result<DeltaResults> {
         repo: sizes,
         not_measured,
     })
+}
+
+/// The section `--out` writes (and `all` carries into docs/benchmarks.md), and
+/// its plot beside it (`delta.svg`).
+pub fn write(results: &DeltaResults, out: &Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut body = String::from(
+        "A device running 1.0.0 of a one-container image (busybox-static) updates to each release from a repository holding 1.0.0 and that release; bytes fetched are the agent's own count (chunk index, its signature and the compressed chunks, or the bundle), against the full bundle of the same release. Real images, bundles and `berth publish`; the device is the agent on scratch files holding the running slot as the bundle installs it (no VM).\n\n",
+    );
+    let _ = writeln!(
+        body,
+        "| update from 1.0.0 | installed | fetched | full bundle | share | chunk requests |"
+    );
+    let _ = writeln!(body, "|---|---|---|---|---|---|");
+    for c in &results.cases {
+        let _ = writeln!(
+            body,
+            "| {} | {} | {} B | {} B | {:.2} % | {} |",
+            c.what,
+            match c.method {
+                DeliveryMethod::Delta => "by delta",
+                DeliveryMethod::Full => "full bundle",
+            },
+            c.fetched,
+            c.bundle,
+            percent(c.fetched, c.bundle),
+            c.chunk_requests
+        );
+    }
+    let _ = writeln!(
+        body,
+        "\nThe repository after each consecutive release (each publish adds the release's bundle and the chunks no earlier release had):\n"
+    );
+    let _ = writeln!(
+        body,
+        "| after | bundles/ (a repository without deltas) | chunks/ + chunk-index/ | total |"
+    );
+    let _ = writeln!(body, "|---|---|---|---|");
+    for r in &results.repo {
+        let _ = writeln!(
+            body,
+            "| {} | {} B | {} B | {} B |",
+            r.version,
+            r.bundles,
+            r.chunks,
+            r.bundles + r.chunks
+        );
+    }
+    for why in &results.not_measured {
+        let _ = writeln!(body, "\nNot measured: {why}.");
+    }
+    let _ = writeln!(
+        body,
+        "\n![bytes fetched by delta against the full bundle](bench/delta.svg)"
+    );
+    crate::report::write_section(
+        out,
+        "Delta updates: bytes fetched against the full bundle",
+        "berth-bench delta --out docs/bench/delta.md",
+        &body,
+    )?;
+    let bars: Vec<crate::svg::Bar> = results
+        .cases
+        .iter()
+        .map(|c| {
+            #[allow(clippy::cast_precision_loss)]
+            let mb = |b: u64| b as f64 / 1e6;
+            crate::svg::Bar {
+                label: c.what.chars().take(40).collect(),
+                segments: vec![mb(c.fetched), mb(c.bundle.saturating_sub(c.fetched))],
+            }
+        })
+        .collect();
+    let svg = crate::svg::stacked_bars(
+        "Delta update from 1.0.0: bytes fetched vs the full bundle",
+        "MB",
+        &["fetched", "rest of the full bundle"],
+        &bars,
+    );
+    fs::write(out.with_file_name("delta.svg"), svg)?;
+    Ok(())
 }
 
 /// Percent, for printing.

@@ -94,7 +94,12 @@ enum Bench {
     /// berth-init's static binary size and its RSS supervising three containers.
     /// Bytes a delta update fetches against the full bundle, and what chunks
     /// cost the repository (no VM).
-    Delta,
+    Delta {
+        /// Also write the section of the report (docs/bench/delta.md) and its
+        /// plot (docs/bench/delta.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     Footprint {
         /// Seconds to let the system settle after the containers started.
         #[arg(long, default_value_t = 10)]
@@ -138,7 +143,13 @@ fn main() -> anyhow::Result<()> {
             println!("{u:#?}");
             Ok(())
         }
-        Bench::Delta => berth_bench::delta::run().map(|_| ()),
+        Bench::Delta { out } => {
+            let results = berth_bench::delta::run()?;
+            if let Some(out) = out {
+                berth_bench::delta::write(&results, &out)?;
+            }
+            Ok(())
+        }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
         Bench::Flash { runs, out } => berth_bench::flash::run(runs, out.as_deref()),

@@ -567,6 +567,25 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_spans_its_filesystem_and_its_hash_tree() {
+        let params = |data_blocks: u64| VerityParams {
+            root_hash: "ab".repeat(32),
+            salt: String::new(),
+            data_blocks,
+            hash_offset: data_blocks * 4096,
+        };
+        // One data block needs no tree; up to 128 one hash block; 129 need
+        // two leaves and a root block; 128² + 1 need 129 + 2 + 1.
+        for (blocks, tree) in [(1, 0), (2, 1), (128, 1), (129, 3), (16_385, 129 + 2 + 1)] {
+            assert_eq!(
+                params(blocks).slot_bytes(),
+                (blocks + tree) * 4096,
+                "{blocks} data blocks"
+            );
+        }
+    }
+
+    #[test]
     fn verity_parameters_round_trip_and_partial_ones_are_errors() {
         let mut e = entry();
         e.verity = Some(VerityParams {
