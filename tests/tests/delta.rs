@@ -417,3 +417,49 @@ fn a_cut_delta_install_leaves_the_old_slot_booting_and_the_next_one_resumes() {
         "{fetched:?}"
     );
 }
+
+#[test]
+fn a_release_the_install_refuses_fetches_no_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let v1 = payloads(1);
+    let mut v2 = v1.clone();
+    v2[0][0] ^= 1;
+    repo.publish("1.0.0", &v1);
+    repo.publish("1.1.0", &v2);
+    let system = device(dir.path(), &repo, &v1);
+    // The running slot is still on trial: every install is refused.
+    let entry = fs::read_dir(system.esp.join("loader/entries"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = fs::read_to_string(&entry).unwrap();
+    entries::remove_slot_entries(&system.esp, Slot::A).unwrap();
+    entries::install_entry(&system.esp, &BootEntry::parse(&text).unwrap(), 3).unwrap();
+    let server = FileServer::start(&repo.dir);
+    let repository = Repository::parse(&format!("http://127.0.0.1:{}", server.port)).unwrap();
+    let err = update(
+        &system,
+        &repository,
+        &ChannelName::new("stable").unwrap(),
+        &InstallOptions::default(),
+        &mut Seen::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("is not marked good yet"), "{err}");
+    assert!(gets(&server, "chunks/").is_empty(), "{:?}", server.log());
+    let install = UpdateState::load(&system.state_path)
+        .unwrap()
+        .install
+        .unwrap();
+    assert_eq!(install.outcome, InstallOutcome::Failed);
+    assert!(
+        install.reason.contains("not marked good"),
+        "{}",
+        install.reason
+    );
+    assert!(EspState::read(&system.esp).unwrap().slot(Slot::B).is_none());
+}
