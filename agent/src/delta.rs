@@ -53,7 +53,7 @@ use crate::source;
 pub const MAX_FETCH_PERCENT: u64 = 80;
 /// Chunks fetched at once: enough to hide a link's round trip behind the next
 /// chunk's transfer, few enough for a small device's memory (each holds one
-/// chunk, at most 256 KiB at berth's chunking).
+/// chunk, at most 64 KiB at berth's chunking, 4 MiB whatever an index says).
 pub const PARALLEL_FETCHES: usize = 4;
 /// The staging folder, beside the state file on the data partition.
 const STAGING_DIR: &str = "delta-chunks";
