@@ -284,6 +284,34 @@ pub fn write(results: &DeltaResults, out: &Path) -> anyhow::Result<()> {
             r.bundles + r.chunks
         );
     }
+    let _ = writeln!(body);
+    for (goal, limit, case) in [
+        (
+            "one file changed in one container",
+            5.0,
+            results
+                .cases
+                .iter()
+                .find(|c| c.what.starts_with("one file")),
+        ),
+        (
+            "a re-release with no change",
+            1.0,
+            results
+                .cases
+                .iter()
+                .find(|c| c.what.starts_with("re-release")),
+        ),
+    ] {
+        if let Some(c) = case {
+            let share = percent(c.fetched, c.bundle);
+            let _ = writeln!(
+                body,
+                "- {goal}: goal ≤ {limit} % of the full bundle, measured {share:.2} %: **{}**",
+                if share <= limit { "met" } else { "missed" }
+            );
+        }
+    }
     for why in &results.not_measured {
         let _ = writeln!(body, "\nNot measured: {why}.");
     }
