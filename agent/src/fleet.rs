@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::delta;
 use super::index_cache::IndexCache;
-use super::install::{install, InstallError, InstallOptions, Installed, Observer};
+use super::install::{self, install_from, InstallError, InstallOptions, Installed, Observer};
 use super::source::{self, SourceError};
 use super::system::System;
 use berth_bundle::channel::{
@@ -40,7 +41,9 @@ use berth_bundle::rollout::SEED_LEN;
 use berth_bundle::{BundleError, ImageVersion, TrustedKeys, VersionError};
 use berth_format::clock::utc_datetime;
 use berth_format::layout::PROVISION_SAVED_FILE;
-use berth_format::state::{now, CheckOutcome, CheckRecord, StateError, UpdateState};
+use berth_format::state::{
+    now, CheckOutcome, CheckRecord, Delivery, DeliveryMethod, StateError, UpdateState,
+};
 
 /// Why a check or update did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -464,8 +467,12 @@ pub fn update(
     }
 }
 
-/// Installs the bundle a [`check`] picked (nothing when it picked none),
-/// comparing it with the index's size and sha256 as it streams in.
+/// Installs the bundle a [`check`] picked (nothing when it picked none): by
+/// delta when the repository has a chunk index for it and the delta pays
+/// ([`crate::delta`]), else — or when the delta fails before its commit
+/// point — the full bundle, compared with the index's size and sha256 as it
+/// streams in. Which one, why and the bytes fetched go into the log and the
+/// install record.
 pub fn install_offer(
     system: &System,
     report: &CheckReport,
@@ -479,12 +486,57 @@ pub fn install_offer(
         "channel {} offers {} {}: installing {url}",
         report.channel, entry.compatible, entry.version
     ));
+    let reason = match delta::prepare(system, &report.repository, entry, options, observer) {
+        Ok(prepared) => {
+            let summary = prepared.summary();
+            observer.step(&format!("installing by delta: {summary}"));
+            let delivery = Delivery {
+                method: DeliveryMethod::Delta,
+                reason: summary,
+                fetched: prepared.fetched,
+                bundle_size: prepared.bundle_size,
+            };
+            let origin = format!("{url} (by delta)");
+            let result = install_from(system, &origin, options, Some(delivery), observer, |_| {
+                Ok(Box::new(prepared.source()))
+            });
+            match result {
+                Ok(installed) => {
+                    prepared.clear();
+                    return Ok(Some(installed));
+                }
+                // Refusals do not depend on where the payloads come from.
+                Err(e @ (InstallError::Refused(_) | InstallError::NoKeys(_))) => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    prepared.clear();
+                    format!("the delta install failed before its commit point ({e})")
+                }
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    observer.step(&format!("installing the full bundle: {reason}"));
     let reader = source::open(url).map_err(|error| FleetError::Fetch {
         url: url.clone(),
         error,
     })?;
     let reader = MatchIndex::new(reader, entry);
-    Ok(Some(install(system, reader, url, options, observer)?))
+    let delivery = Delivery {
+        method: DeliveryMethod::Full,
+        reason,
+        fetched: entry.size,
+        bundle_size: entry.size,
+    };
+    Ok(Some(install_from(
+        system,
+        url,
+        options,
+        Some(delivery),
+        observer,
+        |keys| install::open_bundle(reader, keys),
+    )?))
 }
 
 /// Passes a bundle through, and fails the read that reaches its end (or passes

@@ -24,10 +24,12 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::system::System;
-use berth_bundle::{BundleError, BundleReader, ImageVersion, Manifest, PayloadKind, TrustedKeys};
+use berth_bundle::{
+    BundleError, BundleReader, ImageVersion, Manifest, PayloadInfo, PayloadKind, TrustedKeys,
+};
 use berth_format::entries::{self, EntriesError, EspState};
 use berth_format::layout::{BootEntry, Slot, VerityParams, ARCHITECTURE};
-use berth_format::state::{now, InstallOutcome, InstallRecord, StateError, UpdateState};
+use berth_format::state::{now, Delivery, InstallOutcome, InstallRecord, StateError, UpdateState};
 
 /// Tries a freshly installed slot gets before systemd-boot gives up on it.
 pub const DEFAULT_TRIES: u32 = 3;
@@ -202,17 +204,105 @@ pub fn install<R: Read>(
     options: &InstallOptions,
     observer: &mut dyn Observer,
 ) -> Result<Installed, InstallError> {
+    install_from(system, origin, options, None, observer, |keys| {
+        open_bundle(source, keys)
+    })
+}
+
+/// A bundle read front to back as a [`PayloadSource`]: its signature is
+/// checked here, before anything else is read.
+pub fn open_bundle<'s, R: Read + 's>(
+    source: R,
+    keys: &TrustedKeys,
+) -> Result<Box<dyn PayloadSource + 's>, InstallError> {
+    // The payloads' signed sha256 is checked as they stream; their stored
+    // (compressed) digest adds nothing to what is written, only a hash pass.
+    let bundle = BundleReader::open(source, keys)?.without_stored_digests();
+    Ok(Box::new(BundleSource { bundle }))
+}
+
+/// A payload's manifest entry and a reader of its bytes.
+pub type NextPayload<'a> = (PayloadInfo, Box<dyn Read + 'a>);
+
+/// Where an install's signed manifest and payloads come from: a bundle read
+/// front to back ([`install`]), or a delta assembled from chunks
+/// ([`crate::delta`]). Either way each payload's reader fails, at its end at
+/// the latest, when the bytes are not the manifest's signed sha256: the
+/// write loop reads every payload to its end before the commit point.
+pub trait PayloadSource {
+    /// The manifest, its signature already verified against the trusted keys.
+    fn manifest(&self) -> &Manifest;
+    /// The key that signed the manifest.
+    fn signer(&self) -> &str;
+    /// The next payload, in manifest order; `None` after the last.
+    fn next_payload(&mut self) -> Result<Option<NextPayload<'_>>, InstallError>;
+    /// Checks that nothing is left over (a bundle's end of archive).
+    fn finish(self: Box<Self>) -> Result<(), InstallError>;
+}
+
+/// A bundle read front to back.
+struct BundleSource<R: Read> {
+    bundle: BundleReader<R>,
+}
+
+impl<R: Read> PayloadSource for BundleSource<R> {
+    fn manifest(&self) -> &Manifest {
+        self.bundle.manifest()
+    }
+
+    fn signer(&self) -> &str {
+        self.bundle.signature_key_id()
+    }
+
+    fn next_payload(&mut self) -> Result<Option<NextPayload<'_>>, InstallError> {
+        Ok(self.bundle.next_payload()?.map(|payload| {
+            let info = payload.info().clone();
+            let reader: Box<dyn Read + '_> = Box::new(Finishing(Some(payload)));
+            (info, reader)
+        }))
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), InstallError> {
+        Ok(self.bundle.finish()?)
+    }
+}
+
+/// A bundle payload that runs its size and digest checks
+/// ([`PayloadReader::finish`](berth_bundle::PayloadReader::finish)) when it
+/// reaches its end, so that end is an error when they fail.
+struct Finishing<'a, R: Read>(Option<berth_bundle::PayloadReader<'a, R>>);
+
+impl<R: Read> Read for Finishing<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(payload) = self.0.as_mut() else {
+            return Ok(0);
+        };
+        let n = payload.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(payload) = self.0.take() {
+                payload
+                    .finish()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Installs from the source `open` gives (after the trusted keys are loaded),
+/// with `delivery` recorded beside the outcome.
+pub fn install_from<'s>(
+    system: &System,
+    origin: &str,
+    options: &InstallOptions,
+    delivery: Option<Delivery>,
+    observer: &mut dyn Observer,
+    open: impl FnOnce(&TrustedKeys) -> Result<Box<dyn PayloadSource + 's>, InstallError>,
+) -> Result<Installed, InstallError> {
     let target = system.target();
     let mut started = false;
     let mut version = String::new();
-    let result = run(
-        system,
-        source,
-        options,
-        observer,
-        &mut started,
-        &mut version,
-    );
+    let result = run(system, open, options, observer, &mut started, &mut version);
     let (outcome, reason) = match &result {
         Ok(_) => (InstallOutcome::Committed, format!("from {origin}")),
         Err(err) if !started => (InstallOutcome::Failed, format!("refused {origin}: {err}")),
@@ -231,6 +321,7 @@ pub fn install<R: Read>(
             outcome,
             reason,
             at: now(),
+            delivery: delivery.clone(),
         })
     });
     let installed = result?;
@@ -239,9 +330,9 @@ pub fn install<R: Read>(
     Ok(installed)
 }
 
-fn run<R: Read>(
+fn run<'s>(
     system: &System,
-    source: R,
+    open: impl FnOnce(&TrustedKeys) -> Result<Box<dyn PayloadSource + 's>, InstallError>,
     options: &InstallOptions,
     observer: &mut dyn Observer,
     started: &mut bool,
@@ -251,16 +342,14 @@ fn run<R: Read>(
     if keys.is_empty() {
         return Err(InstallError::NoKeys(system.keys_dir.clone()));
     }
-    // The payloads' signed sha256 is checked as they stream; their stored
-    // (compressed) digest adds nothing to what is written, only a hash pass.
-    let mut bundle = BundleReader::open(source, &keys)?.without_stored_digests();
+    let mut bundle = open(&keys)?;
     let manifest = bundle.manifest().clone();
     *version = manifest.version.to_string();
     observer.step(&format!(
         "bundle {} {} signed by key {}: signature verified",
         manifest.name,
         manifest.version,
-        bundle.signature_key_id()
+        bundle.signer()
     ));
     let target = system.target();
     check(system, &manifest, options)?;
@@ -275,6 +364,7 @@ fn run<R: Read>(
             outcome: InstallOutcome::InProgress,
             reason: String::new(),
             at: now(),
+            delivery: None,
         })
     })?;
     entries::remove_slot_entries(&system.esp, target)?;
@@ -287,13 +377,12 @@ fn run<R: Read>(
     fs::create_dir_all(&slot_dir).map_err(InstallError::io("create folder", &slot_dir))?;
 
     let mut written = Vec::new();
-    while let Some(mut payload) = bundle.next_payload()? {
-        let info = payload.info().clone();
+    while let Some((info, mut payload)) = bundle.next_payload()? {
         match info.kind {
             PayloadKind::Rootfs => {
                 let node = &system.slot(target).node;
                 let digest = write_slot(node, &mut payload, info.size, observer)?;
-                payload.finish()?;
+                drop(payload);
                 observer.step(&format!(
                     "root filesystem written to {}: it matches the signed sha256; synced",
                     node.display()
@@ -310,7 +399,7 @@ fn run<R: Read>(
                 };
                 let path = system.esp.join(relative);
                 let digest = write_esp_file(&path, &mut payload, info.kind, info.size, observer)?;
-                payload.finish()?;
+                drop(payload);
                 commit_esp_file(&path)?;
                 observer.step(&format!(
                     "{} written: it matches the signed sha256; synced",
@@ -376,7 +465,7 @@ fn run<R: Read>(
 }
 
 /// Everything checked before the first write.
-fn check(
+pub(crate) fn check(
     system: &System,
     manifest: &Manifest,
     options: &InstallOptions,

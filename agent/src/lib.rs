@@ -4,6 +4,7 @@
 //! [`daemon`] the init runs as a service on a device with an update repository.
 
 pub mod daemon;
+pub mod delta;
 pub mod fleet;
 pub mod idle;
 pub mod index_cache;

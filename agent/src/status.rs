@@ -13,7 +13,7 @@ use berth_format::entries::{self, EntriesError, EspState};
 use berth_format::layout::Slot;
 use berth_format::state::{
     now, AssessmentOutcome, AssessmentRecord, AssessmentRecord as Assessment, CheckRecord,
-    InstallRecord, PendingReboot, RollbackRecord, StateError, UpdateState,
+    DeliveryMethod, InstallRecord, PendingReboot, RollbackRecord, StateError, UpdateState,
 };
 
 /// Why a status, rollback or mark-good failed.
@@ -186,6 +186,19 @@ impl Status {
                 install.outcome,
                 suffix(&install.reason)
             );
+            if let Some(delivery) = &install.delivery {
+                let _ = writeln!(
+                    out,
+                    "  fetched {} of the {}-byte bundle {}: {}",
+                    delivery.fetched,
+                    delivery.bundle_size,
+                    match delivery.method {
+                        DeliveryMethod::Delta => "by delta",
+                        DeliveryMethod::Full => "as the full bundle",
+                    },
+                    delivery.reason
+                );
+            }
         }
         if let Some(assessment) = &self.assessment {
             let _ = writeln!(

@@ -6,6 +6,7 @@ pub mod arm64;
 pub mod baseline;
 pub mod boots;
 pub mod builds;
+pub mod delta;
 pub mod flash;
 pub mod fleet;
 pub mod footprint;

@@ -92,6 +92,14 @@ enum Bench {
         out: Option<PathBuf>,
     },
     /// berth-init's static binary size and its RSS supervising three containers.
+    /// Bytes a delta update fetches against the full bundle, and what chunks
+    /// cost the repository (no VM).
+    Delta {
+        /// Also write the section of the report (docs/bench/delta.md) and its
+        /// plot (docs/bench/delta.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     Footprint {
         /// Seconds to let the system settle after the containers started.
         #[arg(long, default_value_t = 10)]
@@ -133,6 +141,13 @@ fn main() -> anyhow::Result<()> {
         Bench::Update { runs } => {
             let u = berth_bench::update::run(runs)?;
             println!("{u:#?}");
+            Ok(())
+        }
+        Bench::Delta { out } => {
+            let results = berth_bench::delta::run()?;
+            if let Some(out) = out {
+                berth_bench::delta::write(&results, &out)?;
+            }
             Ok(())
         }
         Bench::Footprint { settle } => berth_bench::footprint::run(settle),

@@ -166,7 +166,7 @@ enum Command {
     /// index (REPO/CHANNEL.json and REPO/CHANNEL.json.minisig).
     Publish {
         /// The bundles to add (each is verified with the key's public half).
-        #[arg(required_unless_present_any = ["pause", "resume", "withdraw"])]
+        #[arg(required_unless_present_any = ["pause", "resume", "withdraw", "prune"])]
         bundles: Vec<PathBuf>,
         /// The repository folder (created when missing); serve it with any web server.
         #[arg(long, value_name = "DIR")]
@@ -199,6 +199,11 @@ enum Command {
         /// string, when the index lists that version for several.
         #[arg(long, value_name = "COMPATIBLE", requires = "change")]
         compatible: Option<String>,
+        /// Keep only the newest N releases (per compatible string) in the
+        /// channel's index, then remove the bundles, chunk indexes and chunks
+        /// no channel's index references any more.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        prune: Option<u32>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -841,6 +846,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resume,
             withdraw,
             compatible,
+            prune,
             quiet,
             json,
         } => {
@@ -876,6 +882,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map(berth_bundle::rollout::parse_schedule)
                     .transpose()?,
                 change,
+                prune: prune.map(|n| n as usize),
             };
             let published = publish::publish(&options)
                 .with_context(|| format!("publishing into {}", repo.display()))?;
@@ -898,6 +905,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!(
                         "{} {} was already published as {}",
                         e.compatible, e.version, e.path
+                    );
+                }
+                if let Some(pruned) = &published.pruned {
+                    for e in &pruned.entries {
+                        eprintln!("pruned {} {} from the index", e.compatible, e.version);
+                    }
+                    eprintln!(
+                        "removed {} bundles, {} chunk indexes and {} chunks ({} bytes) no index references",
+                        pruned.bundles, pruned.chunk_indexes, pruned.chunks, pruned.bytes
                     );
                 }
                 eprintln!(

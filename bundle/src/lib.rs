@@ -20,6 +20,7 @@
 //! repository.
 
 pub mod channel;
+pub mod delta;
 mod error;
 pub mod keys;
 pub mod manifest;

@@ -22,6 +22,7 @@ pub struct BundleReader<R: Read> {
     archive: Archive<R>,
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
+    signature_bytes: Vec<u8>,
     signature_key_id: String,
     trusted_comment: String,
     verified: bool,
@@ -111,6 +112,7 @@ impl<R: Read> BundleReader<R> {
             archive,
             manifest,
             manifest_bytes,
+            signature_bytes,
             signature_key_id: signature.key_id,
             trusted_comment: signature.trusted_comment,
             verified,
@@ -137,6 +139,11 @@ impl<R: Read> BundleReader<R> {
     /// The manifest's exact bytes (what the signature covers).
     pub fn manifest_bytes(&self) -> &[u8] {
         &self.manifest_bytes
+    }
+
+    /// The signature member's exact bytes (a minisign signature file).
+    pub fn signature_bytes(&self) -> &[u8] {
+        &self.signature_bytes
     }
 
     /// The key id named in the signature (16 uppercase hex digits).

@@ -234,3 +234,32 @@ pub fn encode64(data: &[u8]) -> String {
     }
     out
 }
+
+/// A bundle of `payloads` (rootfs, kernel, initramfs) for compatible
+/// `berth-hello` at `version`, written by the real writer and signed with
+/// `key`, as `berth bundle` makes one.
+pub fn bundle_signed_by(key: &SecretKey, version: &str, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let mut compressed: Vec<writer::CompressedPayload> = PayloadKind::ALL
+        .iter()
+        .zip(payloads)
+        .map(|(kind, data)| {
+            let level = match kind {
+                PayloadKind::Rootfs => writer::ROOTFS_LEVEL,
+                _ => writer::BOOT_FILES_LEVEL,
+            };
+            writer::compress(*kind, data.as_slice(), level, dir.path()).expect("compressed")
+        })
+        .collect();
+    let mut manifest = manifest_for(payloads, payloads);
+    manifest.version = version.parse().expect("a version");
+    manifest.title = format!("berth hello {version}");
+    manifest.min_version = None;
+    let blocks = (payloads[0].len() as u64 / 4096).saturating_sub(1).max(1);
+    if let Some(v) = manifest.verity.as_mut() {
+        v.data_blocks = blocks;
+        v.hash_offset = blocks * 4096;
+    }
+    manifest.payloads = compressed.iter().map(|p| p.info().clone()).collect();
+    writer::write_bundle(Vec::new(), &manifest, key, &mut compressed).expect("a bundle")
+}

@@ -263,6 +263,21 @@ pub struct VerityParams {
 }
 
 impl VerityParams {
+    /// Bytes of the slot content these parameters describe: the (padded)
+    /// filesystem and the hash tree after it (format 1, sha256, 4096-byte
+    /// blocks, 128 digests a hash block, no superblock; none for one block).
+    pub fn slot_bytes(&self) -> u64 {
+        const PER_BLOCK: u64 = VERITY_BLOCK_SIZE / 32;
+        let mut tree = 0u64;
+        let mut level = self.data_blocks;
+        while level > 1 {
+            level = level.div_ceil(PER_BLOCK);
+            tree = tree.saturating_add(level);
+        }
+        self.hash_offset
+            .saturating_add(tree.saturating_mul(VERITY_BLOCK_SIZE))
+    }
+
     /// The command line words that carry these parameters.
     pub fn cmdline(&self) -> String {
         let salt = if self.salt.is_empty() {
@@ -552,6 +567,25 @@ mod tests {
         let parsed = KernelCmdline::parse("root=PARTUUID=ABCD berth.slot=c");
         assert_eq!(parsed.root_partuuid.as_deref(), Some("abcd"));
         assert_eq!(parsed.slot, None);
+    }
+
+    #[test]
+    fn a_slot_spans_its_filesystem_and_its_hash_tree() {
+        let params = |data_blocks: u64| VerityParams {
+            root_hash: "ab".repeat(32),
+            salt: String::new(),
+            data_blocks,
+            hash_offset: data_blocks * 4096,
+        };
+        // One data block needs no tree; up to 128 one hash block; 129 need
+        // two leaves and a root block; 128² + 1 need 129 + 2 + 1.
+        for (blocks, tree) in [(1, 0), (2, 1), (128, 1), (129, 3), (16_385, 129 + 2 + 1)] {
+            assert_eq!(
+                params(blocks).slot_bytes(),
+                (blocks + tree) * 4096,
+                "{blocks} data blocks"
+            );
+        }
     }
 
     #[test]

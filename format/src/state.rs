@@ -125,6 +125,34 @@ pub struct InstallRecord {
     pub reason: String,
     /// Unix time (seconds) of the record, by the device's clock.
     pub at: u64,
+    /// How the payloads came (an install from an update repository); `None`
+    /// for a bundle given as a file or URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+}
+
+/// Whether an install fetched chunks or the whole bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMethod {
+    /// Chunks the device did not hold, assembled with the ones it did.
+    Delta,
+    /// The whole bundle.
+    Full,
+}
+
+/// How an install's payloads came, and what that cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub method: DeliveryMethod,
+    /// Why this method: what made a delta impossible or not worth it, or
+    /// what the delta reused.
+    pub reason: String,
+    /// Bytes fetched from the repository for the payloads (compressed chunks
+    /// and the chunk index, or the bundle).
+    pub fetched: u64,
+    /// Bytes of the full bundle, for comparison.
+    pub bundle_size: u64,
 }
 
 /// How the boot assessment of a counting slot ended.
@@ -255,6 +283,7 @@ mod tests {
                 outcome: InstallOutcome::Committed,
                 reason: "from http://10.0.2.2/x.bundle".into(),
                 at: 5,
+                delivery: None,
             })
         })
         .unwrap();

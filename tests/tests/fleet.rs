@@ -164,6 +164,55 @@ fn publish_writes_an_index_minisign_verifies_and_keeps_earlier_versions() {
         assert_eq!(entry["compatible"], NAME);
     }
 
+    // Each release's chunk index verifies with the standard tool too, and the
+    // chunks 1.1.0 adds to the repository (a version bump: a few files and
+    // their verity hashes) are a small part of its bundle.
+    let mut chunks: Vec<std::collections::BTreeMap<String, u64>> = Vec::new();
+    for file in [&fx.bundle100, &fx.bundle110] {
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            fs::read(file).unwrap(),
+        ));
+        let path = repo.join(format!("chunk-index/{sha}.json"));
+        let out = Command::new("minisign")
+            .arg("-Vm")
+            .arg(&path)
+            .arg("-p")
+            .arg(fx.release.with_extension("pub"))
+            .output()
+            .expect("running minisign");
+        assert!(
+            out.status.success(),
+            "minisign refused {}: {out:?}",
+            path.display()
+        );
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(index["bundle_sha256"], sha.as_str());
+        chunks.push(
+            index["payloads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p["chunks"].as_array().unwrap())
+                .map(|c| {
+                    (
+                        c["sha256"].as_str().unwrap().to_string(),
+                        c["stored_size"].as_u64().unwrap(),
+                    )
+                })
+                .collect(),
+        );
+    }
+    let added: u64 = chunks[1]
+        .iter()
+        .filter(|(hash, _)| !chunks[0].contains_key(*hash))
+        .map(|(_, size)| size)
+        .sum();
+    let full = fs::metadata(&fx.bundle110).unwrap().len();
+    assert!(
+        added * 100 <= full * 5,
+        "1.1.0 adds {added} bytes of chunks, its bundle is {full}"
+    );
+
     // Same bundles, key and time: the same bytes, in any publishing order.
     let again = fresh(&fx.dir.join("repo-cli-again"));
     assert!(
@@ -171,7 +220,17 @@ fn publish_writes_an_index_minisign_verifies_and_keeps_earlier_versions() {
             .status
             .success()
     );
-    for file in ["stable.json", "stable.json.minisig"] {
+    let sha110 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        fs::read(&fx.bundle110).unwrap(),
+    ));
+    let chunk_index = format!("chunk-index/{sha110}.json");
+    let chunk_signature = format!("{chunk_index}.minisig");
+    for file in [
+        "stable.json",
+        "stable.json.minisig",
+        chunk_index.as_str(),
+        chunk_signature.as_str(),
+    ] {
         assert_eq!(
             fs::read(repo.join(file)).unwrap(),
             fs::read(again.join(file)).unwrap(),
@@ -231,6 +290,9 @@ fn a_device_updates_itself_past_a_stall_and_refuses_replayed_and_tampered_indexe
     let repo = fresh(&fx.dir.join("repo-served"));
     let published = publish(&repo, &fx.release, &[&fx.bundle110]);
     assert!(published.status.success(), "{published:?}");
+    // A repository as written before delta updates (no chunk indexes): the
+    // device installs the full bundle and says why.
+    fs::remove_dir_all(repo.join("chunk-index")).unwrap();
     // Expiry is checked against the device's clock: this index runs to 2033.
     let server = FileServer::start(&repo);
     // The first bundle download hangs after 8 KiB (a byte every 5 s after).
@@ -253,6 +315,10 @@ fn a_device_updates_itself_past_a_stall_and_refuses_replayed_and_tampered_indexe
     );
     // The stalled download ends with an error (the agent's stall guard: 16 KiB
     // a minute at least), and the check after it installs.
+    expect(
+        &vm,
+        "[berth-update] installing the full bundle: the repository has no chunk index for this release",
+    );
     let stalled = expect(&vm, "the download stalled");
     assert!(stalled.contains("[berth-update] check failed"), "{stalled}");
     expect(
@@ -298,6 +364,12 @@ fn a_device_updates_itself_past_a_stall_and_refuses_replayed_and_tampered_indexe
     let installed = wait_for_report(&server, |r| r["event"] == "installed");
     assert_eq!(installed["check"]["version"], "1.1.0", "{installed:#}");
     assert_eq!(installed["check"]["running"], "1.0.0", "{installed:#}");
+    let delivery = &installed["status"]["install"]["delivery"];
+    assert_eq!(delivery["method"], "full", "{installed:#}");
+    assert_eq!(
+        delivery["fetched"], delivery["bundle_size"],
+        "{installed:#}"
+    );
     let assessed = wait_for_report(&server, |r| r["event"] == "assessed");
     assert_eq!(assessed["status"]["booted"], "b", "{assessed:#}");
     assert_eq!(
@@ -437,6 +509,9 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
             server.guest_url("report"),
         ),
     );
+    // Published with chunks: the device holds nearly all of 1.1.0 already
+    // (only the version changed), fetches the rest, and never the bundle.
+    let by_delta = expect(&vm, "[berth-update] installing by delta: ");
     expect(
         &vm,
         "[berth-update] installed 1.1.0 into slot b; it boots next",
@@ -448,6 +523,28 @@ fn a_device_outside_its_window_installs_and_reboots_when_it_opens() {
     expect(&vm, &due);
     // The status says so too (the report carries `berth-update status --json`).
     let waiting = wait_for_report(&server, |r| r["event"] == "installed");
+    let delivery = &waiting["status"]["install"]["delivery"];
+    assert_eq!(delivery["method"], "delta", "{waiting:#}");
+    let (fetched, full) = (
+        delivery["fetched"].as_u64().unwrap(),
+        delivery["bundle_size"].as_u64().unwrap(),
+    );
+    assert_eq!(full, fs::metadata(&fx.bundle110).unwrap().len());
+    let requests = server.log().requests;
+    assert!(
+        !requests.iter().any(|r| r.starts_with("GET /bundles/")),
+        "{requests:#?}"
+    );
+    let chunk_gets = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /chunks/"))
+        .count();
+    assert!(chunk_gets > 0, "{requests:#?}");
+    assert!(
+        fetched * 100 <= full * 5,
+        "fetched {fetched} of {full} bytes ({chunk_gets} chunks): {by_delta}"
+    );
+    eprintln!("delta 1.0.0 -> 1.1.0: {fetched} of {full} bytes, {chunk_gets} chunks: {by_delta}");
     let pending = &waiting["status"]["reboot_pending"];
     assert_eq!(pending["version"], "1.1.0", "{waiting:#}");
     assert_eq!(pending["due"], opens, "{waiting:#}");

@@ -5,7 +5,14 @@
 //! REPO/bundles/<sha256>.bundle   each bundle, named by the sha256 of the file
 //! REPO/<channel>.json            the channel index
 //! REPO/<channel>.json.minisig    its minisign signature, by the release key
+//! REPO/chunks/<aa>/<sha256>.zst  content-defined chunks of every payload
+//! REPO/chunk-index/<bundle-sha256>.json[.minisig]  each bundle's chunk index
 //! ```
+//!
+//! Every bundle the index lists gets its chunks and its signed chunk index
+//! (format: `berth_bundle::delta`) when it has none yet, so a repository
+//! written before delta updates gains them at its next publish. Chunks are
+//! named by their content and never rewritten: releases share them.
 //!
 //! Every bundle is copied into the repository first and the copy is verified
 //! (signature with the key's public half, every payload streamed and hashed), so
@@ -40,6 +47,7 @@ use berth_bundle::channel::{
 use berth_bundle::rollout::format_schedule;
 use berth_bundle::{ImageVersion, SecretKey, SecretKeyError, TrustedKeys};
 
+use berth_bundle::delta;
 use berth_bundle::writer::Hashing;
 
 use crate::release::bundle::{inspect, PayloadCheck};
@@ -81,6 +89,8 @@ pub enum PublishError {
         existing: String,
         path: PathBuf,
     },
+    #[error("{path}: cutting it into chunks: {reason}")]
+    Chunks { path: PathBuf, reason: String },
     #[error("--expires {0:?} is not a duration like 30d, 12h, 90m or 3600s")]
     Lifetime(String),
     #[error("{compatible} {version} is already published {existing}: a rollout is set when a release is first published, not changed later")]
@@ -166,6 +176,21 @@ pub struct PublishOptions {
     pub rollout: Option<Vec<Wave>>,
     /// A change to a listed release.
     pub change: Option<EntryChange>,
+    /// Keep only the newest N releases per compatible string in this
+    /// channel, and remove the files no channel references any more.
+    pub prune: Option<usize>,
+}
+
+/// What `--prune` removed.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    /// Entries dropped from this channel's index.
+    pub entries: Vec<IndexEntry>,
+    pub bundles: usize,
+    pub chunk_indexes: usize,
+    pub chunks: usize,
+    /// Bytes of the files removed.
+    pub bytes: u64,
 }
 
 /// What a publish did.
@@ -179,6 +204,8 @@ pub struct Published {
     /// Bundles given that were already listed with the same content.
     pub unchanged: Vec<IndexEntry>,
     pub key_id: String,
+    /// What `--prune` removed.
+    pub pruned: Option<Pruned>,
 }
 
 /// The index's `generated` time: `SOURCE_DATE_EPOCH` when set, else now.
@@ -261,6 +288,10 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     if let Some(change) = &options.change {
         apply(change, &mut entries, &options.channel, options.now)?;
     }
+    let dropped = match options.prune {
+        Some(keep) => keep_newest(&mut entries, keep),
+        None => Vec::new(),
+    };
     let mut index = ChannelIndex {
         format: INDEX_FORMAT,
         channel: options.channel.to_string(),
@@ -270,10 +301,25 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
     };
     index.sort();
     index.validate()?;
+    // Chunks and chunk indexes before the channel index that makes devices
+    // look for them.
+    for entry in &index.bundles {
+        write_chunks(repo, entry, &key, &keys)?;
+    }
     let json = index.to_json();
     let signature = key.sign(&json, &channel::trusted_comment(&index));
     write_atomic(&index_path, &json)?;
     write_atomic(&signature_path, signature.as_bytes())?;
+    // Only after the new index is in place: a device that reads it finds
+    // everything it lists.
+    let pruned = match options.prune {
+        Some(_) => {
+            let mut pruned = remove_unreferenced(repo, &keys)?;
+            pruned.entries = dropped;
+            Some(pruned)
+        }
+        None => None,
+    };
     Ok(Published {
         index_path,
         signature_path,
@@ -281,7 +327,166 @@ pub fn publish(options: &PublishOptions) -> Result<Published, PublishError> {
         added,
         unchanged,
         key_id: key.key_id(),
+        pruned,
     })
+}
+
+/// Cuts the payloads of the listed bundle `entry` into chunks, stores the new
+/// ones and writes its signed chunk index, unless it has one
+/// ([`delta::write_chunks`]).
+fn write_chunks(
+    repo: &Path,
+    entry: &IndexEntry,
+    key: &SecretKey,
+    keys: &TrustedKeys,
+) -> Result<bool, PublishError> {
+    let bundle = repo.join(&entry.path);
+    delta::write_chunks(repo, &bundle, &entry.sha256, entry.size, key, keys).map_err(|e| {
+        PublishError::Chunks {
+            path: bundle.clone(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Keeps the newest `keep` entries of each compatible string; returns the others.
+fn keep_newest(entries: &mut Vec<IndexEntry>, keep: usize) -> Vec<IndexEntry> {
+    let mut sorted = std::mem::take(entries);
+    // By compatible string, newest first.
+    sorted.sort_by(|a, b| {
+        a.compatible
+            .cmp(&b.compatible)
+            .then_with(|| b.version.cmp(&a.version))
+    });
+    let mut dropped = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for entry in sorted {
+        let count = seen.entry(entry.compatible.clone()).or_default();
+        *count += 1;
+        if *count <= keep {
+            entries.push(entry);
+        } else {
+            dropped.push(entry);
+        }
+    }
+    dropped
+}
+
+/// Removes the bundles, chunk indexes and chunks that no channel index of the
+/// repository references. Every `*.json` beside its `.minisig` at the top of
+/// the repository is a channel index; one that does not verify with `keys`
+/// stops the pruning (its references cannot be trusted to be complete, and
+/// removing what it may list could break its devices).
+fn remove_unreferenced(repo: &Path, keys: &TrustedKeys) -> Result<Pruned, PublishError> {
+    use std::collections::HashSet;
+    let mut bundles = HashSet::new();
+    let mut chunks = HashSet::new();
+    for file in fs::read_dir(repo).map_err(io_err(repo))? {
+        let path = file.map_err(io_err(repo))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(channel) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(channel) = ChannelName::new(channel) else {
+            continue;
+        };
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let signature_path = repo.join(channel.signature_file());
+        let signature = fs::read(&signature_path).map_err(io_err(&signature_path))?;
+        let verified = verify_index(
+            &bytes,
+            &signature,
+            keys,
+            &channel,
+            Expiry::IgnoreForRepublishing,
+        )
+        .map_err(|source| PublishError::ExistingIndex {
+            index: path.clone(),
+            source,
+        })?;
+        for entry in verified.index.bundles {
+            let index_path = repo.join(delta::chunk_index_path(&entry.sha256));
+            if let Ok(json) = fs::read(&index_path) {
+                let index: delta::ChunkIndex =
+                    serde_json::from_slice(&json).map_err(|e| PublishError::Chunks {
+                        path: index_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                chunks.extend(
+                    index
+                        .payloads
+                        .into_iter()
+                        .flat_map(|p| p.chunks)
+                        .map(|c| c.sha256),
+                );
+            }
+            bundles.insert(entry.sha256);
+        }
+    }
+    let mut pruned = Pruned::default();
+    let mut remove = |path: &Path| -> Result<(), PublishError> {
+        let len = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        fs::remove_file(path).map_err(io_err(path))?;
+        pruned.bytes += len;
+        Ok(())
+    };
+    let listing = |dir: &Path| -> Result<Vec<PathBuf>, PublishError> {
+        match fs::read_dir(dir) {
+            Ok(files) => files
+                .map(|f| f.map(|f| f.path()).map_err(io_err(dir)))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(dir)(e)),
+        }
+    };
+    let stem = |path: &Path, suffix: &str| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(suffix))
+            .map(str::to_string)
+    };
+    for path in listing(&repo.join(BUNDLES_DIR))? {
+        if let Some(sha) = stem(&path, ".bundle") {
+            if !bundles.contains(&sha) {
+                remove(&path)?;
+                pruned.bundles += 1;
+            }
+        }
+    }
+    for path in listing(&repo.join(delta::CHUNK_INDEX_DIR))? {
+        let sha = stem(&path, ".json.minisig").or_else(|| stem(&path, ".json"));
+        if let Some(sha) = sha {
+            if !bundles.contains(&sha) {
+                if path.extension().is_some_and(|e| e == "json") {
+                    pruned.chunk_indexes += 1;
+                }
+                remove(&path)?;
+            }
+        }
+    }
+    for dir in listing(&repo.join(delta::CHUNKS_DIR))? {
+        for path in listing(&dir)? {
+            if let Some(sha) = stem(&path, ".zst") {
+                if !chunks.contains(&sha) {
+                    remove(&path)?;
+                    pruned.chunks += 1;
+                }
+            }
+        }
+    }
+    for dir in [
+        repo.join(BUNDLES_DIR),
+        repo.join(delta::CHUNK_INDEX_DIR),
+        repo.join(delta::CHUNKS_DIR),
+    ] {
+        sync_dir(&dir).or_else(|e| match &e {
+            PublishError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })?;
+    }
+    Ok(pruned)
 }
 
 /// Pauses, resumes or withdraws the listed entry `change` names, at `now`.
@@ -485,6 +690,160 @@ fn sync_dir(dir: &Path) -> Result<(), PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Every file under `dir/chunks` with its inode.
+    fn chunk_files(repo: &Path) -> BTreeMap<PathBuf, u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = BTreeMap::new();
+        let Ok(dirs) = fs::read_dir(repo.join(delta::CHUNKS_DIR)) else {
+            return out;
+        };
+        for dir in dirs {
+            for file in fs::read_dir(dir.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                let ino = fs::metadata(&path).unwrap().ino();
+                out.insert(path, ino);
+            }
+        }
+        out
+    }
+
+    fn release(dir: &Path, key: &SecretKey, version: &str, payloads: &[Vec<u8>]) -> PathBuf {
+        let path = dir.join(format!("hello-{version}.bundle"));
+        fs::write(
+            &path,
+            berth_bundle::testkit::bundle_signed_by(key, version, payloads),
+        )
+        .unwrap();
+        path
+    }
+
+    #[test]
+    fn publishing_writes_shared_chunks_and_a_signed_chunk_index() {
+        use berth_bundle::testkit::content;
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let key_path = dir.path().join("release.key");
+        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        let repo = dir.path().join("repo");
+        let rootfs = content(1, 3 << 20);
+        let v1 = [rootfs.clone(), content(2, 1 << 20), content(3, 300_000)];
+        let mut rootfs2 = rootfs.clone();
+        rootfs2[1 << 20..(1 << 20) + 5000].fill(b'z');
+        let v2 = [rootfs2, v1[1].clone(), v1[2].clone()];
+        let options = |bundle: PathBuf| PublishOptions {
+            bundles: vec![bundle],
+            repo: repo.clone(),
+            key: key_path.clone(),
+            channel: ChannelName::new("stable").unwrap(),
+            lifetime: 86_400,
+            now: 1_000,
+            rollout: None,
+            change: None,
+            prune: None,
+        };
+        let first = publish(&options(release(dir.path(), &key, "1.0.0", &v1))).unwrap();
+        let after_first = chunk_files(&repo);
+        let entry = &first.added[0];
+        let read = |entry: &IndexEntry| {
+            let path = repo.join(delta::chunk_index_path(&entry.sha256));
+            let json = fs::read(&path).unwrap();
+            let signature = fs::read(delta::signature_path(&path)).unwrap();
+            delta::verify_chunk_index(&json, &signature, &keys, &entry.sha256).unwrap()
+        };
+        let index = read(entry).index;
+        assert_eq!(index.bundle_size, entry.size);
+        // Every chunk is there, compressed, and decompresses to its name.
+        for chunk in index.payloads.iter().flat_map(|p| &p.chunks) {
+            let stored = fs::read(repo.join(chunk.path())).unwrap();
+            assert_eq!(stored.len() as u64, u64::from(chunk.stored_size));
+            let raw = zstd::decode_all(stored.as_slice()).unwrap();
+            assert_eq!(delta::sha256_hex(&raw), chunk.sha256);
+        }
+        let second = publish(&options(release(dir.path(), &key, "1.1.0", &v2))).unwrap();
+        let after_second = chunk_files(&repo);
+        // The chunks of 1.0.0 are untouched (same inode: never rewritten), and
+        // 1.1.0 added only the few around the change.
+        for (path, ino) in &after_first {
+            assert_eq!(after_second.get(path), Some(ino), "{}", path.display());
+        }
+        let new = after_second.len() - after_first.len();
+        assert!((1..=3).contains(&new), "{new} new chunks");
+        let index2 = read(&second.added[0]).index;
+        assert_eq!(
+            index2.payloads[1], index.payloads[1],
+            "same kernel, same chunks"
+        );
+        // Publishing again writes nothing new.
+        publish(&options(release(dir.path(), &key, "1.1.0", &v2))).unwrap();
+        assert_eq!(chunk_files(&repo), after_second);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_releases_and_what_any_channel_references() {
+        use berth_bundle::testkit::content;
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let key_path = dir.path().join("release.key");
+        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let repo = dir.path().join("repo");
+        let release_payloads = |seed: u32| {
+            vec![
+                content(seed, 1 << 20),
+                content(2, 100_000),
+                content(3, 5000),
+            ]
+        };
+        let options = |bundles: Vec<PathBuf>, channel: &str, prune: Option<usize>| PublishOptions {
+            bundles,
+            repo: repo.clone(),
+            key: key_path.clone(),
+            channel: ChannelName::new(channel).unwrap(),
+            lifetime: 86_400,
+            now: 1_000,
+            rollout: None,
+            change: None,
+            prune,
+        };
+        let mut shas = Vec::new();
+        for (seed, version) in (10..).zip(["1.0.0", "1.1.0", "1.2.0"]) {
+            let bundle = release(dir.path(), &key, version, &release_payloads(seed));
+            let published = publish(&options(vec![bundle], "stable", None)).unwrap();
+            shas.push(published.added[0].sha256.clone());
+        }
+        // 1.1.0 is also on channel beta: pruning stable must keep it.
+        let beta = release(dir.path(), &key, "1.1.0", &release_payloads(11));
+        publish(&options(vec![beta], "beta", None)).unwrap();
+        let chunks_before = chunk_files(&repo).len();
+
+        let pruned = publish(&options(Vec::new(), "stable", Some(1))).unwrap();
+        let versions: Vec<String> = pruned
+            .index
+            .bundles
+            .iter()
+            .map(|e| e.version.to_string())
+            .collect();
+        assert_eq!(versions, ["1.2.0"]);
+        let report = pruned.pruned.unwrap();
+        assert_eq!(report.entries.len(), 2);
+        assert_eq!((report.bundles, report.chunk_indexes), (1, 1), "{report:?}");
+        assert!(report.chunks > 0 && report.bytes > 0, "{report:?}");
+        assert!(!repo.join(format!("bundles/{}.bundle", shas[0])).exists());
+        assert!(!repo.join(delta::chunk_index_path(&shas[0])).exists());
+        // Every release an index still lists is whole: bundle, chunk index, chunks.
+        for sha in &shas[1..] {
+            assert!(repo.join(format!("bundles/{sha}.bundle")).exists());
+            let index: delta::ChunkIndex =
+                serde_json::from_slice(&fs::read(repo.join(delta::chunk_index_path(sha))).unwrap())
+                    .unwrap();
+            for chunk in index.payloads.iter().flat_map(|p| &p.chunks) {
+                assert!(repo.join(chunk.path()).exists(), "{}", chunk.sha256);
+            }
+        }
+        assert_eq!(chunk_files(&repo).len(), chunks_before - report.chunks);
+    }
 
     #[test]
     fn lifetimes() {
