@@ -394,6 +394,7 @@ mod tests {
                 repository: Some("http://10.0.2.2:8080/repo".into()),
                 channel: Some("beta".into()),
                 interval_s: Some(600),
+                tries: Some(2),
                 reboot: Some("manual".into()),
                 report: Some("http://10.0.2.2:8081/report".into()),
             },
