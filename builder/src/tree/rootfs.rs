@@ -25,6 +25,7 @@ use crate::sources::kernel::{
 };
 use crate::sources::lock::{LockedImage, Pins};
 use crate::sources::oci::{self, ImageDefaults, OciError, Sources};
+use crate::tree::files::{self, FilesError};
 use crate::tree::runtime_spec::{self, RuntimeSpecError};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
@@ -70,6 +71,8 @@ pub enum RootfsError {
     Elf { path: String, reason: String },
     #[error(transparent)]
     RuntimeSpec(#[from] RuntimeSpecError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
 }
 
 /// The inputs a tree was made from, for the build report.
@@ -349,6 +352,7 @@ pub fn root_tree(
                 (unpacked.tree, unpacked.defaults)
             }
         };
+        files::copy_into(&mut tree, &container.files)?;
         // Mount points the runtime needs on a read-only root.
         let volume_dirs = container
             .volumes
@@ -383,7 +387,28 @@ pub fn root_tree(
         root.add_bytes(&format!("{bundle}/config.json"), &json, 0o644)?;
         root.graft(&format!("{bundle}/rootfs"), tree);
     }
+    add_image_files(&mut root, plan)?;
     Ok((root, inputs))
+}
+
+/// The recipe's `[image] files`, last: they may add to the root but not replace
+/// anything berth put there (the recipe already keeps them out of berth's
+/// folders and the mount points).
+fn add_image_files(root: &mut Tree, plan: &BuildPlan) -> Result<(), RootfsError> {
+    for file in &plan.files {
+        let taken = root
+            .resolve(&file.target, false)?
+            .and_then(|key| root.get(&key))
+            .is_some_and(|node| node.kind != NodeKind::Dir || !file.source.is_dir());
+        if taken {
+            return Err(RootfsError::Recipe(file.at.error(format!(
+                "/{} is already in the image's root (berth's own): image files may add, not replace",
+                file.target
+            ))));
+        }
+    }
+    files::copy_into(root, &plan.files)?;
+    Ok(())
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root
