@@ -20,6 +20,7 @@ use crate::recipe::{
 };
 use crate::sources::apt::{self, AptError, Fetched};
 use crate::sources::deb::{self, DebError};
+use crate::sources::install::{self, InstallError};
 use crate::sources::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
 };
@@ -73,6 +74,8 @@ pub enum RootfsError {
     RuntimeSpec(#[from] RuntimeSpecError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }
 
 /// The inputs a tree was made from, for the build report.
@@ -101,6 +104,60 @@ fn packages_tree(
         tree.unpack_tar(&mut archive, false)?;
         inputs.packages.push(fetched);
     }
+    Ok(tree)
+}
+
+/// A package container's root. When no package of the closure has a `preinst`
+/// or `postinst`, unpacking is installing and the root is just their files
+/// (busybox-static alone stays one file). Otherwise the packages, with Debian's
+/// Essential set their scripts may rely on, are installed by dpkg through
+/// mmdebstrap ([`install`]), scripts and all, as on Debian.
+fn package_container(
+    sources: &Sources<'_>,
+    staging: &Path,
+    names: &[String],
+    inputs: &mut Inputs,
+    pins: &Pins,
+    plan: &BuildPlan,
+    progress: &Progress,
+) -> Result<Tree, RootfsError> {
+    let (cache, arch) = (sources.cache, sources.arch);
+    let mut fetched = Vec::new();
+    let mut scripts = false;
+    for package in apt::pin(apt::resolve(cache, arch, names, true)?, pins) {
+        let one = apt::fetch(cache, &package, progress)?;
+        scripts |= deb::has_install_scripts(&one.path)?;
+        fetched.push(one);
+    }
+    if !scripts {
+        let mut tree = Tree::new(staging);
+        for one in fetched {
+            tree.unpack_tar(&mut deb::data_tar(&one.path)?, false)?;
+            inputs.packages.push(one);
+        }
+        return Ok(tree);
+    }
+    let mut wanted: Vec<String> = names.to_vec();
+    wanted.extend(install::ESSENTIAL.iter().map(|s| s.to_string()));
+    let mut all = Vec::new();
+    for package in apt::pin(apt::resolve(cache, arch, &wanted, true)?, pins) {
+        all.push(apt::fetch(cache, &package, progress)?);
+    }
+    let tar = install::install(
+        cache,
+        arch,
+        &all,
+        names,
+        crate::build::epoch(plan),
+        progress,
+    )?;
+    let file = fs::File::open(&tar).map_err(|source| RootfsError::Io {
+        path: tar.clone(),
+        source,
+    })?;
+    let mut tree = Tree::new(staging);
+    tree.unpack_tar(&mut tar::Archive::new(std::io::BufReader::new(file)), false)?;
+    inputs.packages.extend(all);
     Ok(tree)
 }
 
@@ -310,7 +367,7 @@ pub fn root_tree(
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
                 let tree =
-                    packages_tree(sources, staging, &names, true, &mut inputs, pins, progress)
+                    package_container(sources, staging, &names, &mut inputs, pins, plan, progress)
                         .map_err(|e| {
                             match e {
                                 // Point at the recipe line of the unknown package.
