@@ -59,7 +59,7 @@ pub const ESSENTIAL: &[&str] = &[
 
 /// Changes when the way roots are installed changes, so cached tars of an
 /// older way are not taken.
-const INSTALL_VERSION: &str = "berth-install-1";
+const INSTALL_VERSION: &str = "berth-install-2";
 /// The suite name of the local repository (a label: it is the only source).
 const SUITE: &str = "berth";
 
@@ -234,6 +234,9 @@ fn mmdebstrap(
             "--mode=auto",
             "--format=tar",
             "--quiet",
+            // mmdebstrap leaves its mirror in sources.list: here a temporary
+            // folder, whose random name would make every install differ.
+            "--customize-hook=rm -f \"$1/etc/apt/sources.list\"",
         ])
         .arg(format!("--architectures={}", arch.debian()))
         .arg(format!("--include={}", include.join(",")))
