@@ -105,6 +105,23 @@ fn probe_in(dir: &Path, probe: &Path, id: &str, container: &str) -> BTreeMap<Str
             });
         }
     }
+    // Nor can a hard limit above the test process's own be set without
+    // CAP_SYS_RESOURCE (on the device, PID 1 holds it): open files are capped
+    // at this process's hard limit.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    for limit in config["process"]["rlimits"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        for key in ["soft", "hard"] {
+            if limit[key].as_u64().is_some_and(|v| v > hard) {
+                limit[key] = hard.into();
+            }
+        }
+    }
     if let Some(mounts) = config["mounts"].as_array_mut() {
         mounts.retain(|mount| mount["type"] != "cgroup" && mount["type"] != "cgroup2");
     }

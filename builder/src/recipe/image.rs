@@ -6,6 +6,7 @@ use berth_format::Arch;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::files::{FileCopy, FilesInto, RawFile};
 use super::{RecipeError, Validator};
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +28,9 @@ pub(super) struct RawImage {
     /// dm-verity hash tree for the root filesystem (default true).
     #[serde(default)]
     verity: Option<bool>,
+    /// Files and folders copied into the image's root.
+    #[serde(default)]
+    files: Vec<Spanned<RawFile>>,
 }
 
 /// The `[image]` table, checked; [`Validator::plan`] spreads it over the plan.
@@ -39,6 +43,7 @@ pub(super) struct ImagePlan {
     pub(super) hostname: String,
     pub(super) epoch: Option<u64>,
     pub(super) verity: RootVerity,
+    pub(super) files: Vec<FileCopy>,
 }
 
 /// How the slot's root filesystem is protected against changes.
@@ -89,6 +94,7 @@ impl Validator<'_> {
             Some(false) => RootVerity::Off,
             Some(true) | None => RootVerity::HashTree,
         };
+        let files = self.files(image.files, FilesInto::Image)?;
         Ok(ImagePlan {
             name,
             version,
@@ -97,6 +103,7 @@ impl Validator<'_> {
             hostname,
             epoch,
             verity,
+            files,
         })
     }
 

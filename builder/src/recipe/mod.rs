@@ -15,6 +15,7 @@
 mod container;
 mod debug;
 mod disk;
+mod files;
 mod image;
 mod kernel;
 mod logs;
@@ -49,6 +50,7 @@ pub use container::{
 };
 pub use debug::ConsoleShell;
 pub use disk::DiskSizes;
+pub use files::FileCopy;
 pub use image::RootVerity;
 pub use kernel::{KernelPlan, KernelSource, DEFAULT_KERNEL_PACKAGE};
 pub use registry::Transport;
@@ -192,6 +194,8 @@ pub struct BuildPlan {
     /// Log rotation.
     pub logs: LogsConfig,
     pub containers: Vec<ContainerPlan>,
+    /// The user's files and folders copied into the image's root (`[image] files`).
+    pub files: Vec<FileCopy>,
     /// How to reach each registry the recipe names a setting for.
     pub registries: BTreeMap<String, Transport>,
 }
@@ -294,6 +298,7 @@ impl Validator<'_> {
             hostname: image.hostname,
             epoch: image.epoch,
             verity: image.verity,
+            files: image.files,
             kernel,
             disk,
             network,

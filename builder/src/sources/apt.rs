@@ -7,7 +7,7 @@
 //! (`dpkg --add-architecture arm64`, which the README's setup command does); a name
 //! with no package of that architecture falls back to an `Architecture: all` one.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -256,52 +256,59 @@ pub fn resolve(
             });
         }
     }
-    let mut queue: VecDeque<Package> = known.into_values().collect();
+    // Breadth first, one level at a time: the dependencies of a whole level
+    // are looked up with one apt-cache call (an installed root's hundred-odd
+    // packages took hundreds of calls, one per package, most of a build).
+    let mut level: Vec<Package> = known.into_values().collect();
     let mut asked: BTreeSet<String> = roots.iter().cloned().collect();
-    while let Some(package) = queue.pop_front() {
-        if found.contains_key(&package.name) {
-            continue;
-        }
-        let depends = package.depends.clone();
-        let owner = package.name.clone();
-        found.insert(package.name.clone(), package);
-        if !with_depends {
-            continue;
-        }
-        // Look every alternative up at once, then take the first apt can provide.
-        let wanted: Vec<String> = depends
-            .iter()
-            .flatten()
-            .filter(|n| !asked.contains(*n) && !found.contains_key(*n))
-            .cloned()
-            .collect();
-        let answers = show(cache, arch, &wanted)?;
-        asked.extend(wanted);
-        for group in depends {
-            if group.iter().any(|n| found.contains_key(n)) {
+    let mut answers: BTreeMap<String, Package> = BTreeMap::new();
+    while !level.is_empty() {
+        let mut added = Vec::new();
+        for package in level.drain(..) {
+            if found.contains_key(&package.name) {
                 continue;
             }
-            match group.iter().find_map(|n| answers.get(n)) {
-                Some(p) => queue.push_back(p.clone()),
-                None => {
-                    // Already queued through another group, or a virtual package
-                    // something else provides: only fail when nothing was found.
-                    if group.iter().any(|n| queue.iter().any(|q| &q.name == n)) {
-                        continue;
-                    }
-                    let provided = show_provider(cache, arch, &group)?;
-                    match provided {
-                        Some(p) => queue.push_back(p),
+            found.insert(package.name.clone(), package.clone());
+            added.push(package);
+        }
+        if !with_depends {
+            break;
+        }
+        let wanted: Vec<String> = added
+            .iter()
+            .flat_map(|p| p.depends.iter().flatten())
+            .filter(|n| !asked.contains(*n) && !found.contains_key(*n))
+            .cloned()
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        answers.extend(show(cache, arch, &wanted)?);
+        asked.extend(wanted);
+        let mut next: Vec<Package> = Vec::new();
+        for package in &added {
+            for group in &package.depends {
+                let taken = |n: &String| found.contains_key(n) || next.iter().any(|q| &q.name == n);
+                if group.iter().any(taken) {
+                    continue;
+                }
+                // The first alternative apt can provide; else a virtual
+                // package's provider, and only fail when nothing was found.
+                match group.iter().find_map(|n| answers.get(n)) {
+                    Some(p) => next.push(p.clone()),
+                    None => match show_provider(cache, arch, group)? {
+                        Some(p) if found.contains_key(&p.name) => {}
+                        Some(p) => next.push(p),
                         None => {
                             return Err(AptError::Dependency {
-                                package: owner,
+                                package: package.name.clone(),
                                 dependency: group.join(" | "),
                             })
                         }
-                    }
+                    },
                 }
             }
         }
+        level = next;
     }
     Ok(found.into_values().collect())
 }

@@ -3,7 +3,7 @@
 //! Takes the [`BuildPlan`](crate::recipe::BuildPlan)'s package names, kernel and
 //! image references (and the pins of `RECIPE.lock`); gives verified files in the
 //! content-addressed [`cache`]: Debian packages through the host's apt ([`apt`],
-//! read by [`deb`]), the kernel and its modules ([`kernel`]), and container
+//! read by [`deb`], installed with their maintainer scripts by [`install`]), the kernel and its modules ([`kernel`]), and container
 //! images from layouts, archives or registries ([`oci`], [`registry`],
 //! [`credentials`]), each pinned in the [`lock`] file.
 
@@ -12,6 +12,7 @@ pub mod boot_loader;
 pub mod cache;
 pub mod credentials;
 pub mod deb;
+pub mod install;
 pub mod kernel;
 pub mod lock;
 pub mod oci;

@@ -20,11 +20,13 @@ use crate::recipe::{
 };
 use crate::sources::apt::{self, AptError, Fetched};
 use crate::sources::deb::{self, DebError};
+use crate::sources::install::{self, InstallError};
 use crate::sources::kernel::{
     Kernel, KernelError, ModuleIndex, OPTIONAL_MODULES, REQUIRED_MODULES, VERITY_MODULES,
 };
 use crate::sources::lock::{LockedImage, Pins};
 use crate::sources::oci::{self, ImageDefaults, OciError, Sources};
+use crate::tree::files::{self, FilesError};
 use crate::tree::runtime_spec::{self, RuntimeSpecError};
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
@@ -70,6 +72,10 @@ pub enum RootfsError {
     Elf { path: String, reason: String },
     #[error(transparent)]
     RuntimeSpec(#[from] RuntimeSpecError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
 }
 
 /// The inputs a tree was made from, for the build report.
@@ -98,6 +104,60 @@ fn packages_tree(
         tree.unpack_tar(&mut archive, false)?;
         inputs.packages.push(fetched);
     }
+    Ok(tree)
+}
+
+/// A package container's root. When no package of the closure has a `preinst`
+/// or `postinst`, unpacking is installing and the root is just their files
+/// (busybox-static alone stays one file). Otherwise the packages, with Debian's
+/// Essential set their scripts may rely on, are installed by dpkg through
+/// mmdebstrap ([`install`]), scripts and all, as on Debian.
+fn package_container(
+    sources: &Sources<'_>,
+    staging: &Path,
+    names: &[String],
+    inputs: &mut Inputs,
+    pins: &Pins,
+    plan: &BuildPlan,
+    progress: &Progress,
+) -> Result<Tree, RootfsError> {
+    let (cache, arch) = (sources.cache, sources.arch);
+    let mut fetched = Vec::new();
+    let mut scripts = false;
+    for package in apt::pin(apt::resolve(cache, arch, names, true)?, pins) {
+        let one = apt::fetch(cache, &package, progress)?;
+        scripts |= deb::has_install_scripts(&one.path)?;
+        fetched.push(one);
+    }
+    if !scripts {
+        let mut tree = Tree::new(staging);
+        for one in fetched {
+            tree.unpack_tar(&mut deb::data_tar(&one.path)?, false)?;
+            inputs.packages.push(one);
+        }
+        return Ok(tree);
+    }
+    let mut wanted: Vec<String> = names.to_vec();
+    wanted.extend(install::ESSENTIAL.iter().map(|s| s.to_string()));
+    let mut all = Vec::new();
+    for package in apt::pin(apt::resolve(cache, arch, &wanted, true)?, pins) {
+        all.push(apt::fetch(cache, &package, progress)?);
+    }
+    let tar = install::install(
+        cache,
+        arch,
+        &all,
+        names,
+        crate::build::epoch(plan),
+        progress,
+    )?;
+    let file = fs::File::open(&tar).map_err(|source| RootfsError::Io {
+        path: tar.clone(),
+        source,
+    })?;
+    let mut tree = Tree::new(staging);
+    tree.unpack_tar(&mut tar::Archive::new(std::io::BufReader::new(file)), false)?;
+    inputs.packages.extend(all);
     Ok(tree)
 }
 
@@ -313,7 +373,7 @@ pub fn root_tree(
             RootfsSource::Packages(list) => {
                 let names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
                 let tree =
-                    packages_tree(sources, staging, &names, true, &mut inputs, pins, progress)
+                    package_container(sources, staging, &names, &mut inputs, pins, plan, progress)
                         .map_err(|e| {
                             match e {
                                 // Point at the recipe line of the unknown package.
@@ -355,6 +415,7 @@ pub fn root_tree(
                 (unpacked.tree, unpacked.defaults)
             }
         };
+        files::copy_into(&mut tree, &container.files)?;
         // Mount points the runtime needs on a read-only root.
         let volume_dirs = container
             .volumes
@@ -389,7 +450,28 @@ pub fn root_tree(
         root.add_bytes(&format!("{bundle}/config.json"), &json, 0o644)?;
         root.graft(&format!("{bundle}/rootfs"), tree);
     }
+    add_image_files(&mut root, plan)?;
     Ok((root, inputs))
+}
+
+/// The recipe's `[image] files`, last: they may add to the root but not replace
+/// anything berth put there (the recipe already keeps them out of berth's
+/// folders and the mount points).
+fn add_image_files(root: &mut Tree, plan: &BuildPlan) -> Result<(), RootfsError> {
+    for file in &plan.files {
+        let taken = root
+            .resolve(&file.target, false)?
+            .and_then(|key| root.get(&key))
+            .is_some_and(|node| node.kind != NodeKind::Dir || !file.source.is_dir());
+        if taken {
+            return Err(RootfsError::Recipe(file.at.error(format!(
+                "/{} is already in the image's root (berth's own): image files may add, not replace",
+                file.target
+            ))));
+        }
+    }
+    files::copy_into(root, &plan.files)?;
+    Ok(())
 }
 
 /// Builds the initramfs tree: berth-init as `/init`, the modules to reach the root

@@ -8,7 +8,6 @@
 //! always gives the same `config.json`.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::PathBuf;
 
 use berth_format::layout::{CGROUP_LEAF, CGROUP_PARENT, RESOLV_CONF, VOLUMES_DIR};
@@ -18,7 +17,7 @@ use crate::recipe::{
     BuildPlan, ContainerNetwork, ContainerPlan, Limits, Privileges, RecipeError, CAPABILITIES,
 };
 use crate::sources::oci::ImageDefaults;
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{users, Tree};
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -92,16 +91,16 @@ pub fn runtime_spec(
         .iter()
         .for_each(|(k, v)| set(format!("{k}={v}")));
     let (uid, gid) = match (&container.user, &defaults.user) {
-        (Some(user), _) => resolve_user(user, rootfs).ok_or_else(|| {
-            fail(format!(
-                "user {user:?} of the recipe is neither numeric nor in the image's /etc/passwd"
-            ))
+        (Some(user), _) => users::resolve(user, rootfs).map_err(|e| {
+            let message = format!("container {:?}: {e}", container.name);
+            match &container.user_at {
+                Some(at) => RuntimeSpecError::Recipe(at.error(message)),
+                None => fail(message),
+            }
         })?,
-        (None, Some(user)) => resolve_user(user, rootfs).ok_or_else(|| {
-            fail(format!(
-                "user {user:?} of the image is neither numeric nor in its /etc/passwd"
-            ))
-        })?,
+        (None, Some(user)) => {
+            users::resolve(user, rootfs).map_err(|e| fail(format!("the image's user: {e}")))?
+        }
         (None, None) => (0, 0),
     };
     let cwd = container
@@ -144,6 +143,19 @@ pub fn runtime_spec(
     user.set_uid(uid);
     user.set_gid(gid);
     process.set_user(user);
+    // Always written, so the default is berth's (Podman's), not the OCI
+    // library's 1024.
+    let rlimits = container
+        .rlimits
+        .iter()
+        .map(|r| {
+            serde_json::from_value::<oci_spec::runtime::PosixRlimit>(serde_json::json!({
+                "type": r.name, "soft": r.soft, "hard": r.hard,
+            }))
+            .map_err(|e| fail(format!("rlimit {}: {e}", r.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    process.set_rlimits(Some(rlimits));
     // The root is read-only: give the container a private, writable /tmp (as
     // `docker run --read-only --tmpfs /tmp` would).
     let mut tmp = oci_spec::runtime::Mount::default();
@@ -203,6 +215,10 @@ pub fn runtime_spec(
         "{CGROUP_PARENT}/{}/{CGROUP_LEAF}",
         container.name
     ))));
+    if !container.sysctls.is_empty() {
+        // Sorted by the JSON writer (serde_json's map is ordered by key).
+        linux.set_sysctl(Some(container.sysctls.clone().into_iter().collect()));
+    }
     if let Some(resources) = resources(&container.limits).map_err(|e| fail(e.to_string()))? {
         linux.set_resources(Some(resources));
     }
@@ -523,41 +539,6 @@ pub fn spec_json(spec: &Spec) -> serde_json::Result<Vec<u8>> {
     serde_json::to_vec_pretty(&value)
 }
 
-fn resolve_user(user: &str, rootfs: &Tree) -> Option<(u32, u32)> {
-    let (name, group) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let key = rootfs.resolve(file, true).ok()??;
-        let Some(Node {
-            kind: NodeKind::File(path),
-            ..
-        }) = rootfs.get(&key)
-        else {
-            return None;
-        };
-        let text = fs::read_to_string(path).ok()?;
-        text.lines().find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.first() == Some(&name) && f.len() > 3)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-    };
-    let (uid, mut gid) = match name.parse::<u32>() {
-        Ok(uid) => (uid, uid),
-        Err(_) => lookup("etc/passwd", name)?,
-    };
-    if let Some(group) = group {
-        gid = match group.parse::<u32>() {
-            Ok(g) => g,
-            Err(_) => lookup("etc/group", group)?.0,
-        };
-    }
-    Some((uid, gid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -819,6 +800,30 @@ mod tests {
         assert_eq!(
             config["linux"]["cgroupsPath"],
             format!("{CGROUP_PARENT}/c/{CGROUP_LEAF}")
+        );
+    }
+
+    #[test]
+    fn rlimits_and_sysctls_reach_the_runtime() {
+        let config = config_of("");
+        assert_eq!(
+            config["process"]["rlimits"],
+            serde_json::json!([{ "type": "RLIMIT_NOFILE", "soft": 1_048_576, "hard": 1_048_576 }])
+        );
+        assert!(config["linux"].get("sysctl").is_none());
+        let config = config_of(
+            "network = \"none\"\nrlimits = { nofile = 4096, core = \"0:unlimited\" }\nsysctls = { \"net.ipv4.ip_unprivileged_port_start\" = 0, \"kernel.shmmax\" = \"65536\" }",
+        );
+        assert_eq!(
+            config["process"]["rlimits"],
+            serde_json::json!([
+                { "type": "RLIMIT_CORE", "soft": 0, "hard": u64::MAX },
+                { "type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096 },
+            ])
+        );
+        assert_eq!(
+            config["linux"]["sysctl"],
+            serde_json::json!({ "kernel.shmmax": "65536", "net.ipv4.ip_unprivileged_port_start": "0" })
         );
     }
 }

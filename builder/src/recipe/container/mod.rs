@@ -5,6 +5,7 @@ mod capabilities;
 mod health;
 mod image_ref;
 mod limits;
+mod rlimits;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ops::Range;
@@ -13,6 +14,7 @@ use berth_format::{HealthCheck, RestartPolicy};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::files::{FileCopy, FilesInto, RawFile};
 use super::units::RawSize;
 use super::{Location, RecipeError, Validator};
 use health::RawHealth;
@@ -20,6 +22,8 @@ use health::RawHealth;
 pub use capabilities::CAPABILITIES;
 pub use image_ref::{ImageRef, RegistryRef};
 pub use limits::Limits;
+pub use rlimits::Rlimit;
+use rlimits::{RawRlimit, RawSysctl};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +69,12 @@ pub(super) struct RawContainer {
     privileged: Option<bool>,
     #[serde(default)]
     depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<Spanned<RawFile>>,
+    #[serde(default)]
+    rlimits: BTreeMap<Spanned<String>, Spanned<RawRlimit>>,
+    #[serde(default)]
+    sysctls: BTreeMap<Spanned<String>, Spanned<RawSysctl>>,
 }
 
 /// One container of the recipe.
@@ -81,6 +91,8 @@ pub struct ContainerPlan {
     pub workdir: Option<String>,
     /// Overrides the image's user (`NAME`, `UID`, `UID:GID`, `NAME:GROUP`).
     pub user: Option<String>,
+    /// Where `user` was written, for a name the container's root does not know.
+    pub user_at: Option<Location>,
     pub restart: RestartPolicy,
     /// The boot assessment waits for this container to be healthy.
     pub critical: bool,
@@ -94,12 +106,18 @@ pub struct ContainerPlan {
     pub writable: bool,
     /// cgroup v2 limits.
     pub limits: Limits,
+    /// Process limits, sorted by name (`RLIMIT_NOFILE` always among them).
+    pub rlimits: Vec<Rlimit>,
+    /// Namespaced kernel settings, by dotted name.
+    pub sysctls: BTreeMap<String, String>,
     /// Capabilities added to, and dropped from, the OCI default set (`CAP_` names).
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub privileges: Privileges,
     /// Containers started before this one.
     pub depends_on: Vec<String>,
+    /// The user's files and folders copied into its root.
+    pub files: Vec<FileCopy>,
     /// Where the container was declared.
     pub at: Location,
 }
@@ -237,6 +255,7 @@ impl Validator<'_> {
             Some(health) => Some(self.health(health, &name)?),
             None => None,
         };
+        let user_at = raw.user.as_ref().map(|u| self.at(&u.span()));
         let user = match raw.user {
             Some(u) if !is_user_spec(u.get_ref()) => {
                 return self.err(
@@ -290,6 +309,9 @@ impl Validator<'_> {
             .iter()
             .map(|d| self.name(d, "container name"))
             .collect::<Result<Vec<_>, _>>()?;
+        let files = self.files(raw.files, FilesInto::Container)?;
+        let rlimits = self.rlimits(&raw.rlimits)?;
+        let sysctls = self.sysctls(&raw.sysctls, network)?;
         Ok(ContainerPlan {
             name,
             source,
@@ -298,6 +320,7 @@ impl Validator<'_> {
             env,
             workdir,
             user,
+            user_at,
             restart: raw.restart.unwrap_or(RestartPolicy::Never),
             critical: raw.critical.unwrap_or(false),
             health,
@@ -305,6 +328,8 @@ impl Validator<'_> {
             volumes,
             writable: raw.writable.unwrap_or(false),
             limits,
+            rlimits,
+            sysctls,
             cap_add,
             cap_drop,
             privileges: if raw.privileged.unwrap_or(false) {
@@ -313,6 +338,7 @@ impl Validator<'_> {
                 Privileges::Confined
             },
             depends_on,
+            files,
             at,
         })
     }
@@ -385,7 +411,7 @@ impl Validator<'_> {
 }
 
 /// Whether `text` is a container user as OCI image configs write it.
-fn is_user_spec(text: &str) -> bool {
+pub(in crate::recipe) fn is_user_spec(text: &str) -> bool {
     let part = |p: &str| {
         !p.is_empty()
             && p.chars()
