@@ -136,11 +136,12 @@ pub fn run() -> anyhow::Result<DeltaResults> {
         .tempdir_in(berth_tests::target_dir())?;
     let repo = scratch.path().join("repo");
     let mut sizes = Vec::new();
-    let mut publish_one = |version: &str, bundle: &Path| -> anyhow::Result<()> {
+    // `berth publish BUNDLE --repo REPO` with the release key, as a library call.
+    let publish = |repo: &Path, bundle: &Path| -> anyhow::Result<()> {
         berth_builder::release::publish::publish(
             &berth_builder::release::publish::PublishOptions {
                 bundles: vec![bundle.to_path_buf()],
-                repo: repo.clone(),
+                repo: repo.to_path_buf(),
                 key: ws.release.with_extension("key"),
                 channel: ChannelName::new("stable")?,
                 lifetime: 3650 * 86_400,
@@ -150,6 +151,10 @@ pub fn run() -> anyhow::Result<DeltaResults> {
                 prune: None,
             },
         )?;
+        Ok(())
+    };
+    let mut publish_one = |version: &str, bundle: &Path| -> anyhow::Result<()> {
+        publish(&repo, bundle)?;
         sizes.push(RepoSize {
             version: version.to_string(),
             bundles: du(&repo.join("bundles")),
@@ -169,20 +174,7 @@ pub fn run() -> anyhow::Result<DeltaResults> {
         let dir = scratch.path().join(format!("device-{version}"));
         let single = dir.join("repo");
         for (v, b) in [("1.0.0", base.as_path()), (*version, bundle.as_path())] {
-            berth_builder::release::publish::publish(
-                &berth_builder::release::publish::PublishOptions {
-                    bundles: vec![b.to_path_buf()],
-                    repo: single.clone(),
-                    key: ws.release.with_extension("key"),
-                    channel: ChannelName::new("stable")?,
-                    lifetime: 3650 * 86_400,
-                    now: berth_format::state::now(),
-                    rollout: None,
-                    change: None,
-                    prune: None,
-                },
-            )
-            .with_context(|| format!("publishing {v}"))?;
+            publish(&single, b).with_context(|| format!("publishing {v}"))?;
         }
         let system = device(&dir, &base, &key)?;
         let server = FileServer::start(&single);

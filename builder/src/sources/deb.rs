@@ -27,33 +27,53 @@ pub fn has_install_scripts(path: &Path) -> Result<bool, DebError> {
         path: path.to_path_buf(),
         source,
     };
+    let Some(mut control) = member_tar(path, "control.tar")? else {
+        return Ok(false);
+    };
+    for item in control.entries().map_err(io)? {
+        let item = item.map_err(io)?;
+        let name = item.path().map_err(io)?;
+        let name = name.to_string_lossy();
+        if INSTALL_SCRIPTS.contains(&name.trim_start_matches("./")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The `data.tar` of a package, decompressed as it is read.
+pub fn data_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, DebError> {
+    member_tar(path, "data.tar")?.ok_or_else(|| DebError::NoData {
+        path: path.to_path_buf(),
+    })
+}
+
+/// The first `ar` member of the package named `prefix` (`data.tar`,
+/// `control.tar`) with any compression suffix, as a tar archive decompressed
+/// as it is read; `None` when there is none.
+fn member_tar(path: &Path, prefix: &str) -> Result<Option<tar::Archive<Box<dyn Read>>>, DebError> {
+    let io = |source| DebError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let file = File::open(path).map_err(io)?;
     let mut archive = ar::Archive::new(file);
     while let Some(entry) = archive.next_entry() {
         let mut entry = entry.map_err(io)?;
         let member = String::from_utf8_lossy(entry.header().identifier()).to_string();
-        if !member.starts_with("control.tar") {
+        if !member.starts_with(prefix) {
             continue;
         }
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes).map_err(io)?;
         let reader = decompress(path, &member, Cursor::new(bytes))?;
-        let mut control = tar::Archive::new(reader);
-        for item in control.entries().map_err(io)? {
-            let item = item.map_err(io)?;
-            let name = item.path().map_err(io)?;
-            let name = name.to_string_lossy();
-            let name = name.trim_start_matches("./");
-            if INSTALL_SCRIPTS.contains(&name) {
-                return Ok(true);
-            }
-        }
-        return Ok(false);
+        return Ok(Some(tar::Archive::new(reader)));
     }
-    Ok(false)
+    Ok(None)
 }
 
-/// A member's bytes, decompressed as they are read, by the member's suffix.
+/// A member's bytes, decompressed as they are read, by the member's suffix
+/// (`data.tar`, `.xz`, `.zst`, `.gz`).
 fn decompress(
     path: &Path,
     member: &str,
@@ -74,42 +94,6 @@ fn decompress(
                 member: member.to_string(),
             })
         }
-    })
-}
-
-/// The `data.tar` of a package, decompressed as it is read.
-pub fn data_tar(path: &Path) -> Result<tar::Archive<Box<dyn Read>>, DebError> {
-    let io = |source| DebError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io)?;
-    let mut archive = ar::Archive::new(file);
-    while let Some(entry) = archive.next_entry() {
-        let mut entry = entry.map_err(io)?;
-        let member = String::from_utf8_lossy(entry.header().identifier()).to_string();
-        if !member.starts_with("data.tar") {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(io)?;
-        let cursor = Cursor::new(bytes);
-        let reader: Box<dyn Read> = match member.as_str() {
-            "data.tar" => Box::new(cursor),
-            "data.tar.xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(cursor)),
-            "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(cursor).map_err(io)?),
-            "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(cursor)),
-            _ => {
-                return Err(DebError::Compression {
-                    path: path.to_path_buf(),
-                    member,
-                })
-            }
-        };
-        return Ok(tar::Archive::new(reader));
-    }
-    Err(DebError::NoData {
-        path: path.to_path_buf(),
     })
 }
 

@@ -17,7 +17,7 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use berth_format::layout::FSCK_FAT_PATH;
 
@@ -85,37 +85,15 @@ pub fn check_if_unclean(device: &Path) -> Outcome {
 /// failure.
 fn repair(fsck: &Path, device: &Path) -> std::io::Result<Outcome> {
     let mut command = Command::new(fsck);
-    command
-        .arg("-a")
-        .arg(device)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::run::unblock_signals(&mut command);
-    let output = command.output()?;
-    let mut last = String::new();
-    for line in String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&output.stderr).lines())
-    {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        log!("fsck.fat: {line}");
-        last = line.to_string();
-    }
-    Ok(match output.status.code() {
+    command.arg("-a").arg(device);
+    let (code, lines) = super::fsck::run_logged(&mut command, "fsck.fat")?;
+    Ok(match code {
         Some(0) => Outcome::Checked { repaired: false },
         Some(1) => Outcome::Checked { repaired: true },
         code => Outcome::Failed(format!(
             "fsck.fat -a exited with {}{}",
             code.map_or("a signal".to_string(), |c| format!("status {c}")),
-            if last.is_empty() {
-                String::new()
-            } else {
-                format!(": {last}")
-            }
+            lines.last().map(|l| format!(": {l}")).unwrap_or_default()
         )),
     })
 }
@@ -137,7 +115,7 @@ mod tests {
         let status = Command::new("mkfs.fat")
             .args(["-F", "32"])
             .arg(&path)
-            .stdout(Stdio::null())
+            .stdout(std::process::Stdio::null())
             .status()
             .expect("mkfs.fat is needed for this test (dosfstools)");
         assert!(status.success());

@@ -154,17 +154,28 @@ pub fn check_and_repair(device: &Path) -> Outcome {
 
 /// Runs one e2fsck pass; returns its exit code and its last lines.
 fn run(pass: Pass, device: &Path) -> std::io::Result<(Option<i32>, Vec<String>)> {
+    log!("checking {} with e2fsck {}", device.display(), pass.flag());
     let mut command = Command::new(E2FSCK_PATH);
+    command.arg(pass.flag()).arg(device);
+    let (code, mut lines) = run_logged(&mut command, "e2fsck")?;
+    let skip = lines.len().saturating_sub(KEPT_LINES);
+    lines.drain(..skip);
+    Ok((code, lines))
+}
+
+/// Runs a checker with no input, logs every line it prints as `label: …`,
+/// and returns its exit code (`None`: killed) and those lines.
+pub(super) fn run_logged(
+    command: &mut Command,
+    label: &str,
+) -> std::io::Result<(Option<i32>, Vec<String>)> {
     command
-        .arg(pass.flag())
-        .arg(device)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    crate::run::unblock_signals(&mut command);
-    log!("checking {} with e2fsck {}", device.display(), pass.flag());
+    crate::run::unblock_signals(command);
     let output = command.output()?;
-    let mut tail = Vec::new();
+    let mut lines = Vec::new();
     for line in String::from_utf8_lossy(&output.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&output.stderr).lines())
@@ -173,12 +184,10 @@ fn run(pass: Pass, device: &Path) -> std::io::Result<(Option<i32>, Vec<String>)>
         if line.is_empty() {
             continue;
         }
-        log!("e2fsck: {line}");
-        tail.push(line.to_string());
+        log!("{label}: {line}");
+        lines.push(line.to_string());
     }
-    let skip = tail.len().saturating_sub(KEPT_LINES);
-    tail.drain(..skip);
-    Ok((output.status.code(), tail))
+    Ok((output.status.code(), lines))
 }
 
 #[cfg(test)]
