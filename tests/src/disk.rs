@@ -93,12 +93,15 @@ pub fn esp_state(image: &Path) -> EspState {
             .unwrap_or_else(|e| panic!("{e}"));
         fs::write(entries.join(&name), text).unwrap_or_else(|e| panic!("copying {name}: {e}"));
     }
+    // A stand-in for each kernel: EspState reads only whether it is there and
+    // not empty (an empty one is no kernel, as to systemd-boot).
     for slot in Slot::ALL {
         let kernel = slot.kernel_path();
         if esp.is_file(&kernel) {
+            let bytes = esp.read(&kernel).unwrap_or_else(|e| panic!("{e}"));
             let copy = dir.path().join(&kernel);
             fs::create_dir_all(copy.parent().expect("berth/<slot>/vmlinuz has a folder"))
-                .and_then(|()| fs::write(&copy, b""))
+                .and_then(|()| fs::write(&copy, &bytes[..bytes.len().min(1)]))
                 .unwrap_or_else(|e| panic!("{}: {e}", copy.display()));
         }
     }

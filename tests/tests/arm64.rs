@@ -192,10 +192,19 @@ fn an_arm64_image_boots_refuses_an_x86_64_bundle_and_updates_itself() {
         .map(|e| e.file_name)
         .collect();
     assert_eq!(entries, ["berth-a.conf"], "{entries:?}");
+    // The device read the release's signed manifest (from its chunk index, or
+    // else the bundle's head) and refused it there: no chunk was fetched.
     let log = server.log();
     assert!(
-        log.requests.iter().any(|r| r.starts_with("GET /bundles/")),
-        "the device never fetched the bundle: {:#?}",
+        log.requests
+            .iter()
+            .any(|r| r.starts_with("GET /chunk-index/") || r.starts_with("GET /bundles/")),
+        "the device never read the release: {:#?}",
+        log.requests
+    );
+    assert!(
+        !log.requests.iter().any(|r| r.starts_with("GET /chunks/")),
+        "the device fetched chunks of a release it refuses: {:#?}",
         log.requests
     );
     drop(esp);
