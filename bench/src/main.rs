@@ -91,15 +91,20 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// berth-init's static binary size and its RSS supervising three containers.
-    /// Bytes a delta update fetches against the full bundle, and what chunks
-    /// cost the repository (no VM).
+    /// Bytes a delta update fetches against the full bundle, what chunks cost
+    /// the repository, and a delta install's time against the full one's in a
+    /// VM.
     Delta {
+        /// Updates of each kind (delta, full bundle) timed in one VM; 0 skips
+        /// the VM.
+        #[arg(long, default_value_t = 3)]
+        installs: usize,
         /// Also write the section of the report (docs/bench/delta.md) and its
         /// plot (docs/bench/delta.svg).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
         /// Seconds to let the system settle after the containers started.
         #[arg(long, default_value_t = 10)]
@@ -109,9 +114,21 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Timings are of the CLI users run; the CI smoke (`all --quick`) checks the
-    // harness, not the figures, and takes the debug CLI the tests build anyway.
-    if !matches!(cli.bench, Bench::All { quick: true, .. }) {
+    // Build and flash times are of the CLI users run, its release build. The
+    // other benchmarks time VMs or count bytes, and an image is the same bytes
+    // whichever build of the CLI made it: they take the debug CLI the tests
+    // build anyway, as the CI smoke (`all --quick`) does.
+    let times_the_cli = match &cli.bench {
+        Bench::All { quick, .. } => !quick,
+        Bench::RegistryBuild | Bench::Flash { .. } => true,
+        Bench::VerityBoot { .. }
+        | Bench::Update { .. }
+        | Bench::Fleet { .. }
+        | Bench::Arm64 { .. }
+        | Bench::Delta { .. }
+        | Bench::Footprint { .. } => false,
+    };
+    if times_the_cli {
         berth_tests::prefer_release_cli();
     }
     match cli.bench {
@@ -149,8 +166,8 @@ fn main() -> anyhow::Result<()> {
             println!("{u:#?}");
             Ok(())
         }
-        Bench::Delta { out } => {
-            let results = berth_bench::delta::run()?;
+        Bench::Delta { installs, out } => {
+            let results = berth_bench::delta::run(installs)?;
             if let Some(out) = out {
                 berth_bench::delta::write(&results, &out)?;
             }
