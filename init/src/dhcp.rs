@@ -187,17 +187,17 @@ impl Client {
         }
     }
 
-    #[cfg(test)]
+    /// Where the client is in the exchange.
     pub fn state(&self) -> State {
         self.state
     }
 
-    #[cfg(test)]
+    /// The current transaction id (a reply must carry it).
     pub fn xid(&self) -> u32 {
         self.xid
     }
 
-    #[cfg(test)]
+    /// The lease held, if any.
     pub fn lease(&self) -> Option<&Lease> {
         self.lease.as_ref()
     }
