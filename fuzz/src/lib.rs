@@ -221,15 +221,57 @@ pub fn layer_tar(data: &[u8]) {
 /// A disk's GPT, as the init, the agent and `berth flash` read it; and its
 /// repair from the backup copy.
 pub fn gpt(data: &[u8]) {
+    // The protective MBR (LBA 0) is not read: its first bit asks for both
+    // tables' CRCs to be made right, so mutations get past the CRC checks.
+    let data = if data.first().is_some_and(|b| b & 1 == 1) {
+        sealed(data)
+    } else {
+        data.to_vec()
+    };
     for block in [512, 4096] {
-        let _ = gpt::read_table(&mut Cursor::new(data), block);
+        let _ = gpt::read_table(&mut Cursor::new(&data), block);
     }
-    let mut disk = Cursor::new(data.to_vec());
+    let mut disk = Cursor::new(data);
     if gpt::repair_primary(&mut disk, 512).unwrap_or(false) {
         // A repaired table reads as the primary.
         let table = gpt::read_table(&mut disk, 512).expect("a repaired table reads");
         assert_eq!(table.copy, gpt::TableCopy::Primary);
     }
+}
+
+/// `disk` with the entry array CRC and header CRC of the tables at LBA 1
+/// and at the last LBA (512-byte blocks) recomputed, where they fit.
+fn sealed(disk: &[u8]) -> Vec<u8> {
+    let mut disk = disk.to_vec();
+    let blocks = disk.len() / 512;
+    for lba in [1, blocks.saturating_sub(1)] {
+        let at = lba * 512;
+        if lba == 0 || at + 512 > disk.len() {
+            continue;
+        }
+        let field = |d: &[u8], o: usize, n: usize| {
+            d[at + o..at + o + n]
+                .iter()
+                .rev()
+                .fold(0u64, |v, b| v << 8 | u64::from(*b))
+        };
+        let (entries_lba, count, size) = (
+            field(&disk, 72, 8),
+            field(&disk, 80, 4),
+            field(&disk, 84, 4),
+        );
+        let start = usize::try_from(entries_lba.saturating_mul(512)).unwrap_or(usize::MAX);
+        let len = usize::try_from(count * size).unwrap_or(usize::MAX);
+        if let Some(entries) = disk.get(start..start.saturating_add(len)) {
+            let crc = gpt::crc32(entries);
+            disk[at + 88..at + 92].copy_from_slice(&crc.to_le_bytes());
+        }
+        let header_size = usize::try_from(field(&disk, 12, 4)).unwrap_or(0);
+        if (92..=512).contains(&header_size) {
+            gpt::seal_header(&mut disk[at..at + 512], header_size);
+        }
+    }
+    disk
 }
 
 /// A boot entry file on the ESP: its first line is taken as the file name.
