@@ -4,7 +4,7 @@
 //! hang or allocate without bound, whatever the bytes.
 //!
 //! `fuzz_targets/NAME.rs` wraps each in libFuzzer (`scripts/fuzz` builds and
-//! runs them with coverage instrumentation); `tests/smoke.rs` replays the
+//! runs them with coverage instrumentation); `tests/fuzz_smoke.rs` replays the
 //! committed corpora (`corpus/NAME/`) through the same functions and mutates
 //! them for a few seconds, in the ordinary test suite.
 
