@@ -141,8 +141,11 @@ fn read_copy<R: Read + Seek>(disk: &mut R, lba: u64, block: u64) -> Result<Valid
         )));
     }
     let mut entries = vec![0u8; count as usize * size as usize];
-    disk.seek(SeekFrom::Start(entries_lba * block))
-        .map_err(io)?;
+    // The header's own number: one past any disk's end must not overflow.
+    let entries_at = entries_lba
+        .checked_mul(block)
+        .ok_or_else(|| Invalid::Damaged(format!("entry array at LBA {entries_lba}")))?;
+    disk.seek(SeekFrom::Start(entries_at)).map_err(io)?;
     disk.read_exact(&mut entries).map_err(io)?;
     if crc32(&entries) != u32_at(&header, 88) {
         return Err(Invalid::Damaged("entry array CRC mismatch".into()));
@@ -298,6 +301,26 @@ mod tests {
             read_partitions(&mut disk),
             Err(GptError::NoHeader)
         ));
+    }
+
+    /// Found writing the gpt fuzz target: a sealed header whose entry array
+    /// LBA times the block size overflows u64 panicked with overflow checks
+    /// on, and seeked to a wrapped offset without them.
+    #[test]
+    fn an_entry_array_past_any_disk_is_damage() {
+        let mut disk = vec![0u8; 512 * 8];
+        disk[512..520].copy_from_slice(SIGNATURE);
+        disk[512 + 12..512 + 16].copy_from_slice(&92u32.to_le_bytes());
+        disk[512 + 24..512 + 32].copy_from_slice(&1u64.to_le_bytes());
+        disk[512 + 72..512 + 80].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        disk[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+        disk[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        seal_header(&mut disk[512..1024], 92);
+        let err = read_partitions(&mut Cursor::new(disk)).unwrap_err();
+        assert!(
+            matches!(&err, GptError::Damaged { primary, .. } if primary.contains("entry array at LBA")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct ImageDefaults {
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Compression {
+pub enum Compression {
     None,
     Gzip,
     Zstd,
@@ -258,8 +258,52 @@ pub fn unpack(
             }
         }
     }
-    let defaults = resolved
-        .config
+    let defaults = image_defaults(&resolved.config);
+    Ok(Unpacked { tree, defaults })
+}
+
+/// What one manifest blob (an image manifest or an image index) says: the
+/// index's `linux/<arch>` entry to follow, or the manifest with its config
+/// and layer digests checked and each layer's compression.
+#[derive(Debug)]
+pub enum ManifestStep {
+    /// An image index: the digest of its `linux/<arch>` entry.
+    Index(String),
+    /// An image manifest and how each of its layers is compressed.
+    Image(Box<ImageManifest>, Vec<Compression>),
+}
+
+/// Reads one manifest blob as fetched from a registry or a layout; `path`
+/// names it in errors. Everything in it is outside input, checked here.
+pub fn manifest_step(
+    bytes: &[u8],
+    image: &str,
+    arch: berth_format::Arch,
+    path: &Path,
+) -> Result<ManifestStep, OciError> {
+    if is_index(&media_type_of(bytes)) {
+        let index: ImageIndex = parse_json(bytes, path)?;
+        let entry = platform(&index, image, arch)?;
+        return Ok(ManifestStep::Index(entry.digest().to_string()));
+    }
+    let manifest: ImageManifest = parse_json(bytes, path)?;
+    check_sha256(image, manifest.config().digest().as_ref())?;
+    let mut compression = Vec::new();
+    for l in manifest.layers() {
+        check_sha256(image, l.digest().as_ref())?;
+        compression.push(compression_of(image, l.media_type())?);
+    }
+    Ok(ManifestStep::Image(Box::new(manifest), compression))
+}
+
+/// Reads an image configuration blob; `path` names it in errors.
+pub fn read_config(bytes: &[u8], path: &Path) -> Result<ImageConfiguration, OciError> {
+    parse_json(bytes, path)
+}
+
+/// The container defaults an image configuration holds.
+pub fn image_defaults(config: &ImageConfiguration) -> ImageDefaults {
+    config
         .config()
         .as_ref()
         .map(|c| ImageDefaults {
@@ -274,8 +318,7 @@ pub fn unpack(
                 p
             },
         })
-        .unwrap_or_default();
-    Ok(Unpacked { tree, defaults })
+        .unwrap_or_default()
 }
 
 struct HashingReader<R> {
@@ -413,25 +456,25 @@ fn from_registry(
     let (mut bytes, digest) = registries.manifest(&first, cache)?;
     let mut manifest_digest = digest.clone();
     let here = PathBuf::from(image);
-    for _ in 0..MAX_NESTING {
-        if !is_index(&media_type_of(&bytes)) {
-            break;
+    let mut nesting = 0;
+    let (manifest, compression) = loop {
+        match manifest_step(&bytes, image, sources.arch, &here)? {
+            ManifestStep::Image(manifest, compression) => break (manifest, compression),
+            ManifestStep::Index(_) if nesting == MAX_NESTING => {
+                return Err(OciError::Select {
+                    image: image.to_string(),
+                    reason: "image indexes nested too deep".into(),
+                })
+            }
+            ManifestStep::Index(entry) => {
+                nesting += 1;
+                let (b, d) = registries.manifest(&r.pinned(&entry), cache)?;
+                bytes = b;
+                manifest_digest = d;
+            }
         }
-        let index: ImageIndex = parse_json(&bytes, &here)?;
-        let entry = platform(&index, image, sources.arch)?;
-        let (b, d) = registries.manifest(&r.pinned(entry.digest().as_ref()), cache)?;
-        bytes = b;
-        manifest_digest = d;
-    }
-    if is_index(&media_type_of(&bytes)) {
-        return Err(OciError::Select {
-            image: image.to_string(),
-            reason: "image indexes nested too deep".into(),
-        });
-    }
-    let manifest: ImageManifest = parse_json(&bytes, &here)?;
+    };
     let config_d = manifest.config();
-    check_sha256(image, config_d.digest().as_ref())?;
     let config_path = registries.blob(
         r,
         (config_d.digest().as_ref(), config_d.size()),
@@ -439,11 +482,9 @@ fn from_registry(
         &format!("config of {}", r.name()),
         cache,
     )?;
-    let config: ImageConfiguration = parse_json(&read(&config_path)?, &config_path)?;
+    let config = read_config(&read(&config_path)?, &config_path)?;
     let mut layers = Vec::new();
-    for (i, l) in manifest.layers().iter().enumerate() {
-        check_sha256(image, l.digest().as_ref())?;
-        let compression = compression_of(image, l.media_type())?;
+    for (i, (l, &compression)) in manifest.layers().iter().zip(&compression).enumerate() {
         let path = registries.blob(
             r,
             (l.digest().as_ref(), l.size()),
@@ -530,29 +571,27 @@ impl Layout {
             }
         };
         let mut digest = top.clone();
-        let mut bytes = read(&self.blob(&digest)?)?;
-        for _ in 0..MAX_NESTING {
-            if !is_index(&media_type_of(&bytes)) {
-                break;
+        let mut nesting = 0;
+        let (manifest, compression) = loop {
+            let bytes = read(&self.blob(&digest)?)?;
+            match manifest_step(&bytes, &self.image, self.arch, &self.dir)? {
+                ManifestStep::Image(manifest, compression) => break (manifest, compression),
+                ManifestStep::Index(_) if nesting == MAX_NESTING => {
+                    return Err(OciError::Select {
+                        image: self.image.clone(),
+                        reason: "image indexes nested too deep".into(),
+                    })
+                }
+                ManifestStep::Index(entry) => {
+                    nesting += 1;
+                    digest = entry;
+                }
             }
-            let index: ImageIndex = parse_json(&bytes, &self.dir)?;
-            digest = platform(&index, &self.image, self.arch)?
-                .digest()
-                .to_string();
-            bytes = read(&self.blob(&digest)?)?;
-        }
-        if is_index(&media_type_of(&bytes)) {
-            return Err(OciError::Select {
-                image: self.image.clone(),
-                reason: "image indexes nested too deep".into(),
-            });
-        }
-        let manifest: ImageManifest = parse_json(&bytes, &self.dir)?;
-        let config: ImageConfiguration =
-            self.json_file(&self.blob(manifest.config().digest().as_ref())?)?;
+        };
+        let config_path = self.blob(manifest.config().digest().as_ref())?;
+        let config = read_config(&read(&config_path)?, &config_path)?;
         let mut layers = Vec::new();
-        for l in manifest.layers() {
-            let compression = compression_of(&self.image, l.media_type())?;
+        for (l, &compression) in manifest.layers().iter().zip(&compression) {
             layers.push(Layer {
                 path: self.blob(l.digest().as_ref())?,
                 digest: l.digest().to_string(),
@@ -680,7 +719,7 @@ fn docker_archive(
             });
         }
     }
-    let config: ImageConfiguration = parse_json(&read(&config_path)?, &config_path)?;
+    let config = read_config(&read(&config_path)?, &config_path)?;
     let mut layers = Vec::new();
     for name in &one.layers {
         let path = member(name)?;

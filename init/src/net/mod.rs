@@ -5,7 +5,7 @@
 //! the run loop. Once the network is up, [`sntp`] sets the clock in a thread of
 //! its own.
 
-mod dhcp;
+use berth_init::dhcp;
 pub mod dhcp_link;
 pub mod sntp;
 
