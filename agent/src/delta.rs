@@ -3,7 +3,8 @@
 //!
 //! [`prepare`] does everything that needs the network, and writes nothing
 //! but its staging folder on the data partition:
-//! 1. fetches the release's chunk index and its signature and verifies them
+//! 1. fetches the release's chunk index (its compressed copy, or the JSON of a
+//!    repository that has none) and its signature and verifies them
 //!    (trusted keys, the bundle the signed channel index lists, the embedded
 //!    manifest's own signature);
 //! 2. cuts what the device holds with the same chunking — the running slot's
@@ -43,7 +44,7 @@ use berth_bundle::{BundleError, Manifest, TrustedKeys, MAX_SIGNATURE_SIZE};
 use berth_format::entries::EspState;
 use berth_format::layout::BootEntry;
 
-use crate::install::{InstallError, NextPayload, Observer, PayloadSource};
+use crate::install::{Checkpoint, InstallError, NextPayload, Observer, PayloadSource};
 use crate::source;
 
 /// A delta that would fetch more than this share (percent) of the full bundle
@@ -249,9 +250,19 @@ pub fn prepare(
         })
     };
     let signature = get_small(&signature_url, MAX_SIGNATURE_SIZE)?;
-    let index = get_small(&index_url, MAX_CHUNK_INDEX_SIZE)?;
+    // The compressed copy, about a third of the JSON; a repository without
+    // one (published by an older berth) serves the JSON itself.
+    let (index, index_bytes) = match get_small(&format!("{index_url}.zst"), MAX_CHUNK_INDEX_SIZE) {
+        Ok(compressed) => (format::decompress_index(&compressed)?, compressed.len()),
+        Err(DeltaError::NoIndex(_)) => {
+            let index = get_small(&index_url, MAX_CHUNK_INDEX_SIZE)?;
+            let len = index.len();
+            (index, len)
+        }
+        Err(e) => return Err(e),
+    };
     let verified = format::verify_chunk_index(&index, &signature, &keys, &entry.sha256)?;
-    let mut fetched = (index.len() + signature.len()) as u64;
+    let mut fetched = (index_bytes + signature.len()) as u64;
     // Nothing is fetched or read for a release the install would refuse.
     crate::install::check(system, &verified.manifest, options)
         .map_err(|e| DeltaError::Refused(e.to_string()))?;
@@ -321,7 +332,12 @@ pub fn prepare(
             format!(", {} more were fetched before", staged.len())
         }
     ));
-    fetched += fetch_chunks(&fetcher, repo, &to_fetch, &staging)?;
+    // In two halves, so a power cut can be tested in the middle of a fetch.
+    observer.checkpoint(Checkpoint::Chunks(0));
+    let (first, second) = to_fetch.split_at(to_fetch.len() / 2);
+    fetched += fetch_chunks(&fetcher, repo, first, &staging)?;
+    observer.checkpoint(Checkpoint::Chunks(50));
+    fetched += fetch_chunks(&fetcher, repo, second, &staging)?;
     Ok(Prepared {
         local,
         staging,

@@ -518,24 +518,27 @@ pub fn install_offer(
         Err(e) => e.to_string(),
     };
     observer.step(&format!("installing the full bundle: {reason}"));
-    let reader = source::open(url).map_err(|error| FleetError::Fetch {
-        url: url.clone(),
-        error,
-    })?;
-    let reader = MatchIndex::new(reader, entry);
     let delivery = Delivery {
         method: DeliveryMethod::Full,
         reason,
         fetched: entry.size,
         bundle_size: entry.size,
     };
+    // Opened inside the install, so a bundle that cannot be fetched is
+    // recorded as a failed install, with why the delta was not used.
     Ok(Some(install_from(
         system,
         url,
         options,
         Some(delivery),
         observer,
-        |keys| install::open_bundle(reader, keys),
+        |keys| {
+            let reader = source::open(url).map_err(|error| InstallError::Fetch {
+                url: url.clone(),
+                message: error.to_string(),
+            })?;
+            install::open_bundle(MatchIndex::new(reader, entry), keys)
+        },
     )?))
 }
 

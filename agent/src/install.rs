@@ -48,6 +48,10 @@ pub enum InstallError {
     Bundle(#[from] BundleError),
     #[error("refused: {0}")]
     Refused(String),
+    /// The bundle could not be fetched (an install from a repository, where
+    /// the fetch is part of the install and its failure is recorded).
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -116,10 +120,17 @@ pub enum Checkpoint {
     Committed,
     /// The outcome is recorded in the state file.
     Recorded,
+    /// A delta install's fetch, before all of the above: the chunk index is
+    /// verified and nothing is fetched yet (0), or half of the chunks to
+    /// fetch are staged (50). See [`Checkpoint::DELTA`].
+    Chunks(u8),
 }
 
 impl Checkpoint {
-    /// Every checkpoint, in install order.
+    /// The checkpoints a delta install passes before [`Checkpoint::ALL`].
+    pub const DELTA: [Checkpoint; 2] = [Checkpoint::Chunks(0), Checkpoint::Chunks(50)];
+
+    /// Every checkpoint of an install, in order.
     pub const ALL: [Checkpoint; 12] = [
         Checkpoint::Verified,
         Checkpoint::Unbootable,
@@ -148,6 +159,7 @@ impl Checkpoint {
             Checkpoint::EntryWritten => "entry-written".into(),
             Checkpoint::Committed => "committed".into(),
             Checkpoint::Recorded => "recorded".into(),
+            Checkpoint::Chunks(percent) => format!("chunks-{percent}"),
         }
     }
 
@@ -1109,9 +1121,13 @@ mod tests {
 
     #[test]
     fn checkpoint_names_are_unique_and_only_the_last_two_follow_the_commit() {
-        let names: std::collections::HashSet<String> =
-            Checkpoint::ALL.iter().map(|p| p.name()).collect();
-        assert_eq!(names.len(), Checkpoint::ALL.len());
+        let every: Vec<Checkpoint> = Checkpoint::DELTA
+            .iter()
+            .chain(&Checkpoint::ALL)
+            .copied()
+            .collect();
+        let names: std::collections::HashSet<String> = every.iter().map(|p| p.name()).collect();
+        assert_eq!(names.len(), every.len());
         let after: Vec<_> = Checkpoint::ALL
             .iter()
             .filter(|p| p.is_after_commit())

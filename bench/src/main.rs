@@ -122,7 +122,13 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().bench {
+    let cli = Cli::parse();
+    // Timings are of the CLI users run; the CI smoke (`all --quick`) checks the
+    // harness, not the figures, and takes the debug CLI the tests build anyway.
+    if !matches!(cli.bench, Bench::All { quick: true, .. }) {
+        berth_tests::prefer_release_cli();
+    }
+    match cli.bench {
         Bench::All {
             boots,
             builds,

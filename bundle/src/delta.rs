@@ -7,6 +7,9 @@
 //!                                         first two hex digits); never overwritten
 //! REPO/chunk-index/<bundle-sha256>.json  the chunk index of one bundle
 //! REPO/chunk-index/<bundle-sha256>.json.minisig  its signature, by the release key
+//! REPO/chunk-index/<bundle-sha256>.json.zst      the same index, zstd-compressed:
+//!                                         what a device fetches (the signature is
+//!                                         of the uncompressed bytes)
 //! ```
 //!
 //! A chunk index belongs to one bundle, named by the sha256 the signed channel
@@ -48,6 +51,11 @@ pub const CHUNK_INDEX_DIR: &str = "chunk-index";
 /// Largest chunk index a device accepts (it reads it into memory). A 1 GiB
 /// root at the default chunking is about 65,000 chunks, ~7 MB of JSON.
 pub const MAX_CHUNK_INDEX_SIZE: u64 = 16 * 1024 * 1024;
+/// The compression level of `<index>.json.zst`. A chunk's name is 64 hex
+/// digits, 32 bytes of information in 64: compressed, the index is about a
+/// third of its JSON, which for a release that changed nothing is most of
+/// what a device fetches.
+pub const INDEX_LEVEL: i32 = 19;
 /// Largest chunk a device accepts, whatever an index says: bounds its memory.
 pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;
 
@@ -297,6 +305,30 @@ pub fn trusted_comment(index: &ChunkIndex, manifest: &Manifest) -> String {
     )
 }
 
+/// `PATH.zst`: where a chunk index's compressed copy is.
+pub fn compressed_path(index: &Path) -> PathBuf {
+    let mut name = index.as_os_str().to_owned();
+    name.push(".zst");
+    PathBuf::from(name)
+}
+
+/// The JSON of a compressed chunk index (`<index>.json.zst`), refused when it
+/// would be larger than [`MAX_CHUNK_INDEX_SIZE`].
+pub fn decompress_index(compressed: &[u8]) -> Result<Vec<u8>, DeltaError> {
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)
+        .and_then(|decoder| {
+            decoder
+                .take(MAX_CHUNK_INDEX_SIZE + 1)
+                .read_to_end(&mut json)
+        })
+        .map_err(|e| DeltaError::Invalid(format!("its compressed copy: {e}")))?;
+    if json.len() as u64 > MAX_CHUNK_INDEX_SIZE {
+        return Err(DeltaError::TooLarge(MAX_CHUNK_INDEX_SIZE));
+    }
+    Ok(json)
+}
+
 /// `PATH.minisig`: where a chunk index's signature is.
 pub fn signature_path(index: &Path) -> PathBuf {
     let mut name = index.as_os_str().to_owned();
@@ -323,7 +355,13 @@ pub fn write_chunks(
 ) -> Result<bool, DeltaError> {
     let index_path = repo.join(chunk_index_path(bundle_sha256));
     let sig_path = signature_path(&index_path);
+    let zst_path = compressed_path(&index_path);
     if index_path.exists() && sig_path.exists() {
+        // A repository published before the compressed copy existed gets it.
+        if !zst_path.exists() {
+            let json = fs::read(&index_path)?;
+            write_atomic(&zst_path, &zstd::bulk::compress(&json, INDEX_LEVEL)?)?;
+        }
         return Ok(false);
     }
     let file = File::open(bundle)?;
@@ -373,6 +411,9 @@ pub fn write_chunks(
     index.validate(&manifest)?;
     let json = index.to_json();
     let signature = key.sign(&json, &trusted_comment(&index, &manifest));
+    // The compressed copy first: an index with its signature is what says
+    // "published", and the device takes the plain one when there is no copy.
+    write_atomic(&zst_path, &zstd::bulk::compress(&json, INDEX_LEVEL)?)?;
     write_atomic(&index_path, &json)?;
     write_atomic(&sig_path, signature.as_bytes())?;
     Ok(true)
@@ -465,6 +506,23 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    #[test]
+    fn a_compressed_index_larger_than_allowed_is_refused() {
+        let json = vec![b' '; usize::try_from(MAX_CHUNK_INDEX_SIZE).unwrap() + 1];
+        let bomb = zstd::bulk::compress(&json, 3).unwrap();
+        assert!(bomb.len() < 4096);
+        assert!(matches!(
+            decompress_index(&bomb),
+            Err(DeltaError::TooLarge(MAX_CHUNK_INDEX_SIZE))
+        ));
+        assert!(matches!(
+            decompress_index(b"not zstd"),
+            Err(DeltaError::Invalid(_))
+        ));
+        let small = zstd::bulk::compress(b"{}", INDEX_LEVEL).unwrap();
+        assert_eq!(decompress_index(&small).unwrap(), b"{}");
     }
 
     #[test]

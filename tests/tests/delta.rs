@@ -265,6 +265,10 @@ fn a_one_file_change_installs_by_delta_fetching_only_the_new_chunks() {
     for hash in &wanted {
         assert_eq!(gets(&server, &delta::chunk_path(hash)).len(), 1, "{hash}");
     }
+    // The index came compressed, not as its JSON.
+    let index = delta::chunk_index_path(&sha);
+    assert_eq!(gets(&server, &format!("{index}.zst")).len(), 1);
+    assert_eq!(gets(&server, &format!("{index} ")).len(), 0);
     assert!(
         d.fetched * 100 <= d.bundle_size * 5,
         "fetched {} of {}",
@@ -353,6 +357,45 @@ fn without_a_chunk_index_or_when_most_is_new_the_full_bundle_is_installed() {
     assert!(d.reason.contains("no chunk index"), "{}", d.reason);
 }
 
+/// A repository published before indexes had a compressed copy: the device
+/// reads the JSON, and publishing again adds the copy without cutting anything.
+#[test]
+fn an_index_without_its_compressed_copy_is_read_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let v1 = payloads(1);
+    let mut v2 = v1.clone();
+    v2[0][1 << 20..(1 << 20) + 5000].fill(b'y');
+    repo.publish("1.0.0", &v1);
+    let sha = repo.publish("1.1.0", &v2);
+    let index = delta::chunk_index_path(&sha);
+    let compressed = delta::compressed_path(&repo.dir.join(&index));
+    let json = fs::read(repo.dir.join(&index)).unwrap();
+    assert_eq!(
+        delta::decompress_index(&fs::read(&compressed).unwrap()).unwrap(),
+        json
+    );
+    assert!(fs::metadata(&compressed).unwrap().len() * 2 < json.len() as u64);
+    fs::remove_file(&compressed).unwrap();
+
+    let system = device(dir.path(), &repo, &v1);
+    let server = FileServer::start(&repo.dir);
+    update_from(&system, &server, &mut Seen::default());
+    assert_installed(&system, &v2);
+    assert_eq!(delivery(&system).method, DeliveryMethod::Delta);
+    assert_eq!(
+        gets(&server, &format!("{index}.zst")),
+        [format!("GET /{index}.zst 404")]
+    );
+    assert_eq!(gets(&server, &format!("{index} ")).len(), 1);
+
+    repo.publish("1.2.0", &payloads(5));
+    assert_eq!(
+        delta::decompress_index(&fs::read(&compressed).unwrap()).unwrap(),
+        json
+    );
+}
+
 #[test]
 fn a_cut_delta_install_leaves_the_old_slot_booting_and_the_next_one_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -370,9 +413,15 @@ fn a_cut_delta_install_leaves_the_old_slot_booting_and_the_next_one_resumes() {
     let system = device(dir.path(), &repo, &v1);
     let server = FileServer::start(&repo.dir);
 
-    // Cut while the root is being written, and after the last chunk before the
-    // commit: the target has no entry, slot A still boots.
-    for cut in [Checkpoint::Rootfs(50), Checkpoint::EntryWritten] {
+    // Cut before the first chunk, in the middle of the fetch, while the root is
+    // being written, and after the last chunk before the commit: the target
+    // has no entry, slot A still boots.
+    for cut in [
+        Checkpoint::Chunks(0),
+        Checkpoint::Chunks(50),
+        Checkpoint::Rootfs(50),
+        Checkpoint::EntryWritten,
+    ] {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut seen = Seen {
                 cut: Some(cut),

@@ -456,7 +456,9 @@ fn remove_unreferenced(repo: &Path, keys: &TrustedKeys) -> Result<Pruned, Publis
         }
     }
     for path in listing(&repo.join(delta::CHUNK_INDEX_DIR))? {
-        let sha = stem(&path, ".json.minisig").or_else(|| stem(&path, ".json"));
+        let sha = stem(&path, ".json.minisig")
+            .or_else(|| stem(&path, ".json.zst"))
+            .or_else(|| stem(&path, ".json"));
         if let Some(sha) = sha {
             if !bundles.contains(&sha) {
                 if path.extension().is_some_and(|e| e == "json") {

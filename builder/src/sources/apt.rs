@@ -431,6 +431,85 @@ pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fe
     })
 }
 
+/// Fetches packages into the blob cache (or finds them there), in order. The
+/// ones missing from the cache are downloaded by one `apt-get download`, which
+/// pipelines its requests over one connection: a package container of two
+/// hundred packages costs one apt start-up, not two hundred. When that call
+/// fails, each package is fetched on its own, so the error names the package.
+pub fn fetch_all(
+    cache: &Cache,
+    packages: &[Package],
+    progress: &Progress,
+) -> Result<Vec<Fetched>, AptError> {
+    let mut cached = Vec::with_capacity(packages.len());
+    for package in packages {
+        cached.push(cache.get(&package.sha256)?);
+    }
+    let missing: Vec<&Package> = packages
+        .iter()
+        .zip(&cached)
+        .filter_map(|(package, path)| path.is_none().then_some(package))
+        .collect();
+    if missing.len() > 1 {
+        download_batch(cache, &missing, progress)?;
+    }
+    packages.iter().map(|p| fetch(cache, p, progress)).collect()
+}
+
+/// One `apt-get download` for several packages, each file checked against its
+/// sha256 as it enters the cache. A failed call leaves the packages to
+/// [`fetch`], one at a time.
+fn download_batch(
+    cache: &Cache,
+    packages: &[&Package],
+    progress: &Progress,
+) -> Result<(), AptError> {
+    let dir = cache.tempdir()?;
+    progress.detail(&format!("downloading {} Debian packages", packages.len()));
+    let bytes = progress.bytes(Some(packages.iter().map(|p| p.size).sum()));
+    let mut child = Command::new("apt-get")
+        .args(pkgcache_options(cache))
+        .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
+        .args(packages.iter().map(|p| download_name(p)))
+        .current_dir(dir.path())
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| AptError::Spawn {
+            tool: "apt-get",
+            source,
+        })?;
+    while child.try_wait().ok().flatten().is_none() {
+        bytes.set(downloaded_bytes(dir.path()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(bytes);
+    for package in packages {
+        let file = dir.path().join(deb_file_name(package));
+        if file.is_file() {
+            cache.insert(
+                &file,
+                &package.sha256,
+                &format!("{}_{}.deb", package.name, package.version),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The file name `apt-get download` gives a package: `NAME_VERSION_ARCH.deb`,
+/// with the version's epoch colon quoted as `%3a` (apt's `QuoteString`).
+fn deb_file_name(package: &Package) -> String {
+    format!(
+        "{}_{}_{}.deb",
+        package.name,
+        package.version.replace(':', "%3a"),
+        package.architecture
+    )
+}
+
 /// `apt-get download`'s name for a package: `NAME:ARCH=VERSION`, or
 /// `NAME=VERSION` for an `Architecture: all` one (which takes no qualifier).
 fn download_name(package: &Package) -> String {
@@ -492,6 +571,22 @@ mod tests {
         assert!(show(&cache, Arch::Arm64, &only_amd).unwrap().is_empty());
         let err = resolve(&cache, Arch::Arm64, &only_amd, false).unwrap_err();
         assert!(err.to_string().contains("no arm64 candidate"), "{err}");
+    }
+
+    #[test]
+    fn downloaded_files_are_named_as_apt_names_them() {
+        let package = Package {
+            name: "libc6".into(),
+            version: "1:2.36-9+deb12u7".into(),
+            architecture: "arm64".into(),
+            sha256: String::new(),
+            size: 0,
+            depends: Vec::new(),
+        };
+        assert_eq!(
+            deb_file_name(&package),
+            "libc6_1%3a2.36-9+deb12u7_arm64.deb"
+        );
     }
 
     #[test]

@@ -98,8 +98,8 @@ fn packages_tree(
 ) -> Result<Tree, RootfsError> {
     let mut tree = Tree::new(staging);
     let (cache, arch) = (sources.cache, sources.arch);
-    for package in apt::pin(apt::resolve(cache, arch, names, with_depends)?, pins) {
-        let fetched = apt::fetch(cache, &package, progress)?;
+    let packages = apt::pin(apt::resolve(cache, arch, names, with_depends)?, pins);
+    for fetched in apt::fetch_all(cache, &packages, progress)? {
         let mut archive = deb::data_tar(&fetched.path)?;
         tree.unpack_tar(&mut archive, false)?;
         inputs.packages.push(fetched);
@@ -122,12 +122,11 @@ fn package_container(
     progress: &Progress,
 ) -> Result<Tree, RootfsError> {
     let (cache, arch) = (sources.cache, sources.arch);
-    let mut fetched = Vec::new();
+    let packages = apt::pin(apt::resolve(cache, arch, names, true)?, pins);
+    let fetched = apt::fetch_all(cache, &packages, progress)?;
     let mut scripts = false;
-    for package in apt::pin(apt::resolve(cache, arch, names, true)?, pins) {
-        let one = apt::fetch(cache, &package, progress)?;
+    for one in &fetched {
         scripts |= deb::has_install_scripts(&one.path)?;
-        fetched.push(one);
     }
     if !scripts {
         let mut tree = Tree::new(staging);
@@ -139,10 +138,8 @@ fn package_container(
     }
     let mut wanted: Vec<String> = names.to_vec();
     wanted.extend(install::ESSENTIAL.iter().map(|s| s.to_string()));
-    let mut all = Vec::new();
-    for package in apt::pin(apt::resolve(cache, arch, &wanted, true)?, pins) {
-        all.push(apt::fetch(cache, &package, progress)?);
-    }
+    let packages = apt::pin(apt::resolve(cache, arch, &wanted, true)?, pins);
+    let all = apt::fetch_all(cache, &packages, progress)?;
     let tar = install::install(
         cache,
         arch,

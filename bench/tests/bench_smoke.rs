@@ -7,9 +7,9 @@ use regex::Regex;
 
 #[test]
 fn one_iteration_of_everything_writes_tables_with_numbers() {
-    // The harness boots one VM at a time: hold one of the suite's VM slots for
-    // the whole run, as the test command runs this beside the other tests.
-    let _permit = berth_tests::VmPermit::acquire();
+    // berth-bench takes one of the suite's VM slots for each VM it boots
+    // (`vmrun::start`), as the test command runs this beside the other tests:
+    // between its boots (builds, publishes) the slot is free for them.
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("benchmarks.md");
     let status = Command::new(env!("CARGO_BIN_EXE_berth-bench"))
