@@ -11,8 +11,10 @@ sql() { as_postgres "$BIN/psql" -h /tmp -X -q -At -v ON_ERROR_STOP=1 -c "$1"; }
 boot=$(cat /proc/sys/kernel/random/boot_id)
 echo "boot $boot"
 
-if [ -s "$PGDATA/PG_VERSION" ]; then
-    echo "cluster found in $PGDATA (version $(cat "$PGDATA/PG_VERSION"))"
+# The check runs as postgres: the cluster's folder is postgres's with mode
+# 0700, and root here lacks DAC_OVERRIDE.
+if as_postgres test -s "$PGDATA/PG_VERSION"; then
+    echo "cluster found in $PGDATA (version $(as_postgres cat "$PGDATA/PG_VERSION"))"
 else
     # The volume starts out empty and root's: it becomes postgres's. The
     # cluster is made aside and moved into place when complete, so a first
@@ -28,7 +30,11 @@ fi
 
 # The socket in the container's private /tmp (the root is read-only); TCP on
 # loopback only.
-as_postgres "$BIN/postgres" -D "$PGDATA" -c listen_addresses=127.0.0.1 \
+# setpriv itself, not the function: a function in the background runs in a
+# subshell, which would be $! and ignore SIGINT (as every background job of a
+# non-interactive shell does); setpriv execs PostgreSQL, so $! is PostgreSQL.
+setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$BIN/postgres" -D "$PGDATA" -c listen_addresses=127.0.0.1 \
     -c unix_socket_directories=/tmp &
 pid=$!
 # berth stops a container with SIGTERM: PostgreSQL's fast shutdown is SIGINT.
