@@ -9,7 +9,10 @@
 //! `cargo run --release -p berth-bench -- footprint`: berth-init's size and RSS
 //! supervising three containers;
 //! `cargo run --release -p berth-bench -- fleet`: the repository's load from
-//! 100,000 devices booting at once, simulated with the agent's schedule.
+//! 100,000 devices booting at once, simulated with the agent's schedule;
+//! `cargo run --release -p berth-bench -- packages --out docs/bench/packages.md`:
+//! cold and warm builds and root sizes of nginx and postgresql from Debian's
+//! packages against hello.
 
 use std::path::PathBuf;
 
@@ -91,6 +94,17 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Containers from Debian's packages (nginx-light, postgresql-15, installed
+    /// by mmdebstrap) against hello: cold and warm build time, root size.
+    Packages {
+        /// Cold and warm builds of each recipe.
+        #[arg(long, default_value_t = 1)]
+        builds: usize,
+        /// Also write the table as a section that `all` includes in its
+        /// report (docs/bench/packages.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Bytes a delta update fetches against the full bundle, what chunks cost
     /// the repository, and a delta install's time against the full one's in a
     /// VM.
@@ -120,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     // build anyway, as the CI smoke (`all --quick`) does.
     let times_the_cli = match &cli.bench {
         Bench::All { quick, .. } => !quick,
-        Bench::RegistryBuild | Bench::Flash { .. } => true,
+        Bench::RegistryBuild | Bench::Flash { .. } | Bench::Packages { .. } => true,
         Bench::VerityBoot { .. }
         | Bench::Update { .. }
         | Bench::Fleet { .. }
@@ -177,5 +191,8 @@ fn main() -> anyhow::Result<()> {
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
         Bench::Flash { runs, out } => berth_bench::flash::run(runs, out.as_deref()),
         Bench::Arm64 { boots, out } => berth_bench::arm64::run(boots, out.as_deref()),
+        Bench::Packages { builds, out } => {
+            berth_bench::packages::run(builds, out.as_deref()).map(drop)
+        }
     }
 }
