@@ -491,6 +491,29 @@ fn bad_bundles_are_refused_before_any_write() {
     running(&vm, "1.1.0", "a");
 }
 
+/// Runs `command` on `vm` with the install to pause at `point`, cuts the
+/// power there and boots `disk` again (console log `log`): the device must
+/// come back on 1.0.0 from slot a, with slot a to boot next. Returns the new
+/// VM and its status.
+fn cut_at(
+    mut vm: TestVm,
+    disk: &Path,
+    point: &str,
+    command: &str,
+    log: &str,
+) -> (TestVm, serde_json::Value) {
+    vm.send_line(&format!("BERTH_UPDATE_TEST_PAUSE={point} {command}"))
+        .expect("typing");
+    expect(&vm, &format!("berth-update: test pause at {point}"));
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let mut vm = start(disk, log);
+    running(&vm, "1.0.0", "a");
+    let now = status(&mut vm);
+    assert_eq!(now["next"], "a", "{point}: {now:#}");
+    (vm, now)
+}
+
 /// Power cuts: QEMU is killed at each named checkpoint of an install of 1.1.0
 /// onto a 1.0.0 device; the device must come back on 1.0.0 before the commit
 /// point and on 1.1.0 after it. The twelve checkpoints cover every state the slot
@@ -512,18 +535,15 @@ fn power_cut_chain(name: &str, points: &[&str]) {
     let mut vm = start(&disk, &format!("power_cuts_{name}"));
     running(&vm, "1.0.0", "a");
     for point in points {
-        vm.send_line(&format!(
-            "BERTH_UPDATE_TEST_PAUSE={point} berth-update install {url}"
-        ))
-        .expect("typing");
-        expect(&vm, &format!("berth-update: test pause at {point}"));
-        vm.kill().expect("killing QEMU");
-        drop(vm);
-        vm = start(&disk, &format!("power_cut_{point}_after"));
-        running(&vm, "1.0.0", "a");
-        let now = status(&mut vm);
+        let now;
+        (vm, now) = cut_at(
+            vm,
+            &disk,
+            point,
+            &format!("berth-update install {url}"),
+            &format!("power_cut_{point}_after"),
+        );
         assert_eq!(now["booted"], "a", "{point}: {now:#}");
-        assert_eq!(now["next"], "a", "{point}: {now:#}");
     }
     assert_eq!(shell(&mut vm, &format!("berth-update install {url}")), 0);
     let now = status(&mut vm);
@@ -692,18 +712,14 @@ fn a_delta_update_two_releases_behind_survives_power_cuts() {
     let mut vm = start(&disk, "delta_cuts");
     running(&vm, "1.0.0", "a");
     for point in ["chunks-0", "chunks-50", "entry-written"] {
-        vm.send_line(&format!(
-            "BERTH_UPDATE_TEST_PAUSE={point} {}",
-            repo.update()
-        ))
-        .expect("typing");
-        expect(&vm, &format!("berth-update: test pause at {point}"));
-        vm.kill().expect("killing QEMU");
-        drop(vm);
-        vm = start(&disk, &format!("delta_cut_{point}_after"));
-        running(&vm, "1.0.0", "a");
-        let now = status(&mut vm);
-        assert_eq!(now["next"], "a", "{point}: {now:#}");
+        let now;
+        (vm, now) = cut_at(
+            vm,
+            &disk,
+            point,
+            &repo.update(),
+            &format!("delta_cut_{point}_after"),
+        );
         assert_eq!(
             slot_status(&now, "b")["entry"],
             serde_json::Value::Null,

@@ -566,16 +566,20 @@ mod tests {
 
     /// The runtime configuration of the recipe's one container, as JSON.
     fn config_of(container: &str) -> serde_json::Value {
+        config_in(container, &Tree::new(std::path::Path::new("/nonexistent")))
+    }
+
+    /// The same, the container's root being `rootfs`.
+    fn config_in(container: &str, rootfs: &Tree) -> serde_json::Value {
         let recipe = format!(
             "[image]\nname = \"x\"\nversion = \"1.0.0\"\n[[container]]\nname = \"c\"\nimage = \"docker.io/library/busybox:1\"\ncommand = [\"/bin/sh\"]\n{container}\n"
         );
         let plan = crate::recipe::parse(std::path::Path::new("x.toml"), &recipe).unwrap();
-        let rootfs = Tree::new(std::path::Path::new("/nonexistent"));
         let json = config_json(
             &plan,
             &plan.containers[0],
             &ImageDefaults::default(),
-            &rootfs,
+            rootfs,
         )
         .unwrap();
         serde_json::from_slice(&json).unwrap()
@@ -600,19 +604,7 @@ mod tests {
             )
             .unwrap();
         let user_of = |user: &str| {
-            let recipe = format!(
-                "[image]\nname = \"x\"\nversion = \"1.0.0\"\n[[container]]\nname = \"c\"\nimage = \"docker.io/library/busybox:1\"\ncommand = [\"/bin/sh\"]\nuser = \"{user}\"\n"
-            );
-            let plan = crate::recipe::parse(std::path::Path::new("x.toml"), &recipe).unwrap();
-            let json = config_json(
-                &plan,
-                &plan.containers[0],
-                &ImageDefaults::default(),
-                &rootfs,
-            )
-            .unwrap();
-            let config: serde_json::Value = serde_json::from_slice(&json).unwrap();
-            config["process"]["user"].clone()
+            config_in(&format!("user = \"{user}\""), &rootfs)["process"]["user"].clone()
         };
         assert_eq!(
             user_of("postgres"),
