@@ -55,10 +55,31 @@ pub struct RepoSize {
 pub struct DeltaResults {
     pub cases: Vec<Case>,
     pub repo: Vec<RepoSize>,
+    /// Delta against full install time in one VM (none when not asked for).
+    pub installs: Option<InstallTimes>,
     pub not_measured: Vec<String>,
 }
 
-fn recipe(version: &str, message: &str, packages: &[&str], key: &Path) -> String {
+/// `berth-update update` by delta against by the full bundle, timed in one VM.
+#[derive(Debug, Clone, Default)]
+pub struct InstallTimes {
+    /// Seconds per update that installed by delta, and by the full bundle
+    /// (alternating, on the guest's clock).
+    pub delta: Vec<f64>,
+    pub full: Vec<f64>,
+    /// Bytes the last delta fetched, and the full bundle's.
+    pub delta_fetched: u64,
+    pub bundle: u64,
+}
+
+fn recipe(
+    version: &str,
+    message: &str,
+    packages: &[&str],
+    kernel: Option<&str>,
+    key: &Path,
+) -> String {
+    let kernel = kernel.map_or(String::new(), |k| format!("\n[kernel]\npackage = {k:?}\n"));
     let packages = packages
         .iter()
         .map(|p| format!("{p:?}"))
@@ -71,7 +92,7 @@ name = "{NAME}"
 version = "{version}"
 compatible = "{NAME}"
 epoch = 1700000000
-
+{kernel}
 [update]
 keys = ["{key}"]
 
@@ -85,49 +106,94 @@ restart = "never"
     )
 }
 
-/// Runs every case; prints and returns the figures.
-pub fn run() -> anyhow::Result<DeltaResults> {
+/// Runs every case, and `installs` timed updates of each kind in a VM (none
+/// when 0); prints and returns the figures.
+pub fn run(installs: usize) -> anyhow::Result<DeltaResults> {
     let ws = ReleaseWorkspace::new("bench-delta");
     let key = ws.release.with_extension("pub");
-    let build = |version: &str, message: &str, packages: &[&str]| -> anyhow::Result<PathBuf> {
-        let text = recipe(version, message, packages, &key);
-        let file = format!("{NAME}-{version}.toml");
+    // A release's recipe, image and bundle, named `NAME-VERSION` plus `variant`.
+    let build_with = |version: &str,
+                      variant: &str,
+                      message: &str,
+                      packages: &[&str],
+                      kernel: Option<&str>|
+     -> anyhow::Result<PathBuf> {
+        let text = recipe(version, message, packages, kernel, &key);
+        let file = format!("{NAME}-{version}{variant}.toml");
         let image = std::panic::catch_unwind(|| ws.build(&file, &text))
             .map_err(|_| anyhow::anyhow!("building {file} failed (see above)"))?;
         Ok(make_bundle(
             &image,
             &ws.release,
-            ws.bundles.join(format!("{version}.bundle")),
+            ws.bundles.join(format!("{version}{variant}.bundle")),
         ))
     };
+    let build = |version: &str, message: &str, packages: &[&str]| {
+        build_with(version, "", message, packages, None)
+    };
     let base = build("1.0.0", "Hello from berth!", &["busybox-static"])?;
-    // (version, what changed, bundle)
+    // (version, what changed, bundle, the bundle of the release the device runs)
     let mut releases = vec![
         (
             "1.0.1",
-            "re-release, nothing changed but the version",
+            "re-release, nothing changed but the version".to_string(),
             build("1.0.1", "Hello from berth!", &["busybox-static"])?,
+            base.clone(),
         ),
         (
             "1.0.2",
-            "one file changed in one container (its config.json)",
+            "one file changed in one container (its config.json)".to_string(),
             build("1.0.2", "Hello again from berth!", &["busybox-static"])?,
+            base.clone(),
         ),
     ];
-    let mut not_measured = vec![
-        "a new kernel package version: the apt source holds one version of the kernel".to_string(),
-    ];
-    match build(
-        "1.0.3",
-        "Hello again from berth!",
-        &["busybox-static", "zstd"],
-    ) {
-        Ok(bundle) => releases.push((
+    let mut not_measured = Vec::new();
+    // One Debian package added: a container of packages with maintainer
+    // scripts is installed as Debian installs it (its Essential set too), so
+    // the device runs 1.0.0 with busybox-static and zstd that way, and 1.0.3
+    // adds lz4 to it (its one package: liblz4-1 is there already).
+    let with_zstd = ["busybox-static", "zstd"];
+    match build_with("1.0.0", "-zstd", "Hello from berth!", &with_zstd, None).and_then(|running| {
+        let bundle = build(
             "1.0.3",
-            "one Debian package (zstd) added to the container",
+            "Hello from berth!",
+            &["busybox-static", "zstd", "lz4"],
+        )?;
+        Ok((running, bundle))
+    }) {
+        Ok((running, bundle)) => releases.push((
+            "1.0.3",
+            "one Debian package (lz4) added to a container of Debian-installed packages"
+                .to_string(),
             bundle,
+            running,
         )),
         Err(e) => not_measured.push(format!("one Debian package added: {e:#}")),
+    }
+    // A new kernel package version: the device runs 1.0.0 built with the
+    // kernel of an older version apt still offers (the release before the
+    // archive's newest), and updates to 1.0.4, which differs only in taking
+    // the newest kernel.
+    match older_kernel(KERNEL) {
+        Ok((old, new)) => {
+            let older = build_with(
+                "1.0.0",
+                "-older-kernel",
+                "Hello from berth!",
+                &["busybox-static"],
+                Some(&old.package),
+            );
+            match older {
+                Ok(older) => releases.push((
+                    "1.0.4",
+                    format!("a new kernel package version ({} to {new})", old.version),
+                    build("1.0.4", "Hello from berth!", &["busybox-static"])?,
+                    older,
+                )),
+                Err(e) => not_measured.push(format!("a new kernel package version: {e:#}")),
+            }
+        }
+        Err(why) => not_measured.push(format!("a new kernel package version: {why:#}")),
     }
 
     // The repository, release after release, with its sizes.
@@ -163,20 +229,20 @@ pub fn run() -> anyhow::Result<DeltaResults> {
         Ok(())
     };
     publish_one("1.0.0", &base)?;
-    for (version, _, bundle) in &releases {
+    for (version, _, bundle, _) in &releases {
         publish_one(version, bundle)?;
     }
 
-    // Each release from a device running 1.0.0: a repository holding 1.0.0
-    // and that release only (the device takes the newest).
+    // Each release from a device running 1.0.0: a repository holding the
+    // device's 1.0.0 and that release only (the device takes the newest).
     let mut cases = Vec::new();
-    for (version, what, bundle) in &releases {
+    for (version, what, bundle, running) in &releases {
         let dir = scratch.path().join(format!("device-{version}"));
         let single = dir.join("repo");
-        for (v, b) in [("1.0.0", base.as_path()), (*version, bundle.as_path())] {
+        for (v, b) in [("1.0.0", running.as_path()), (*version, bundle.as_path())] {
             publish(&single, b).with_context(|| format!("publishing {v}"))?;
         }
-        let system = device(&dir, &base, &key)?;
+        let system = device(&dir, running, &key)?;
         let server = FileServer::start(&single);
         let repository = Repository::parse(&format!("http://127.0.0.1:{}", server.port))?;
         update(
@@ -197,7 +263,7 @@ pub fn run() -> anyhow::Result<DeltaResults> {
             .filter(|r| r.starts_with("GET /chunks/"))
             .count();
         let case = Case {
-            what: (*what).to_string(),
+            what: what.clone(),
             method: delivery.method,
             fetched: delivery.fetched,
             bundle: delivery.bundle_size,
@@ -220,14 +286,112 @@ pub fn run() -> anyhow::Result<DeltaResults> {
             size.version, size.bundles, size.chunks
         );
     }
+    let installs = if installs == 0 {
+        None
+    } else {
+        match install_times(installs) {
+            Ok(times) => Some(times),
+            Err(e) => {
+                not_measured.push(format!("install time in a VM: {e:#}"));
+                None
+            }
+        }
+    };
     for why in &not_measured {
         println!("not measured: {why}");
     }
     Ok(DeltaResults {
         cases,
         repo: sizes,
+        installs,
         not_measured,
     })
+}
+
+/// The update benchmark's device (web with a debug shell, 1.0.0) updates to
+/// its 1.1.0 with `berth-update update --repo URL`, alternately from a
+/// repository with chunks and from the same one without its chunk indexes
+/// (so the full bundle), `runs` times each; every update reinstalls slot b,
+/// since the device keeps running 1.0.0. The network is loopback through
+/// QEMU's user networking, so the figures compare the device's own work:
+/// cutting and hashing what it holds and assembling the slot, against
+/// streaming the whole bundle.
+fn install_times(runs: usize) -> anyhow::Result<InstallTimes> {
+    let (image, bundle, key) = crate::update::fixture()?;
+    let dir = bundle
+        .parent()
+        .and_then(Path::parent)
+        .context("the update bench's folder")?
+        .join("delta-install");
+    let _ = fs::remove_dir_all(&dir);
+    let (with_chunks, without) = (dir.join("with-chunks"), dir.join("without"));
+    fs::create_dir_all(&with_chunks)?;
+    let out = std::process::Command::new(&berth_tests::binaries().berth)
+        .arg("publish")
+        .arg(&bundle)
+        .arg("--repo")
+        .arg(&with_chunks)
+        .arg("--key")
+        .arg(key.with_extension("key"))
+        .args(["--expires", "30d"])
+        .output()?;
+    if !out.status.success() {
+        bail!("berth publish: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&with_chunks)
+        .arg(&without)
+        .status()?;
+    if !copied.success() {
+        bail!("cp -a {} {}", with_chunks.display(), without.display());
+    }
+    fs::remove_dir_all(without.join("chunk-index"))?;
+    fs::remove_dir_all(without.join("chunks"))?;
+    let servers = [FileServer::start(&with_chunks), FileServer::start(&without)];
+    let mut vm = crate::vmrun::boot_image(
+        &image,
+        crate::vmrun::BootPath::Direct,
+        "bench-delta-install",
+    )?;
+    vm.vm.expect(
+        &berth_tests::literal("debug shell on the console"),
+        berth_tests::BOOT_TIMEOUT,
+    )?;
+    let mut times = InstallTimes {
+        bundle: fs::metadata(&bundle)?.len(),
+        ..InstallTimes::default()
+    };
+    for run in 1..=runs {
+        for (server, method) in servers.iter().zip(["delta", "full"]) {
+            let seconds = crate::update::timed(
+                &mut vm,
+                &format!(
+                    "berth-update update --repo {} >/dev/null 2>&1",
+                    server.guest_url("").trim_end_matches('/')
+                ),
+            )
+            .with_context(|| format!("update {run} ({method})"))?;
+            let status = vm.shell("berth-update status --json")?.join("\n");
+            let json = status
+                .find('{')
+                .zip(status.rfind('}'))
+                .and_then(|(a, b)| serde_json::from_str::<serde_json::Value>(&status[a..=b]).ok())
+                .with_context(|| format!("no status after update {run}: {status}"))?;
+            let delivery = &json["install"]["delivery"];
+            if json["install"]["outcome"] != "committed" || delivery["method"] != method {
+                bail!("update {run} by {method}: {json:#}");
+            }
+            if method == "delta" {
+                times.delta.push(seconds);
+                times.delta_fetched = delivery["fetched"].as_u64().unwrap_or(0);
+            } else {
+                times.full.push(seconds);
+            }
+            println!("install {run} by {method}: {seconds:.2} s");
+        }
+    }
+    Ok(times)
 }
 
 /// The section `--out` writes (and `all` carries into docs/benchmarks.md), and
@@ -235,7 +399,7 @@ pub fn run() -> anyhow::Result<DeltaResults> {
 pub fn write(results: &DeltaResults, out: &Path) -> anyhow::Result<()> {
     use std::fmt::Write as _;
     let mut body = String::from(
-        "A device running 1.0.0 of a one-container image (busybox-static) updates to each release from a repository holding 1.0.0 and that release; bytes fetched are the agent's own count (chunk index, its signature and the compressed chunks, or the bundle), against the full bundle of the same release. Real images, bundles and `berth publish`; the device is the agent on scratch files holding the running slot as the bundle installs it (no VM).\n\n",
+        "A device running 1.0.0 of a one-container image (busybox-static) updates to each release from a repository holding its 1.0.0 and that release; for the package case its 1.0.0 has busybox-static and zstd, Debian-installed, and for the kernel case the older kernel. Bytes fetched are the agent's own count (chunk index, its signature and the compressed chunks, or the bundle), against the full bundle of the same release. Real images, bundles and `berth publish`; the device is the agent on scratch files holding the running slot as the bundle installs it (no VM; the install times further down are from one).\n\n",
     );
     let _ = writeln!(
         body,
@@ -304,6 +468,45 @@ pub fn write(results: &DeltaResults, out: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(t) = &results.installs {
+        if let (Some(d), Some(f)) = (
+            crate::stats::Summary::of(&t.delta),
+            crate::stats::Summary::of(&t.full),
+        ) {
+            let _ = writeln!(
+                body,
+                "\nInstall time in one VM (`berth-update update --repo URL` on the update benchmark's device, 1.0.0 to 1.1.0, {} runs of each, alternating; the repository on the host through QEMU's user network): by delta {:.2} s median (min {:.2}, max {:.2}; {} bytes fetched), by the full bundle {:.2} s median (min {:.2}, max {:.2}; {} bytes): the delta takes {:.2} × the full install's time.",
+                t.delta.len(),
+                d.median,
+                d.min,
+                d.max,
+                t.delta_fetched,
+                f.median,
+                f.min,
+                f.max,
+                t.bundle,
+                d.median / f.median
+            );
+            // What the extra seconds buy: the bytes not fetched. Slower links
+            // than this make the delta the faster install as well.
+            let saved = t.bundle.saturating_sub(t.delta_fetched);
+            let extra = d.median - f.median;
+            if extra > 0.0 {
+                #[allow(clippy::cast_precision_loss)]
+                let rate = saved as f64 / 1e6 / extra;
+                let _ = writeln!(
+                    body,
+                    "The delta spends its extra {extra:.2} s reading and hashing what the device holds, to save {saved} bytes: on a link slower than {rate:.1} MB/s ({:.0} Mbit/s) it is the faster install too, in this VM's emulated CPU (a device's own CPU hashes faster, which lowers the time the delta costs).",
+                    rate * 8.0
+                );
+            } else {
+                let _ = writeln!(
+                    body,
+                    "The delta is the faster install here even with the bundle on the host's loopback."
+                );
+            }
+        }
+    }
     for why in &results.not_measured {
         let _ = writeln!(body, "\nNot measured: {why}.");
     }
@@ -337,6 +540,63 @@ pub fn write(results: &DeltaResults, out: &Path) -> anyhow::Result<()> {
     );
     fs::write(out.with_file_name("delta.svg"), svg)?;
     Ok(())
+}
+
+/// The kernel metapackage the bench's images take (the recipe's default).
+const KERNEL: &str = "linux-image-cloud-amd64";
+
+/// A kernel package at an older version than apt's candidate.
+struct OlderKernel {
+    /// The versioned kernel package that version of the metapackage depends
+    /// on (`linux-image-6.1.0-50-cloud-amd64`): a recipe can name it.
+    package: String,
+    /// The metapackage's version.
+    version: String,
+}
+
+/// The newest version of `metapackage` older than apt's candidate, and the
+/// candidate's version: from `apt-cache madison` (the host's sources, newest
+/// first) and `apt-cache show NAME=VERSION`.
+fn older_kernel(metapackage: &str) -> anyhow::Result<(OlderKernel, String)> {
+    let apt = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new("apt-cache")
+            .args(args)
+            .output()
+            .with_context(|| format!("running apt-cache {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "apt-cache {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let mut versions: Vec<String> = Vec::new();
+    for line in apt(&["madison", metapackage])?.lines() {
+        let version = line.split('|').nth(1).unwrap_or("").trim().to_string();
+        if !version.is_empty() && !versions.contains(&version) {
+            versions.push(version);
+        }
+    }
+    let [newest, older, ..] = versions.as_slice() else {
+        bail!("apt's sources hold one version of {metapackage} ({versions:?})");
+    };
+    let show = apt(&["show", &format!("{metapackage}={older}")])?;
+    let package = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends: "))
+        .and_then(|d| d.split([',', ' ']).next())
+        .filter(|p| !p.is_empty())
+        .with_context(|| format!("{metapackage}={older} names no kernel package"))?
+        .to_string();
+    Ok((
+        OlderKernel {
+            package,
+            version: older.clone(),
+        },
+        newest.clone(),
+    ))
 }
 
 /// Percent, for printing.

@@ -10,6 +10,7 @@ pub mod delta;
 pub mod flash;
 pub mod fleet;
 pub mod footprint;
+pub mod packages;
 pub mod registry_build;
 pub mod report;
 pub mod sizes;

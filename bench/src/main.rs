@@ -9,7 +9,10 @@
 //! `cargo run --release -p berth-bench -- footprint`: berth-init's size and RSS
 //! supervising three containers;
 //! `cargo run --release -p berth-bench -- fleet`: the repository's load from
-//! 100,000 devices booting at once, simulated with the agent's schedule.
+//! 100,000 devices booting at once, simulated with the agent's schedule;
+//! `cargo run --release -p berth-bench -- packages --out docs/bench/packages.md`:
+//! cold and warm builds and root sizes of nginx and postgresql from Debian's
+//! packages against hello.
 
 use std::path::PathBuf;
 
@@ -91,15 +94,31 @@ enum Bench {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// berth-init's static binary size and its RSS supervising three containers.
-    /// Bytes a delta update fetches against the full bundle, and what chunks
-    /// cost the repository (no VM).
+    /// Containers from Debian's packages (nginx-light, postgresql-15, installed
+    /// by mmdebstrap) against hello: cold and warm build time, root size.
+    Packages {
+        /// Cold and warm builds of each recipe.
+        #[arg(long, default_value_t = 1)]
+        builds: usize,
+        /// Also write the table as a section that `all` includes in its
+        /// report (docs/bench/packages.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Bytes a delta update fetches against the full bundle, what chunks cost
+    /// the repository, and a delta install's time against the full one's in a
+    /// VM.
     Delta {
+        /// Updates of each kind (delta, full bundle) timed in one VM; 0 skips
+        /// the VM.
+        #[arg(long, default_value_t = 3)]
+        installs: usize,
         /// Also write the section of the report (docs/bench/delta.md) and its
         /// plot (docs/bench/delta.svg).
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// berth-init's static binary size and its RSS supervising three containers.
     Footprint {
         /// Seconds to let the system settle after the containers started.
         #[arg(long, default_value_t = 10)]
@@ -109,9 +128,21 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // Timings are of the CLI users run; the CI smoke (`all --quick`) checks the
-    // harness, not the figures, and takes the debug CLI the tests build anyway.
-    if !matches!(cli.bench, Bench::All { quick: true, .. }) {
+    // Build and flash times are of the CLI users run, its release build. The
+    // other benchmarks time VMs or count bytes, and an image is the same bytes
+    // whichever build of the CLI made it: they take the debug CLI the tests
+    // build anyway, as the CI smoke (`all --quick`) does.
+    let times_the_cli = match &cli.bench {
+        Bench::All { quick, .. } => !quick,
+        Bench::RegistryBuild | Bench::Flash { .. } | Bench::Packages { .. } => true,
+        Bench::VerityBoot { .. }
+        | Bench::Update { .. }
+        | Bench::Fleet { .. }
+        | Bench::Arm64 { .. }
+        | Bench::Delta { .. }
+        | Bench::Footprint { .. } => false,
+    };
+    if times_the_cli {
         berth_tests::prefer_release_cli();
     }
     match cli.bench {
@@ -149,8 +180,8 @@ fn main() -> anyhow::Result<()> {
             println!("{u:#?}");
             Ok(())
         }
-        Bench::Delta { out } => {
-            let results = berth_bench::delta::run()?;
+        Bench::Delta { installs, out } => {
+            let results = berth_bench::delta::run(installs)?;
             if let Some(out) = out {
                 berth_bench::delta::write(&results, &out)?;
             }
@@ -160,5 +191,8 @@ fn main() -> anyhow::Result<()> {
         Bench::Fleet { devices } => berth_bench::fleet::run(devices),
         Bench::Flash { runs, out } => berth_bench::flash::run(runs, out.as_deref()),
         Bench::Arm64 { boots, out } => berth_bench::arm64::run(boots, out.as_deref()),
+        Bench::Packages { builds, out } => {
+            berth_bench::packages::run(builds, out.as_deref()).map(drop)
+        }
     }
 }

@@ -46,7 +46,7 @@ fn sum(runs: &[Milestones], f: impl Fn(&Milestones) -> Option<f64>) -> Option<Su
 
 /// Sections that single benchmarks write under `bench/` with `--out`, included
 /// in the report `all` writes.
-pub const SECTIONS: [&str; 3] = ["flash.md", "arm64.md", "delta.md"];
+pub const SECTIONS: [&str; 4] = ["flash.md", "arm64.md", "delta.md", "packages.md"];
 
 /// Writes a single benchmark's section: a heading, which command wrote it and
 /// when, on how loaded a machine, then `body`.

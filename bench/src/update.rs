@@ -86,8 +86,9 @@ fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the two releases and the bundle of the second.
-fn fixture() -> anyhow::Result<(PathBuf, PathBuf)> {
+/// Builds the two releases and the bundle of the second: the first's image,
+/// the bundle, and the release key (`.key`, `.pub` beside it).
+pub(crate) fn fixture() -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let dir = e2e_dir().join("bench-update");
     fs::create_dir_all(dir.join("bundles"))?;
     let key = dir.join("release");
@@ -109,12 +110,12 @@ fn fixture() -> anyhow::Result<(PathBuf, PathBuf)> {
         "--out".as_ref(),
         bundle.as_os_str(),
     ])?;
-    Ok((images[0].clone(), bundle))
+    Ok((images[0].clone(), bundle, key))
 }
 
 /// Runs the update benchmark: `runs` installs and `runs` dds, alternating.
 pub fn run(runs: usize) -> anyhow::Result<Update> {
-    let (image, bundle) = fixture()?;
+    let (image, bundle, _) = fixture()?;
     let manifest = BundleReader::open_unverified(fs::File::open(&bundle)?)?
         .manifest()
         .clone();
@@ -211,7 +212,7 @@ pub fn run(runs: usize) -> anyhow::Result<Update> {
 }
 
 /// Runs `command` in the guest's shell; its duration on the guest's clock.
-fn timed(vm: &mut crate::vmrun::Running, command: &str) -> anyhow::Result<f64> {
+pub(crate) fn timed(vm: &mut crate::vmrun::Running, command: &str) -> anyhow::Result<f64> {
     let out = vm.shell(&format!(
         "read a _ < /proc/uptime; {command}; r=$?; read b _ < /proc/uptime; echo @@t $a $b; [ $r = 0 ]"
     ))?;

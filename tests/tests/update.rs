@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 
 use berth_format::layout::Slot;
 use berth_tests::{
-    boot_persistent, device_copy, esp_state, expect_all, expect_line, make_bundle, shell,
-    FileServer, ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
+    berth_cli, boot_persistent, device_copy, esp_state, expect_all, expect_line, make_bundle,
+    shell, FileServer, ReleaseWorkspace, TestVm, BOOT_TIMEOUT,
 };
 use regex::Regex;
 use sha2::{Digest, Sha256};
@@ -32,6 +32,9 @@ struct Fixture {
     dir: PathBuf,
     images: Images,
     server: FileServer,
+    /// An update repository (`berth publish`, with chunks) holding 1.0.0,
+    /// 1.0.5 and 1.1.0: a 1.0.0 device is two releases behind. Tests copy it.
+    repo: PathBuf,
 }
 
 struct Images {
@@ -57,6 +60,7 @@ fn fixture() -> &'static Fixture {
             v120_bad: image("1.2.0", NAME, false),
         };
         let other_board = image("1.3.0", "other-board", true);
+        let v105 = image("1.0.5", NAME, true);
 
         let bundle =
             |image: &Path, key: &Path, name: &str| make_bundle(image, key, bundles.join(name));
@@ -99,11 +103,31 @@ fn fixture() -> &'static Fixture {
         tampered("truncated-payload.bundle", &|b| {
             b.truncate(rootfs.offset + rootfs.size / 2)
         });
+        let repo = ws.dir.join("repo");
+        let _ = fs::remove_dir_all(&repo);
+        for (image, name) in [
+            (&images.v100, "repo-1.0.0.bundle"),
+            (&v105, "repo-1.0.5.bundle"),
+            (&images.v110, "repo-1.1.0.bundle"),
+        ] {
+            let bundle = bundle(image, release, name);
+            berth_cli(&[
+                "publish".as_ref(),
+                bundle.as_os_str(),
+                "--repo".as_ref(),
+                repo.as_os_str(),
+                "--key".as_ref(),
+                release.with_extension("key").as_os_str(),
+                "--expires".as_ref(),
+                "30d".as_ref(),
+            ]);
+        }
         let server = FileServer::start(bundles);
         Fixture {
             dir: ws.dir.clone(),
             images,
             server,
+            repo,
         }
     })
 }
@@ -467,6 +491,29 @@ fn bad_bundles_are_refused_before_any_write() {
     running(&vm, "1.1.0", "a");
 }
 
+/// Runs `command` on `vm` with the install to pause at `point`, cuts the
+/// power there and boots `disk` again (console log `log`): the device must
+/// come back on 1.0.0 from slot a, with slot a to boot next. Returns the new
+/// VM and its status.
+fn cut_at(
+    mut vm: TestVm,
+    disk: &Path,
+    point: &str,
+    command: &str,
+    log: &str,
+) -> (TestVm, serde_json::Value) {
+    vm.send_line(&format!("BERTH_UPDATE_TEST_PAUSE={point} {command}"))
+        .expect("typing");
+    expect(&vm, &format!("berth-update: test pause at {point}"));
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let mut vm = start(disk, log);
+    running(&vm, "1.0.0", "a");
+    let now = status(&mut vm);
+    assert_eq!(now["next"], "a", "{point}: {now:#}");
+    (vm, now)
+}
+
 /// Power cuts: QEMU is killed at each named checkpoint of an install of 1.1.0
 /// onto a 1.0.0 device; the device must come back on 1.0.0 before the commit
 /// point and on 1.1.0 after it. The twelve checkpoints cover every state the slot
@@ -474,15 +521,77 @@ fn bad_bundles_are_refused_before_any_write() {
 /// its entry, three points inside the root filesystem write (not yet synced),
 /// after it is synced and read back, the kernel half written, kernel and
 /// initramfs in place, the new entry durable but not yet renamed, just after the
-/// commit rename, and after the outcome was recorded. Split in three tests so
-/// two VMs work at once.
-fn power_cuts(points: &[(&str, bool)]) {
+/// commit rename, and after the outcome was recorded.
+///
+/// The cuts before the commit point run as chains on one device: after each
+/// cut the device comes back on 1.0.0, and the next install, over the slot the
+/// cut left half written, goes on to the next checkpoint; the last install of
+/// a chain runs to its end. So every such cut is also shown to leave a device
+/// that updates. Split in three tests so two VMs work at once.
+fn power_cut_chain(name: &str, points: &[&str]) {
     let fx = fixture();
     let url = fx.server.guest_url("1.1.0.bundle");
-    for &(point, after_commit) in points {
+    let disk = device(&fx.images.v100, &format!("power-cuts-{name}"));
+    let mut vm = start(&disk, &format!("power_cuts_{name}"));
+    running(&vm, "1.0.0", "a");
+    for point in points {
+        let now;
+        (vm, now) = cut_at(
+            vm,
+            &disk,
+            point,
+            &format!("berth-update install {url}"),
+            &format!("power_cut_{point}_after"),
+        );
+        assert_eq!(now["booted"], "a", "{point}: {now:#}");
+    }
+    assert_eq!(shell(&mut vm, &format!("berth-update install {url}")), 0);
+    let now = status(&mut vm);
+    assert_eq!(now["next"], "b", "after the cuts: {now:#}");
+    assert_eq!(now["install"]["outcome"], "committed", "{now:#}");
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let _ = fs::remove_file(&disk);
+}
+
+#[test]
+fn power_cuts_before_the_root_filesystem_is_synced() {
+    power_cut_chain(
+        "root",
+        &[
+            "verified",
+            "unbootable",
+            "rootfs-10",
+            "rootfs-50",
+            "rootfs-90",
+        ],
+    );
+}
+
+#[test]
+fn power_cuts_while_the_slot_is_completed() {
+    power_cut_chain(
+        "slot",
+        &[
+            "rootfs-written",
+            "kernel-partial",
+            "kernel-written",
+            "initramfs-written",
+            "entry-written",
+        ],
+    );
+}
+
+/// A cut after the commit point: the device comes back on 1.1.0 from slot b
+/// and blesses it. One device each, since the device then runs the newest
+/// release.
+#[test]
+fn power_cut_after_the_commit_point() {
+    let fx = fixture();
+    let url = fx.server.guest_url("1.1.0.bundle");
+    for point in ["committed", "recorded"] {
         let disk = device(&fx.images.v100, &format!("power-cut-{point}"));
-        let log = format!("power_cut_{point}");
-        let mut vm = start(&disk, &log);
+        let mut vm = start(&disk, &format!("power_cut_{point}"));
         running(&vm, "1.0.0", "a");
         vm.send_line(&format!(
             "BERTH_UPDATE_TEST_PAUSE={point} berth-update install {url}"
@@ -491,51 +600,247 @@ fn power_cuts(points: &[(&str, bool)]) {
         expect(&vm, &format!("berth-update: test pause at {point}"));
         vm.kill().expect("killing QEMU");
         drop(vm);
-
-        let mut vm = start(&disk, &format!("{log}_after"));
-        let (version, slot) = if after_commit {
-            ("1.1.0", "b")
-        } else {
-            ("1.0.0", "a")
-        };
-        running(&vm, version, slot);
-        if after_commit {
-            expect(&vm, "slot b (1.1.0) is healthy: marked good");
-        }
+        let mut vm = start(&disk, &format!("power_cut_{point}_after"));
+        running(&vm, "1.1.0", "b");
+        expect(&vm, "slot b (1.1.0) is healthy: marked good");
         let now = status(&mut vm);
-        assert_eq!(now["booted"], slot, "{point}: {now:#}");
+        assert_eq!(now["booted"], "b", "{point}: {now:#}");
         vm.kill().expect("killing QEMU");
         drop(vm);
         let _ = fs::remove_file(&disk);
     }
 }
 
-#[test]
-fn power_cut_before_the_root_filesystem_is_written() {
-    power_cuts(&[
-        ("verified", false),
-        ("unbootable", false),
-        ("rootfs-10", false),
-        ("rootfs-50", false),
-    ]);
+/// A copy of the fixture's repository for one test (which may damage it),
+/// served on its own port, and what 1.1.0 needs that 1.0.0 does not have.
+struct DeltaRepo {
+    dir: PathBuf,
+    server: FileServer,
+    /// 1.1.0's bundle, relative to the repository.
+    bundle: String,
+    /// The chunks of 1.1.0 that no chunk of 1.0.0 matches, relative to the
+    /// repository: what a 1.0.0 device fetches.
+    new_chunks: Vec<String>,
 }
 
-#[test]
-fn power_cut_while_the_slot_is_completed() {
-    power_cuts(&[
-        ("rootfs-90", false),
-        ("rootfs-written", false),
-        ("kernel-partial", false),
-        ("kernel-written", false),
-    ]);
+fn delta_repo(name: &str) -> DeltaRepo {
+    let fx = fixture();
+    let dir = fx.dir.join("repos").join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&fx.repo)
+        .arg(&dir)
+        .status()
+        .expect("running cp");
+    assert!(copied.success(), "copying the repository");
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("stable.json")).unwrap()).unwrap();
+    let entry = |version: &str| {
+        index["bundles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["version"] == version)
+            .unwrap_or_else(|| panic!("no {version} in {index:#}"))
+            .clone()
+    };
+    let chunks = |version: &str| -> Vec<String> {
+        let sha = entry(version)["sha256"].as_str().unwrap().to_string();
+        let chunk_index: berth_bundle::delta::ChunkIndex = serde_json::from_slice(
+            &fs::read(dir.join(berth_bundle::delta::chunk_index_path(&sha))).unwrap(),
+        )
+        .unwrap();
+        chunk_index
+            .payloads
+            .iter()
+            .flat_map(|p| &p.chunks)
+            .map(|c| c.sha256.clone())
+            .collect()
+    };
+    let old: std::collections::BTreeSet<String> = chunks("1.0.0").into_iter().collect();
+    let new_chunks: std::collections::BTreeSet<String> = chunks("1.1.0")
+        .into_iter()
+        .filter(|c| !old.contains(c))
+        .collect();
+    assert!(
+        new_chunks.len() >= 2,
+        "1.1.0 has new chunks: {new_chunks:?}"
+    );
+    DeltaRepo {
+        server: FileServer::start(&dir),
+        bundle: entry("1.1.0")["path"].as_str().unwrap().to_string(),
+        new_chunks: new_chunks
+            .iter()
+            .map(|c| berth_bundle::delta::chunk_path(c))
+            .collect(),
+        dir,
+    }
 }
 
+impl DeltaRepo {
+    fn update(&self) -> String {
+        format!(
+            "berth-update update --repo {}",
+            self.server.guest_url("").trim_end_matches('/')
+        )
+    }
+
+    fn gets(&self, prefix: &str) -> Vec<String> {
+        let prefix = format!("GET /{prefix}");
+        self.server
+            .log()
+            .requests
+            .into_iter()
+            .filter(|r| r.starts_with(&prefix))
+            .collect()
+    }
+}
+
+/// A device two releases behind (1.0.0, the repository has 1.0.5 and 1.1.0)
+/// updates to 1.1.0 by delta through three power cuts: before the first
+/// chunk, in the middle of the fetch, and after the last chunk is written
+/// and the entry made, just before the commit. After each one slot a boots
+/// 1.0.0; the update after them commits by delta, fetching no bundle, and
+/// 1.1.0 boots and is blessed.
 #[test]
-fn power_cut_around_the_commit_point() {
-    power_cuts(&[
-        ("initramfs-written", false),
-        ("entry-written", false),
-        ("committed", true),
-        ("recorded", true),
-    ]);
+fn a_delta_update_two_releases_behind_survives_power_cuts() {
+    let fx = fixture();
+    let repo = delta_repo("cuts");
+    let disk = device(&fx.images.v100, "delta-cuts");
+    let mut vm = start(&disk, "delta_cuts");
+    running(&vm, "1.0.0", "a");
+    for point in ["chunks-0", "chunks-50", "entry-written"] {
+        let now;
+        (vm, now) = cut_at(
+            vm,
+            &disk,
+            point,
+            &repo.update(),
+            &format!("delta_cut_{point}_after"),
+        );
+        assert_eq!(
+            slot_status(&now, "b")["entry"],
+            serde_json::Value::Null,
+            "{point}: {now:#}"
+        );
+    }
+    assert_eq!(shell(&mut vm, &repo.update()), 0);
+    let installed = status(&mut vm);
+    assert_eq!(installed["next"], "b", "{installed:#}");
+    assert_eq!(
+        slot_status(&installed, "b")["version"],
+        "1.1.0",
+        "{installed:#}"
+    );
+    let delivery = &installed["install"]["delivery"];
+    assert_eq!(delivery["method"], "delta", "{installed:#}");
+    let (fetched, bundle) = (
+        delivery["fetched"].as_u64().unwrap(),
+        delivery["bundle_size"].as_u64().unwrap(),
+    );
+    assert!(fetched < bundle / 5, "{installed:#}");
+    assert!(repo.gets("bundles/").is_empty(), "a bundle was fetched");
+    // Every new chunk came over the network, and only new chunks did: what
+    // the device holds is never fetched. (A chunk may come more than once: the
+    // staging folder is written without fsync, so a cut loses what was
+    // fetched before it.)
+    let chunk_gets = repo.gets("chunks/");
+    for chunk in &repo.new_chunks {
+        assert!(
+            chunk_gets.iter().any(|r| r.contains(chunk.as_str())),
+            "{chunk} never fetched: {chunk_gets:#?}"
+        );
+    }
+    for request in &chunk_gets {
+        assert!(
+            repo.new_chunks.iter().any(|c| request.contains(c.as_str())),
+            "a chunk the device holds was fetched: {request}"
+        );
+    }
+
+    vm.send_line("kill -INT 1").expect("typing");
+    running(&vm, "1.1.0", "b");
+    expect(&vm, "slot b (1.1.0) is healthy: marked good");
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let _ = fs::remove_file(&disk);
+}
+
+/// A chunk missing from the repository, and then a tampered one: each is
+/// found before anything is written from it. With the bundle unreachable too
+/// the update fails and says why, slot b has no entry and slot a boots; with
+/// the bundle back, the device falls back to it, says so, and commits.
+#[test]
+fn a_missing_or_tampered_chunk_falls_back_to_the_full_bundle() {
+    let fx = fixture();
+    let repo = delta_repo("damaged");
+    let disk = device(&fx.images.v100, "delta-damaged");
+    let mut vm = start(&disk, "delta_damaged");
+    running(&vm, "1.0.0", "a");
+
+    let missing = repo.dir.join(&repo.new_chunks[0]);
+    let bundle = repo.dir.join(&repo.bundle);
+    let hidden = bundle.with_extension("hidden");
+    fs::remove_file(&missing).unwrap();
+    fs::rename(&bundle, &hidden).unwrap();
+    assert_eq!(shell(&mut vm, &repo.update()), 1);
+    let failed = status(&mut vm);
+    assert_eq!(failed["next"], "a", "{failed:#}");
+    assert_eq!(
+        slot_status(&failed, "b")["entry"],
+        serde_json::Value::Null,
+        "{failed:#}"
+    );
+    assert_eq!(failed["install"]["outcome"], "failed", "{failed:#}");
+    assert_eq!(
+        failed["install"]["delivery"]["method"], "full",
+        "{failed:#}"
+    );
+    let why_full = failed["install"]["delivery"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why_full.contains(&repo.new_chunks[0]) && why_full.contains("missing from the repository"),
+        "the record names the missing chunk: {failed:#}"
+    );
+    let why_failed = failed["install"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        why_failed.contains(&repo.bundle) && why_failed.contains("404"),
+        "the record names the bundle it could not fetch: {failed:#}"
+    );
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let mut vm = start(&disk, "delta_damaged_after");
+    running(&vm, "1.0.0", "a");
+
+    // The bundle is back; the chunk is there again, one of its bytes flipped.
+    fs::rename(&hidden, &bundle).unwrap();
+    let mut damaged = fs::read(fx.repo.join(&repo.new_chunks[0])).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x20;
+    fs::write(&missing, damaged).unwrap();
+    assert_eq!(shell(&mut vm, &repo.update()), 0);
+    let installed = status(&mut vm);
+    assert_eq!(installed["next"], "b", "{installed:#}");
+    let delivery = &installed["install"]["delivery"];
+    assert_eq!(delivery["method"], "full", "{installed:#}");
+    let why_full = delivery["reason"].as_str().unwrap_or_default();
+    assert!(
+        why_full.contains(&repo.new_chunks[0])
+            && (why_full.contains("does not match its name")
+                || why_full.contains("not a zstd frame")),
+        "the record names the damaged chunk: {installed:#}"
+    );
+    // The first try's GET of the hidden bundle got a 404; this one fetched it.
+    let bundle_gets = repo.gets("bundles/");
+    assert_eq!(
+        bundle_gets.iter().filter(|r| r.ends_with(" 200")).count(),
+        1,
+        "the bundle was fetched once: {bundle_gets:#?}"
+    );
+    vm.kill().expect("killing QEMU");
+    drop(vm);
+    let _ = fs::remove_file(&disk);
 }

@@ -363,6 +363,41 @@ fn downloaded_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Runs `apt-get download NAMES…` in `dir` and returns its output. apt-get
+/// writes the files itself: their size, polled, is the progress shown (of
+/// `total` bytes). Its stderr is drained by `wait_with_output` after it
+/// exits; with -q=2 it says a line per failed package at most, well within a
+/// pipe's buffer.
+fn apt_get_download(
+    cache: &Cache,
+    names: &[String],
+    dir: &Path,
+    progress: &Progress,
+    total: u64,
+) -> Result<std::process::Output, AptError> {
+    let spawn_error = |source| AptError::Spawn {
+        tool: "apt-get",
+        source,
+    };
+    let bytes = progress.bytes(Some(total));
+    let mut child = Command::new("apt-get")
+        .args(pkgcache_options(cache))
+        .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
+        .args(names)
+        .current_dir(dir)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    while child.try_wait().ok().flatten().is_none() {
+        bytes.set(downloaded_bytes(dir));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().map_err(spawn_error)
+}
+
 /// Fetches a package into the blob cache (or finds it there), showing the
 /// download's bytes on `progress`.
 pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fetched, AptError> {
@@ -374,33 +409,13 @@ pub fn fetch(cache: &Cache, package: &Package, progress: &Progress) -> Result<Fe
     }
     let dir = cache.tempdir()?;
     progress.detail(&format!("downloading {} {}", package.name, package.version));
-    let bytes = progress.bytes(Some(package.size));
-    let mut child = Command::new("apt-get")
-        .args(pkgcache_options(cache))
-        .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
-        .arg(download_name(package))
-        .current_dir(dir.path())
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| AptError::Spawn {
-            tool: "apt-get",
-            source,
-        })?;
-    // apt-get writes the file itself: its size, polled, is the progress. The
-    // pipes are drained by wait_with_output after the child exits; apt-get
-    // says little with -q=2, well within a pipe's buffer.
-    while child.try_wait().ok().flatten().is_none() {
-        bytes.set(downloaded_bytes(dir.path()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = child.wait_with_output().map_err(|source| AptError::Spawn {
-        tool: "apt-get",
-        source,
-    })?;
-    drop(bytes);
+    let output = apt_get_download(
+        cache,
+        &[download_name(package)],
+        dir.path(),
+        progress,
+        package.size,
+    )?;
     if !output.status.success() {
         return Err(AptError::Download {
             name: package.name.clone(),
@@ -466,26 +481,10 @@ fn download_batch(
 ) -> Result<(), AptError> {
     let dir = cache.tempdir()?;
     progress.detail(&format!("downloading {} Debian packages", packages.len()));
-    let bytes = progress.bytes(Some(packages.iter().map(|p| p.size).sum()));
-    let mut child = Command::new("apt-get")
-        .args(pkgcache_options(cache))
-        .args(["download", "-q=2", "-o", "APT::Sandbox::User=root"])
-        .args(packages.iter().map(|p| download_name(p)))
-        .current_dir(dir.path())
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| AptError::Spawn {
-            tool: "apt-get",
-            source,
-        })?;
-    while child.try_wait().ok().flatten().is_none() {
-        bytes.set(downloaded_bytes(dir.path()));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(bytes);
+    let names: Vec<String> = packages.iter().map(|p| download_name(p)).collect();
+    let total = packages.iter().map(|p| p.size).sum();
+    // Its outcome shows in which files it left: a failure is [`fetch`]'s to name.
+    apt_get_download(cache, &names, dir.path(), progress, total)?;
     for package in packages {
         let file = dir.path().join(deb_file_name(package));
         if file.is_file() {

@@ -1,8 +1,15 @@
 //! Reading `.deb` files: an `ar` archive whose `data.tar.{xz,zst,gz}` member holds
 //! the files.
+//!
+//! The `ar` reader is berth's own, for the one form dpkg-deb writes (the
+//! common format: the `!<arch>\n` magic, then each member's 60-byte header —
+//! name, mtime, uid, gid, mode, decimal size, `` `\n `` — and its data, padded
+//! to an even length). Fuzzing found the `ar` crate panicking on a name that
+//! points into a GNU name table the file does not have; a `.deb` has no such
+//! names, so they are not looked up here, just never matched.
 
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 /// Failure to read a package file.
@@ -14,7 +21,15 @@ pub enum DebError {
     NoData { path: PathBuf },
     #[error("{path}: unsupported data member {member}")]
     Compression { path: PathBuf, member: String },
+    #[error("{path} is not a Debian package: {reason}")]
+    Malformed { path: PathBuf, reason: &'static str },
 }
+
+/// The `ar` archive's magic.
+const AR_MAGIC: &[u8; 8] = b"!<arch>\n";
+/// An `ar` member header's length and its closing bytes.
+const AR_HEADER: usize = 60;
+const AR_HEADER_END: &[u8; 2] = b"`\n";
 
 /// Maintainer scripts that run when a package is installed (dpkg's names).
 const INSTALL_SCRIPTS: [&str; 2] = ["preinst", "postinst"];
@@ -56,20 +71,61 @@ fn member_tar(path: &Path, prefix: &str) -> Result<Option<tar::Archive<Box<dyn R
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
-    let mut archive = ar::Archive::new(file);
-    while let Some(entry) = archive.next_entry() {
-        let mut entry = entry.map_err(io)?;
-        let member = String::from_utf8_lossy(entry.header().identifier()).to_string();
-        if !member.starts_with(prefix) {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(io)?;
-        let reader = decompress(path, &member, Cursor::new(bytes))?;
-        return Ok(Some(tar::Archive::new(reader)));
+    let malformed = |reason| DebError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = BufReader::new(File::open(path).map_err(io)?);
+    let mut magic = [0u8; AR_MAGIC.len()];
+    if read_full(&mut file, &mut magic).map_err(io)? != magic.len() || &magic != AR_MAGIC {
+        return Err(malformed("no ar archive magic"));
     }
-    Ok(None)
+    loop {
+        let mut header = [0u8; AR_HEADER];
+        match read_full(&mut file, &mut header).map_err(io)? {
+            0 => return Ok(None),
+            AR_HEADER if header[58..] == AR_HEADER_END[..] => {}
+            _ => return Err(malformed("a cut or damaged ar member header")),
+        }
+        // GNU ar ends names with '/', the common format pads them with spaces.
+        let name = String::from_utf8_lossy(&header[..16]);
+        let name = name.trim_end_matches(' ').trim_end_matches('/');
+        let size: u64 = std::str::from_utf8(&header[48..58])
+            .ok()
+            .and_then(|s| s.trim_end_matches(' ').parse().ok())
+            .ok_or_else(|| malformed("an ar member size that is not a number"))?;
+        if name.starts_with(prefix) {
+            // Grows as bytes arrive: a size larger than the file costs nothing.
+            let mut bytes = Vec::new();
+            (&mut file).take(size).read_to_end(&mut bytes).map_err(io)?;
+            if bytes.len() as u64 != size {
+                return Err(malformed("an ar member cut short"));
+            }
+            let member = name.to_string();
+            let reader = decompress(path, &member, Cursor::new(bytes))?;
+            return Ok(Some(tar::Archive::new(reader)));
+        }
+        // The data and the padding byte of an odd size.
+        let skip = size + (size & 1);
+        let skipped = io::copy(&mut (&mut file).take(skip), &mut io::sink()).map_err(io)?;
+        if skipped < size {
+            return Err(malformed("an ar member cut short"));
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; how many bytes were read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// A member's bytes, decompressed as they are read, by the member's suffix
@@ -119,15 +175,69 @@ mod tests {
         }
         let control = control.into_inner().unwrap().finish().unwrap();
         let path = dir.join(format!("{}.deb", scripts.join("-")));
-        let mut archive = ar::Builder::new(File::create(&path).unwrap());
-        for (name, bytes) in [
-            ("debian-binary", &b"2.0\n"[..]),
-            ("control.tar.gz", &control[..]),
-        ] {
-            let header = ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64);
-            archive.append(&header, bytes).unwrap();
-        }
+        std::fs::write(
+            &path,
+            ar(&[
+                ("debian-binary", &b"2.0\n"[..]),
+                ("control.tar.gz", &control),
+            ]),
+        )
+        .unwrap();
         path
+    }
+
+    /// An `ar` archive as dpkg-deb writes one (GNU names, ending in '/').
+    fn ar(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = AR_MAGIC.to_vec();
+        for (name, bytes) in members {
+            let header = format!(
+                "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                format!("{name}/"),
+                0,
+                0,
+                0,
+                100_644,
+                bytes.len()
+            );
+            assert_eq!(header.len(), AR_HEADER);
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(bytes);
+            if bytes.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn broken_archives_are_refused_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = std::fs::read(deb(dir.path(), &["postinst"])).unwrap();
+        let check = |bytes: &[u8], reason: &str| {
+            let path = dir.path().join("broken.deb");
+            std::fs::write(&path, bytes).unwrap();
+            let err = has_install_scripts(&path).unwrap_err();
+            assert!(err.to_string().contains(reason), "{err}");
+        };
+        check(b"not an archive", "no ar archive magic");
+        check(
+            &control[..AR_MAGIC.len() + 30],
+            "a cut or damaged ar member header",
+        );
+        check(&control[..control.len() - 10], "an ar member cut short");
+        let mut bad_size = control.clone();
+        bad_size[AR_MAGIC.len() + 48] = b'x';
+        check(&bad_size, "an ar member size that is not a number");
+        // What the fuzzer found: a GNU name-table reference ("/60") with no
+        // table in the file (the ar crate indexed past its end).
+        let mut table_ref = ar(&[("debian-binary", &b"2.0\n"[..])]);
+        table_ref.extend_from_slice(
+            b"/60             0           0     0     100644  4         `\n2.0\n",
+        );
+        let path = dir.path().join("table.deb");
+        std::fs::write(&path, &table_ref).unwrap();
+        assert!(!has_install_scripts(&path).unwrap());
+        assert!(matches!(data_tar(&path), Err(DebError::NoData { .. })));
     }
 
     #[test]

@@ -90,18 +90,17 @@ pub fn runtime_spec(
         .env
         .iter()
         .for_each(|(k, v)| set(format!("{k}={v}")));
-    let (uid, gid) = match (&container.user, &defaults.user) {
-        (Some(user), _) => users::resolve(user, rootfs).map_err(|e| {
+    let ids = match (&container.user, &defaults.user) {
+        (Some(user), _) => users::resolve_process(user, rootfs).map_err(|e| {
             let message = format!("container {:?}: {e}", container.name);
             match &container.user_at {
                 Some(at) => RuntimeSpecError::Recipe(at.error(message)),
                 None => fail(message),
             }
         })?,
-        (None, Some(user)) => {
-            users::resolve(user, rootfs).map_err(|e| fail(format!("the image's user: {e}")))?
-        }
-        (None, None) => (0, 0),
+        (None, Some(user)) => users::resolve_process(user, rootfs)
+            .map_err(|e| fail(format!("the image's user: {e}")))?,
+        (None, None) => users::ProcessUser::default(),
     };
     let cwd = container
         .workdir
@@ -140,8 +139,11 @@ pub fn runtime_spec(
     process.set_cwd(PathBuf::from(cwd));
     process.set_no_new_privileges(Some(true));
     let mut user = oci_spec::runtime::User::default();
-    user.set_uid(uid);
-    user.set_gid(gid);
+    user.set_uid(ids.uid);
+    user.set_gid(ids.gid);
+    if !ids.additional.is_empty() {
+        user.set_additional_gids(Some(ids.additional));
+    }
     process.set_user(user);
     // Always written, so the default is berth's (Podman's), not the OCI
     // library's 1024.
@@ -564,19 +566,56 @@ mod tests {
 
     /// The runtime configuration of the recipe's one container, as JSON.
     fn config_of(container: &str) -> serde_json::Value {
+        config_in(container, &Tree::new(std::path::Path::new("/nonexistent")))
+    }
+
+    /// The same, the container's root being `rootfs`.
+    fn config_in(container: &str, rootfs: &Tree) -> serde_json::Value {
         let recipe = format!(
             "[image]\nname = \"x\"\nversion = \"1.0.0\"\n[[container]]\nname = \"c\"\nimage = \"docker.io/library/busybox:1\"\ncommand = [\"/bin/sh\"]\n{container}\n"
         );
         let plan = crate::recipe::parse(std::path::Path::new("x.toml"), &recipe).unwrap();
-        let rootfs = Tree::new(std::path::Path::new("/nonexistent"));
         let json = config_json(
             &plan,
             &plan.containers[0],
             &ImageDefaults::default(),
-            &rootfs,
+            rootfs,
         )
         .unwrap();
         serde_json::from_slice(&json).unwrap()
+    }
+
+    #[test]
+    fn a_named_user_runs_with_its_supplementary_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rootfs = Tree::new(dir.path());
+        rootfs
+            .add_bytes(
+                "etc/passwd",
+                b"root:x:0:0::/root:/bin/sh\npostgres:x:105:110::/var/lib/postgresql:/bin/sh\n",
+                0o644,
+            )
+            .unwrap();
+        rootfs
+            .add_bytes(
+                "etc/group",
+                b"root:x:0:\nssl-cert:x:109:postgres\npostgres:x:110:\n",
+                0o644,
+            )
+            .unwrap();
+        let user_of = |user: &str| {
+            config_in(&format!("user = \"{user}\""), &rootfs)["process"]["user"].clone()
+        };
+        assert_eq!(
+            user_of("postgres"),
+            serde_json::json!({"uid": 105, "gid": 110, "additionalGids": [109]})
+        );
+        // A named group: that group alone, as `docker run --user u:g`.
+        assert_eq!(
+            user_of("postgres:postgres"),
+            serde_json::json!({"uid": 105, "gid": 110})
+        );
+        assert_eq!(user_of("root"), serde_json::json!({"uid": 0, "gid": 0}));
     }
 
     fn strings(value: &serde_json::Value) -> Vec<&str> {
