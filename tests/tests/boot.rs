@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use berth_qemu::PortForward;
-use berth_tests::{boot, build_image, free_port, http_get, literal, BootOptions, BOOT_TIMEOUT};
+use berth_tests::{
+    boot, build_image, free_port, http_get, literal, BootOptions, TestVm, BOOT_TIMEOUT,
+};
+use regex::Regex;
 
 /// How long a guest may take to power itself off once asked.
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(120);
@@ -145,18 +148,66 @@ fn failing_container_is_restarted() {
         .unwrap_or_else(|err| panic!("second run: {err}"));
 }
 
+/// The ACPI power button: the containers are asked to stop in reverse start
+/// order, those that leave on TERM leave, the one that ignores it is killed
+/// after the grace period, then the power goes off.
 #[test]
-fn acpi_powerdown_stops_containers_and_powers_off() {
-    let image = build_image("recipes/web.toml");
+fn acpi_powerdown_stops_containers_in_reverse_order_then_kills_and_powers_off() {
+    let image = build_image("tests/recipes/shutdown.toml");
     let mut vm = boot(&image, BootOptions::default());
-    vm.expect(&literal("berth-init: starting container"), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
+    let expect = |vm: &TestVm, pattern: &Regex| {
+        vm.expect(pattern, BOOT_TIMEOUT)
+            .unwrap_or_else(|err| panic!("{err} (log: {})", vm.log().display()))
+    };
+    // Started in order (each depends on the one before).
+    for name in ["first", "second", "stubborn"] {
+        expect(
+            &vm,
+            &literal(&format!("berth-init: container {name} started")),
+        );
+    }
+    // Each is up (the TERM handlers installed), their lines in any order.
+    let up = Regex::new(r"\[(first|second|stubborn)\] (first|second|stubborn): up$").unwrap();
+    let mut ups = std::collections::BTreeSet::new();
+    // A line printed before the last `started` line was read with it.
+    for line in vm.tail() {
+        if let Some(c) = up.captures(&line) {
+            ups.insert(c[1].to_string());
+        }
+    }
+    while ups.len() < 3 {
+        let line = expect(&vm, &up);
+        ups.insert(up.captures(&line).unwrap()[1].to_string());
+    }
     vm.powerdown()
         .unwrap_or_else(|err| panic!("QMP system_powerdown: {err}"));
-    vm.expect(&literal("berth-init: stopping containers"), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
-    vm.expect(&literal("berth-init: powering off"), BOOT_TIMEOUT)
-        .unwrap_or_else(|err| panic!("{err}"));
+    expect(
+        &vm,
+        &literal("berth-init: stopping containers: TERM to stubborn, second, first"),
+    );
+    // Both TERM handlers ran and their containers ended by themselves, in
+    // either order, before the grace period ran out.
+    let left = Regex::new(r"\[(first|second)\] (first|second): got TERM|container (first|second) exited with status 0|still running after").unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let line = expect(&vm, &left);
+        assert!(
+            !line.contains("still running after"),
+            "the grace period ended before first and second left: {seen:?}, then {line}"
+        );
+        seen.push(line);
+    }
+    let killing = expect(&vm, &literal("still running after 10 s:"));
+    assert!(
+        killing.ends_with("still running after 10 s: stubborn; killing"),
+        "{killing}"
+    );
+    expect(
+        &vm,
+        &Regex::new(r"container stubborn (killed by signal SIGKILL|exited with status 137)")
+            .unwrap(),
+    );
+    expect(&vm, &literal("berth-init: powering off"));
     let status = vm
         .wait_exit(POWEROFF_TIMEOUT)
         .unwrap_or_else(|err| panic!("the guest did not power QEMU off: {err}"));

@@ -51,13 +51,24 @@ impl EventLoop {
             self.shell = Some(Shell::Stopped);
         }
         self.stop_agent();
-        log!("stopping containers");
+        let order = self.supervisor.stop_all();
+        let names: Vec<&str> = order
+            .iter()
+            .filter_map(|&index| self.supervisor.container(index))
+            .map(|container| container.name.as_str())
+            .collect();
+        // The order, so a log shows which container was asked to stop first.
+        if names.is_empty() {
+            log!("stopping containers: none running");
+        } else {
+            log!("stopping containers: TERM to {}", names.join(", "));
+        }
         self.shutdown = Some(Shutdown {
             action,
             killed: false,
             deadline: Instant::now() + GRACE_PERIOD,
         });
-        for index in self.supervisor.stop_all() {
+        for index in order {
             self.signal_container(index, "TERM", Signal::SIGTERM);
         }
     }
