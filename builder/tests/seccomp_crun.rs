@@ -4,7 +4,9 @@
 //! and tries the calls the seccomp filter decides on. Confined, the namespace
 //! calls, io_uring, keyrings, BPF and perf fail; with `cap_add = ["SYS_ADMIN"]`
 //! the namespace calls work (io_uring and keyrings stay denied); privileged, no
-//! filter at all.
+//! filter at all. tests/tests/confinement.rs runs the same probe on a booted
+//! device, where every family, the capability sets and the masked paths are
+//! checked against the device's own kernel.
 //!
 //! Needs root, crun and a C compiler that links static binaries (musl-gcc or
 //! gcc); says so and passes without them, as other host-tool tests do.
@@ -200,6 +202,18 @@ fn confined_containers_are_denied_what_docker_denies() {
         );
     }
 
+    // The filter is on and no new privileges can be gained.
+    assert_eq!(
+        confined.get("status-Seccomp").map(String::as_str),
+        Some("2"),
+        "{confined:?}"
+    );
+    assert_eq!(
+        confined.get("status-NoNewPrivs").map(String::as_str),
+        Some("1"),
+        "{confined:?}"
+    );
+
     // CAP_SYS_ADMIN lifts the namespace calls, as in Docker; io_uring and
     // keyrings stay denied whatever the capabilities.
     let admin = probe_in(dir.path(), &probe, "admin", "cap_add = [\"SYS_ADMIN\"]");
@@ -232,6 +246,16 @@ fn confined_containers_are_denied_what_docker_denies() {
 
     // Privileged: no filter.
     let privileged = probe_in(dir.path(), &probe, "privileged", "privileged = true");
+    assert_eq!(
+        privileged.get("status-Seccomp").map(String::as_str),
+        Some("0"),
+        "{privileged:?}"
+    );
+    assert_eq!(
+        privileged.get("status-NoNewPrivs").map(String::as_str),
+        Some("0"),
+        "{privileged:?}"
+    );
     for call in [
         "unshare-newuser",
         "clone-newns",
