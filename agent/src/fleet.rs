@@ -890,4 +890,108 @@ mod tests {
         assert!(json["position"].is_number());
         assert!(json["wave_opens_at"].is_string());
     }
+
+    /// An HTTP/1.0 server on loopback: every request's path goes to `answer`
+    /// with how many requests for that path came before, and gets its bytes.
+    fn http_server(
+        answer: impl Fn(&str, usize) -> Vec<u8> + Send + 'static,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/repo", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                let before = {
+                    let mut seen = seen.lock().unwrap();
+                    let before = seen.iter().filter(|p| **p == path).count();
+                    seen.push(path.clone());
+                    before
+                };
+                let body = answer(&path, before);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        (base, requests)
+    }
+
+    /// A device that reads the index while the repository is republished can
+    /// get the new index with the old signature: it fetches both once more,
+    /// and uses the pair when it matches; a pair that still does not match is
+    /// an error, and nothing is used.
+    #[test]
+    fn an_index_and_signature_that_do_not_match_are_fetched_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Key::new();
+        let keys = key.trusted();
+        let now = 1_800_000_000;
+        let index = |generated: u64| {
+            ChannelIndex {
+                format: INDEX_FORMAT,
+                channel: "stable".into(),
+                generated,
+                expires: generated + 86_400,
+                bundles: vec![hello("1.1.0")],
+            }
+            .to_json()
+        };
+        let (old, new) = (index(now - 100), index(now - 10));
+        let (old_sig, new_sig) = (key.sign(&old), key.sign(&new));
+        let cache = IndexCache::beside(&dir.path().join("a/state.json"));
+
+        // The old signature first, then the new one: the second pair is used.
+        let (serve_new, serve_old) = (new.clone(), old_sig.clone());
+        let next_sig = new_sig.clone();
+        let (base, requests) = http_server(move |path, before| match path {
+            "/repo/stable.json" => serve_new.clone(),
+            "/repo/stable.json.minisig" if before == 0 => serve_old.clone().into_bytes(),
+            "/repo/stable.json.minisig" => next_sig.clone().into_bytes(),
+            _ => Vec::new(),
+        });
+        let repo = Repository::parse(&base).unwrap();
+        let fetched = fetch_index(&repo, &stable(), &keys, now, &cache).unwrap();
+        assert_eq!(fetched.verified.index.generated, now - 10);
+        let signature_fetches = |requests: &std::sync::Mutex<Vec<String>>| {
+            let requests = requests.lock().unwrap();
+            requests.iter().filter(|p| p.ends_with(".minisig")).count()
+        };
+        assert_eq!(signature_fetches(&requests), 2, "fetched once more");
+
+        // A pair that never matches: an error after the second try, not a loop.
+        let cache = IndexCache::beside(&dir.path().join("b/state.json"));
+        let (base, requests) = http_server(move |path, _| match path {
+            "/repo/stable.json" => new.clone(),
+            "/repo/stable.json.minisig" => old_sig.clone().into_bytes(),
+            _ => Vec::new(),
+        });
+        let repo = Repository::parse(&base).unwrap();
+        let err = match fetch_index(&repo, &stable(), &keys, now, &cache) {
+            Ok(_) => panic!("a mismatched index was used"),
+            Err(err) => err,
+        };
+        assert!(
+            matches!(
+                err,
+                FleetError::Index {
+                    error: ChannelError::SignatureMismatch,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(signature_fetches(&requests), 2, "tried twice, then gave up");
+    }
 }

@@ -1033,6 +1033,67 @@ mod tests {
         assert_eq!(snapshot(&system), before);
     }
 
+    /// `--allow-downgrade` installs an older or equal version (and nothing
+    /// else a refusal guards: the minimum version still holds); `--tries`
+    /// is the new entry's boot counter, and 0 tries is refused.
+    #[test]
+    fn allow_downgrade_and_tries_do_what_the_options_say() {
+        let with = |version: &str, min: Option<&str>, options: InstallOptions| {
+            let dir = tempfile::tempdir().unwrap();
+            let key = Key::new();
+            let system = device(dir.path(), &key);
+            let made = make_with(&key, |m, _| {
+                m.version = version.parse().unwrap();
+                m.min_version = min.map(|v| v.parse().unwrap());
+            });
+            let mut seen = Seen::default();
+            let result = install(
+                &system,
+                made.bytes.as_slice(),
+                "test.bundle",
+                &options,
+                &mut seen,
+            );
+            let esp = EspState::read(&system.esp).unwrap();
+            let entry = esp.slot(Slot::B).map(|e| e.file_name().to_string());
+            (result.map_err(|e| e.to_string()), entry)
+        };
+        let downgrade = InstallOptions {
+            allow_downgrade: true,
+            ..InstallOptions::default()
+        };
+        for older in ["0.9.0", "1.0.0"] {
+            let (result, entry) = with(older, None, InstallOptions::default());
+            assert!(
+                result.unwrap_err().contains("use --allow-downgrade"),
+                "{older}"
+            );
+            assert_eq!(entry, None, "{older} refused, no entry written");
+            let (result, entry) = with(older, None, downgrade.clone());
+            assert_eq!(result.unwrap().version, older);
+            assert_eq!(
+                entry.as_deref(),
+                Some("berth-b+3.conf"),
+                "{older} committed"
+            );
+        }
+        let (result, _) = with("0.9.0", Some("1.0.5"), downgrade);
+        assert!(result
+            .unwrap_err()
+            .contains("updates only from 1.0.5 or later"));
+
+        let tries = |tries| InstallOptions {
+            tries,
+            ..InstallOptions::default()
+        };
+        let (result, entry) = with("1.1.0", None, tries(7));
+        assert_eq!(result.unwrap().version, "1.1.0");
+        assert_eq!(entry.as_deref(), Some("berth-b+7.conf"));
+        let (result, entry) = with("1.1.0", None, tries(0));
+        assert!(result.unwrap_err().contains("at least one boot try"));
+        assert_eq!(entry, None);
+    }
+
     #[test]
     fn a_release_candidate_takes_its_release_and_nothing_below() {
         let on_rc = |version: &str, min: Option<&str>| {

@@ -518,6 +518,15 @@ pub(crate) mod tests {
         entries::make_next(&system.esp, Slot::B).unwrap();
         let err = rollback(&system, false).unwrap_err().to_string();
         assert!(err.contains("never marked good"), "{err}");
+        assert_eq!(
+            status(&system).unwrap().next,
+            Some(Slot::B),
+            "refused: nothing changed"
+        );
+        // --force boots it anyway.
+        let forced = rollback(&system, true).unwrap();
+        assert_eq!((forced.from, forced.to), (Slot::B, Slot::A));
+        assert_eq!(status(&system).unwrap().next, Some(Slot::A));
 
         // A good slot A: rolled back, recorded, and A boots next.
         entries::bless(&system.esp, Slot::A).unwrap();

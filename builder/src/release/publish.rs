@@ -783,6 +783,97 @@ mod tests {
         assert_eq!(chunk_files(&repo), after_second);
     }
 
+    /// Versions are immutable: other bytes under a published version are
+    /// refused and change nothing; the same bundle again, or no bundle,
+    /// re-signs the index with a later expiry (the renewal docs/updates.md
+    /// asks publishers to run before an index runs out).
+    #[test]
+    fn a_published_version_is_immutable_and_publishing_again_renews_the_index() {
+        use berth_bundle::testkit::content;
+        // Every file of the repository (bundles, chunks, indexes) and its bytes.
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.insert(path.clone(), fs::read(&path).unwrap());
+                }
+            }
+        }
+        let files = |repo: &Path| {
+            let mut out = BTreeMap::new();
+            walk(repo, &mut out);
+            out
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let key_path = dir.path().join("release.key");
+        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        let repo = dir.path().join("repo");
+        let options = |bundles: Vec<PathBuf>, now: u64| PublishOptions {
+            bundles,
+            repo: repo.clone(),
+            key: key_path.clone(),
+            channel: ChannelName::new("stable").unwrap(),
+            lifetime: 86_400,
+            now,
+            rollout: None,
+            change: None,
+            prune: None,
+        };
+        let payloads = [content(1, 1 << 20), content(2, 5000), content(3, 5000)];
+        let first = release(dir.path(), &key, "1.0.0", &payloads);
+        let published = publish(&options(vec![first.clone()], 1_000)).unwrap();
+        assert_eq!(published.index.expires, 1_000 + 86_400);
+        let before = files(&repo);
+
+        // Other content under 1.0.0: refused, nothing in the repository changed.
+        let other_dir = dir.path().join("other");
+        fs::create_dir_all(&other_dir).unwrap();
+        let mut changed = payloads.clone();
+        changed[1][0] ^= 1;
+        let other = release(&other_dir, &key, "1.0.0", &changed);
+        let err = publish(&options(vec![other], 2_000)).unwrap_err();
+        assert!(matches!(err, PublishError::VersionTaken { .. }), "{err}");
+        assert!(err.to_string().contains("versions are immutable"), "{err}");
+        assert_eq!(
+            files(&repo),
+            before,
+            "a refused publish changed the repository"
+        );
+
+        // The same bundle again, then no bundle after the index ran out
+        // (87,400): re-signed, a later expiry, the same single entry.
+        for (bundles, now) in [(vec![first.clone()], 50_000), (Vec::new(), 200_000)] {
+            let renewed = publish(&options(bundles, now)).unwrap();
+            assert!(renewed.added.is_empty());
+            assert_eq!(renewed.index.generated, now);
+            assert_eq!(renewed.index.expires, now + 86_400);
+            assert_eq!(renewed.index.bundles.len(), 1);
+            assert_eq!(
+                renewed.index.bundles[0].sha256,
+                published.index.bundles[0].sha256
+            );
+            let json = fs::read(&renewed.index_path).unwrap();
+            let signature = fs::read(&renewed.signature_path).unwrap();
+            let read = verify_index(
+                &json,
+                &signature,
+                &keys,
+                &ChannelName::new("stable").unwrap(),
+                Expiry::Enforce { now: now + 86_399 },
+            )
+            .unwrap();
+            assert_eq!(
+                read.index.expires,
+                now + 86_400,
+                "the signed index carries the new expiry"
+            );
+        }
+    }
+
     #[test]
     fn pruning_keeps_the_newest_releases_and_what_any_channel_references() {
         use berth_bundle::testkit::content;
