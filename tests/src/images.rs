@@ -255,6 +255,30 @@ pub fn default_cache() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/berth")
 }
 
+/// A new build cache at `dir` holding only the downloads of the user's cache
+/// ([`default_cache`]'s `blobs/`, hard-linked: blobs are named by their sha256
+/// and never rewritten). A build with it (`BERTH_CACHE`) installs, unpacks and
+/// builds everything again, without the network.
+pub fn downloads_only_cache(dir: &Path) -> PathBuf {
+    let blobs = default_cache().join("blobs");
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    if blobs.is_dir() {
+        let status = Command::new("cp")
+            .arg("-al")
+            .arg(&blobs)
+            .arg(dir.join("blobs"))
+            .status()
+            .unwrap_or_else(|e| panic!("running cp: {e}"));
+        assert!(
+            status.success(),
+            "cp -al {} {}: {status}",
+            blobs.display(),
+            dir.display()
+        );
+    }
+    dir.to_path_buf()
+}
+
 /// Debian's `docker-registry` (distribution 2.8) serving plain HTTP on a free
 /// loopback port, storing in a temporary folder; stopped on drop.
 #[derive(Debug)]

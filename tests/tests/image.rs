@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use berth_tests::{build_image, extract_partition as extract, run_tool as run};
+use regex::Regex;
 
 #[test]
 fn hello_image_passes_the_standard_tools() {
@@ -22,7 +23,17 @@ fn hello_image_passes_the_standard_tools() {
 
     let esp = dir.path().join("esp.img");
     extract(&image, "esp", &esp);
+    // run_tool fails on a non-zero exit (fsck.fat's "errors found"); the
+    // summary line says what it checked: `esp.img: 12 files, 3000/16000 clusters`.
     let fsck = run(Command::new("fsck.fat").arg("-n").arg(&esp));
+    let summary = Regex::new(r"(?m)^\S+: (\d+) files, (\d+)/(\d+) clusters$").unwrap();
+    let counts = summary
+        .captures(&fsck)
+        .unwrap_or_else(|| panic!("no summary line in fsck.fat's output:\n{fsck}"));
+    let number = |i: usize| counts[i].parse::<u64>().unwrap();
+    // The loader, its configuration, slot a's entry, kernel and initramfs at least.
+    assert!(number(1) >= 5, "{fsck}");
+    assert!(number(2) > 0 && number(2) <= number(3), "{fsck}");
     assert!(!fsck.contains("Expected a valid"), "{fsck}");
 
     let root = dir.path().join("root.img");
@@ -56,8 +67,26 @@ fn hello_image_passes_the_standard_tools() {
     // The data partition is ext4 labelled data.
     let data = dir.path().join("data.img");
     extract(&image, "data", &data);
+    // Five passes without a problem (exit 0, checked by run_tool), then
+    // `data.img: 11/8192 files (0.0% non-contiguous), 1234/32768 blocks`.
     let fsck = run(Command::new("fsck.ext4").args(["-n", "-f"]).arg(&data));
-    assert!(fsck.contains("clean") || fsck.contains("files"), "{fsck}");
+    for pass in 1..=5 {
+        assert!(
+            fsck.contains(&format!("Pass {pass}:")),
+            "pass {pass}:\n{fsck}"
+        );
+    }
+    let summary =
+        Regex::new(r"(?m)^\S+: (\d+)/(\d+) files \([0-9.]+% non-contiguous\), (\d+)/(\d+) blocks$")
+            .unwrap();
+    let counts = summary
+        .captures(&fsck)
+        .unwrap_or_else(|| panic!("no summary line in fsck.ext4's output:\n{fsck}"));
+    let number = |i: usize| counts[i].parse::<u64>().unwrap();
+    assert!(number(1) >= 11 && number(1) <= number(2), "inodes: {fsck}");
+    assert!(number(3) > 0 && number(3) <= number(4), "blocks: {fsck}");
+    let label = run(Command::new("e2label").arg(&data));
+    assert_eq!(label.trim(), "data");
 }
 
 #[test]

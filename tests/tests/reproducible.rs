@@ -1,12 +1,14 @@
 //! Reproducible builds: the same recipe and inputs give a byte-identical disk
 //! image whatever the build folder, working folder, umask, time zone and locale
-//! (each example recipe is built twice with all of those different), and
+//! (each example recipe is built twice with all of those different, each
+//! build with a cache of its own holding only the downloads), and
 //! `berth build --check-reproducible` says so.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use berth_tests::images::downloads_only_cache;
 use berth_tests::{binaries, e2e_dir, workspace_path};
 use sha2::Digest;
 
@@ -46,9 +48,12 @@ fn scratch(prefix: &str) -> tempfile::TempDir {
 }
 
 /// Builds `recipe` into `out` with `berth build` under
-/// `sh -c 'umask U; exec "$@"'`, with the environment's TZ and LC_ALL and the
-/// output folder as the working folder; returns the image.
+/// `sh -c 'umask U; exec "$@"'`, with the environment's TZ and LC_ALL, the
+/// output folder as the working folder and a build cache of its own that
+/// holds only the downloaded packages (so neither build reuses a kernel,
+/// initramfs or installed root the other made); returns the image.
 fn build(recipe: &Path, out: &Path, env: &Environment, epoch: &str) -> PathBuf {
+    let cache = downloads_only_cache(&out.with_extension("cache"));
     fs::create_dir_all(out).unwrap();
     let output = Command::new("sh")
         .arg("-c")
@@ -62,6 +67,7 @@ fn build(recipe: &Path, out: &Path, env: &Environment, epoch: &str) -> PathBuf {
         .arg("--quiet")
         .current_dir(out)
         .env("SOURCE_DATE_EPOCH", epoch)
+        .env("BERTH_CACHE", &cache)
         .env("TZ", env.tz)
         .env("LC_ALL", env.lc_all)
         .output()

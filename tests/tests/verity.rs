@@ -2,7 +2,8 @@
 //! slot's boot entry its parameters: `veritysetup verify` (the standard tool)
 //! accepts the partition with the root hash from the entry's command line, and
 //! refuses it once a byte of a file's data is flipped. The initramfs carries the
-//! modules the init needs to set verity up.
+//! modules the init needs to set verity up. An image built with `verity = false`
+//! has no tree and no verity parameters, and boots with its root mounted as it is.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,7 +12,9 @@ use std::process::Command;
 
 use berth_format::layout::VerityParams;
 use berth_format::KernelCmdline;
-use berth_tests::{build_image, extract_partition, run_tool};
+use berth_tests::{
+    boot as boot_vm, build_image, extract_partition, literal, run_tool, BootOptions, BOOT_TIMEOUT,
+};
 
 /// The verity parameters on the slot A entry's command line.
 fn entry_verity(image: &Path, dir: &Path) -> (VerityParams, berth_qemu::DirectBoot) {
@@ -163,4 +166,20 @@ fn verity_false_leaves_the_tree_out() {
         !raw.windows(12).any(|w| w == b"dm-verity.ko"),
         "dm-verity.ko in the initramfs of an image without verity"
     );
+
+    // And it boots: the root partition mounted as it is, its container run.
+    let vm = boot_vm(
+        &image,
+        BootOptions {
+            direct: true,
+            ..BootOptions::default()
+        },
+    );
+    for line in [
+        "no berth.verity.* on the command line: mounting",
+        "[hello] Hello from an unverified root",
+    ] {
+        vm.expect(&literal(line), BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e} (log: {})", vm.log().display()));
+    }
 }
