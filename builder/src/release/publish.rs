@@ -711,6 +711,16 @@ mod tests {
         out
     }
 
+    /// A new release key, its secret half written to `dir/release.key`, and
+    /// the trusted keys of its public half.
+    fn release_key(dir: &Path) -> (SecretKey, PathBuf, TrustedKeys) {
+        let key = SecretKey::generate().unwrap();
+        let path = dir.join("release.key");
+        fs::write(&path, key.secret_key_text()).unwrap();
+        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        (key, path, keys)
+    }
+
     fn release(dir: &Path, key: &SecretKey, version: &str, payloads: &[Vec<u8>]) -> PathBuf {
         let path = dir.join(format!("hello-{version}.bundle"));
         fs::write(
@@ -725,10 +735,7 @@ mod tests {
     fn publishing_writes_shared_chunks_and_a_signed_chunk_index() {
         use berth_bundle::testkit::content;
         let dir = tempfile::tempdir().unwrap();
-        let key = SecretKey::generate().unwrap();
-        let key_path = dir.path().join("release.key");
-        fs::write(&key_path, key.secret_key_text()).unwrap();
-        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        let (key, key_path, keys) = release_key(dir.path());
         let repo = dir.path().join("repo");
         let rootfs = content(1, 3 << 20);
         let v1 = [rootfs.clone(), content(2, 1 << 20), content(3, 300_000)];
@@ -807,10 +814,7 @@ mod tests {
             out
         };
         let dir = tempfile::tempdir().unwrap();
-        let key = SecretKey::generate().unwrap();
-        let key_path = dir.path().join("release.key");
-        fs::write(&key_path, key.secret_key_text()).unwrap();
-        let keys = TrustedKeys::parse(&key.public_key_text()).unwrap();
+        let (key, key_path, keys) = release_key(dir.path());
         let repo = dir.path().join("repo");
         let options = |bundles: Vec<PathBuf>, now: u64| PublishOptions {
             bundles,
@@ -878,9 +882,7 @@ mod tests {
     fn pruning_keeps_the_newest_releases_and_what_any_channel_references() {
         use berth_bundle::testkit::content;
         let dir = tempfile::tempdir().unwrap();
-        let key = SecretKey::generate().unwrap();
-        let key_path = dir.path().join("release.key");
-        fs::write(&key_path, key.secret_key_text()).unwrap();
+        let (key, key_path, _) = release_key(dir.path());
         let repo = dir.path().join("repo");
         let release_payloads = |seed: u32| {
             vec![
